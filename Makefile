@@ -1,0 +1,47 @@
+# The two set-up commands of the README are `make run` and `make test`; everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STATE  ?= .state/dev
+
+.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Runs the signer on its embedded default: local CA and a development token issuer in $(STATE),
+# then issues one certificate with `meshsigner request` to show it working.
+run: venv
+	$(VENV)/bin/meshsigner dev --state-dir $(STATE)
+
+# The whole suite: unit, end-to-end and cluster tests (builds the test control plane on first use).
+test: venv
+	bash tests/cluster/build.sh
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: venv
+	MESHSIGNER_SKIP_CLUSTER_TESTS=1 $(PY) -m pytest -q -m 'not cluster' $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+proto: venv
+	$(PY) -m proto.generate
+
+cluster: venv
+	bash tests/cluster/up.sh
+
+cluster-down:
+	bash tests/cluster/down.sh
+
+bench: venv
+	$(PY) bench/bench_local_ca.py
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .ruff_cache
