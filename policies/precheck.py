@@ -1,0 +1,82 @@
+"""Step 0 of every decision: the checks no policy can override (policy-format.md §3 step 0).
+
+Shared by the built-in rule and the YAML engine so both refuse malformed requests the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from policies.model import Caller, Decision, IssuanceRequest, Outcome, Verdict
+from policies.spiffe import InvalidSpiffeID, SpiffeID, parse_spiffe_id
+
+
+@dataclass(frozen=True, slots=True)
+class PrecheckSettings:
+    primary_trust_domain: str
+    trust_domain_aliases: frozenset[str] = frozenset()
+    max_uris: int = 1
+    stamp_caller_identity_when_missing: bool = False  # san.onMissingURI: UseCallerIdentity
+
+
+def deny(outcome: Outcome, reason: str, message: str, **details: object) -> Decision:
+    return Decision(verdict=Verdict.DENY, outcome=outcome, reason=reason, message=message, details=dict(details))
+
+
+def precheck(
+    caller: Caller, request: IssuanceRequest, settings: PrecheckSettings
+) -> tuple[SpiffeID, ...] | Decision:
+    """Return the parsed URI SANs the request may be evaluated with, or a DENY decision."""
+    if request.impersonated_identity is not None and caller.node_principal is None:
+        return deny(
+            Outcome.UNAUTHENTICATED,
+            "IMPERSONATION_NOT_ALLOWED",
+            "caller is not a trusted node account and may not request another identity",
+        )
+    for kind, values in (
+        ("IP address", request.ip_addresses),
+        ("email address", request.email_addresses),
+        ("SAN of type", request.other_san_types),
+    ):
+        if values:
+            return deny(Outcome.INVALID_ARGUMENT, "SAN_TYPE_NOT_ALLOWED", f"{kind} {values[0]!s} not allowed")
+    if request.common_name is not None:
+        return deny(Outcome.INVALID_ARGUMENT, "SAN_TYPE_NOT_ALLOWED", "a subject common name is not allowed")
+    if request.is_ca:
+        return deny(Outcome.INVALID_ARGUMENT, "CA_NOT_ALLOWED", "workloads may not request a CA certificate")
+    if request.unknown_extensions:
+        return deny(
+            Outcome.INVALID_ARGUMENT,
+            "EXTENSION_NOT_ALLOWED",
+            f"extension {request.unknown_extensions[0]} not allowed (only SAN, key usage, extended key usage)",
+        )
+    uris: Collection[str] = request.uris
+    if len(uris) > settings.max_uris:
+        return deny(
+            Outcome.INVALID_ARGUMENT,
+            "TOO_MANY_URI_SANS",
+            f"{len(uris)} URI SANs requested, at most {settings.max_uris} allowed",
+        )
+    if not uris:
+        if not settings.stamp_caller_identity_when_missing:
+            return deny(Outcome.INVALID_ARGUMENT, "MISSING_URI_SAN", "the CSR has no URI SAN")
+        uris = (caller.spiffe_id,)
+    parsed: list[SpiffeID] = []
+    for index, uri in enumerate(uris):
+        try:
+            spiffe_id = parse_spiffe_id(uri)
+        except InvalidSpiffeID as exc:
+            return deny(Outcome.INVALID_ARGUMENT, "INVALID_SPIFFE_ID", f"uris[{index}] {uri!r}: {exc}")
+        if (
+            spiffe_id.trust_domain != settings.primary_trust_domain
+            and spiffe_id.trust_domain not in settings.trust_domain_aliases
+        ):
+            return deny(
+                Outcome.PERMISSION_DENIED,
+                "TRUST_DOMAIN_NOT_ALLOWED",
+                f"uris[{index}] trust domain {spiffe_id.trust_domain!r} is neither "
+                f"{settings.primary_trust_domain!r} nor a configured alias",
+            )
+        parsed.append(spiffe_id)
+    return tuple(parsed)
