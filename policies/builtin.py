@@ -62,9 +62,9 @@ class OwnIdentityOnly:
                     f"{spiffe_id} is not the caller's own identity {own}",
                 )
         if request.dns_names:
-            return deny(Outcome.PERMISSION_DENIED, "DNS_NAME_NOT_ALLOWED", "DNS SANs are not allowed")
+            return deny(Outcome.INVALID_ARGUMENT, "DNS_NAME_NOT_ALLOWED", "DNS SANs are not allowed")
         if request.key not in ALLOWED_KEYS:
-            return deny(Outcome.PERMISSION_DENIED, "KEY_NOT_ALLOWED", f"key {request.key} is not allowed")
+            return deny(Outcome.INVALID_ARGUMENT, "KEY_NOT_ALLOWED", f"key {request.key} is not allowed")
         extra_usages = sorted(set(request.usages) - ALLOWED_USAGES)
         if extra_usages:
             return deny(Outcome.INVALID_ARGUMENT, "USAGE_NOT_ALLOWED", f"usage {extra_usages[0]} is not allowed")

@@ -24,9 +24,7 @@ def deny(outcome: Outcome, reason: str, message: str, **details: object) -> Deci
     return Decision(verdict=Verdict.DENY, outcome=outcome, reason=reason, message=message, details=dict(details))
 
 
-def precheck(
-    caller: Caller, request: IssuanceRequest, settings: PrecheckSettings
-) -> tuple[SpiffeID, ...] | Decision:
+def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSettings) -> tuple[SpiffeID, ...] | Decision:
     """Return the parsed URI SANs the request may be evaluated with, or a DENY decision."""
     if request.impersonated_identity is not None and caller.node_principal is None:
         return deny(
@@ -54,7 +52,7 @@ def precheck(
     uris: Collection[str] = request.uris
     if len(uris) > settings.max_uris:
         return deny(
-            Outcome.INVALID_ARGUMENT,
+            Outcome.PERMISSION_DENIED,
             "TOO_MANY_URI_SANS",
             f"{len(uris)} URI SANs requested, at most {settings.max_uris} allowed",
         )
