@@ -1,0 +1,256 @@
+"""An in-process CA: signs workload leaves with a root it creates, or with Istio's ``cacerts`` intermediate.
+
+Folder layouts accepted by ``LocalCA.open``:
+- empty or missing: a self-signed root is created (``root-cert.pem``, ``ca-key.pem`` mode 0600);
+- ``root-cert.pem`` + ``ca-key.pem``: sign with that root;
+- Istio's cacerts (``ca-cert.pem``, ``ca-key.pem``, ``cert-chain.pem``, ``root-cert.pem``): sign with the
+  intermediate ``ca-cert.pem``; the chain sent to workloads is ``cert-chain.pem`` without its root.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bridge.errors import BackendUnavailable
+from bridge.pem_files import is_self_signed, load_bundle, write_private, write_public
+from bridge.signing import ServingMaterial, SignedChain, SigningRequest
+
+ROOT_FILE, KEY_FILE, CA_CERT_FILE, CHAIN_FILE = "root-cert.pem", "ca-key.pem", "ca-cert.pem", "cert-chain.pem"
+ROOT_LIFETIME = timedelta(days=3650)
+BACKDATE = timedelta(minutes=2)  # clock-skew grace, as istiod gives its leaves
+
+
+def _pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def new_private_key(algorithm: str, size: int) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if algorithm.upper() == "ECDSA":
+        return ec.generate_private_key(ec.SECP384R1() if size == 384 else ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=size)
+
+
+def _leaf_extensions(
+    builder: x509.CertificateBuilder, sans: list[x509.GeneralName], eku: list[x509.ObjectIdentifier]
+) -> x509.CertificateBuilder:
+    key_usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=True,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    builder = builder.add_extension(key_usage, critical=True)
+    builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    # the subject is empty, so RFC 5280 wants the SAN critical
+    return builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
+
+
+@dataclass(frozen=True)
+class _Material:
+    signer_certificate: x509.Certificate
+    signer_key: CertificateIssuerPrivateKeyTypes
+    chain: tuple[x509.Certificate, ...]  # intermediates sent after the leaf, signer first
+    roots: tuple[x509.Certificate, ...]
+
+
+class LocalCA:
+    """Signs in-process. Everything per-request that can be computed once is computed in ``__init__``."""
+
+    def __init__(self, material: _Material, directory: Path) -> None:
+        self.directory = directory
+        self._key = material.signer_key
+        self._issuer = material.signer_certificate.subject
+        self._not_after = material.signer_certificate.not_valid_after_utc
+        large_ec = isinstance(self._key, ec.EllipticCurvePrivateKey) and self._key.key_size >= 384
+        self._hash = hashes.SHA384() if large_ec else hashes.SHA256()
+        self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
+        self._chain_pems = tuple(_pem(c) for c in material.chain)
+        self._roots_pem = "".join(_pem(c) for c in material.roots)
+        self.roots = material.roots
+
+    @classmethod
+    def open(cls, directory: str | Path, *, key_type: str = "ecdsa") -> LocalCA:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        present = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+        if CA_CERT_FILE in present:
+            material = _load_cacerts(path)
+        elif {ROOT_FILE, KEY_FILE} <= present:
+            material = _load_root(path)
+        elif not present & {ROOT_FILE, KEY_FILE, CA_CERT_FILE, CHAIN_FILE}:
+            material = _create_root(path, key_type)
+        else:
+            raise ValueError(
+                f"{path}: incomplete CA folder ({', '.join(sorted(present))}); expected nothing, "
+                f"{ROOT_FILE}+{KEY_FILE}, or Istio's cacerts layout"
+            )
+        return cls(material, path)
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def ca_not_after(self) -> datetime:
+        return self._not_after
+
+    @property
+    def roots_pem(self) -> str:
+        return self._roots_pem
+
+    def _build(
+        self, public_key: object, sans: list[x509.GeneralName], eku: list[x509.ObjectIdentifier], not_after: datetime
+    ) -> x509.Certificate:
+        now = datetime.now(UTC)
+        if now >= self._not_after:
+            raise BackendUnavailable("CA_EXPIRED", f"the local CA expired at {self._not_after.isoformat()}")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self._issuer)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(secrets.randbits(159) | 1)
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(min(not_after, self._not_after))
+            .add_extension(self._authority_key_id, critical=False)
+        )
+        builder = _leaf_extensions(builder, sans, eku)
+        return builder.sign(self._key, self._hash)
+
+    def sign_now(self, request: SigningRequest) -> SignedChain:
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in request.uris]
+        sans += [x509.DNSName(d) for d in request.dns_names]
+        leaf = self._build(
+            request.csr.public_key(),
+            sans,
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            request.not_after,
+        )
+        return SignedChain(leaf=leaf, chain_pems=(_pem(leaf), *self._chain_pems), roots_pem=self._roots_pem)
+
+    async def sign(self, request: SigningRequest) -> SignedChain:
+        # A few hundred microseconds of CPU: a thread hop would cost more than it saves.
+        return self.sign_now(request)
+
+    async def issue_serving_certificate(
+        self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
+    ) -> ServingMaterial:
+        key = new_private_key(key_algorithm, key_size)
+        leaf = self._build(
+            key.public_key(),
+            [x509.DNSName(name) for name in dns_names],
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            datetime.now(UTC) + timedelta(seconds=duration_seconds),
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain_pem = (_pem(leaf) + "".join(self._chain_pems)).encode("ascii")
+        return ServingMaterial(
+            key_pem=key_pem,
+            chain_pem=chain_pem,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+        )
+
+
+def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"{path}: CA key must be ECDSA or RSA")
+    return key
+
+
+def _check_signer(certificate: x509.Certificate, key: CertificateIssuerPrivateKeyTypes, where: Path) -> None:
+    if certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ValueError(f"{where}: {KEY_FILE} does not belong to the signing certificate")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise ValueError(f"{where}: the signing certificate has no basicConstraints CA:TRUE") from None
+    if not constraints.ca:
+        raise ValueError(f"{where}: the signing certificate is not a CA")
+
+
+def _load_root(path: Path) -> _Material:
+    roots = tuple(load_bundle((path / ROOT_FILE).read_bytes(), what=str(path / ROOT_FILE)))
+    key = _load_key(path / KEY_FILE)
+    _check_signer(roots[0], key, path)
+    return _Material(signer_certificate=roots[0], signer_key=key, chain=(), roots=roots)
+
+
+def _load_cacerts(path: Path) -> _Material:
+    missing = [n for n in (CA_CERT_FILE, KEY_FILE, ROOT_FILE) if not (path / n).exists()]
+    if missing:
+        raise ValueError(f"{path}: Istio cacerts layout is missing {', '.join(missing)}")
+    signer = load_bundle((path / CA_CERT_FILE).read_bytes(), what=str(path / CA_CERT_FILE))[0]
+    key = _load_key(path / KEY_FILE)
+    _check_signer(signer, key, path)
+    roots = tuple(load_bundle((path / ROOT_FILE).read_bytes(), what=str(path / ROOT_FILE)))
+    chain_file = path / CHAIN_FILE
+    listed = load_bundle(chain_file.read_bytes(), what=str(chain_file)) if chain_file.exists() else [signer]
+    chain = [c for c in listed if not is_self_signed(c)]
+    if not chain or chain[0] != signer:
+        chain = [signer, *(c for c in chain if c != signer)]
+    return _Material(signer_certificate=signer, signer_key=key, chain=tuple(chain), roots=roots)
+
+
+def _create_root(path: Path, key_type: str) -> _Material:
+    key = new_private_key("ECDSA", 256) if key_type == "ecdsa" else new_private_key("RSA", 3072)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshsigner"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "meshsigner local root CA"),
+        ]
+    )
+    now = datetime.now(UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + ROOT_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(
+        path / KEY_FILE,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    write_public(path / ROOT_FILE, root.public_bytes(serialization.Encoding.PEM))
+    return _Material(signer_certificate=root, signer_key=key, chain=(), roots=(root,))

@@ -1,0 +1,40 @@
+"""Why a request was refused, as types; ``signer/status.py`` maps them to gRPC codes in one table.
+
+    RequestRejected
+    ├── AuthenticationFailed   no/invalid token, wrong clusterid          → UNAUTHENTICATED
+    ├── CsrRejected            malformed CSR, forbidden key or extension  → INVALID_ARGUMENT
+    ├── NotPermitted           identity or impersonation not allowed      → PERMISSION_DENIED
+    ├── Overloaded             over the in-flight budget                  → RESOURCE_EXHAUSTED
+    └── TemporarilyUnavailable backend, JWKS or policy set not available  → UNAVAILABLE
+
+``reason`` is a short code for metrics and the client; ``detail`` goes to the server log only.
+"""
+
+from __future__ import annotations
+
+
+class RequestRejected(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class AuthenticationFailed(RequestRejected):
+    pass
+
+
+class CsrRejected(RequestRejected):
+    pass
+
+
+class NotPermitted(RequestRejected):
+    pass
+
+
+class Overloaded(RequestRejected):
+    pass
+
+
+class TemporarilyUnavailable(RequestRejected):
+    pass
