@@ -28,7 +28,7 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
     """Return the parsed URI SANs the request may be evaluated with, or a DENY decision."""
     if request.impersonated_identity is not None and caller.node_principal is None:
         return deny(
-            Outcome.UNAUTHENTICATED,
+            Outcome.PERMISSION_DENIED,
             "IMPERSONATION_NOT_ALLOWED",
             "caller is not a trusted node account and may not request another identity",
         )

@@ -1,0 +1,167 @@
+"""Offline verification of Kubernetes service-account JWTs against a pinned JWKS file.
+
+Only asymmetric algorithms from a fixed list are accepted, the key is chosen by ``kid`` and must match the
+algorithm's key type, ``iss`` must equal the configured issuer byte for byte, and ``aud`` must contain one of the
+configured audiences. Verified tokens are cached by their SHA-256 (never the token itself) until they expire, so a
+burst of renewals costs one signature check per token. The file is re-read when it changes; a bad new file keeps
+the last good keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from loguru import logger
+
+from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.errors import AuthenticationFailed, TemporarilyUnavailable
+
+ALGORITHMS = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
+LEEWAY_SECONDS = 30
+CACHE_ENTRIES = 20_000
+
+
+def load_jwks(data: bytes) -> dict[str, Any]:
+    """kid → public key. Raises ValueError for anything unusable (so the caller keeps its last good set)."""
+    document = json.loads(data)
+    keys: dict[str, Any] = {}
+    for index, entry in enumerate(document.get("keys", [])):
+        try:
+            jwk = jwt.PyJWK.from_dict(entry)
+        except (jwt.PyJWTError, KeyError, ValueError) as exc:
+            raise ValueError(f"keys[{index}]: {exc}") from None
+        if not isinstance(jwk.key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise ValueError(f"keys[{index}]: only RSA and EC public keys are accepted")
+        keys[jwk.key_id or ""] = jwk.key
+    if not keys:
+        raise ValueError("the JWKS has no keys")
+    return keys
+
+
+class JwksAuthenticator:
+    def __init__(self, jwks_file: str | Path, *, issuer: str, audiences: tuple[str, ...]) -> None:
+        if not audiences:
+            raise ValueError("at least one token audience is required")
+        self._path = Path(jwks_file)
+        self._issuer = issuer
+        self._audiences = list(audiences)
+        self._keys: dict[str, Any] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._cache: OrderedDict[bytes, tuple[WorkloadIdentity, float]] = OrderedDict()
+        self.reload()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._keys)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed. Returns True when a new key set became active."""
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
+                return False
+            keys = load_jwks(self._path.read_bytes())
+        except (OSError, ValueError) as exc:
+            logger.bind(event="jwks_reload_failed", path=str(self._path)).error(
+                "JWKS not loaded, keeping {} keys: {}", len(self._keys), exc
+            )
+            return False
+        self._keys, self._stamp = keys, stamp
+        self._cache.clear()  # a removed key must stop authenticating at once
+        logger.bind(event="jwks_loaded", path=str(self._path), keys=len(keys)).info("JWKS loaded")
+        return True
+
+    async def watch(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                self.reload()
+
+    async def authenticate(self, token: str) -> WorkloadIdentity:
+        return self.verify(token)
+
+    def verify(self, token: str, now: float | None = None) -> WorkloadIdentity:
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            identity, expires = cached
+            if now < expires + LEEWAY_SECONDS:
+                return identity
+            del self._cache[digest]
+            raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired")
+        if not self._keys:
+            raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
+        claims = self._decode(token)
+        identity = _identity(claims)
+        self._cache[digest] = (identity, float(claims["exp"]))
+        if len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return identity
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed("TOKEN_MALFORMED", str(exc)) from None
+        algorithm = header.get("alg")
+        key_type = ALGORITHMS.get(algorithm) if isinstance(algorithm, str) else None
+        if key_type is None:
+            raise AuthenticationFailed("TOKEN_ALGORITHM", f"algorithm {algorithm!r:.20} not accepted")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None and kid is None and len(self._keys) == 1:
+            key = next(iter(self._keys.values()))
+        if key is None:
+            raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {kid!r:.80}")
+        if not isinstance(key, key_type) or (
+            isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name != "secp256r1"
+        ):
+            raise AuthenticationFailed("TOKEN_KEY_MISMATCH", f"key {kid!r:.80} does not fit {algorithm}")
+        try:
+            return jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audiences,
+                issuer=self._issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iss", "aud"], "strict_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthenticationFailed("TOKEN_AUDIENCE", "token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise AuthenticationFailed("TOKEN_ISSUER", "token issuer not accepted") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token is not yet valid") from None
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed("TOKEN_INVALID", str(exc)[:200]) from None
+
+
+def _identity(claims: dict[str, Any]) -> WorkloadIdentity:
+    subject = claims.get("sub")
+    if not isinstance(subject, str):
+        raise AuthenticationFailed("NOT_SERVICE_ACCOUNT", "token has no sub claim")
+    namespace, service_account = parse_service_account_username(subject)
+    kube = claims.get("kubernetes.io")
+    pod_name = pod_uid = sa_uid = None
+    if isinstance(kube, dict):
+        sa_claim = kube.get("serviceaccount") or {}
+        if kube.get("namespace") != namespace or sa_claim.get("name") != service_account:
+            raise AuthenticationFailed("TOKEN_CLAIMS_INCONSISTENT", "kubernetes.io claims disagree with sub")
+        sa_uid = sa_claim.get("uid")
+        pod = kube.get("pod") or {}
+        pod_name, pod_uid = pod.get("name"), pod.get("uid")
+    return WorkloadIdentity(namespace, service_account, pod_name, pod_uid, sa_uid)

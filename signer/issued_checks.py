@@ -1,0 +1,39 @@
+"""Every backend answer is untrusted: the leaf must be exactly what the decision allowed before it is returned."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bridge.errors import IssuerFailed
+from policies.model import Decision
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+NOT_AFTER_TOLERANCE = timedelta(seconds=5)  # issuers round to whole seconds
+
+
+def check_issued(leaf: x509.Certificate, csr: x509.CertificateSigningRequest, decision: Decision) -> None:
+    """Raises IssuerFailed (FAILED_PRECONDITION) when the issued leaf differs from what was decided."""
+    if leaf.public_key().public_bytes(*_SPKI) != csr.public_key().public_bytes(*_SPKI):
+        raise IssuerFailed("ISSUED_KEY_MISMATCH", "the issued certificate is not for the CSR's key")
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise IssuerFailed("ISSUED_SAN_MISMATCH", "the issued certificate has no SAN") from None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    dns_names = san.get_values_for_type(x509.DNSName)
+    if (
+        sorted(uris) != sorted(decision.uris)
+        or sorted(dns_names) != sorted(decision.dns_names)
+        or len(uris) + len(dns_names) != len(list(san))
+    ):
+        raise IssuerFailed("ISSUED_SAN_MISMATCH", f"issued SANs {uris + dns_names} differ from the decision")
+    try:
+        if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise IssuerFailed("ISSUED_CA", "the issuer returned a CA certificate")
+    except x509.ExtensionNotFound:
+        pass
+    if decision.not_after is not None and leaf.not_valid_after_utc > decision.not_after + NOT_AFTER_TOLERANCE:
+        raise IssuerFailed("ISSUED_TOO_LONG", f"notAfter {leaf.not_valid_after_utc} past {decision.not_after}")

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the front door, registered on a registry the caller owns (no global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "meshsigner_csr_requests_total",
+            "CreateCertificate calls by outcome (gRPC code) and reason",
+            ["code", "reason"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "meshsigner_csr_request_duration_seconds",
+            "End-to-end CreateCertificate latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.backend_seconds = Histogram(
+            "meshsigner_signer_backend_duration_seconds",
+            "Time the signing backend took",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge("meshsigner_csr_in_flight", "CreateCertificate calls being served", registry=registry)
+        self.serving_certificate_expiry = Gauge(
+            "meshsigner_serving_certificate_not_after_seconds",
+            "notAfter of the gRPC serving certificate (Unix time)",
+            registry=registry,
+        )

@@ -1,0 +1,223 @@
+"""The CreateCertificate handler: authenticate → parse the CSR → decide → sign → check → answer.
+
+Each refusal is a typed exception mapped to a status code in ``signer/status.py``; the client gets the short
+reason code, the log gets the detail (never the token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+from loguru import logger
+
+from bridge.errors import BackendError
+from bridge.signing import SigningBackend, SigningRequest
+from policies.model import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
+from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
+from proto import istio_ca_pb2, istio_ca_pb2_grpc
+from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
+from signer.csr_checks import ParsedCsr, parse_csr
+from signer.errors import (
+    AuthenticationFailed,
+    CsrRejected,
+    NotPermitted,
+    Overloaded,
+    RequestRejected,
+    TemporarilyUnavailable,
+)
+from signer.issued_checks import check_issued
+from signer.logs import RateLimiter
+from signer.metrics import ServerMetrics
+from signer.status import status_for
+
+ADMISSION_WAIT_SECONDS = 1.0
+_OUTCOME_ERRORS: dict[Outcome, type[RequestRejected]] = {
+    Outcome.UNAUTHENTICATED: AuthenticationFailed,
+    Outcome.PERMISSION_DENIED: NotPermitted,
+    Outcome.INVALID_ARGUMENT: CsrRejected,
+    Outcome.UNAVAILABLE: TemporarilyUnavailable,
+}
+
+
+class NodeAuthorizer(Protocol):
+    """Confirms that a node proxy's pod runs on a node hosting a pod of the impersonated service account."""
+
+    async def authorize(self, node: WorkloadIdentity, namespace: str, service_account: str) -> None: ...
+
+
+DecisionRecorder = Callable[[str, Caller, IssuanceRequest, Decision, datetime | None], None]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    trust_domain: str
+    cluster_id: str
+    trusted_node_accounts: frozenset[str]
+    request_timeout_seconds: float
+    max_in_flight: int
+    backend_name: str
+
+
+def _metadata_string(request: istio_ca_pb2.IstioCertificateRequest, key: str) -> str | None:
+    if not request.HasField("metadata"):
+        return None
+    value = request.metadata.fields.get(key)
+    if value is None:
+        return None
+    if value.WhichOneof("kind") != "string_value":
+        raise CsrRejected("METADATA_MALFORMED", f"metadata {key} must be a string")
+    return value.string_value or None
+
+
+class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        authenticator: Authenticator,
+        decider: IdentityDecider,
+        backend: SigningBackend,
+        metrics: ServerMetrics,
+        record_decision: DecisionRecorder | None = None,
+        node_authorizer: NodeAuthorizer | None = None,
+    ) -> None:
+        self._config = config
+        self._authenticator = authenticator
+        self._decider = decider
+        self._backend = backend
+        self._metrics = metrics
+        self._record_decision = record_decision
+        self._node_authorizer = node_authorizer
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._log_limit = RateLimiter()
+
+    @asynccontextmanager
+    async def _admitted(self):  # type: ignore[no-untyped-def]
+        try:
+            await asyncio.wait_for(self._slots.acquire(), ADMISSION_WAIT_SECONDS)
+        except TimeoutError:
+            raise Overloaded("TOO_MANY_IN_FLIGHT", f"more than {self._config.max_in_flight} calls in flight") from None
+        self._metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self._metrics.in_flight.dec()
+            self._slots.release()
+
+    async def CreateCertificate(  # the gRPC method name
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        try:
+            async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
+                chain = await self._issue(request, context.invocation_metadata() or (), request_id)
+        except (RequestRejected, BackendError, TimeoutError) as error:
+            code, reason = self._refusal(error, request_id)
+        except Exception:
+            logger.bind(request_id=request_id, event="csr_internal_error").exception("unexpected failure")
+            code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+        else:
+            self._metrics.requests.labels(code="OK", reason="ISSUED").inc()
+            self._metrics.request_seconds.observe(time.perf_counter() - started)
+            return istio_ca_pb2.IstioCertificateResponse(cert_chain=chain)
+        self._metrics.requests.labels(code=code.name, reason=reason).inc()
+        self._metrics.request_seconds.observe(time.perf_counter() - started)
+        await context.abort(code, f"{reason} (request {request_id})")
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def _refusal(self, error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+        if isinstance(error, TimeoutError):
+            code, reason, detail = grpc.StatusCode.UNAVAILABLE, "DEADLINE_EXCEEDED", "server-side request timeout"
+        else:
+            code = status_for(error)
+            reason, detail = getattr(error, "reason", "UNKNOWN"), getattr(error, "detail", "")
+        allowed, suppressed = self._log_limit.allow(reason)
+        if allowed:
+            logger.bind(
+                event="csr_refused", request_id=request_id, code=code.name, reason=reason, suppressed=suppressed
+            ).warning("refused: {}", detail)
+        return code, reason
+
+    async def _issue(
+        self,
+        request: istio_ca_pb2.IstioCertificateRequest,
+        metadata: Sequence[tuple[str, Any]],
+        request_id: str,
+    ) -> list[str]:
+        check_cluster_id(metadata, self._config.cluster_id)
+        workload = await self._authenticator.authenticate(bearer_token(metadata))
+        impersonated = _metadata_string(request, "ImpersonatedIdentity")
+        parsed = parse_csr(
+            request.csr,
+            validity_seconds=request.validity_duration,
+            impersonated=impersonated,
+            cert_signer=_metadata_string(request, "CertSigner"),
+        )
+        caller = await self._caller(workload, impersonated)
+        now = datetime.now(UTC)
+        decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)
+        if not decision.allowed:
+            self._record(request_id, caller, parsed, decision)
+            raise _OUTCOME_ERRORS.get(decision.outcome, NotPermitted)(decision.reason, decision.message)
+        assert decision.not_after is not None and decision.duration_seconds is not None
+        signing_request = SigningRequest(
+            csr_pem=parsed.pem,
+            csr=parsed.csr,
+            uris=decision.uris,
+            dns_names=decision.dns_names,
+            not_after=decision.not_after,
+            duration_seconds=decision.duration_seconds,
+            identities_annotation=",".join(decision.uris),
+        )
+        backend_started = time.perf_counter()
+        signed = await self._backend.sign(signing_request)
+        self._metrics.backend_seconds.labels(backend=self._config.backend_name).observe(
+            time.perf_counter() - backend_started
+        )
+        check_issued(signed.leaf, parsed.csr, decision)
+        self._record(request_id, caller, parsed, decision, issued_not_after=signed.leaf.not_valid_after_utc)
+        return [*signed.chain_pems, signed.roots_pem]
+
+    async def _caller(self, workload: WorkloadIdentity, impersonated: str | None) -> Caller:
+        td = self._config.trust_domain
+        if impersonated is None:
+            return Caller(td, workload.namespace, workload.service_account, workload.pod_name, workload.pod_uid)
+        if workload.principal not in self._config.trusted_node_accounts:
+            raise NotPermitted("IMPERSONATION_NOT_ALLOWED", f"{workload.principal} is not a trusted node account")
+        try:
+            target = parse_spiffe_id(impersonated)
+        except InvalidSpiffeID as exc:
+            raise CsrRejected("IMPERSONATED_IDENTITY_MALFORMED", str(exc)) from None
+        if target.workload is None:
+            raise CsrRejected("IMPERSONATED_IDENTITY_MALFORMED", "not spiffe://<td>/ns/<ns>/sa/<sa>")
+        if target.trust_domain != td:
+            raise NotPermitted("IMPERSONATION_NOT_ALLOWED", f"trust domain {target.trust_domain!r} is not ours")
+        if self._node_authorizer is None:
+            raise NotPermitted("IMPERSONATION_NOT_ALLOWED", "node authorization needs the in-cluster pod informer")
+        namespace, service_account = target.workload
+        await self._node_authorizer.authorize(workload, namespace, service_account)
+        return Caller(td, namespace, service_account, node_principal=workload.principal)
+
+    def _record(
+        self,
+        request_id: str,
+        caller: Caller,
+        parsed: ParsedCsr,
+        decision: Decision,
+        issued_not_after: datetime | None = None,
+    ) -> None:
+        if self._record_decision is None:
+            return
+        self._record_decision(request_id, caller, parsed.request, decision, issued_not_after)
+
+
+__all__ = ["CertificateService", "DecisionRecorder", "NodeAuthorizer", "ServiceConfig"]
