@@ -14,7 +14,7 @@ from typing import Any
 
 from environs import Env
 
-from signer.durations import parse_duration
+from policies.durations import parse_duration
 
 ENV_PREFIX = "MESHSIGNER_"
 _TRUE = {"1", "t", "true", "yes", "y", "on"}
@@ -169,7 +169,7 @@ class Settings:
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             elif isinstance(value, float):
-                value = f"{value}s"
+                value = f"{int(value)}s"
             argv.append(f"--{flag.name}={value}")
         return argv
 

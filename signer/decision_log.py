@@ -1,0 +1,39 @@
+"""Writes one structured record per decision to the log and, optionally, appended to a JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from loguru import logger
+
+from policies.model import Caller, Decision, IssuanceRequest
+from policies.records import decision_record
+
+
+class DecisionLog:
+    def __init__(self, path: str | None = None) -> None:
+        self._file: IO[str] | None = Path(path).open("a", encoding="utf-8") if path else None
+
+    def __call__(
+        self,
+        decision_id: str,
+        caller: Caller,
+        request: IssuanceRequest,
+        decision: Decision,
+        issued_not_after: datetime | None,
+    ) -> None:
+        record = decision_record(decision_id, caller, request, decision, issued_not_after=issued_not_after)
+        logger.bind(event="decision", record=record).info(
+            "{} {} {}", record.get("decision"), caller.spiffe_id, decision.reason
+        )
+        if self._file is not None:
+            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
