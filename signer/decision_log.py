@@ -15,7 +15,8 @@ from policies.records import decision_record
 
 class DecisionLog:
     def __init__(self, path: str | None = None) -> None:
-        self._file: IO[str] | None = Path(path).open("a", encoding="utf-8") if path else None
+        # held open for the life of the server; close() releases it
+        self._file: IO[str] | None = Path(path).open("a", encoding="utf-8") if path else None  # noqa: SIM115
 
     def __call__(
         self,

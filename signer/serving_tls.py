@@ -39,7 +39,7 @@ class ServingCertificate:
         self._pending: grpc.ServerCertificateConfiguration | None = None
 
     @property
-    def held(self) -> bool:
+    def ready(self) -> bool:
         return self._current is not None and self._current.not_after > datetime.now(UTC)
 
     @property
