@@ -1,0 +1,89 @@
+"""Starting ``meshsigner serve`` as a real process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    readiness_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+            return response.read().decode()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+    grpc_port, readiness_port, metrics_port = free_port(), free_port(), free_port()
+    command = [
+        sys.executable, "-m", "signer.cli", "serve",
+        f"--serving-address=127.0.0.1:{grpc_port}",
+        f"--readiness-probe-port={readiness_port}",
+        f"--metrics-port={metrics_port}",
+        *flags,
+    ]  # fmt: skip
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    server = ServerProcess(process, grpc_port, readiness_port, metrics_port, log_path)
+    if wait:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited with {process.returncode}:\n{server.log()}")
+            try:
+                if readyz(readiness_port)[0] == 200:
+                    return server
+            except OSError:
+                pass
+            time.sleep(0.05)
+        server.stop()
+        raise RuntimeError(f"serve did not become ready:\n{server.log()}")
+    return server
