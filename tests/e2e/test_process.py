@@ -1,0 +1,126 @@
+"""Behaviour of the serve process itself: start-up refusals, serving-certificate rotation, workers, probes."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import grpc
+from cryptography import x509
+
+from proto import istio_ca_pb2_grpc
+from tests.e2e.calls import create
+from tests.e2e.conftest import SERVER_NAME
+from tests.support.csr_builder import make_csr
+from tests.support.processes import REPO, readyz, start_server
+
+OWN = "spiffe://cluster.local/ns/orders/sa/web"
+
+
+def _local_flags(tmp_path, token_issuer) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "--signer=local",
+        f"--local-ca-dir={tmp_path / 'ca'}",
+        "--authenticator=jwks",
+        f"--jwks-file={token_issuer.write_jwks(tmp_path / 'jwks.json')}",
+        f"--token-issuer={token_issuer.issuer}",
+    ]
+
+
+def _serving_serial(port: int, root: bytes) -> int:
+    context = ssl.create_default_context(cadata=root.decode())
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_bad_flag_stops_start_with_its_name():
+    result = subprocess.run(
+        [sys.executable, "-m", "signer.cli", "serve", "--metrics-port=abc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "--metrics-port" in result.stderr
+
+
+def test_environment_variables_configure_serve(tmp_path, token_issuer):
+    server = start_server(
+        _local_flags(tmp_path, token_issuer),
+        tmp_path / "log",
+        env={"MESHSIGNER_MAX_CLIENT_CERTIFICATE_DURATION": "15m"},
+    )
+    try:
+        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(
+            grpc.secure_channel(
+                server.address,
+                grpc.ssl_channel_credentials((tmp_path / "ca" / "root-cert.pem").read_bytes()),
+                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+            )
+        )
+        code, chain, _ = create(stub, make_csr([OWN]), token_issuer.token())
+        assert code is grpc.StatusCode.OK
+        leaf = x509.load_pem_x509_certificate(chain[0].encode())
+        assert 890 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() - 120 <= 900
+    finally:
+        server.stop()
+
+
+def test_serving_certificate_is_renewed_without_restart(tmp_path, token_issuer):
+    server = start_server(
+        [*_local_flags(tmp_path, token_issuer), "--serving-certificate-duration=6s"], tmp_path / "log"
+    )
+    try:
+        root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
+        first = _serving_serial(server.grpc_port, root)
+        deadline = time.monotonic() + 15
+        while _serving_serial(server.grpc_port, root) == first:
+            assert time.monotonic() < deadline, "serving certificate was not renewed"
+            time.sleep(0.5)
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_missing_jwks_fails_start_clearly(tmp_path, token_issuer):
+    flags = _local_flags(tmp_path, token_issuer)
+    flags[3] = f"--jwks-file={tmp_path / 'absent.json'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "signer.cli", "serve", *flags, "--serving-address=127.0.0.1:0",
+         "--readiness-probe-port=0", "--metrics-port=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--jwks-file" in result.stderr
+
+
+def test_two_workers_share_the_port(tmp_path, token_issuer):
+    server = start_server([*_local_flags(tmp_path, token_issuer), "--workers=2"], tmp_path / "log")
+    try:
+        root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
+        serials = set()
+        deadline = time.monotonic() + 15  # the second worker starts after the first is ready
+        while len(serials) < 2 and time.monotonic() < deadline:
+            # each worker has its own serving certificate, so the serials tell which one answered
+            serials.add(_serving_serial(server.grpc_port, root))
+            time.sleep(0.05)
+        assert len(serials) == 2, server.log()
+        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(
+            grpc.secure_channel(
+                server.address,
+                grpc.ssl_channel_credentials(root),
+                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+            )
+        )
+        code, _, _ = create(stub, make_csr([OWN]), token_issuer.token())
+        assert code is grpc.StatusCode.OK
+        assert readyz(server.readiness_port)[0] == 200
+    finally:
+        assert server.stop() == 0

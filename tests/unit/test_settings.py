@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from signer.settings import FLAGS, SettingsError, parse_bool, parse_serve_args
+
+LOCAL = ["--signer=local", "--local-ca-dir=/tmp/x", "--authenticator=jwks", "--jwks-file=j", "--token-issuer=i"]
+
+
+def test_defaults_follow_istio_csr(monkeypatch):
+    for flag in FLAGS:
+        monkeypatch.delenv(flag.env_name, raising=False)
+    settings = parse_serve_args([])
+    assert settings.serving_address == "0.0.0.0:6443"
+    assert settings.readiness_probe_port == 6060 and settings.metrics_port == 9402
+    assert settings.trust_domain == "cluster.local" and settings.cluster_id == "Kubernetes"
+    assert settings.max_client_certificate_duration == 3600
+    assert settings.serving_certificate_dns_names == ("cert-manager-istio-csr.cert-manager.svc",)
+    assert settings.token_audiences == ("istio-ca",)
+
+
+def test_environment_then_command_line(monkeypatch):
+    monkeypatch.setenv("MESHSIGNER_TRUST_DOMAIN", "env.example")
+    monkeypatch.setenv("MESHSIGNER_TOKEN_AUDIENCES", "a, b")
+    monkeypatch.setenv("MESHSIGNER_MAX_CLIENT_CERTIFICATE_DURATION", "2h")
+    settings = parse_serve_args(LOCAL)
+    assert settings.trust_domain == "env.example"
+    assert settings.token_audiences == ("a", "b")
+    assert settings.max_client_certificate_duration == 7200
+    assert parse_serve_args([*LOCAL, "--trust-domain=cli.example"]).trust_domain == "cli.example"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--metrics-port=http"], {}, "--metrics-port"),
+        ([], {"MESHSIGNER_READINESS_PROBE_PORT": "70000"}, "MESHSIGNER_READINESS_PROBE_PORT"),
+        (["--max-client-certificate-duration=forever"], {}, "--max-client-certificate-duration"),
+        (["--signer=acme"], {}, "--signer"),
+        (["--token-audiences="], {}, "--token-audiences"),
+        (["--serving-certificate-dns-names=,"], {}, "--serving-certificate-dns-names"),
+        (["--ca-trusted-node-accounts=ztunnel"], {}, "--ca-trusted-node-accounts"),
+        (["--serving-signature-algorithm=ECDSA", "--serving-certificate-key-size=2048"], {}, "key-size"),
+        (["--signer=local", "--local-ca-dir="], {}, "--local-ca-dir"),
+    ],
+)
+def test_bad_settings_name_the_flag(monkeypatch, argv, env, named):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named.replace("-", r"\-")):
+        parse_serve_args([*LOCAL, *argv] if "--signer=local" not in argv else argv)
+
+
+def test_round_trip_through_argv():
+    settings = parse_serve_args([*LOCAL, "--token-audiences=a,b", "--request-timeout=45s"])
+    assert parse_serve_args(settings.to_argv()) == settings
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("False", False), ("1", True), ("off", False)])
+def test_booleans(text, value):
+    assert parse_bool(text) is value
+
+
+def test_every_flag_has_an_environment_name():
+    names = {flag.env_name for flag in FLAGS}
+    assert "MESHSIGNER_SERVING_CERTIFICATE_DNS_NAMES" in names and len(names) == len(FLAGS)
