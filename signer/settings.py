@@ -81,7 +81,7 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
+    value = float(parse_duration(text))
     if value <= 0:
         raise ValueError("must be positive")
     return value
