@@ -1,0 +1,453 @@
+"""Turns schema-checked documents into compiled settings and policies, with the semantic checks of §3.
+
+The schema already rejected unknown fields and bad types; this adds what needs context: duration ranges
+(``min <= default <= max <= settings.duration.max``), templates that can render a valid SPIFFE ID, globs,
+principals that can match Istio's five segments, trust-domain opt-ins, cross-namespace grants, label keys that
+are trusted, and warnings for rules that can never apply. Problems go to the document's ``Reporter`` so each one
+carries its ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from policies.documents import (
+    DEFAULT_KEY_ALGORITHMS,
+    DEFAULT_USAGES,
+    KNOWN_KEY_ALGORITHMS,
+    KNOWN_USAGES,
+    DurationRange,
+    Effect,
+    KeyPolicy,
+    Limits,
+    Mode,
+    Policy,
+    Rule,
+    Settings,
+)
+from policies.durations import describe_duration as show
+from policies.globs import GLOBSTAR, NameGlob, PathGlob
+from policies.schema import Reporter
+from policies.subjects import NAME_LABEL, LabelRequirement, LabelSelector, SubjectPattern, Subjects
+from policies.templates import DnsTemplate, IdentityTemplate, TemplateError
+
+GIT_SHA_ANNOTATION = "meshsigner.io/git-sha"
+_ALLOW_ONLY_FIELDS = ("trustDomains", "allowWildcardDNSNames", "allowCrossNamespace", "duration", "usages")
+
+
+def compile_settings(
+    fields: dict[str, Any], report: Reporter, *, expected_trust_domain: str | None, source: str
+) -> Settings:
+    spec = fields["spec"]
+    trust_domain = spec.get("trustDomain", expected_trust_domain or "cluster.local")
+    if expected_trust_domain is not None and trust_domain != expected_trust_domain:
+        report.error(
+            "spec.trustDomain",
+            f"{trust_domain!r} differs from the server's trust domain {expected_trust_domain!r}",
+        )
+    aliases = frozenset(spec.get("trustDomainAliases", ()))
+    if trust_domain in aliases:
+        report.error("spec.trustDomainAliases", f"{trust_domain!r} is the primary trust domain, not an alias")
+    duration = spec.get("duration", {})
+    defaults = Settings()
+    default = duration.get("default", defaults.duration_default)
+    minimum = duration.get("min", 0)
+    maximum = duration.get("max", defaults.duration_max)
+    if maximum <= 0:
+        report.error("spec.duration.max", "must be positive")
+    if default <= 0:
+        report.error("spec.duration.default", "must be positive")
+    if default > maximum:
+        report.error("spec.duration.default", f"{show(default)} exceeds spec.duration.max {show(maximum)}")
+    if minimum > default:
+        report.error("spec.duration.min", f"{show(minimum)} exceeds spec.duration.default {show(default)}")
+    if "shadowPolicySet" in spec:
+        report.error("spec.shadowPolicySet", "not supported by this version; use mode: Audit policies instead")
+    key = _key(spec.get("key"), "spec.key", report, KeyPolicy(frozenset(DEFAULT_KEY_ALGORITHMS)))
+    usages = _usages(spec.get("usages", DEFAULT_USAGES), "spec.usages", report)
+    san = spec.get("san", {})
+    annotations = fields["metadata"].get("annotations", {})
+    return Settings(
+        trust_domain=trust_domain,
+        trust_domain_aliases=aliases,
+        cluster_domain=spec.get("clusterDomain", "cluster.local"),
+        default_decision=spec.get("defaultDecision", "Deny"),
+        duration_default=default,
+        duration_min=minimum,
+        duration_max=maximum,
+        non_positive=duration.get("nonPositive", "UseDefault"),
+        ca_on_exceed=spec.get("caValidity", {}).get("onExceed", "Clamp"),
+        max_uris=san.get("maxURIs", 1),
+        on_missing_uri=san.get("onMissingURI", "Deny"),
+        node_service_accounts=frozenset(spec.get("impersonation", {}).get("nodeServiceAccounts", ())),
+        trusted_namespace_label_keys=frozenset(spec.get("trustedNamespaceLabelKeys", ())),
+        client_messages=spec.get("clientMessages", "Detailed"),
+        key=key,
+        usages=usages,
+        git_sha=annotations.get(GIT_SHA_ANNOTATION),
+        source=source,
+    )
+
+
+def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: KeyPolicy | None) -> KeyPolicy | None:
+    if spec is None:
+        return fallback
+    algorithms = spec.get("algorithms")
+    for index, algorithm in enumerate(algorithms or ()):
+        if algorithm not in KNOWN_KEY_ALGORITHMS:
+            known = ", ".join(sorted(KNOWN_KEY_ALGORITHMS))
+            report.error(f"{path}.algorithms[{index}]", f"unknown key algorithm {algorithm!r} (known: {known})")
+    return KeyPolicy(frozenset(algorithms) if algorithms is not None else None, spec.get("minRSABits"))
+
+
+def _usages(values: Any, path: str, report: Reporter) -> frozenset[str]:
+    for index, usage in enumerate(values):
+        if usage not in KNOWN_USAGES:
+            report.error(f"{path}[{index}]", f"unknown usage {usage!r} (known: {', '.join(sorted(KNOWN_USAGES))})")
+    return frozenset(values)
+
+
+def _name_globs(values: list[str], path: str, field: str, report: Reporter) -> tuple[SubjectPattern, ...]:
+    patterns = []
+    for index, value in enumerate(values):
+        if GLOBSTAR in value:
+            report.error(f"{path}[{index}]", f'"**" is not allowed in {field} patterns; "*" already matches a name')
+            continue
+        if field == "serviceAccount" and value.count("/") > 1:
+            report.error(f"{path}[{index}]", f'{value!r} must be "name" or "namespace/name"')
+            continue
+        patterns.append(SubjectPattern.compile(value, field))
+    return tuple(patterns)
+
+
+def _principals(values: list[str], path: str, report: Reporter) -> tuple[SubjectPattern, ...]:
+    """Principals must be able to match ``<td>/ns/<ns>/sa/<sa>``; say how to fix one that cannot."""
+    patterns = []
+    for index, value in enumerate(values):
+        where = f"{path}[{index}]"
+        try:
+            glob = PathGlob.compile(value)
+        except ValueError as exc:
+            report.error(where, str(exc))
+            continue
+        segments = value.split("/")
+        can_match = glob.could_match_length(5) and glob.segment_could_be(1, "ns") and glob.segment_could_be(3, "sa")
+        if not can_match:
+            hint = _principal_hint(segments)
+            report.error(
+                where,
+                f"{value!r} can never match a principal <trustDomain>/ns/<namespace>/sa/<serviceAccount>"
+                f" (a * never spans a /){hint}",
+            )
+            continue
+        patterns.append(SubjectPattern(glob, "principal"))
+    return tuple(patterns)
+
+
+def _principal_hint(segments: list[str]) -> str:
+    if segments == ["*"]:
+        return '; use "*/ns/*/sa/*" for every principal'
+    if len(segments) == 4 and segments[1] == "ns":
+        return f'; did you mean "{segments[0]}/ns/{segments[2]}/sa/{segments[3]}"?'
+    if len(segments) == 3 and segments[1] == "ns":
+        return f'; did you mean "{segments[0]}/ns/{segments[2]}/sa/*"?'
+    return ""
+
+
+def compile_subjects(spec: dict[str, Any] | None, path: str, report: Reporter, settings: Settings) -> Subjects | None:
+    if spec is None:
+        return None
+    selector = None
+    if "namespaceSelector" in spec:
+        selector = _selector(spec["namespaceSelector"], f"{path}.namespaceSelector", report, settings)
+
+    def names(key: str, field: str) -> tuple[SubjectPattern, ...] | None:
+        return _name_globs(spec[key], f"{path}.{key}", field, report) if key in spec else None
+
+    return Subjects(
+        namespaces=names("namespaces", "namespace"),
+        not_namespaces=names("notNamespaces", "namespace") or (),
+        namespace_selector=selector,
+        service_accounts=names("serviceAccounts", "serviceAccount"),
+        not_service_accounts=names("notServiceAccounts", "serviceAccount") or (),
+        principals=_principals(spec["principals"], f"{path}.principals", report) if "principals" in spec else None,
+        not_principals=_principals(spec.get("notPrincipals", []), f"{path}.notPrincipals", report),
+    )
+
+
+def _selector(spec: dict[str, Any], path: str, report: Reporter, settings: Settings) -> LabelSelector:
+    requirements = []
+    trusted = settings.trusted_namespace_label_keys
+
+    def trusted_key(key: str, where: str) -> bool:
+        if key == NAME_LABEL or key in trusted:
+            return True
+        report.error(where, f"label key {key!r} is not in settings.trustedNamespaceLabelKeys")
+        return False
+
+    for key, value in spec.get("matchLabels", {}).items():
+        if trusted_key(key, f"{path}.matchLabels[{key!r}]"):
+            requirements.append(LabelRequirement(key, "In", frozenset({value})))
+    for index, expression in enumerate(spec.get("matchExpressions", [])):
+        where = f"{path}.matchExpressions[{index}]"
+        operator, values = expression["operator"], expression.get("values", [])
+        if operator in ("In", "NotIn") and not values:
+            report.error(f"{where}.values", f"operator {operator} needs at least one value")
+        if operator in ("Exists", "DoesNotExist") and values:
+            report.error(f"{where}.values", f"operator {operator} takes no values")
+        if trusted_key(expression["key"], f"{where}.key"):
+            requirements.append(LabelRequirement(expression["key"], operator, frozenset(values)))
+    return LabelSelector(tuple(requirements))
+
+
+def _duration_block(spec: dict[str, Any] | None, path: str, report: Reporter, settings: Settings) -> dict[str, Any]:
+    """Check an explicit duration block against itself and the settings ceiling."""
+    if not spec:
+        return {}
+    ceiling = settings.duration_max
+    for name in ("default", "min", "max"):
+        value = spec.get(name)
+        if value is None:
+            continue
+        if name != "min" and value <= 0:
+            report.error(f"{path}.{name}", "must be positive")
+        elif value > ceiling:
+            report.error(f"{path}.{name}", f"{show(value)} exceeds settings.duration.max {show(ceiling)}")
+    low, default, high = spec.get("min"), spec.get("default"), spec.get("max")
+    if low is not None and high is not None and low > high:
+        report.error(f"{path}.min", f"{show(low)} exceeds {path}.max {show(high)}: the range is empty")
+    if default is not None and high is not None and default > high:
+        report.error(f"{path}.default", f"{show(default)} exceeds {path}.max {show(high)}")
+    if default is not None and low is not None and default < low:
+        report.error(f"{path}.default", f"{show(default)} is below {path}.min {show(low)}")
+    return spec
+
+
+def _resolve_duration(
+    rule: dict[str, Any], policy: dict[str, Any], settings: Settings, path: str, report: Reporter
+) -> DurationRange:
+    def pick(name: str, fallback: Any) -> Any:
+        return rule.get(name, policy.get(name, fallback))
+
+    resolved = DurationRange(
+        default=pick("default", settings.duration_default),
+        minimum=pick("min", 0),
+        maximum=pick("max", settings.duration_max),
+        on_exceed=pick("onExceed", "Clamp"),
+        on_below=pick("onBelow", "Deny"),
+    )
+    if resolved.minimum > resolved.maximum and not ("min" in rule and "max" in rule):
+        report.error(path, f"inherited range is empty: min {show(resolved.minimum)} > max {show(resolved.maximum)}")
+    elif not resolved.minimum <= resolved.default <= resolved.maximum and "default" not in rule:
+        report.warn(
+            path,
+            f"the inherited default {show(resolved.default)} lies outside [{show(resolved.minimum)}, "
+            f"{show(resolved.maximum)}]; requests without a duration get it clamped into the range",
+        )
+    return resolved
+
+
+def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings, *, source: str) -> Policy:
+    name = fields["metadata"]["name"]
+    spec = fields["spec"]
+    subjects = compile_subjects(spec.get("subjects"), "spec.subjects", report, settings)
+    if subjects is None:
+        report.warn("spec", "no subjects: this policy applies to every caller (write namespaces: ['*'] to say so)")
+        subjects = Subjects()
+    policy_duration = _duration_block(spec.get("duration"), "spec.duration", report, settings)
+    rules = []
+    seen: dict[str, int] = {}
+    for index, rule_spec in enumerate(spec.get("rules", [])):
+        path = f"spec.rules[{index}]"
+        if rule_spec["name"] in seen:
+            report.error(
+                f"{path}.name", f"duplicate rule name {rule_spec['name']!r} (also rules[{seen[rule_spec['name']]}])"
+            )
+        seen.setdefault(rule_spec["name"], index)
+        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings))
+    limits = None
+    if "limits" in spec:
+        limits = _limits(name, spec["limits"], report, settings)
+    if not rules and limits is None:
+        report.warn("spec", "the policy has neither rules nor limits: it does nothing")
+    _warn_unreachable(subjects, rules, report)
+    expires_at = spec.get("expiresAt")
+    _warn_expiry(expires_at, spec.get("ticket"), "spec", report)
+    return Policy(
+        name=name,
+        mode=Mode(spec.get("mode", "Enforce")),
+        priority=spec.get("priority", 0),
+        subjects=subjects,
+        rules=tuple(rules),
+        limits=limits,
+        expires_at=expires_at,
+        ticket=spec.get("ticket"),
+        annotations=dict(fields["metadata"].get("annotations", {})),
+        source=source,
+    )
+
+
+def _rule(
+    policy: str,
+    index: int,
+    spec: dict[str, Any],
+    policy_duration: dict[str, Any],
+    path: str,
+    report: Reporter,
+    settings: Settings,
+) -> Rule:
+    effect = Effect(spec["effect"])
+    if "when" in spec:
+        report.error(f"{path}.when", "CEL conditions are not supported by this version; remove the field")
+    if effect is Effect.DENY:
+        for name in _ALLOW_ONLY_FIELDS:
+            if name in spec:
+                report.error(f"{path}.{name}", "only Allow rules take this field")
+        if "key" in spec and "minRSABits" in spec["key"]:
+            report.error(f"{path}.key.minRSABits", "a Deny rule matches keys by key.algorithms only")
+    elif "identities" not in spec:
+        report.error(f"{path}.identities", "an Allow rule must list the identities it grants")
+    trust_domains = frozenset(spec.get("trustDomains", [settings.trust_domain]))
+    for td_index, trust_domain in enumerate(spec.get("trustDomains", [])):
+        if trust_domain != settings.trust_domain and trust_domain not in settings.trust_domain_aliases:
+            report.error(
+                f"{path}.trustDomains[{td_index}]",
+                f"{trust_domain!r} is neither the primary trust domain nor in settings.trustDomainAliases",
+            )
+    labels = settings.trusted_namespace_label_keys
+    identities = []
+    for id_index, text in enumerate(spec.get("identities", [])):
+        where = f"{path}.identities[{id_index}]"
+        try:
+            template = IdentityTemplate.compile(text, settings.trust_domain, labels)
+        except TemplateError as exc:
+            report.error(where, str(exc))
+            continue
+        identities.append(template)
+        if effect is Effect.DENY:
+            continue
+        trust_domain = template.trust_domain or settings.trust_domain
+        if trust_domain not in trust_domains:
+            report.error(
+                where,
+                f"trust domain {trust_domain!r} is not in this rule's trustDomains "
+                f"[{', '.join(sorted(trust_domains))}]; add it there to opt in",
+            )
+        if "namespace" not in template.variables and not spec.get("allowCrossNamespace", False):
+            report.error(
+                where,
+                "grants identities outside the caller's namespace (no {namespace}); "
+                "set allowCrossNamespace: true if that is intended",
+            )
+    dns_names = []
+    for dns_index, text in enumerate(spec.get("dnsNames", [])):
+        try:
+            dns_names.append(DnsTemplate.compile(text, labels))
+        except TemplateError as exc:
+            report.error(f"{path}.dnsNames[{dns_index}]", str(exc))
+    duration = None
+    key = _key(spec.get("key"), f"{path}.key", report, None)
+    usages = frozenset()
+    if effect is Effect.ALLOW:
+        rule_duration = _duration_block(spec.get("duration"), f"{path}.duration", report, settings)
+        duration = _resolve_duration(rule_duration, policy_duration, settings, f"{path}.duration", report)
+        key = key or settings.key
+        usages = _usages(spec["usages"], f"{path}.usages", report) if "usages" in spec else settings.usages
+    _warn_expiry(spec.get("expiresAt"), spec.get("ticket"), path, report)
+    return Rule(
+        policy=policy,
+        index=index,
+        name=spec["name"],
+        effect=effect,
+        subjects=compile_subjects(spec.get("subjects"), f"{path}.subjects", report, settings),
+        identities=tuple(identities),
+        trust_domains=trust_domains,
+        dns_names=tuple(dns_names),
+        allow_wildcard_dns_names=spec.get("allowWildcardDNSNames", False),
+        duration=duration,
+        key=key,
+        usages=usages,
+        expires_at=spec.get("expiresAt"),
+        ticket=spec.get("ticket"),
+        message=spec.get("message"),
+    )
+
+
+def _limits(policy: str, spec: dict[str, Any], report: Reporter, settings: Settings) -> Limits:
+    duration = spec.get("duration", {})
+    low, high = duration.get("min"), duration.get("max")
+    if high is not None and high <= 0:
+        report.error("spec.limits.duration.max", "must be positive")
+    if low is not None and high is not None and low > high:
+        report.warn(
+            "spec.limits.duration",
+            f"min {show(low)} > max {show(high)}: every grant for these subjects is denied DURATION_RANGE_EMPTY",
+        )
+    if low is not None and low > settings.duration_max:
+        report.warn(
+            "spec.limits.duration.min",
+            f"{show(low)} exceeds settings.duration.max {show(settings.duration_max)}: every grant is denied",
+        )
+    return Limits(
+        policy=policy,
+        duration_min=low,
+        duration_max=high,
+        on_exceed=duration.get("onExceed", "Clamp"),
+        on_below=duration.get("onBelow", "Deny"),
+        key=_key(spec.get("key"), "spec.limits.key", report, None),
+    )
+
+
+def _warn_expiry(expires_at: datetime | None, ticket: str | None, path: str, report: Reporter) -> None:
+    if expires_at is not None and ticket is None:
+        report.warn(f"{path}.expiresAt", "a time-bound exception should name its ticket")
+
+
+def _warn_unreachable(subjects: Subjects, rules: list[Rule], report: Reporter) -> None:
+    """Rules whose own literal namespaces cannot meet the policy's, and Allow rules repeated verbatim."""
+    outer = subjects.literal_namespaces
+    seen: dict[tuple[Any, ...], str] = {}
+    for rule in rules:
+        path = f"spec.rules[{rule.index}]"
+        inner = rule.subjects.namespaces if rule.subjects is not None else None
+        if outer is not None and inner and not any(_glob_hits(p.pattern, outer) for p in inner):
+            report.warn(f"{path}.subjects.namespaces", "can never apply: matches none of the policy's namespaces")
+        if rule.effect is Effect.ALLOW:
+            shape = (
+                rule.subjects,
+                tuple(t.text for t in rule.identities),
+                rule.trust_domains,
+                tuple(t.text for t in rule.dns_names),
+                rule.allow_wildcard_dns_names,
+                rule.duration,
+                rule.key,
+                rule.usages,
+                rule.expires_at,
+            )
+            if shape in seen:
+                report.warn(path, f"repeats rule {seen[shape]!r} exactly; it can never change a decision")
+            seen.setdefault(shape, rule.name)
+
+
+def _glob_hits(pattern: str, names: frozenset[str]) -> bool:
+    glob = NameGlob.compile(pattern)
+    return any(glob.matches(name) for name in names)
+
+
+def istio_compatible_rule(settings: Settings) -> Rule:
+    """``defaultDecision: IstioCompatible``: own identity only, no DNS names, istio-csr's clamp to the ceiling."""
+    own = IdentityTemplate.compile(
+        "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}", settings.trust_domain, frozenset()
+    )
+    return Rule(
+        policy="builtin",
+        index=0,
+        name="own-identity",
+        effect=Effect.ALLOW,
+        identities=(own,),
+        trust_domains=frozenset({settings.trust_domain}),
+        duration=DurationRange(settings.duration_default, 0, settings.duration_max, "Clamp", "Deny"),
+        key=settings.key,
+        usages=settings.usages,
+    )

@@ -1,0 +1,119 @@
+"""What one evaluation knows about its request, and the condition records explain is built from.
+
+The context is made once per decision: it parses nothing itself (step 0 already did) but derives what every
+rule asks about, such as template values, DNS labels and the caller's principal, and fetches namespace labels at
+most once, only when a policy actually needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from policies.model import Caller, IssuanceRequest
+from policies.spiffe import SpiffeID
+from policies.templates import LABEL_PREFIX, valid_dns_name
+
+NamespaceLabels = Callable[[str], "Mapping[str, str] | None"]
+
+
+class LabelsUnavailable(Exception):
+    """Namespace labels are needed but the provider has none yet (informer not synced)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One condition of a policy or rule: whether it held, and expected vs actual for explain."""
+
+    condition: str  # e.g. subjects.namespaces, identities, dnsNames[0], duration
+    held: bool
+    expected: str
+    actual: str
+    code: str | None = None  # the sub-reason when it failed: IDENTITY_NOT_ALLOWED, DURATION_TOO_LONG, ...
+    note: str | None = None  # a ready sentence for messages, when expected/actual alone read badly
+
+    @property
+    def sentence(self) -> str:
+        return self.note or f"{self.condition} {self.actual!r} not allowed (expected {self.expected})"
+
+    def as_dict(self) -> dict[str, object]:
+        result: dict[str, object] = {
+            "condition": self.condition,
+            "held": self.held,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+        if self.code and not self.held:
+            result["code"] = self.code
+        return result
+
+
+class EvaluationContext:
+    __slots__ = (
+        "_label_cache",
+        "_labels",
+        "ca_not_after",
+        "caller",
+        "dns_labels",
+        "now",
+        "primary_trust_domain",
+        "principal",
+        "request",
+        "uris",
+        "values",
+        "workload",
+    )
+
+    def __init__(
+        self,
+        caller: Caller,
+        request: IssuanceRequest,
+        uris: tuple[SpiffeID, ...],
+        *,
+        now: datetime,
+        ca_not_after: datetime | None,
+        primary_trust_domain: str,
+        cluster_domain: str,
+        namespace_labels: NamespaceLabels | None,
+    ) -> None:
+        self.caller = caller
+        self.request = request
+        self.uris = uris
+        self.now = now
+        self.ca_not_after = ca_not_after
+        self.primary_trust_domain = primary_trust_domain
+        self.principal = f"{primary_trust_domain}/ns/{caller.namespace}/sa/{caller.service_account}"
+        self.workload = f"{caller.namespace}/{caller.service_account}"
+        self.values: dict[str, str] = {
+            "trustDomain": primary_trust_domain,
+            "namespace": caller.namespace,
+            "serviceAccount": caller.service_account,
+            "clusterDomain": cluster_domain,
+        }
+        if caller.pod_name:
+            self.values["podName"] = caller.pod_name
+        if caller.pod_uid:
+            self.values["podUID"] = caller.pod_uid
+        # None marks a requested name that is not a valid DNS name: it can then match no rule.
+        self.dns_labels: tuple[tuple[str, ...] | None, ...] = tuple(
+            tuple(name.split(".")) if valid_dns_name(name) else None for name in request.dns_names
+        )
+        self._labels = namespace_labels
+        self._label_cache: Mapping[str, str] | None = None
+
+    def labels(self) -> Mapping[str, str]:
+        """The caller namespace's labels; raises LabelsUnavailable when the provider has not synced."""
+        if self._label_cache is None:
+            labels = self._labels(self.caller.namespace) if self._labels is not None else None
+            if labels is None:
+                raise LabelsUnavailable(f"labels of namespace {self.caller.namespace!r} are not available yet")
+            self._label_cache = labels
+        return self._label_cache
+
+    def lookup(self, name: str) -> str | None:
+        """A template variable's value for this caller, or None when it has none."""
+        value = self.values.get(name)
+        if value is None and name.startswith(LABEL_PREFIX):
+            return self.labels().get(name[len(LABEL_PREFIX) :])
+        return value

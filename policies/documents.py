@@ -1,0 +1,199 @@
+"""The compiled, validated form of the policy documents, as the evaluator reads them.
+
+Everything here is immutable and already checked: inherited values are resolved (a rule's duration range
+falls back to its policy's, then to the settings), templates and globs are compiled, and names are qualified
+(``policy/rule``) the way reports print them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from policies.durations import format_duration
+from policies.subjects import Subjects
+from policies.templates import DnsTemplate, IdentityTemplate
+
+DEFAULT_KEY_ALGORITHMS = ("ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072", "RSA-4096", "RSA-8192")
+DEFAULT_USAGES = ("digitalSignature", "keyEncipherment", "serverAuth", "clientAuth")
+KNOWN_KEY_ALGORITHMS = frozenset(
+    {"ECDSA-P256", "ECDSA-P384", "ECDSA-P521", "Ed25519", "Ed448"}
+    | {f"RSA-{bits}" for bits in (1024, 2048, 3072, 4096, 8192)}
+)
+KNOWN_USAGES = frozenset(
+    {
+        "digitalSignature",
+        "contentCommitment",
+        "keyEncipherment",
+        "dataEncipherment",
+        "keyAgreement",
+        "certSign",
+        "crlSign",
+        "encipherOnly",
+        "decipherOnly",
+        "serverAuth",
+        "clientAuth",
+        "codeSigning",
+        "emailProtection",
+        "timeStamping",
+        "OCSPSigning",
+    }
+)
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
+    DISABLED = "Disabled"
+
+
+class Effect(enum.StrEnum):
+    ALLOW = "Allow"
+    DENY = "Deny"
+
+
+def rsa_bits(key: str) -> int | None:
+    if key.startswith("RSA-") and key[4:].isdigit():
+        return int(key[4:])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """Allowed key algorithms (``None``: any) and, for RSA, a minimum modulus size."""
+
+    algorithms: frozenset[str] | None
+    min_rsa_bits: int | None = None
+
+    def refusal(self, key: str) -> str | None:
+        """Why ``key`` is not allowed, or None when it is."""
+        if self.algorithms is not None and key not in self.algorithms:
+            return f"{key} is not one of [{', '.join(sorted(self.algorithms))}]"
+        bits = rsa_bits(key)
+        if self.min_rsa_bits is not None and bits is not None and bits < self.min_rsa_bits:
+            return f"{key} is below the minimum of {self.min_rsa_bits} RSA bits"
+        return None
+
+    def describe(self) -> str:
+        parts = []
+        if self.algorithms is not None:
+            parts.append("one of [" + ", ".join(sorted(self.algorithms)) + "]")
+        if self.min_rsa_bits is not None:
+            parts.append(f"RSA >= {self.min_rsa_bits} bits")
+        return " and ".join(parts) or "any key"
+
+
+@dataclass(frozen=True, slots=True)
+class DurationRange:
+    """A rule's resolved duration policy (rule, then policy, then settings)."""
+
+    default: int
+    minimum: int
+    maximum: int
+    on_exceed: str  # Clamp | Deny
+    on_below: str  # Deny | Raise
+
+    def describe(self) -> str:
+        return (
+            f"default {format_duration(self.default)}, min {format_duration(self.minimum)}, "
+            f"max {format_duration(self.maximum)} (onExceed {self.on_exceed}, onBelow {self.on_below})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    policy: str
+    index: int
+    name: str
+    effect: Effect
+    subjects: Subjects | None = None
+    identities: tuple[IdentityTemplate, ...] = ()
+    trust_domains: frozenset[str] = frozenset()
+    dns_names: tuple[DnsTemplate, ...] = ()
+    allow_wildcard_dns_names: bool = False
+    duration: DurationRange | None = None
+    key: KeyPolicy | None = None  # Deny rules: the keys that trigger the rule
+    usages: frozenset[str] = frozenset()
+    expires_at: datetime | None = None
+    ticket: str | None = None
+    message: str | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.policy}/{self.name}"
+
+    @property
+    def needs_labels(self) -> bool:
+        templates = (*self.identities, *self.dns_names)
+        return any(v.startswith("nsLabel:") for t in templates for v in t.variables) or (
+            self.subjects is not None and self.subjects.needs_labels
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``spec.limits``: AND-ed onto every grant for the policy's subjects, whichever policy grants."""
+
+    policy: str
+    duration_min: int | None = None
+    duration_max: int | None = None
+    on_exceed: str = "Clamp"
+    on_below: str = "Deny"
+    key: KeyPolicy | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.policy}/limits"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    mode: Mode
+    priority: int
+    subjects: Subjects
+    rules: tuple[Rule, ...]
+    limits: Limits | None
+    expires_at: datetime | None = None
+    ticket: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    allow_rules: tuple[Rule, ...] = field(init=False)
+    deny_rules: tuple[Rule, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Split once: the evaluator walks these on every decision.
+        object.__setattr__(self, "allow_rules", tuple(r for r in self.rules if r.effect is Effect.ALLOW))
+        object.__setattr__(self, "deny_rules", tuple(r for r in self.rules if r.effect is Effect.DENY))
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.subjects.needs_labels or any(r.needs_labels for r in self.rules)
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Step 4's tie-break: highest priority first, then the smallest name."""
+        return -self.priority, self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    trust_domain: str = "cluster.local"
+    trust_domain_aliases: frozenset[str] = frozenset()
+    cluster_domain: str = "cluster.local"
+    default_decision: str = "Deny"  # Deny | IstioCompatible
+    duration_default: int = 86400
+    duration_min: int = 0
+    duration_max: int = 7 * 86400
+    non_positive: str = "UseDefault"  # UseDefault | Deny
+    ca_on_exceed: str = "Clamp"  # Clamp | Deny
+    max_uris: int = 1
+    on_missing_uri: str = "Deny"  # Deny | UseCallerIdentity
+    node_service_accounts: frozenset[str] = frozenset()
+    trusted_namespace_label_keys: frozenset[str] = frozenset()
+    client_messages: str = "Detailed"  # Detailed | Minimal
+    key: KeyPolicy = KeyPolicy(frozenset(DEFAULT_KEY_ALGORITHMS))
+    usages: frozenset[str] = frozenset(DEFAULT_USAGES)
+    git_sha: str | None = None
+    source: str = ""

@@ -1,0 +1,141 @@
+"""Loads a policy set from files, all or nothing (policy-format.md §3, "Loading").
+
+Every document of every file is checked; if any has an error the whole set is rejected (skipping one document
+could silently drop a Deny rule and fail open) and the caller gets every located problem at once. The revision is
+the SHA-256 of a canonical form of the set (documents sorted by kind and name, comments, file names and key order
+ignored), so two directories that mean the same thing have the same revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from policies.compiler import compile_policy, compile_settings
+from policies.documents import Policy, Settings
+from policies.policy_set import PolicySet
+from policies.problems import PolicySetInvalid, Problem, Severity
+from policies.schema import Reporter, read_document
+from policies.yaml_source import parse_documents
+
+POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def policy_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The ``*.yaml``/``*.yml`` files directly in each directory (sorted), and any file named explicitly.
+
+    Hidden entries are skipped, which also skips the ``..data`` folders of a mounted ConfigMap while still
+    following its top-level symlinks.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    child
+                    for child in path.iterdir()
+                    if child.suffix in POLICY_FILE_SUFFIXES and not child.name.startswith(".") and child.is_file()
+                )
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def read_sources(files: Sequence[Path]) -> tuple[list[tuple[str, str]], list[Problem]]:
+    sources, problems = [], []
+    for file in files:
+        try:
+            sources.append((str(file), file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(file), 1, 1, "", f"cannot read: {exc}"))
+    return sources, problems
+
+
+def load_policy_set(paths: Iterable[str | Path], *, trust_domain: str | None = None) -> PolicySet:
+    """Load directories and/or files as one set. Raises PolicySetInvalid with every problem when invalid."""
+    paths = list(paths)
+    files = policy_files(paths)
+    sources, problems = read_sources(files)
+    if not files:
+        shown = ", ".join(str(p) for p in paths)
+        problems.append(Problem(shown, 1, 1, "", "no *.yaml or *.yml policy files found"))
+    return build_policy_set(sources, trust_domain=trust_domain, problems=problems)
+
+
+def build_policy_set(
+    sources: Sequence[tuple[str, str]],
+    *,
+    trust_domain: str | None = None,
+    problems: list[Problem] | None = None,
+) -> PolicySet:
+    """Build a set from (file name, YAML text) pairs. Raises PolicySetInvalid with every problem when invalid."""
+    problems = list(problems or ())
+    read: list[tuple[str, dict[str, Any], Reporter, str]] = []
+    for file, text in sources:
+        documents, syntax_problems = parse_documents(text, file)
+        problems.extend(syntax_problems)
+        for document in documents:
+            report = Reporter(file)
+            result = read_document(document.node, report)
+            problems.extend(report.problems)
+            if result is not None and result[0] != "PolicyTest":
+                read.append((result[0], result[1], report, f"{file}#{document.index}"))
+
+    settings_docs = [entry for entry in read if entry[0] == "PolicySettings"]
+    for _, _, report, _ in settings_docs[1:]:
+        report.error("kind", f"a set takes one PolicySettings document; the first is in {settings_docs[0][3]}")
+        problems.extend(report.problems[-1:])
+    if settings_docs:
+        _, fields, report, source = settings_docs[0]
+        before = len(report.problems)
+        settings = compile_settings(fields, report, expected_trust_domain=trust_domain, source=source)
+        problems.extend(report.problems[before:])
+    else:
+        settings = Settings(trust_domain=trust_domain or Settings().trust_domain)
+
+    policies: list[Policy] = []
+    first_seen: dict[str, str] = {}
+    for kind, fields, report, source in read:
+        if kind != "IdentityPolicy":
+            continue
+        before = len(report.problems)
+        name = fields["metadata"]["name"]
+        if name in first_seen:
+            report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
+        first_seen.setdefault(name, source)
+        policies.append(compile_policy(fields, report, settings, source=source))
+        problems.extend(report.problems[before:])
+
+    if sources and not read and not any(p.severity is Severity.ERROR for p in problems):
+        problems.append(Problem(sources[0][0], 1, 1, "", "no PolicySettings or IdentityPolicy documents found"))
+    if any(p.severity is Severity.ERROR for p in problems):
+        raise PolicySetInvalid(problems)
+    return PolicySet(
+        settings,
+        policies,
+        revision=revision_of([(kind, fields) for kind, fields, _, _ in read]),
+        warnings=problems,
+        files=[file for file, _ in sources],
+    )
+
+
+def revision_of(documents: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """``sha256:<hex>`` over the canonical JSON of the documents, sorted by (kind, name)."""
+    canonical = sorted(
+        ({"kind": kind, "metadata": fields["metadata"], "spec": fields["spec"]} for kind, fields in documents),
+        key=lambda d: (d["kind"], d["metadata"]["name"]),
+    )
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=_canonical_scalar)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _canonical_scalar(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot canonicalise {type(value).__name__}")

@@ -1,0 +1,209 @@
+"""Identity and DNS templates: ``spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}/shard/*``.
+
+A template is rendered per request with the caller's values and then matched as a segment-aware glob. Values are
+substituted literally and never globbed: a value holding a separator, a star or a character the target syntax
+forbids makes the rule not match (policy-format.md §2.2). Stars written in the template are carried through
+rendering as a NUL marker, which no substituted value may contain, so a value can never inject a glob.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policies.globs import GLOBSTAR, match_pieces
+from policies.spiffe import InvalidSpiffeID, SpiffeID, parse_spiffe_id
+
+VARIABLES = frozenset({"trustDomain", "namespace", "serviceAccount", "clusterDomain", "podName", "podUID"})
+LABEL_PREFIX = "nsLabel:"
+_STAR = "\x00"
+_TOKEN = re.compile(r"\{([^{}]*)\}")
+_DNS_VALUE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_SPIFFE_PREFIX = "spiffe://"
+
+Lookup = Callable[[str], "str | None"]
+
+
+class TemplateError(ValueError):
+    """The template can never render a valid value; the message says why."""
+
+
+def _parse(text: str, trusted_label_keys: frozenset[str]) -> tuple[tuple[bool, str], ...]:
+    """Split into (is_variable, text) parts; stars in literal parts become the NUL marker."""
+    parts: list[tuple[bool, str]] = []
+    position = 0
+    for match in _TOKEN.finditer(text):
+        literal = text[position : match.start()]
+        if "{" in literal or "}" in literal:
+            raise TemplateError(f"unbalanced braces in {text!r}")
+        if literal:
+            parts.append((False, literal.replace("*", _STAR)))
+        name = match.group(1)
+        if name.startswith(LABEL_PREFIX):
+            key = name[len(LABEL_PREFIX) :]
+            if key not in trusted_label_keys:
+                raise TemplateError(f"{{{name}}}: label key {key!r} is not in settings.trustedNamespaceLabelKeys")
+        elif name not in VARIABLES:
+            known = ", ".join("{" + v + "}" for v in sorted(VARIABLES))
+            raise TemplateError(f"unknown variable {{{name}}} (known: {known}, {{nsLabel:<key>}})")
+        parts.append((True, name))
+        position = match.end()
+    tail = text[position:]
+    if "{" in tail or "}" in tail:
+        raise TemplateError(f"unbalanced braces in {text!r}")
+    if tail:
+        parts.append((False, tail.replace("*", _STAR)))
+    return tuple(parts)
+
+
+def _render(parts: tuple[tuple[bool, str], ...], lookup: Lookup, value_ok: Callable[[str], bool]) -> str | None:
+    out: list[str] = []
+    for is_variable, text in parts:
+        if is_variable:
+            value = lookup(text)
+            if not value or not value_ok(value):
+                return None
+            out.append(value)
+        else:
+            out.append(text)
+    return "".join(out)
+
+
+def _split(rendered: str, separator: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(segment.split(_STAR)) for segment in rendered.split(separator))
+
+
+def _path_value_ok(value: str) -> bool:
+    return "/" not in value and _STAR not in value and "*" not in value
+
+
+def _dns_value_ok(value: str) -> bool:
+    return _DNS_VALUE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityTemplate:
+    text: str
+    trust_domain: str | None  # a literal trust domain, or None for {trustDomain}
+    parts: tuple[tuple[bool, str], ...]  # the path after the trust domain, without a final /**
+    globstar: bool
+    variables: frozenset[str]
+    static: tuple[tuple[str, ...], ...] | None  # the path pre-split when it has no variables
+
+    @classmethod
+    def compile(cls, text: str, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> IdentityTemplate:
+        """Raises TemplateError unless ``text`` can render a syntactically valid SPIFFE ID."""
+        if not text.startswith(_SPIFFE_PREFIX):
+            raise TemplateError(f'{text!r} must start with "spiffe://"')
+        trust_domain_text, slash, path = text[len(_SPIFFE_PREFIX) :].partition("/")
+        if trust_domain_text == "{trustDomain}":
+            trust_domain = None
+        elif "{" in trust_domain_text or "*" in trust_domain_text:
+            raise TemplateError(f"the trust domain of {text!r} must be {{trustDomain}} or a literal name")
+        else:
+            trust_domain = trust_domain_text
+        globstar = path == GLOBSTAR or path.endswith("/" + GLOBSTAR)
+        if globstar:
+            path = path[: -len(GLOBSTAR) - 1] if path != GLOBSTAR else ""
+        if GLOBSTAR in path:
+            raise TemplateError(f'"**" may only be the whole last path segment of {text!r}')
+        parts = _parse(path, trusted_label_keys) if path else ()
+        sample = _render(parts, lambda _: "x", lambda _: True) or ""
+        sample_text = f"{_SPIFFE_PREFIX}{trust_domain or primary_trust_domain}{slash}{sample.replace(_STAR, 'x')}"
+        if globstar:
+            sample_text += "/x" if path else "x"
+        try:
+            parse_spiffe_id(sample_text)
+        except InvalidSpiffeID as exc:
+            raise TemplateError(f"{text!r} can never render a valid SPIFFE ID: {exc}") from None
+        variables = frozenset(name for is_variable, name in parts if is_variable)
+        static = _split(sample, "/") if not variables and path else (() if not path else None)
+        return cls(text, trust_domain, parts, globstar, variables, static)
+
+    def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
+        """The path segments as glob pieces for this caller, or None when a value is missing or unusable."""
+        if self.static is not None:
+            return self.static
+        rendered = _render(self.parts, lookup, _path_value_ok)
+        return None if rendered is None else _split(rendered, "/")
+
+    def matches(self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup) -> bool:
+        if spiffe_id.trust_domain != (self.trust_domain or primary_trust_domain):
+            return False
+        pattern = self.render(lookup)
+        if pattern is None:
+            return False
+        segments = spiffe_id.segments
+        if self.globstar:
+            if len(segments) <= len(pattern):
+                return False
+        elif len(segments) != len(pattern):
+            return False
+        return all(match_pieces(pieces, segment) for pieces, segment in zip(pattern, segments, strict=False))
+
+    def describe(self, lookup: Lookup, primary_trust_domain: str) -> str:
+        """The template as rendered for this caller, for messages: spiffe://cluster.local/ns/orders/sa/web."""
+        rendered = _render(self.parts, lookup, _path_value_ok)
+        if rendered is None:
+            return self.text
+        path = rendered.replace(_STAR, "*")
+        suffix = ("/" if path else "") + GLOBSTAR if self.globstar else ""
+        slash = "/" if path else ""
+        return f"{_SPIFFE_PREFIX}{self.trust_domain or primary_trust_domain}{slash}{path}{suffix}"
+
+
+def valid_dns_name(name: str, *, wildcard_ok: bool = True) -> bool:
+    """Lowercase hostname syntax; a leftmost ``*`` label is accepted when ``wildcard_ok``."""
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if wildcard_ok and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    return all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTemplate:
+    text: str
+    parts: tuple[tuple[bool, str], ...]
+    variables: frozenset[str]
+    static: tuple[tuple[str, ...], ...] | None
+
+    @classmethod
+    def compile(cls, text: str, trusted_label_keys: frozenset[str]) -> DnsTemplate:
+        """Raises TemplateError unless ``text`` can render a valid DNS name."""
+        parts = _parse(text, trusted_label_keys)
+        sample = _render(parts, lambda _: "x", lambda _: True) or ""
+        if not valid_dns_name(sample.replace(_STAR, "x"), wildcard_ok=False):
+            raise TemplateError(f"{text!r} can never render a valid lowercase DNS name")
+        variables = frozenset(name for is_variable, name in parts if is_variable)
+        return cls(text, parts, variables, None if variables else _split(sample, "."))
+
+    def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
+        if self.static is not None:
+            return self.static
+        rendered = _render(self.parts, lookup, _dns_value_ok)
+        return None if rendered is None else _split(rendered, ".")
+
+    def matches(self, labels: tuple[str, ...], lookup: Lookup, *, allow_wildcard: bool, for_deny: bool = False) -> bool:
+        """Whether the requested name (split in ``labels``) matches.
+
+        A requested wildcard label (``*``) matches only a pattern label that is literally ``*`` and only when the
+        rule allows wildcard names. Deny rules match broadly instead: their stars also cover a requested ``*``.
+        """
+        pattern = self.render(lookup)
+        if pattern is None or len(pattern) != len(labels):
+            return False
+        for pieces, label in zip(pattern, labels, strict=True):
+            if "*" in label and not for_deny:
+                if not allow_wildcard or "*".join(pieces) != label:
+                    return False
+            elif not match_pieces(pieces, label):
+                return False
+        return True
+
+    def describe(self, lookup: Lookup) -> str:
+        rendered = _render(self.parts, lookup, _dns_value_ok)
+        return self.text if rendered is None else rendered.replace(_STAR, "*")
