@@ -92,9 +92,7 @@ class PlaneError(RuntimeError):
 
 def binaries() -> dict[str, str]:
     """Paths and versions from ``build.sh --env`` (nothing is built)."""
-    out = subprocess.run(
-        ["bash", str(HERE / "build.sh"), "--env"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["bash", str(HERE / "build.sh"), "--env"], check=True, capture_output=True, text=True).stdout
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return env
 
@@ -186,8 +184,13 @@ class Proc:
             out.write(f"\n===== start {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
             out.flush()
             p = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True, cwd=str(cluster_dir()),
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=str(cluster_dir()),
             )
         self.pid = p.pid
         # Popen objects that are never waited on warn; the plane outlives this process by design.
@@ -330,16 +333,23 @@ def _write_pki(d: Path) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     ca = pki.make_ca("meshsigner-test-plane-ca")
     srv = pki.issue(
-        ca, "kube-apiserver", server=True,
-        dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"), ips=(LOOPBACK,),
+        ca,
+        "kube-apiserver",
+        server=True,
+        dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+        ips=(LOOPBACK,),
     )
     admin = pki.issue(ca, "meshsigner-test-admin", organizations=("system:masters",), client=True)
     sa_key, sa_pub = pki.rsa_key_pair()
     files = {
-        "ca.crt": ca.cert_pem, "ca.key": ca.key_pem,
-        "apiserver.crt": srv.cert_pem, "apiserver.key": srv.key_pem,
-        "admin.crt": admin.cert_pem, "admin.key": admin.key_pem,
-        "sa.key": sa_key, "sa.pub": sa_pub,
+        "ca.crt": ca.cert_pem,
+        "ca.key": ca.key_pem,
+        "apiserver.crt": srv.cert_pem,
+        "apiserver.key": srv.key_pem,
+        "admin.crt": admin.cert_pem,
+        "admin.key": admin.key_pem,
+        "sa.key": sa_key,
+        "sa.pub": sa_pub,
     }
     out = {}
     for name, data in files.items():
@@ -398,7 +408,9 @@ def _apply_crds(plane: Plane, crd_dir: Path, timeout: float = 60.0) -> list[str]
             raise PlaneError(f"CRDs not Established after {timeout}s: {sorted(pending)}")
         core = client.CoreV1Api(api_client)
         try:
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=plane.cluster_resource_namespace)))
+            core.create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=plane.cluster_resource_namespace))
+            )
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -420,7 +432,8 @@ def _start(auto_started: bool) -> Plane:
     missing = missing_binaries(env)
     if missing:
         raise PlaneError(
-            "test control plane binaries are not built: " + ", ".join(missing)
+            "test control plane binaries are not built: "
+            + ", ".join(missing)
             + "\nrun `bash tests/cluster/build.sh` (first build takes a while; `make test` runs it)"
         )
     d = cluster_dir()
@@ -448,50 +461,58 @@ def _start(auto_started: bool) -> Plane:
         cm_metrics_port=cm_metrics,
         cluster_resource_namespace=CLUSTER_RESOURCE_NAMESPACE,
         versions={
-            "kube-apiserver": env["KUBE_VERSION"], "etcd": env["ETCD_VERSION"],
-            "cert-manager": env["CERT_MANAGER_VERSION"], "go": env["GO_VERSION"],
+            "kube-apiserver": env["KUBE_VERSION"],
+            "etcd": env["ETCD_VERSION"],
+            "cert-manager": env["CERT_MANAGER_VERSION"],
+            "go": env["GO_VERSION"],
         },
         auto_started=auto_started,
         started_at=time.time(),
     )
-    Path(plane.kubeconfig).write_text(
-        _kubeconfig(api_url, files["ca.crt"], files["admin.crt"], files["admin.key"])
-    )
+    Path(plane.kubeconfig).write_text(_kubeconfig(api_url, files["ca.crt"], files["admin.crt"], files["admin.key"]))
     peer = f"http://{LOOPBACK}:{etcd_peer}"
-    plane.procs["etcd"] = Proc("etcd", [
-        env["ETCD_BIN"],
-        "--name=meshsigner-test",
-        f"--data-dir={d / 'etcd'}",
-        f"--listen-client-urls={plane.etcd_url}",
-        f"--advertise-client-urls={plane.etcd_url}",
-        f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster=meshsigner-test={peer}",
-        "--unsafe-no-fsync",
-        "--log-level=warn",
-    ], str(d / "logs" / "etcd.log"))
-    plane.procs["kube-apiserver"] = Proc("kube-apiserver", [
-        env["KUBE_APISERVER_BIN"],
-        f"--etcd-servers={plane.etcd_url}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
-        f"--secure-port={api_port}",
-        f"--cert-dir={d / 'pki'}",
-        f"--tls-cert-file={files['apiserver.crt']}",
-        f"--tls-private-key-file={files['apiserver.key']}",
-        f"--client-ca-file={files['ca.crt']}",
-        f"--service-account-issuer={api_url}",
-        f"--service-account-key-file={files['sa.pub']}",
-        f"--service-account-signing-key-file={files['sa.key']}",
-        "--authorization-mode=RBAC",
-        "--disable-admission-plugins=ServiceAccount",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--allow-privileged=true",
-        "--endpoint-reconciler-type=none",
-        "--enable-priority-and-fairness=true",
-        "--profiling=false",
-        "--v=1",
-    ], str(d / "logs" / "kube-apiserver.log"))
+    plane.procs["etcd"] = Proc(
+        "etcd",
+        [
+            env["ETCD_BIN"],
+            "--name=meshsigner-test",
+            f"--data-dir={d / 'etcd'}",
+            f"--listen-client-urls={plane.etcd_url}",
+            f"--advertise-client-urls={plane.etcd_url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=meshsigner-test={peer}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+        str(d / "logs" / "etcd.log"),
+    )
+    plane.procs["kube-apiserver"] = Proc(
+        "kube-apiserver",
+        [
+            env["KUBE_APISERVER_BIN"],
+            f"--etcd-servers={plane.etcd_url}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            f"--secure-port={api_port}",
+            f"--cert-dir={d / 'pki'}",
+            f"--tls-cert-file={files['apiserver.crt']}",
+            f"--tls-private-key-file={files['apiserver.key']}",
+            f"--client-ca-file={files['ca.crt']}",
+            f"--service-account-issuer={api_url}",
+            f"--service-account-key-file={files['sa.pub']}",
+            f"--service-account-signing-key-file={files['sa.key']}",
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=true",
+            "--profiling=false",
+            "--v=1",
+        ],
+        str(d / "logs" / "kube-apiserver.log"),
+    )
     cm_argv = [
         env["CM_CONTROLLER_BIN"],
         f"--kubeconfig={plane.kubeconfig}",
@@ -565,6 +586,7 @@ def down() -> bool:
 
 
 # ----- users: pytest sessions that share a plane -----
+
 
 def register_user(pid: int) -> Path:
     users = cluster_dir() / "users"

@@ -144,7 +144,10 @@ def kube_plane():
         )
     proc = subprocess.run(
         ["bash", str(CLUSTER / "up.sh"), "--for-tests", f"--register-pid={os.getpid()}"],
-        capture_output=True, text=True, cwd=REPO, timeout=280,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=280,
     )
     sys.stderr.write(proc.stderr)
     plane = plane_mod.load()
@@ -317,13 +320,15 @@ def _create_ca_issuer(kube_api, *, kind: str, name: str, secret_ns: str, issuer_
         co.create_cluster_custom_object(CM_GROUP, CM_VERSION, "clusterissuers", body)
         _wait_for(
             lambda: _ready(co.get_cluster_custom_object(CM_GROUP, CM_VERSION, "clusterissuers", name)),
-            timeout=90, what=f"ClusterIssuer {name} Ready",
+            timeout=90,
+            what=f"ClusterIssuer {name} Ready",
         )
     else:
         co.create_namespaced_custom_object(CM_GROUP, CM_VERSION, issuer_ns, "issuers", body)
         _wait_for(
             lambda: _ready(co.get_namespaced_custom_object(CM_GROUP, CM_VERSION, issuer_ns, "issuers", name)),
-            timeout=90, what=f"Issuer {issuer_ns}/{name} Ready",
+            timeout=90,
+            what=f"Issuer {issuer_ns}/{name} Ready",
         )
     return CAIssuer(name=name, kind=kind, namespace=issuer_ns, secret_name=secret_name, ca=ca)
 
@@ -334,8 +339,11 @@ def ca_cluster_issuer(kube_plane, kube_api):
 
     name = f"meshsigner-test-ca-{secrets.token_hex(3)}"
     issuer = _create_ca_issuer(
-        kube_api, kind="ClusterIssuer", name=name,
-        secret_ns=kube_plane.cluster_resource_namespace, issuer_ns=None,
+        kube_api,
+        kind="ClusterIssuer",
+        name=name,
+        secret_ns=kube_plane.cluster_resource_namespace,
+        issuer_ns=None,
     )
     yield issuer
     with contextlib.suppress(Exception):
@@ -348,8 +356,11 @@ def ca_cluster_issuer(kube_plane, kube_api):
 def make_ca_issuer(kube_api):
     def make(namespace: str, name: str | None = None) -> CAIssuer:
         return _create_ca_issuer(
-            kube_api, kind="Issuer", name=name or f"ca-{secrets.token_hex(3)}",
-            secret_ns=namespace, issuer_ns=namespace,
+            kube_api,
+            kind="Issuer",
+            name=name or f"ca-{secrets.token_hex(3)}",
+            secret_ns=namespace,
+            issuer_ns=namespace,
         )
 
     return make
@@ -372,8 +383,11 @@ def approve_certificate_request(kube_api):
     co = client.CustomObjectsApi(kube_api)
 
     def approve(
-        namespace: str, name: str, approve: bool = True,
-        reason: str = "meshsigner-tests", message: str = "approved by the test",
+        namespace: str,
+        name: str,
+        approve: bool = True,
+        reason: str = "meshsigner-tests",
+        message: str = "approved by the test",
     ) -> dict:
         cr = co.get_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, "certificaterequests", name)
         status = cr.setdefault("status", {})
@@ -399,7 +413,10 @@ def approve_csr(kube_api):
     ):
         csr = certs.read_certificate_signing_request(name)
         cond = client.V1CertificateSigningRequestCondition(
-            type="Approved" if approve else "Denied", status="True", reason=reason, message=message,
+            type="Approved" if approve else "Denied",
+            status="True",
+            reason=reason,
+            message=message,
             last_update_time=dt.datetime.now(dt.UTC),
         )
         csr.status = csr.status or client.V1CertificateSigningRequestStatus()
