@@ -1,15 +1,24 @@
-"""Decision records: one JSON-serialisable dict per request, for logs, ``--decision-log`` and audits."""
+"""Decision records (policy-format.md §3 "Outputs"): one JSON object per request, for logs and --decision-log.
+
+A record says who asked for what, what was decided and by which rule, what was issued, what Audit-mode policies
+would have done, and which policy-set revision decided, so an auditor can replay the decision offline with
+``meshsigner policy explain`` against that revision.
+"""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
+from policies.evaluator import matched_rule
 from policies.model import Caller, Decision, IssuanceRequest
 
+RECORD_VERSION = 1
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
 
 
 def decision_record(
@@ -19,40 +28,88 @@ def decision_record(
     decision: Decision,
     *,
     issued_not_after: datetime | None = None,
+    at: datetime | None = None,
+    trace: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    caller_record: dict[str, Any] = {
-        "namespace": caller.namespace,
-        "serviceAccount": caller.service_account,
-        "spiffeId": caller.spiffe_id,
-    }
-    if caller.pod_name:
-        caller_record["podName"] = caller.pod_name
-    if caller.node_principal:
-        caller_record["nodePrincipal"] = caller.node_principal
-    return {
+    """A JSON-serialisable record. ``issued_not_after`` is the certificate's real notAfter when the signer has it;
+    ``at`` the decision time; ``trace`` an explain trace when explain logging is on."""
+    not_after = issued_not_after or decision.not_after
+    record: dict[str, Any] = {
+        "recordVersion": RECORD_VERSION,
         "decisionId": decision_id,
-        "caller": caller_record,
+        "caller": {
+            "trustDomain": caller.trust_domain,
+            "namespace": caller.namespace,
+            "serviceAccount": caller.service_account,
+            "principal": caller.principal,
+            "podName": caller.pod_name,
+            "podUID": caller.pod_uid,
+            "nodePrincipal": caller.node_principal,
+        },
         "request": {
             "uris": list(request.uris),
             "dnsNames": list(request.dns_names),
+            "ipAddresses": list(request.ip_addresses),
+            "emailAddresses": list(request.email_addresses),
+            "commonName": request.common_name,
             "key": request.key,
+            "usages": list(request.usages),
             "validitySeconds": request.validity_seconds,
-            "impersonatedIdentity": request.impersonated_identity,
+            "isCA": request.is_ca,
         },
         "decision": decision.verdict.value,
         "outcome": decision.outcome.value,
         "reason": decision.reason,
-        "reasons": [decision.reason, *decision.flags],
+        "reasons": reason_codes(decision),
         "message": decision.message,
+        "matched": matched_rule(decision),
         "grantedBy": decision.granted_by,
         "denyRules": list(decision.deny_rules),
         "limitsApplied": list(decision.limits_applied),
-        "durationSeconds": decision.duration_seconds,
-        "notAfter": _iso(decision.not_after),
-        "issuedNotAfter": _iso(issued_not_after),
+        "issued": None,
         "auditFindings": [
             {"policy": f.policy, "rule": f.rule, "finding": f.finding, "message": f.message}
             for f in decision.audit_findings
         ],
         "policySetRevision": decision.policy_set_revision,
     }
+    if at is not None:
+        record["time"] = at.isoformat()
+    if decision.allowed:
+        record["issued"] = {
+            "uris": list(decision.uris),
+            "dnsNames": list(decision.dns_names),
+            "durationSeconds": decision.duration_seconds,
+            "notAfter": not_after.isoformat() if not_after else None,
+        }
+    if decision.details.get("closest"):
+        record["closestRule"] = decision.details["closest"]
+    if trace is not None:
+        record["trace"] = trace
+    return record
+
+
+def reason_codes(decision: Decision) -> list[str]:
+    """The primary reason, the sub-reason of a default deny, then the flags: GRANTED, DURATION_CLAMPED, ..."""
+    codes = [decision.reason]
+    sub = decision.details.get("subReason")
+    if sub:
+        codes.append(str(sub))
+    codes.extend(decision.flags)
+    return codes
+
+
+def client_message(decision: Decision, *, minimal: bool = False) -> str:
+    """The gRPC status message: ``denied: <CODE>: <text> [<policy>/<rule>] (policy set <rev>)``.
+
+    ``minimal`` (settings.clientMessages: Minimal) keeps only ``denied: <CODE>``.
+    """
+    if decision.allowed:
+        return "granted"
+    if minimal:
+        return f"denied: {decision.reason}"
+    rule = matched_rule(decision)
+    where = f" [{rule}]" if rule else ""
+    revision = decision.policy_set_revision
+    version = f" (policy set {revision.removeprefix('sha256:')[:12]})" if revision else ""
+    return f"denied: {decision.reason}: {decision.message}{where}{version}"

@@ -8,6 +8,7 @@ Each check reports and returns ``INVALID`` instead of raising, so one pass finds
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -261,8 +262,9 @@ class Obj(Spec):
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             child_path = f"{path}.{key}" if path else str(key)
             if key not in self.fields:
-                known = ", ".join(sorted(self.fields))
-                report.error(child_path, f"unknown field {key!r} (known: {known})", key_node)
+                close = difflib.get_close_matches(str(key), self.fields, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(self.fields))
+                report.error(child_path, f"unknown field {key!r} ({hint})", key_node)
                 ok = False
                 continue
             if key in result:

@@ -134,7 +134,8 @@ class Subjects:
             if held and not exhaustive:
                 continue
             expected = ("one of " if positive else "none of ") + _patterns(patterns)
-            actual = ctx.workload if patterns[0].field == "serviceAccount" else patterns[0].subject_of(ctx)
+            with_namespace = next((p for p in patterns if isinstance(p.glob, PathGlob)), patterns[0])
+            actual = with_namespace.subject_of(ctx)
             results.append(Check(f"{prefix}subjects.{name}", held, expected, actual, None if held else "NOT_SUBJECT"))
             if not held and not exhaustive:
                 return results

@@ -1,0 +1,65 @@
+"""Prometheus metrics of the policy engine, registered on a registry the caller owns (no global registry).
+
+Labels carry policy and rule names but never identities, so cardinality stays bounded by the policy set.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from policies.model import Decision
+
+_LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
+
+
+class PolicyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            "policy_decisions_total",
+            "Policy decisions by decision, reason, deciding policy/rule and its mode.",
+            ("decision", "reason", "policy", "rule", "mode"),
+            registry=registry,
+        )
+        self.evaluation_seconds = Histogram(
+            "policy_evaluation_seconds",
+            "Time to evaluate one request against the active policy set.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.audit_findings = Counter(
+            "policy_audit_findings_total",
+            "Findings of Audit-mode policies (they never change a response).",
+            ("policy", "rule", "finding"),
+            registry=registry,
+        )
+        self.set_info = Gauge(
+            "policy_set_info",
+            "The active policy set; the value is 1 for its revision.",
+            ("revision",),
+            registry=registry,
+        )
+        self.reloads = Counter("policy_reload_total", "Policy set reloads by result.", ("result",), registry=registry)
+        self.last_reload_success = Gauge(
+            "policy_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful policy set load.",
+            registry=registry,
+        )
+
+    def observe_decision(self, decision: Decision, seconds: float, *, policy: str, rule: str, mode: str) -> None:
+        self.decisions.labels(decision.verdict.value, decision.reason, policy, rule, mode).inc()
+        self.evaluation_seconds.observe(seconds)
+        for finding in decision.audit_findings:
+            self.audit_findings.labels(finding.policy, finding.rule or "", finding.finding).inc()
+
+    def reloaded(self, revision: str | None, previous: str | None) -> None:
+        self.reloads.labels("success").inc()
+        self.last_reload_success.set(time.time())
+        if previous is not None and previous != revision:
+            self.set_info.remove(previous)
+        if revision is not None:
+            self.set_info.labels(revision).set(1)
+
+    def reload_failed(self) -> None:
+        self.reloads.labels("error").inc()

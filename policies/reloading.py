@@ -1,0 +1,224 @@
+"""The policy store the server holds: the active set, hot reload from a directory, and metrics.
+
+The store is an ``IdentityDecider``. It loads every ``*.yaml``/``*.yml`` file of its directory as one set; a reload
+is all-or-nothing, so any error keeps the last good set serving (a skipped document could drop a Deny rule and
+fail open). ``watch`` polls the directory's content every ``poll_interval`` seconds and reloads once a change has
+been stable for ``debounce`` seconds, which also covers ConfigMap mounts whose symlinks are swapped atomically.
+With no valid set the store is not ready and denies every request with POLICY_SET_UNAVAILABLE (retryable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from policies.context import NamespaceLabels
+from policies.documents import Mode
+from policies.evaluator import evaluate, matched_rule
+from policies.explain import Explanation, explain
+from policies.loader import build_policy_set, policy_files, read_sources
+from policies.metrics import PolicyMetrics
+from policies.model import Caller, Decision, IssuanceRequest, Outcome
+from policies.policy_set import PolicySet
+from policies.precheck import deny
+from policies.problems import PolicySetInvalid, Problem, Severity
+from policies.records import client_message
+
+
+class PolicyStore:
+    """Serves decisions from the last good policy set of ``directory``.
+
+    Args:
+        directory: the policy directory (not recursive).
+        trust_domain: the server's trust domain; a PolicySettings naming another one is an error.
+        registry: where the metrics are registered (a private registry when None).
+        namespace_labels: returns a namespace's labels, or None while the informer has not synced.
+        poll_interval: seconds between content checks in ``watch``.
+        debounce: seconds a change must be stable before it is loaded.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        trust_domain: str,
+        registry: CollectorRegistry | None = None,
+        namespace_labels: NamespaceLabels | None = None,
+        poll_interval: float = 1.0,
+        debounce: float = 0.5,
+    ) -> None:
+        self._directory = Path(directory)
+        self._trust_domain = trust_domain
+        self._metrics = PolicyMetrics(registry if registry is not None else CollectorRegistry())
+        self._namespace_labels = namespace_labels
+        self._poll_interval = poll_interval
+        self._debounce = debounce
+        self._active: PolicySet | None = None
+        self._active_since: float | None = None
+        self._last_problems: list[Problem] = []
+        self._attempted_digest: str | None = None
+        self.reload()
+
+    @property
+    def ready(self) -> bool:
+        return self._active is not None
+
+    @property
+    def revision(self) -> str | None:
+        return self._active.revision if self._active is not None else None
+
+    @property
+    def policy_set(self) -> PolicySet | None:
+        return self._active
+
+    @property
+    def needs_namespace_labels(self) -> bool:
+        return self._active is not None and self._active.needs_namespace_labels
+
+    @property
+    def last_problems(self) -> list[Problem]:
+        """Errors and warnings of the last load attempt (empty when it was clean)."""
+        return list(self._last_problems)
+
+    def reload(self) -> bool:
+        """Load the directory now. Returns True when a valid set is active afterwards and it is the new one."""
+        sources, read_problems = read_sources(policy_files([self._directory]))
+        return self._load(sources, read_problems, _digest(sources, read_problems))
+
+    def _load(self, sources: list[tuple[str, str]], read_problems: list[Problem], digest: str) -> bool:
+        self._attempted_digest = digest
+        if not sources and not read_problems:
+            read_problems = [Problem(str(self._directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
+        try:
+            new_set = build_policy_set(sources, trust_domain=self._trust_domain, problems=read_problems)
+        except PolicySetInvalid as exc:
+            self._last_problems = exc.problems
+            self._metrics.reload_failed()
+            kept = f"keeping revision {self.revision}" if self._active is not None else "no policy set is active"
+            logger.error("policy set in {} rejected ({}):", self._directory, kept)
+            for problem in exc.problems:
+                (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
+            return False
+        previous = self.revision
+        self._active = new_set
+        self._active_since = time.time()
+        self._last_problems = list(new_set.warnings)
+        self._metrics.reloaded(new_set.revision, previous)
+        for warning in new_set.warnings:
+            logger.warning("policy: {}", warning)
+        logger.info(
+            "policy set {} active: {} policies, {} rules from {}",
+            new_set.revision,
+            len(new_set.policies),
+            new_set.rule_count,
+            self._directory,
+        )
+        return True
+
+    def decide(
+        self, caller: Caller, request: IssuanceRequest, *, now: datetime, ca_not_after: datetime | None
+    ) -> Decision:
+        started = time.perf_counter()
+        active = self._active
+        if active is None:
+            decision = deny(Outcome.UNAVAILABLE, "POLICY_SET_UNAVAILABLE", "no valid policy set is loaded; retry later")
+        else:
+            decision = evaluate(
+                active, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=self._namespace_labels
+            )
+        elapsed = time.perf_counter() - started
+        rule = matched_rule(decision) or ""
+        policy_name, _, rule_name = rule.partition("/")
+        mode = self._mode_of(active, policy_name) if rule else ""
+        self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
+        if decision.details.get("alert"):
+            logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
+        minimal = active is not None and active.settings.client_messages == "Minimal"
+        details = {**decision.details, "clientMessage": client_message(decision, minimal=minimal)}
+        return replace(decision, details=details)
+
+    def explain(
+        self, caller: Caller, request: IssuanceRequest, *, now: datetime, ca_not_after: datetime | None
+    ) -> Explanation | None:
+        """The full trace for a request, or None when no set is active."""
+        active = self._active
+        if active is None:
+            return None
+        return explain(
+            active, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=self._namespace_labels
+        )
+
+    @staticmethod
+    def _mode_of(active: PolicySet | None, policy_name: str) -> str:
+        if policy_name == "builtin":
+            return "builtin"
+        if active is None:
+            return ""
+        for policy in active.policies:
+            if policy.name == policy_name:
+                return policy.mode.value
+        return Mode.ENFORCE.value
+
+    def status(self) -> dict[str, Any]:
+        """A status document for /debug/policyz: readiness, active revision, last errors."""
+        active = self._active
+        errors = [str(p) for p in self._last_problems if p.severity is Severity.ERROR]
+        return {
+            "ready": active is not None,
+            "directory": str(self._directory),
+            "revision": self.revision,
+            "gitSha": active.settings.git_sha if active is not None else None,
+            "activeSince": self._active_since,
+            "policies": [
+                {"name": p.name, "mode": p.mode.value, "priority": p.priority, "rules": [r.name for r in p.rules]}
+                for p in (active.policies if active is not None else ())
+            ],
+            "degraded": bool(errors),
+            "errors": errors,
+            "warnings": [str(p) for p in self._last_problems if p.severity is Severity.WARNING],
+        }
+
+    async def watch(self, stop_event: asyncio.Event) -> None:
+        """Poll the directory until ``stop_event`` is set; reload a changed set once it is stable."""
+        seen = self._attempted_digest
+        changed_at: float | None = None
+        while not stop_event.is_set():
+            try:
+                await asyncio.wait_for(stop_event.wait(), timeout=self._poll_interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                sources, read_problems = await asyncio.to_thread(_read_directory, self._directory)
+            except Exception:  # keep watching: the next poll may read it fine
+                logger.exception("policy: cannot scan {}", self._directory)
+                continue
+            digest = _digest(sources, read_problems)
+            if digest != seen:
+                seen, changed_at = digest, time.monotonic()
+            if changed_at is None or time.monotonic() - changed_at < self._debounce:
+                continue
+            changed_at = None
+            if digest != self._attempted_digest:
+                self._load(sources, read_problems, digest)
+
+
+def _read_directory(directory: Path) -> tuple[list[tuple[str, str]], list[Problem]]:
+    return read_sources(policy_files([directory]))
+
+
+def _digest(sources: list[tuple[str, str]], problems: list[Problem] | None = None) -> str:
+    hasher = hashlib.sha256()
+    for name, text in sources:
+        hasher.update(name.encode() + b"\0" + text.encode() + b"\0")
+    for problem in problems or ():
+        hasher.update(str(problem).encode())
+    return hasher.hexdigest()
