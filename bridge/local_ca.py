@@ -17,7 +17,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.errors import BackendUnavailable
@@ -39,25 +42,34 @@ def new_private_key(algorithm: str, size: int) -> ec.EllipticCurvePrivateKey | r
     return rsa.generate_private_key(public_exponent=65537, key_size=size)
 
 
-def _leaf_extensions(
-    builder: x509.CertificateBuilder, sans: list[x509.GeneralName], eku: list[x509.ObjectIdentifier]
-) -> x509.CertificateBuilder:
-    key_usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=True,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+WORKLOAD_EKU = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+SERVING_EKU = (ExtendedKeyUsageOID.SERVER_AUTH,)
+
+
+def _leaf_template(
+    issuer: x509.Name, authority_key_id: x509.AuthorityKeyIdentifier, eku: tuple
+) -> x509.CertificateBuilder:  # type: ignore[type-arg]
+    """Everything a leaf shares with every other leaf, built once (builders are immutable)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(issuer)
+        .add_extension(authority_key_id, critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     )
-    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    builder = builder.add_extension(key_usage, critical=True)
-    builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    # the subject is empty, so RFC 5280 wants the SAN critical
-    return builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,10 @@ class LocalCA:
         self._not_after = material.signer_certificate.not_valid_after_utc
         large_ec = isinstance(self._key, ec.EllipticCurvePrivateKey) and self._key.key_size >= 384
         self._hash = hashes.SHA384() if large_ec else hashes.SHA256()
-        self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
+        authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
+        self._templates = {
+            eku: _leaf_template(self._issuer, authority_key_id, eku) for eku in (WORKLOAD_EKU, SERVING_EKU)
+        }
         self._chain_pems = tuple(_pem(c) for c in material.chain)
         self._roots_pem = "".join(_pem(c) for c in material.roots)
         self.roots = material.roots
@@ -114,34 +129,33 @@ class LocalCA:
         return self._roots_pem
 
     def _build(
-        self, public_key: object, sans: list[x509.GeneralName], eku: list[x509.ObjectIdentifier], not_after: datetime
+        self,
+        public_key: CertificatePublicKeyTypes,
+        sans: list[x509.GeneralName],
+        eku: tuple[x509.ObjectIdentifier, ...],
+        not_after: datetime,
     ) -> x509.Certificate:
         now = datetime.now(UTC)
         if now >= self._not_after:
             raise BackendUnavailable("CA_EXPIRED", f"the local CA expired at {self._not_after.isoformat()}")
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(self._issuer)
-            .public_key(public_key)  # type: ignore[arg-type]
+            self._templates[eku]
+            .public_key(public_key)
             .serial_number(secrets.randbits(159) | 1)
             .not_valid_before(now - BACKDATE)
             .not_valid_after(min(not_after, self._not_after))
-            .add_extension(self._authority_key_id, critical=False)
+            # the subject is empty, so RFC 5280 wants the SAN critical
+            .add_extension(x509.SubjectAlternativeName(sans), critical=True)
         )
-        builder = _leaf_extensions(builder, sans, eku)
         return builder.sign(self._key, self._hash)
 
     def sign_now(self, request: SigningRequest) -> SignedChain:
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in request.uris]
         sans += [x509.DNSName(d) for d in request.dns_names]
-        leaf = self._build(
-            request.csr.public_key(),
-            sans,
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-            request.not_after,
+        leaf = self._build(request.public_key, sans, WORKLOAD_EKU, request.not_after)
+        return SignedChain(
+            leaf=leaf, chain_pems=(_pem(leaf), *self._chain_pems), roots_pem=self._roots_pem, built_in_process=True
         )
-        return SignedChain(leaf=leaf, chain_pems=(_pem(leaf), *self._chain_pems), roots_pem=self._roots_pem)
 
     async def sign(self, request: SigningRequest) -> SignedChain:
         # A few hundred microseconds of CPU: a thread hop would cost more than it saves.
@@ -154,7 +168,7 @@ class LocalCA:
         leaf = self._build(
             key.public_key(),
             [x509.DNSName(name) for name in dns_names],
-            [ExtendedKeyUsageOID.SERVER_AUTH],
+            SERVING_EKU,
             datetime.now(UTC) + timedelta(seconds=duration_seconds),
         )
         key_pem = key.private_bytes(

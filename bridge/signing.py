@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +16,7 @@ class SigningRequest:
 
     csr_pem: str
     csr: x509.CertificateSigningRequest
+    public_key: CertificatePublicKeyTypes
     uris: tuple[str, ...]
     dns_names: tuple[str, ...]
     not_after: datetime
@@ -29,6 +31,9 @@ class SignedChain:
     leaf: x509.Certificate
     chain_pems: tuple[str, ...]
     roots_pem: str
+    # True only when this process built the leaf from the decision itself (the local CA): nothing external
+    # could have altered it, so the front door's re-check of issuer answers would be a check that cannot fail.
+    built_in_process: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,13 @@ _EKU_NAMES = {
 _EXTENSION_REQUEST_OID = "1.2.840.113549.1.9.14"
 
 
+_ISTIO_SUBJECTS = (x509.Name([]), x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "")]))
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedCsr:
     csr: x509.CertificateSigningRequest
+    public_key: PublicKey
     pem: str
     request: IssuanceRequest
 
@@ -56,6 +60,9 @@ class ParsedCsr:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
 def key_name(public_key: object) -> str:
@@ -79,10 +86,13 @@ def key_name(public_key: object) -> str:
 
 def _subject_common_name(csr: x509.CertificateSigningRequest) -> str | None:
     """Empty subject or a single empty O (pilot-agent's "O=") pass; a CN is reported; anything else is refused."""
+    subject = csr.subject
+    if subject in _ISTIO_SUBJECTS:
+        return None
     common_name = None
-    for rdn in csr.subject.rdns:
+    for rdn in subject.rdns:
         for attribute in rdn:
-            if attribute.oid == NameOID.ORGANIZATION_NAME and attribute.value == "" and len(csr.subject.rdns) == 1:
+            if attribute.oid == NameOID.ORGANIZATION_NAME and attribute.value == "" and len(subject.rdns) == 1:
                 continue
             if attribute.oid == NameOID.COMMON_NAME:
                 common_name = str(attribute.value)
@@ -169,7 +179,7 @@ def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert
         impersonated_identity=impersonated,
         cert_signer=cert_signer,
     )
-    return ParsedCsr(csr=csr, pem=pem, request=request)
+    return ParsedCsr(csr=csr, public_key=public_key, pem=pem, request=request)
 
 
 __all__ = ["MAX_CSR_BYTES", "ParsedCsr", "key_name", "parse_csr"]

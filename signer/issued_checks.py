@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from bridge.errors import IssuerFailed
 from policies.model import Decision
 
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 NOT_AFTER_TOLERANCE = timedelta(seconds=5)  # issuers round to whole seconds
 
 
-def check_issued(leaf: x509.Certificate, csr: x509.CertificateSigningRequest, decision: Decision) -> None:
+def check_issued(leaf: x509.Certificate, public_key: CertificatePublicKeyTypes, decision: Decision) -> None:
     """Raises IssuerFailed (FAILED_PRECONDITION) when the issued leaf differs from what was decided."""
-    if leaf.public_key().public_bytes(*_SPKI) != csr.public_key().public_bytes(*_SPKI):
+    if leaf.public_key() != public_key:
         raise IssuerFailed("ISSUED_KEY_MISMATCH", "the issued certificate is not for the CSR's key")
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -46,9 +46,11 @@ def _key_pem(key) -> bytes:  # type: ignore[no-untyped-def]
 
 def _request(not_after: datetime, csr_pem: str | None = None) -> SigningRequest:
     pem = csr_pem or make_csr([OWN])
+    csr = x509.load_pem_x509_csr(pem.encode())
     return SigningRequest(
         csr_pem=pem,
-        csr=x509.load_pem_x509_csr(pem.encode()),
+        csr=csr,
+        public_key=csr.public_key(),
         uris=(OWN,),
         dns_names=(),
         not_after=not_after,
