@@ -130,8 +130,9 @@ def test_decision_records_and_metrics(signer):
     code, _, _ = create(signer.stub(), make_csr([OWN]), signer.issuer.token())
     assert code is grpc.StatusCode.OK
     records = [json.loads(line) for line in (signer.ca_dir.parent / "decisions.jsonl").read_text().splitlines()]
-    granted = [r for r in records if r["decision"] == "Allow" and r["caller"]["spiffeId"] == OWN]
+    granted = [r for r in records if r["decision"] == "Allow" and r["request"]["uris"] == [OWN]]
     assert granted and granted[-1]["grantedBy"] == "builtin/own-identity"
-    assert granted[-1]["issuedNotAfter"] is not None
+    assert granted[-1]["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
+    assert granted[-1]["issued"]["uris"] == [OWN] and granted[-1]["issued"]["notAfter"]
     metrics = signer.server.metrics()
     assert 'meshsigner_csr_requests_total{code="OK",reason="ISSUED"}' in metrics
