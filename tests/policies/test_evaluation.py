@@ -1,0 +1,322 @@
+"""Decision semantics beyond the §4 table: limits, CA validity, labels, audit, modes, deny-rule conditions."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from policies.evaluator import evaluate, matched_rule
+from policies.model import IssuanceRequest, Outcome, Verdict
+from policies.records import client_message, decision_record
+
+from .conftest import CA_NOT_AFTER, NOW, SETTINGS, build, caller, own_id, policy, request
+
+OWN = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+BASELINE = policy(
+    "baseline",
+    f"  subjects: {{namespaces: ['*']}}\n  rules:\n    - name: own\n      effect: Allow\n      identities: ['{OWN}']\n"
+    "      duration: {max: 24h, onExceed: Clamp}\n",
+)
+
+
+def decide(policy_set, who=None, req=None, *, now=NOW, ca=CA_NOT_AFTER, labels=None):  # type: ignore[no-untyped-def]
+    return evaluate(
+        policy_set, who or caller(), req or request(own_id()), now=now, ca_not_after=ca, namespace_labels=labels
+    )
+
+
+def limits(name: str, body: str, mode: str = "Enforce") -> str:
+    return policy(name, f"  mode: {mode}\n  subjects: {{namespaces: ['*']}}\n  limits: {body}\n")
+
+
+def test_binding_limit_with_on_exceed_deny_wins_a_tie() -> None:
+    clamp = limits("a-clamp", "{duration: {max: 2h, onExceed: Clamp}}")
+    deny = limits("b-deny", "{duration: {max: 2h, onExceed: Deny}}")
+    decision = decide(build(BASELINE, clamp, deny), req=request(own_id(), validity=3 * 3600))
+    assert (decision.verdict, decision.reason) == (Verdict.DENY, "DURATION_TOO_LONG")
+    assert matched_rule(decision) == "b-deny/limits"
+    within = decide(build(BASELINE, clamp, deny), req=request(own_id(), validity=3600))
+    assert within.allowed and within.duration_seconds == 3600
+
+
+def test_limits_clamp_and_are_reported() -> None:
+    decision = decide(build(BASELINE, limits("tight", "{duration: {max: 2h}}")), req=request(own_id(), validity=86400))
+    assert decision.allowed and decision.duration_seconds == 7200
+    assert "DURATION_CLAMPED" in decision.flags
+    assert decision.limits_applied == ("tight/limits",)
+    assert decision.details["boundBy"] == ["tight/limits"]
+
+
+def test_a_defaulted_duration_is_clamped_even_when_the_limit_says_deny() -> None:
+    decision = decide(
+        build(BASELINE, limits("tight", "{duration: {max: 2h, onExceed: Deny}}")), req=request(own_id(), validity=0)
+    )
+    assert decision.allowed and decision.duration_seconds == 7200
+    assert decision.flags == ("DURATION_DEFAULTED", "DURATION_CLAMPED")
+
+
+def test_empty_limit_range_denies() -> None:
+    decision = decide(build(BASELINE, limits("low", "{duration: {min: 3h}}"), limits("high", "{duration: {max: 2h}}")))
+    assert decision.reason == "DURATION_RANGE_EMPTY"
+
+
+def test_limit_below_minimum_raises_or_denies() -> None:
+    raise_ = decide(build(BASELINE, limits("floor", "{duration: {min: 2h, onBelow: Raise}}")))
+    assert raise_.allowed and raise_.duration_seconds == 7200 and "DURATION_RAISED" in raise_.flags
+    deny = decide(build(BASELINE, limits("floor", "{duration: {min: 2h}}")))
+    assert deny.reason == "DURATION_TOO_SHORT"
+
+
+def test_key_limits_deny_a_granted_request() -> None:
+    policy_set = build(BASELINE, limits("keys", "{key: {minRSABits: 3072}}"))
+    assert decide(policy_set, req=request(own_id(), key="RSA-2048")).reason == "KEY_NOT_ALLOWED"
+    assert decide(policy_set, req=request(own_id(), key="RSA-3072")).allowed
+
+
+def test_ca_validity_caps_not_after() -> None:
+    ca = NOW + timedelta(hours=12)
+    decision = decide(build(BASELINE), req=request(own_id(), validity=86400), ca=ca)
+    assert decision.allowed and decision.duration_seconds == 43200 and decision.not_after == ca
+    assert "NOT_AFTER_CAPPED_BY_CA" in decision.flags
+
+
+def test_ca_validity_deny_and_below_minimum() -> None:
+    strict = SETTINGS + "  caValidity: {onExceed: Deny}\n"
+    ca = NOW + timedelta(hours=12)
+    denied = decide(build(BASELINE, settings=strict), req=request(own_id(), validity=86400), ca=ca)
+    assert (denied.reason, denied.outcome) == ("CA_VALIDITY_INSUFFICIENT", Outcome.UNAVAILABLE)
+    with_min = BASELINE.replace("{max: 24h, onExceed: Clamp}", "{min: 13h, max: 24h}")
+    short = decide(build(with_min), req=request(own_id(), validity=86400), ca=ca)
+    assert (short.reason, short.outcome, short.details.get("alert")) == (
+        "CA_VALIDITY_INSUFFICIENT",
+        Outcome.UNAVAILABLE,
+        True,
+    )
+    expired = decide(build(BASELINE), ca=NOW - timedelta(seconds=1))
+    assert expired.reason == "CA_VALIDITY_INSUFFICIENT"
+
+
+def test_istio_compatible_default_grants_own_identity_only() -> None:
+    compatible = SETTINGS + "  defaultDecision: IstioCompatible\n"
+    policy_set = build(
+        policy("nothing", "  subjects: {namespaces: [none]}\n  limits: {duration: {max: 1h}}\n"), settings=compatible
+    )
+    granted = decide(policy_set, req=request(own_id(), validity=0))
+    assert granted.allowed and granted.granted_by == "builtin/own-identity" and granted.duration_seconds == 86400
+    other = decide(policy_set, req=request(own_id(service_account="admin")))
+    assert other.reason == "NO_MATCHING_RULE" and other.details["closest"] == "builtin/own-identity"
+    assert not decide(policy_set, req=request(own_id(), dns=("web.orders.svc",))).allowed
+
+
+def test_namespace_selector_uses_labels_and_fails_visibly_when_unsynced() -> None:
+    selected = policy(
+        "tiered",
+        "  subjects:\n    namespaceSelector:\n"
+        "      matchExpressions: [{key: mesh.example.org/tier, operator: In, values: [gold]}]\n"
+        f"  rules:\n    - name: own\n      effect: Allow\n      identities: ['{OWN}']\n",
+    )
+    policy_set = build(selected)
+    assert policy_set.needs_namespace_labels
+    gold = {"orders": {"mesh.example.org/tier": "gold"}}
+    assert decide(policy_set, labels=gold.get).allowed
+    assert decide(policy_set, labels=lambda ns: {}).reason == "NO_MATCHING_RULE"
+    unsynced = decide(policy_set, labels=lambda ns: None)
+    assert (unsynced.reason, unsynced.outcome) == ("EVALUATION_ERROR", Outcome.UNAVAILABLE)
+    assert decide(policy_set, labels=None).reason == "EVALUATION_ERROR"
+
+
+def test_metadata_name_selector_needs_no_informer() -> None:
+    by_name = policy(
+        "by-name",
+        "  subjects: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: orders}}}\n"
+        f"  rules:\n    - name: own\n      effect: Allow\n      identities: ['{OWN}']\n",
+    )
+    policy_set = build(by_name)
+    assert not policy_set.needs_namespace_labels
+    assert decide(policy_set).allowed
+    assert not decide(policy_set, who=caller("billing"), req=request(own_id("billing"))).allowed
+
+
+def test_namespace_label_templates_render_trusted_labels() -> None:
+    tiered = policy(
+        "tier-ids",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: tier\n      effect: Allow\n"
+        "      identities: ['spiffe://{trustDomain}/ns/{namespace}/tier/{nsLabel:mesh.example.org/tier}']\n",
+    )
+    policy_set = build(tiered)
+    labels = {"orders": {"mesh.example.org/tier": "gold"}}.get
+    assert decide(policy_set, req=request(f"{own_id()[: -len('/sa/web')]}/tier/gold"), labels=labels).allowed
+    assert not decide(policy_set, req=request(f"{own_id()[: -len('/sa/web')]}/tier/silver"), labels=labels).allowed
+    bad_value = {"orders": {"mesh.example.org/tier": "a/b"}}.get
+    assert not decide(policy_set, req=request("spiffe://cluster.local/ns/orders/tier/a/b"), labels=bad_value).allowed
+
+
+def test_wildcard_dns_names_need_opt_in_and_the_literal_label() -> None:
+    body = (
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: wild\n      effect: Allow\n"
+        f"      identities: ['{OWN}']\n      allowWildcardDNSNames: true\n"
+        "      dnsNames: ['*.{namespace}.svc', '{serviceAccount}.{namespace}.svc']\n"
+    )
+    policy_set = build(policy("wild", body))
+    assert decide(policy_set, req=request(own_id(), dns=("*.orders.svc",))).allowed
+    assert decide(policy_set, req=request(own_id(), dns=("api.orders.svc",))).allowed
+    assert not decide(policy_set, req=request(own_id(), dns=("*.web.orders.svc",))).allowed
+    assert not decide(policy_set, req=request(own_id(), dns=("a.b.orders.svc",))).allowed
+    assert not decide(policy_set, req=request(own_id(), dns=("API.orders.svc",))).allowed
+
+
+def test_deny_rule_conditions_and() -> None:
+    deny = policy(
+        "denies",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: no-internal-dns\n      effect: Deny\n"
+        "      dnsNames: ['*.internal']\n      key: {algorithms: [RSA-2048]}\n",
+    )
+    dns_rule = BASELINE.replace(
+        "      duration:", "      dnsNames: ['{serviceAccount}.internal', '*.svc']\n      duration:"
+    )
+    policy_set = build(dns_rule, deny)
+    both = decide(policy_set, req=request(own_id(), dns=("web.internal",), key="RSA-2048"))
+    assert both.reason == "DENIED_BY_RULE" and both.deny_rules == ("denies/no-internal-dns",)
+    only_dns = decide(policy_set, req=request(own_id(), dns=("web.internal",)))
+    assert only_dns.allowed
+
+
+def test_all_matching_deny_rules_are_listed_in_policy_name_order() -> None:
+    z = policy(
+        "z-denies", "  priority: 100\n  subjects: {namespaces: ['*']}\n  rules:\n    - {name: z, effect: Deny}\n"
+    )
+    a = policy(
+        "a-denies", "  subjects: {serviceAccounts: [web]}\n  rules:\n    - {name: a, effect: Deny, message: no web}\n"
+    )
+    decision = decide(build(BASELINE, z, a))
+    assert decision.deny_rules == ("a-denies/a", "z-denies/z")
+    assert decision.message == "no web"
+
+
+def test_disabled_and_expired_policies_do_not_apply() -> None:
+    disabled = policy(
+        "switched-off", "  mode: Disabled\n  subjects: {namespaces: ['*']}\n  rules:\n    - {name: d, effect: Deny}\n"
+    )
+    expired = policy(
+        "gone",
+        "  expiresAt: '2026-05-01T00:00:00Z'\n  ticket: SEC-1\n  subjects: {namespaces: ['*']}\n"
+        "  rules:\n    - {name: d, effect: Deny}\n",
+    )
+    assert decide(build(BASELINE, disabled, expired)).allowed
+
+
+def test_audit_mode_reports_would_deny_and_would_allow_without_changing_answers() -> None:
+    audit_deny = policy(
+        "audit-deny", "  mode: Audit\n  subjects: {namespaces: ['*']}\n  rules:\n    - {name: stop, effect: Deny}\n"
+    )
+    audit_allow = policy(
+        "audit-dns",
+        "  mode: Audit\n  priority: 5\n  subjects: {namespaces: ['*']}\n"
+        "  rules:\n    - name: dns\n      effect: Allow\n"
+        f"      identities: ['{OWN}']\n      dnsNames: ['{{serviceAccount}}.{{namespace}}.svc']\n",
+    )
+    policy_set = build(BASELINE, audit_deny, audit_allow)
+    granted = decide(policy_set)
+    assert granted.allowed
+    assert [(f.policy, f.rule, f.finding) for f in granted.audit_findings] == [
+        ("audit-deny", "stop", "AUDIT_WOULD_DENY")
+    ]
+    denied = decide(policy_set, req=request(own_id(), dns=("web.orders.svc",)))
+    assert not denied.allowed
+    assert ("audit-dns", "dns", "AUDIT_WOULD_ALLOW") in [(f.policy, f.rule, f.finding) for f in denied.audit_findings]
+
+
+def test_service_accounts_with_a_namespace_and_not_lists() -> None:
+    scoped = policy(
+        "scoped",
+        "  subjects:\n    serviceAccounts: ['orders/*']\n    notServiceAccounts: [admin]\n"
+        "    notPrincipals: ['*/ns/*/sa/legacy']\n"
+        f"  rules:\n    - name: own\n      effect: Allow\n      identities: ['{OWN}']\n",
+    )
+    policy_set = build(scoped)
+    assert decide(policy_set).allowed
+    assert not decide(
+        policy_set, who=caller(service_account="admin"), req=request(own_id(service_account="admin"))
+    ).allowed
+    assert not decide(
+        policy_set, who=caller(service_account="legacy"), req=request(own_id(service_account="legacy"))
+    ).allowed
+    assert not decide(policy_set, who=caller("billing"), req=request(own_id("billing"))).allowed
+
+
+def test_pod_templates_need_a_pod_bound_token() -> None:
+    pods = policy(
+        "pods",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: pod\n      effect: Allow\n"
+        "      identities: ['spiffe://{trustDomain}/ns/{namespace}/pod/{podName}']\n",
+    )
+    policy_set = build(pods)
+    uri = "spiffe://cluster.local/ns/orders/pod/web-1"
+    assert decide(policy_set, who=caller(pod_name="web-1"), req=request(uri)).allowed
+    assert not decide(policy_set, req=request(uri)).allowed
+
+
+def test_usages_must_be_a_subset() -> None:
+    policy_set = build(BASELINE)
+    ok = IssuanceRequest(uris=(own_id(),), validity_seconds=3600, usages=("digitalSignature", "serverAuth"))
+    assert decide(policy_set, req=ok).allowed
+    signing = IssuanceRequest(uris=(own_id(),), validity_seconds=3600, usages=("codeSigning",))
+    assert decide(policy_set, req=signing).details["subReason"] == "USAGE_NOT_ALLOWED"
+
+
+def test_impersonation_by_a_listed_node_account(reference_set) -> None:  # type: ignore[no-untyped-def]
+    ztunnel = caller(node_principal="istio-system/ztunnel")
+    assert decide(reference_set, who=ztunnel).allowed
+    spoof = decide(reference_set, who=caller(node_principal="orders/other"))
+    assert (spoof.reason, spoof.outcome) == ("IMPERSONATION_NOT_ALLOWED", Outcome.PERMISSION_DENIED)
+    assert decide(reference_set, who=caller(node_principal="orders/web")).allowed  # its own identity
+
+
+def test_unknown_caller_gets_a_clear_no_applicable_rule(reference_set) -> None:  # type: ignore[no-untyped-def]
+    decision = decide(reference_set, who=caller("kube-public", "x"), req=request(own_id("kube-public", "x")))
+    assert decision.allowed  # the baseline applies everywhere but kube-system
+    outside = build(
+        policy(
+            "only-a",
+            f"  subjects: {{namespaces: [a]}}\n  rules:\n    - {{name: own, effect: Allow, identities: ['{OWN}']}}\n",
+        )
+    )
+    decision = decide(outside)
+    assert decision.reason == "NO_MATCHING_RULE" and decision.details["subReason"] == "NO_APPLICABLE_RULE"
+    assert "orders/web" in decision.message
+
+
+def test_decision_record_is_json_and_complete(reference_set) -> None:  # type: ignore[no-untyped-def]
+    req = request(own_id(), validity=86400)
+    decision = decide(reference_set, req=req)
+    record = decision_record("d-1", caller(), req, decision, at=NOW)
+    assert json.loads(json.dumps(record)) == record
+    assert record["decisionId"] == "d-1" and record["decision"] == "Allow" and record["reason"] == "GRANTED"
+    assert record["grantedBy"] == "mesh-baseline/own-identity"
+    assert record["issued"] == {
+        "uris": [own_id()],
+        "dnsNames": [],
+        "durationSeconds": 86400,
+        "notAfter": "2026-06-02T00:00:00+00:00",
+    }
+    assert record["limitsApplied"] == ["mesh-baseline/limits"]
+    assert record["auditFindings"][0]["finding"] == "AUDIT_WOULD_CLAMP"
+    assert record["policySetRevision"] == reference_set.revision
+    assert record["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
+
+
+def test_client_messages(reference_set) -> None:  # type: ignore[no-untyped-def]
+    denied = decide(reference_set, who=caller("prod-x", "default"), req=request(own_id("prod-x", "default")))
+    detailed = client_message(denied)
+    assert detailed.startswith("denied: DENIED_BY_RULE: Workloads in prod-* namespaces")
+    assert "[compliance-denies/no-default-sa-in-prod]" in detailed
+    assert detailed.endswith(f"(policy set {reference_set.short_revision})")
+    assert client_message(denied, minimal=True) == "denied: DENIED_BY_RULE"
+
+
+@pytest.mark.parametrize("validity", [2**63 - 1, 10**12])
+def test_huge_durations_are_clamped_without_overflow(reference_set, validity: int) -> None:  # type: ignore[no-untyped-def]
+    decision = decide(reference_set, req=request(own_id(), validity=validity))
+    assert decision.allowed and decision.duration_seconds == 86400

@@ -1,0 +1,227 @@
+"""The strict schema and the semantic checks: every error located as file:line:col: field.path: message."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.loader import build_policy_set, load_policy_set
+from policies.problems import PolicySetInvalid, Severity
+
+from .conftest import SECTION_2_1, SETTINGS, TD, build, policy
+
+OWN = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+
+
+def errors_of(*documents: str, settings: str = SETTINGS) -> list[str]:
+    with pytest.raises(PolicySetInvalid) as caught:
+        build(*documents, settings=settings)
+    return [str(p) for p in caught.value.errors]
+
+
+def warnings_of(*documents: str) -> list[str]:
+    return [str(w) for w in build(*documents).warnings if w.severity is Severity.WARNING]
+
+
+def test_reference_documents_load_cleanly() -> None:
+    policy_set = load_policy_set([SECTION_2_1], trust_domain=TD)
+    assert [p.name for p in policy_set.policies] == [
+        "payments-services",
+        "compliance-denies",
+        "mesh-baseline",
+        "tighten-to-12h",
+    ]
+    assert policy_set.rule_count == 7
+    assert not policy_set.warnings
+    assert policy_set.revision.startswith("sha256:") and len(policy_set.revision) == 71
+
+
+def test_unknown_field_is_located_with_a_suggestion() -> None:
+    text = policy(
+        "p", "  subjects: {namespaces: ['*']}\n  rules:\n    - name: r\n      effect: Allow\n      identitees: []\n"
+    )
+    assert errors_of(text) == [
+        "doc0.yaml:9:7: spec.rules[0].identitees: unknown field 'identitees' (did you mean 'identities'?)"
+    ]
+
+
+def test_every_error_of_every_document_is_reported_at_once() -> None:
+    first = policy("a", "  mode: Enforced\n  subjects: {namespaces: ['*']}\n")
+    second = policy("b", "  priority: high\n  subjects: {namespaces: ['*']}\n")
+    found = errors_of(first, second)
+    assert "doc0.yaml:5:9: spec.mode: must be one of Enforce, Audit, Disabled, got 'Enforced'" in found
+    assert "doc1.yaml:5:13: spec.priority: must be an integer, got a string" in found
+
+
+def test_yaml_syntax_error_is_located() -> None:
+    found = errors_of("apiVersion: meshsigner.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: x\n")
+    assert len(found) == 1 and found[0].startswith("doc0.yaml:4:1: invalid YAML")
+
+
+def test_duplicate_keys_are_rejected() -> None:
+    text = policy("p", "  subjects: {namespaces: ['*']}\n  mode: Audit\n  mode: Enforce\n")
+    assert "doc0.yaml:7:3: spec.mode: duplicate key" in errors_of(text)
+
+
+def test_unquoted_yaml_booleans_are_not_strings() -> None:
+    text = policy("p", "  subjects: {namespaces: [no]}\n")
+    assert errors_of(text) == [
+        "doc0.yaml:5:27: spec.subjects.namespaces[0]: must be a string, got a boolean (quote it)"
+    ]
+
+
+def test_duplicate_policy_and_rule_names() -> None:
+    rule = f"    - name: r\n      effect: Allow\n      identities: ['{OWN}']\n"
+    text = policy("p", f"  subjects: {{namespaces: ['*']}}\n  rules:\n{rule}{rule}")
+    found = errors_of(text, text)
+    assert any("spec.rules[1].name: duplicate rule name 'r'" in e for e in found)
+    assert any(
+        "doc1.yaml" in e and "metadata.name: duplicate policy name 'p' (first in doc0.yaml#0)" in e for e in found
+    )
+
+
+@pytest.mark.parametrize(
+    ("duration", "message"),
+    [
+        (
+            "{min: 2h, max: 1h}",
+            "spec.rules[0].duration.min: 2h exceeds spec.rules[0].duration.max 1h: the range is empty",
+        ),
+        ("{max: 30d}", "spec.rules[0].duration.max: 30d exceeds settings.duration.max 7d"),
+        ("{default: 2h, max: 1h}", "spec.rules[0].duration.default: 2h exceeds spec.rules[0].duration.max 1h"),
+        ("{default: 5m, min: 10m}", "spec.rules[0].duration.default: 5m is below spec.rules[0].duration.min 10m"),
+        ("{max: 1500ms}", "spec.rules[0].duration.max: duration '1500ms' is not a whole number of seconds"),
+        ("{max: 1y}", "spec.rules[0].duration.max: invalid duration '1y'"),
+    ],
+)
+def test_v31_duration_ranges_are_checked_at_load(duration: str, message: str) -> None:
+    text = policy(
+        "p",
+        f"  subjects: {{namespaces: ['*']}}\n  rules:\n    - name: r\n      effect: Allow\n"
+        f"      identities: ['{OWN}']\n      duration: {duration}\n",
+    )
+    found = errors_of(text)
+    assert any(message in e for e in found), found
+    assert all(e.startswith("doc0.yaml:10:") for e in found)
+
+
+@pytest.mark.parametrize(
+    ("identity", "message"),
+    [
+        ("spiffe://{trustDomain}/ns/{namespace}/sa/{sa}", "unknown variable {sa}"),
+        ("spiffe://{trustDomain}/ns/{namespace}/../x", 'can never render a valid SPIFFE ID: path segment ".."'),
+        ("spiffe://{trustDomain}/ns/{namespace}/sa/", "can never render a valid SPIFFE ID"),
+        ("spiffe://{trustDomain}/ns/**/{namespace}", '"**" may only be the whole last path segment'),
+        ("https://{trustDomain}/ns/{namespace}", 'must start with "spiffe://"'),
+        ("spiffe://{trustDomain}/ns/{nsLabel:team}", "label key 'team' is not in settings.trustedNamespaceLabelKeys"),
+        ("spiffe://evil.example/ns/{namespace}/sa/x", "trust domain 'evil.example' is not in this rule's trustDomains"),
+        ("spiffe://{trustDomain}/gateway", "grants identities outside the caller's namespace"),
+    ],
+)
+def test_templates_must_render_valid_ids(identity: str, message: str) -> None:
+    text = policy(
+        "p",
+        f"  subjects: {{namespaces: ['*']}}\n  rules:\n    - name: r\n      effect: Allow\n"
+        f"      identities: ['{identity}']\n",
+    )
+    found = errors_of(text)
+    assert any(message in e and "spec.rules[0].identities[0]" in e for e in found), found
+
+
+def test_cross_namespace_grants_need_the_opt_in() -> None:
+    text = policy(
+        "p",
+        "  subjects: {namespaces: [gw]}\n  rules:\n    - name: r\n      effect: Allow\n"
+        "      allowCrossNamespace: true\n      identities: ['spiffe://{trustDomain}/gateway/**']\n",
+    )
+    assert build(text).rule_count == 1
+
+
+@pytest.mark.parametrize(
+    ("principal", "hint"),
+    [
+        ("cluster.local/ns/payments/*", 'did you mean "cluster.local/ns/payments/sa/*"?'),
+        ("*", 'use "*/ns/*/sa/*" for every principal'),
+        ("cluster.local/ns/a/svc/b", ""),
+    ],
+)
+def test_principals_that_cannot_match_five_segments_are_rejected(principal: str, hint: str) -> None:
+    text = policy("p", f"  subjects: {{principals: ['{principal}']}}\n")
+    (found,) = errors_of(text)
+    assert found.startswith("doc0.yaml:5:") and "can never match a principal" in found and hint in found
+
+
+def test_alias_opt_in_must_name_a_configured_alias() -> None:
+    text = policy(
+        "p",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: r\n      effect: Allow\n"
+        "      trustDomains: [other.local]\n      identities: ['spiffe://other.local/ns/{namespace}/sa/x']\n",
+    )
+    assert any("neither the primary trust domain nor in settings.trustDomainAliases" in e for e in errors_of(text))
+
+
+def test_selector_label_keys_must_be_trusted() -> None:
+    text = policy("p", "  subjects: {namespaceSelector: {matchLabels: {team: a}}}\n")
+    assert errors_of(text) == [
+        "doc0.yaml:5:48: spec.subjects.namespaceSelector.matchLabels['team']: "
+        "label key 'team' is not in settings.trustedNamespaceLabelKeys"
+    ]
+
+
+def test_cel_and_allow_only_fields_on_deny_rules_are_rejected() -> None:
+    text = policy(
+        "p",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: r\n      effect: Deny\n"
+        "      duration: {max: 1h}\n      when: ['true']\n",
+    )
+    found = errors_of(text)
+    assert any("spec.rules[0].duration: only Allow rules take this field" in e for e in found)
+    assert any("spec.rules[0].when: CEL conditions are not supported" in e for e in found)
+
+
+def test_settings_must_be_unique_and_match_the_server_trust_domain() -> None:
+    other = SETTINGS.replace("cluster.local", "other.example").replace("name: settings", "name: second")
+    with pytest.raises(PolicySetInvalid) as caught:
+        build_policy_set([("a.yaml", SETTINGS), ("b.yaml", other)], trust_domain=TD)
+    found = [str(p) for p in caught.value.errors]
+    assert any(e.startswith("b.yaml:") and "one PolicySettings document" in e for e in found)
+    with pytest.raises(PolicySetInvalid) as caught:
+        build_policy_set([("b.yaml", other)], trust_domain=TD)
+    assert "differs from the server's trust domain 'cluster.local'" in str(caught.value.errors[0])
+
+
+def test_empty_input_is_not_a_valid_set(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PolicySetInvalid, match=r"no \*.yaml or \*.yml policy files found"):
+        load_policy_set([tmp_path])
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(PolicySetInvalid, match="no PolicySettings or IdentityPolicy documents"):
+        load_policy_set([tmp_path])
+
+
+def test_warnings_do_not_reject_the_set() -> None:
+    rule = f"    - name: r\n      effect: Allow\n      identities: ['{OWN}']\n"
+    copy = rule.replace("name: r", "name: r2")
+    unreachable = "    - name: never\n      effect: Deny\n      subjects: {namespaces: [b]}\n"
+    text = policy("p", f"  subjects: {{namespaces: [a]}}\n  rules:\n{rule}{copy}{unreachable}")
+    found = warnings_of(text, policy("nosubjects", "  limits: {duration: {min: 2h, max: 1h}}\n"))
+    assert any("spec.rules[1]: warning: repeats rule 'r' exactly" in w for w in found)
+    assert any("spec.rules[2].subjects.namespaces: warning: can never apply" in w for w in found)
+    assert any("doc1.yaml" in w and "no subjects" in w for w in found)
+    assert any("DURATION_RANGE_EMPTY" in w for w in found)
+
+
+def test_revision_ignores_order_comments_and_file_names() -> None:
+    a = policy("a", "  subjects: {namespaces: ['*']}\n  limits: {duration: {max: 1h}}\n")
+    b = policy("b", "  subjects: {namespaces: ['*']}\n  limits: {duration: {max: 2h}}\n")
+    first = build(a, b)
+    second = build_policy_set([("z.yaml", "# comment\n" + b), ("y.yaml", a), ("s.yaml", SETTINGS)], trust_domain=TD)
+    changed = build(a, b.replace("2h", "3h"))
+    assert first.revision == second.revision
+    assert first.revision != changed.revision
+
+
+def test_policy_test_documents_in_a_policy_directory_are_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "settings.yaml").write_text(SETTINGS)
+    (tmp_path / "tests.yaml").write_text(
+        "apiVersion: meshsigner.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec: {policies: ['*.yaml']}\n"
+    )
+    assert load_policy_set([tmp_path], trust_domain=TD).policies == ()
