@@ -7,17 +7,19 @@
     ├── Overloaded             over the in-flight budget                  → RESOURCE_EXHAUSTED
     └── TemporarilyUnavailable backend, JWKS or policy set not available  → UNAVAILABLE
 
-``reason`` is a short code for metrics and the client; ``detail`` goes to the server log only.
+``reason`` is a short code for metrics and the client; ``detail`` goes to the server log only, unless a policy set
+chose to tell callers more (``client_message``, policy settings ``clientMessages: Detailed``).
 """
 
 from __future__ import annotations
 
 
 class RequestRejected(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, client_message: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.client_message = client_message  # what the caller may see; the reason code when None
 
 
 class AuthenticationFailed(RequestRejected):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
 from policies.builtin import OwnIdentityOnly
 from policies.model import IdentityDecider
+from policies.reloading import PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
 from signer.decision_log import DecisionLog
@@ -57,8 +59,12 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
 
 def build_decider(settings: Settings, registry: CollectorRegistry) -> IdentityDecider:
+    """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists);
+    otherwise istio-csr's built-in rule."""
     if settings.policy_dir:
-        raise StartupError("--policy-dir is not available in this build yet")
+        if not Path(settings.policy_dir).is_dir():
+            raise StartupError(f"--policy-dir {settings.policy_dir}: not a directory")
+        return PolicyStore(settings.policy_dir, trust_domain=settings.trust_domain, registry=registry)
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration))
 
 
@@ -126,6 +132,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     tasks = {asyncio.create_task(serving.renew_forever(stop), name="serving-certificate-renewal")}
     if isinstance(authenticator, JwksAuthenticator):
         tasks.add(asyncio.create_task(authenticator.watch(stop), name="jwks-watch"))
+    if isinstance(decider, PolicyStore):
+        tasks.add(asyncio.create_task(decider.watch(stop), name="policy-watch"))
     logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
         "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
     )

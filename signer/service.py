@@ -129,16 +129,18 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
                 chain = await self._issue(request, context.invocation_metadata() or (), request_id)
         except (RequestRejected, BackendError, TimeoutError) as error:
             code, reason = self._refusal(error, request_id)
+            message = getattr(error, "client_message", None) or reason
         except Exception:
             logger.bind(request_id=request_id, event="csr_internal_error").exception("unexpected failure")
             code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+            message = reason
         else:
             self._issued.inc()
             self._metrics.request_seconds.observe(time.perf_counter() - started)
             return istio_ca_pb2.IstioCertificateResponse(cert_chain=chain)
         self._metrics.requests.labels(code=code.name, reason=reason).inc()
         self._metrics.request_seconds.observe(time.perf_counter() - started)
-        await context.abort(code, f"{reason} (request {request_id})")
+        await context.abort(code, f"{message} (request {request_id})")
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def _refusal(self, error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
@@ -174,7 +176,10 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)
         if not decision.allowed:
             self._record(request_id, caller, parsed, decision)
-            raise _OUTCOME_ERRORS.get(decision.outcome, NotPermitted)(decision.reason, decision.message)
+            client_message = decision.details.get("clientMessage")
+            raise _OUTCOME_ERRORS.get(decision.outcome, NotPermitted)(
+                decision.reason, decision.message, client_message=str(client_message) if client_message else None
+            )
         assert decision.not_after is not None and decision.duration_seconds is not None
         signing_request = SigningRequest(
             csr_pem=parsed.pem,
