@@ -1,0 +1,138 @@
+"""The YAML policy engine behind a real ``serve`` process: grants, denials, clamps, audit records, hot reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from proto import istio_ca_pb2_grpc
+from tests.e2e.calls import create
+from tests.e2e.conftest import SERVER_NAME
+from tests.support.csr_builder import make_csr
+from tests.support.processes import readyz, start_server
+
+POLICIES = Path(__file__).resolve().parents[1] / "policies" / "fixtures" / "policies"
+
+
+def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "--signer=local",
+        f"--local-ca-dir={base / 'ca'}",
+        "--authenticator=jwks",
+        f"--jwks-file={token_issuer.write_jwks(base / 'jwks.json')}",
+        f"--token-issuer={token_issuer.issuer}",
+        f"--policy-dir={policy_dir}",
+        f"--decision-log={base / 'decisions.jsonl'}",
+        "--log-format=json",
+    ]
+
+
+def _stub(server, base: Path):  # type: ignore[no-untyped-def]
+    channel = grpc.secure_channel(
+        server.address,
+        grpc.ssl_channel_credentials((base / "ca" / "root-cert.pem").read_bytes()),
+        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+    )
+    return istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
+
+
+def _records(base: Path) -> list[dict]:
+    return [json.loads(line) for line in (base / "decisions.jsonl").read_text().splitlines()]
+
+
+def _lifetime(chain: list[str]) -> float:
+    leaf = x509.load_pem_x509_certificate(chain[0].encode())
+    return (leaf.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+
+
+@pytest.fixture(scope="module")
+def policy_server(tmp_path_factory, token_issuer):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("policy-serve")
+    policy_dir = base / "policies"
+    shutil.copytree(POLICIES, policy_dir)
+    server = start_server(_flags(base, token_issuer, policy_dir), base / "serve.log")
+    yield server, base, policy_dir
+    server.stop()
+
+
+def test_team_policy_grants_dns_names(policy_server, token_issuer):
+    server, base, _ = policy_server
+    own = "spiffe://cluster.local/ns/payments/sa/api"
+    csr = make_csr([own], dns=["api.payments.svc"])
+    code, chain, _ = create(_stub(server, base), csr, token_issuer.token("payments", "api"), validity=43200)
+    assert code is grpc.StatusCode.OK
+    san = x509.load_pem_x509_certificate(chain[0].encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert san.value.get_values_for_type(x509.DNSName) == ["api.payments.svc"]
+    assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [own]
+    assert 43200 - 30 < _lifetime(chain) <= 43200
+    assert _records(base)[-1]["matched"] == "payments-services/service-dns"
+
+
+def test_compliance_deny_overrides_the_baseline(policy_server, token_issuer):
+    server, base, _ = policy_server
+    csr = make_csr(["spiffe://cluster.local/ns/prod-checkout/sa/default"])
+    code, chain, details = create(_stub(server, base), csr, token_issuer.token("prod-checkout", "default"))
+    assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, [])
+    assert "DENIED_BY_RULE" in details and "compliance-denies/no-default-sa-in-prod" in details
+    record = _records(base)[-1]
+    assert record["decision"] == "Deny" and record["reason"] == "DENIED_BY_RULE"
+
+
+def test_long_request_is_clamped_and_audit_finding_recorded(policy_server, token_issuer):
+    server, base, _ = policy_server
+    csr = make_csr(["spiffe://cluster.local/ns/orders/sa/web"])
+    code, chain, _ = create(_stub(server, base), csr, token_issuer.token("orders", "web"), validity=604800)
+    assert code is grpc.StatusCode.OK
+    assert 86400 - 30 < _lifetime(chain) <= 86400
+    record = _records(base)[-1]
+    assert "DURATION_CLAMPED" in record["reasons"]
+    assert any(f["finding"] == "AUDIT_WOULD_CLAMP" and f["policy"] == "tighten-to-12h" for f in record["auditFindings"])
+    metrics = server.metrics()
+    assert "policy_audit_findings_total" in metrics
+
+
+def test_bad_reload_keeps_the_last_good_set(policy_server, token_issuer):
+    server, base, policy_dir = policy_server
+    (policy_dir / "zz-broken.yaml").write_text("apiVersion: meshsigner.io/v1alpha1\nkind: IdentityPolicy\nspec: [\n")
+    deadline = time.monotonic() + 10
+    while 'policy_reload_total{result="error"} 1.0' not in server.metrics():
+        assert time.monotonic() < deadline, "the broken file was never attempted"
+        time.sleep(0.2)
+    csr = make_csr(["spiffe://cluster.local/ns/orders/sa/web"])
+    code, _, _ = create(_stub(server, base), csr, token_issuer.token("orders", "web"))
+    assert code is grpc.StatusCode.OK, "the last good set still decides"
+    assert readyz(server.readiness_port)[0] == 200
+    (policy_dir / "zz-broken.yaml").unlink()
+
+
+def test_no_valid_set_at_start_means_not_ready_and_unavailable(tmp_path, token_issuer):
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "broken.yaml").write_text("kind: IdentityPolicy\nspec: {mode: Sometimes}\n")
+    server = start_server(_flags(tmp_path, token_issuer, policy_dir), tmp_path / "serve.log", wait=False)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = readyz(server.readiness_port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status == 503 and "policy" in body
+        code, chain, details = create(
+            _stub(server, tmp_path), make_csr(["spiffe://cluster.local/ns/orders/sa/web"]), token_issuer.token()
+        )
+        assert (code, chain) == (grpc.StatusCode.UNAVAILABLE, [])
+        assert "POLICY_SET_UNAVAILABLE" in details
+    finally:
+        server.stop()
