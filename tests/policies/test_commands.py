@@ -1,0 +1,134 @@
+"""``meshsigner policy lint|test|explain`` through the argparse wiring the CLI uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from policies.commands import add_policy_commands
+
+from .conftest import FIXTURES, SECTION_2_1
+
+FIXTURE_FILES = sorted(FIXTURES.glob("*.yaml"))
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="meshsigner")
+    add_policy_commands(parser.add_subparsers())
+    args = parser.parse_args(["policy", *argv])
+    return int(args.func(args))
+
+
+def test_every_conformance_fixture_passes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # spec.policies globs are relative to the test file, not the working directory
+    assert run("test", *map(str, FIXTURE_FILES)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "FAIL" not in "\n".join(lines)
+    passed = int(lines[-1].split()[0])
+    assert lines[-1] == f"{passed} passed, 0 failed" and passed >= 45
+    assert "rule coverage: 7/7 rules decided a case" in lines
+
+
+def test_a_failing_case_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test_file = tmp_path / "wrong.yaml"
+    test_file.write_text(
+        f"""apiVersion: meshsigner.io/v1alpha1
+kind: PolicyTest
+metadata: {{name: wrong}}
+spec:
+  policies: ["{SECTION_2_1}/*.yaml"]
+  clock: "2026-06-01T00:00:00Z"
+  cases:
+    - name: expects too much
+      caller: {{namespace: orders, serviceAccount: web}}
+      request: {{uris: ["spiffe://cluster.local/ns/orders/sa/web"], dnsNames: [web.orders.svc], validitySeconds: 3600}}
+      expect: {{decision: Allow, durationSeconds: 3600}}
+    - name: right
+      caller: {{namespace: orders, serviceAccount: web}}
+      request: {{uris: ["spiffe://cluster.local/ns/orders/sa/web"], validitySeconds: 3600}}
+      expect: {{decision: Allow, durationSeconds: 3600}}
+"""
+    )
+    assert run("test", str(test_file)) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {test_file}: wrong / expects too much" in out
+    assert "decision: expected Allow, got Deny (NO_MATCHING_RULE)" in out
+    assert "durationSeconds: expected 3600, got None" in out
+    assert "FAIL dnsNames[0]: expected no DNS names; actual web.orders.svc" in out
+    assert out.splitlines()[-1] == "1 passed, 1 failed"
+
+
+def test_an_invalid_test_document_counts_as_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test_file = tmp_path / "bad.yaml"
+    test_file.write_text(
+        "apiVersion: meshsigner.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\n"
+        "spec:\n  policies: [nowhere/*.yaml]\n  cases:\n    - {name: c, caler: {}, expect: {decision: Allow}}\n"
+    )
+    assert run("test", str(test_file)) == 1
+    out = capsys.readouterr().out
+    assert "spec.cases[0].caler: unknown field 'caler' (did you mean 'caller'?)" in out
+    assert out.splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_lint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("lint", str(SECTION_2_1)) == 0
+    assert "policy set valid: 4 policies, 7 rules, 0 warning(s), revision sha256:" in capsys.readouterr().out
+    assert run("lint", str(FIXTURES / "broken")) == 1
+    out = capsys.readouterr().out
+    assert "broken/typo.yaml:7:33: spec.subjects.notNamespace: unknown field" in out
+    assert out.splitlines()[-1] == "policy set invalid: 1 error(s)"
+    assert run("lint", "--trust-domain", "other.local", str(SECTION_2_1)) == 1
+
+
+def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(
+        "explain",
+        "--policies", str(SECTION_2_1),
+        "--namespace", "payments",
+        "--service-account", "api",
+        "--uri", "spiffe://cluster.local/ns/payments/sa/api",
+        "--dns", "api.payments.svc",
+        "--validity", "259200",
+        "--clock", "2026-06-01T00:00:00Z",
+        "--ca-not-after", "2026-07-01T00:00:00Z",
+        "--output", "json",
+    )  # fmt: skip
+    assert code == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "Deny" and result["reason"] == "NO_MATCHING_RULE"
+    assert result["subReason"] == "DURATION_TOO_LONG"
+    assert result["matched"] == "payments-services/service-dns" and result["durationSeconds"] is None
+    service_dns = next(p for p in result["trace"] if p["policy"] == "payments-services")["rules"][0]
+    duration = next(c for c in service_dns["conditions"] if c["condition"] == "duration")
+    assert duration == {
+        "condition": "duration",
+        "held": False,
+        "expected": "0s to 48h0m0s",
+        "actual": "72h0m0s",
+        "code": "DURATION_TOO_LONG",
+        "why": "requested 72h0m0s > max 48h0m0s (onExceed: Deny)",
+    }
+    skipped = next(p for p in result["trace"] if p["policy"] == "tighten-to-12h")
+    assert skipped["applies"] is True and skipped["mode"] == "Audit"
+
+
+def test_explain_text_allows(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(
+        "explain", "--policies", str(SECTION_2_1), "--namespace", "orders", "--service-account", "web",
+        "--uri", "spiffe://cluster.local/ns/orders/sa/web", "--validity", "86400", "--clock", "2026-06-01T00:00:00Z",
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("decision: Allow GRANTED\n")
+    assert "granted by: mesh-baseline/own-identity" in out
+    assert "audit: AUDIT_WOULD_CLAMP tighten-to-12h/limits: would issue 43200s (12h0m0s) instead of 86400s" in out
+    assert "policy payments-services (Enforce, priority 10): does not apply (subjects.namespaces" in out
+
+
+def test_explain_with_an_invalid_set(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run("explain", "--policies", str(FIXTURES / "broken"), "--namespace", "a", "--service-account", "b")
+    assert code == 2
+    assert "POLICY_SET_UNAVAILABLE" in capsys.readouterr().err

@@ -1,0 +1,216 @@
+"""The four property tests of policy-format.md §4: fuzz, order independence, metamorphic audit, monotonicity."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policies.evaluator import evaluate
+from policies.loader import build_policy_set
+from policies.model import Caller, Decision, IssuanceRequest
+from policies.policy_set import PolicySet
+from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
+
+from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, TD
+
+PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REFERENCE_DOCUMENTS: list[dict[str, Any]] = [
+    yaml.safe_load(path.read_text()) for path in sorted(SECTION_2_1.glob("*.yaml"))
+]
+NAMESPACES = ["orders", "payments", "payments-eu", "paymentsx", "prod-checkout", "kube-system"]
+ACCOUNTS = ["web", "api", "worker-batch", "worker", "default", "legacy-etl"]
+DURATIONS = [-3600, 0, 1, 60, 600, 3600, 43200, 86400, 172800, 259200, 604800, 2**40]
+KEYS = ["ECDSA-P256", "ECDSA-P384", "ECDSA-P521", "RSA-1024", "RSA-2048", "RSA-4096", "Ed25519"]
+
+
+def build(documents: list[dict[str, Any]]) -> PolicySet:
+    return build_policy_set([(f"doc{i}.yaml", yaml.safe_dump(doc)) for i, doc in enumerate(documents)], trust_domain=TD)
+
+
+REFERENCE = build(REFERENCE_DOCUMENTS)
+
+
+def decide(policy_set: PolicySet, caller: Caller, request: IssuanceRequest) -> Decision:
+    return evaluate(policy_set, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER)
+
+
+def enforced_part(decision: Decision) -> Decision:
+    """The decision without what Audit mode adds."""
+    return dataclasses.replace(decision, audit_findings=())
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[Caller, IssuanceRequest]:
+    namespace, account = draw(st.sampled_from(NAMESPACES)), draw(st.sampled_from(ACCOUNTS))
+    own = f"spiffe://{TD}/ns/{namespace}/sa/{account}"
+    other_ns, other_sa = draw(st.sampled_from(NAMESPACES)), draw(st.sampled_from(ACCOUNTS))
+    uri = draw(
+        st.sampled_from(
+            [
+                own,
+                own + "/shard/1",
+                own + "/shard/1/2",
+                f"spiffe://old.local/ns/{namespace}/sa/{account}",
+                f"spiffe://{TD}/ns/{other_ns}/sa/{other_sa}",
+                own + "/",
+            ]
+        )
+    )
+    dns_pool = [f"{account}.{namespace}.svc", f"{account}.{namespace}.svc.cluster.local", "*.payments.svc", "x.y"]
+    dns = tuple(draw(st.lists(st.sampled_from(dns_pool), max_size=2)))
+    request = IssuanceRequest(
+        uris=(uri,),
+        dns_names=dns,
+        validity_seconds=draw(st.sampled_from(DURATIONS) | st.integers(-(2**20), 2**31)),
+        key=draw(st.sampled_from(KEYS)),
+    )
+    return Caller(TD, namespace, account), request
+
+
+GLOB_NAMES = st.sampled_from(["*", "orders", "payments*", "payments-*", "prod-*", "kube-system"])
+ACCOUNT_GLOBS = st.sampled_from(["*", "web", "api", "worker-*", "default", "legacy-*"])
+
+
+@st.composite
+def subjects(draw: st.DrawFn) -> dict[str, Any]:
+    result: dict[str, Any] = {"namespaces": draw(st.lists(GLOB_NAMES, min_size=1, max_size=2, unique=True))}
+    if draw(st.booleans()):
+        result["serviceAccounts"] = draw(st.lists(ACCOUNT_GLOBS, min_size=1, max_size=2, unique=True))
+    return result
+
+
+@st.composite
+def deny_rules(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"name": name, "effect": "Deny"}
+    if draw(st.booleans()):
+        rule["subjects"] = draw(subjects())
+    if draw(st.booleans()):
+        rule["dnsNames"] = ["*.{namespace}.svc"]
+    if draw(st.booleans()):
+        rule["key"] = {"algorithms": draw(st.lists(st.sampled_from(KEYS[:5]), min_size=1, max_size=2, unique=True))}
+    return rule
+
+
+@st.composite
+def audit_policies(draw: st.DrawFn) -> dict[str, Any]:
+    """Any Audit-mode policy: Deny rules, broad Allow rules and limits."""
+    rules: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        rules.append(draw(deny_rules("audit-deny")))
+    if draw(st.booleans()):
+        rules.append(
+            {
+                "name": "audit-allow",
+                "effect": "Allow",
+                "identities": ["spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"],
+                "dnsNames": ["{serviceAccount}.{namespace}.svc", "*.payments.svc"],
+                "allowWildcardDNSNames": True,
+                "key": {"algorithms": KEYS[:5]},
+            }
+        )
+    spec: dict[str, Any] = {"mode": "Audit", "priority": draw(st.integers(-5, 50)), "subjects": draw(subjects())}
+    if rules:
+        spec["rules"] = rules
+    if draw(st.booleans()) or not rules:
+        spec["limits"] = {"duration": {"max": draw(st.sampled_from(["1h", "12h", "48h"])), "onExceed": "Deny"}}
+    return {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": "audit"},
+        "spec": spec,
+    }
+
+
+@PROPERTY_SETTINGS
+@given(
+    caller=st.sampled_from([Caller(TD, "orders", "web"), Caller(TD, "payments", "api")]),
+    uri=st.one_of(
+        st.text(max_size=80),
+        st.binary(max_size=80).map(lambda raw: raw.decode("latin-1")),
+        st.builds(
+            lambda base, position, char: base[:position] + char + base[position:],
+            st.sampled_from(["spiffe://cluster.local/ns/orders/sa/web", "spiffe://cluster.local/ns/payments/sa/api"]),
+            st.integers(0, 45),
+            st.sampled_from(["/", ".", "..", "%2e", "*", "A", " ", "\x00", "?", "#", "/shard/1"]),
+        ),
+    ),
+)
+def test_fuzzed_uris_are_only_allowed_when_byte_equal_to_a_rendered_template(caller: Caller, uri: str) -> None:
+    decision = decide(REFERENCE, caller, IssuanceRequest(uris=(uri,), validity_seconds=3600))
+    if not decision.allowed:
+        return
+    own = caller.spiffe_id
+    rendered = {own, f"spiffe://old.local/ns/{caller.namespace}/sa/{caller.service_account}"}
+    shard = uri.startswith(own + "/shard/") and caller.namespace == "payments"
+    assert uri in rendered or shard, uri
+    assert decision.uris == (uri,)
+    try:
+        assert str(parse_spiffe_id(uri)) == uri  # canonical: parsing never had to normalise it
+    except InvalidSpiffeID as exc:  # pragma: no cover - would be a bug
+        raise AssertionError(f"allowed a non-canonical ID {uri!r}: {exc}") from None
+
+
+@PROPERTY_SETTINGS
+@given(inputs=requests(), data=st.data())
+def test_permuting_documents_or_rules_never_changes_a_decision(
+    inputs: tuple[Caller, IssuanceRequest], data: st.DataObject
+) -> None:
+    caller, request = inputs
+    expected = decide(REFERENCE, caller, request)
+    documents = data.draw(st.permutations(REFERENCE_DOCUMENTS))
+    assert decide(build(documents), caller, request) == expected
+    shuffled = []
+    for document in documents:
+        document = dict(document, spec=dict(document["spec"]))
+        if "rules" in document["spec"]:
+            document["spec"]["rules"] = data.draw(st.permutations(document["spec"]["rules"]))
+        shuffled.append(document)
+    reordered = decide(build(shuffled), caller, request)
+    assert (reordered.verdict, reordered.reason, set(reordered.deny_rules)) == (
+        expected.verdict,
+        expected.reason,
+        set(expected.deny_rules),
+    )
+
+
+@PROPERTY_SETTINGS
+@given(inputs=requests(), audit=audit_policies())
+def test_adding_an_audit_policy_never_changes_an_enforced_decision(
+    inputs: tuple[Caller, IssuanceRequest], audit: dict[str, Any]
+) -> None:
+    caller, request = inputs
+    before = decide(REFERENCE, caller, request)
+    after = decide(build([*REFERENCE_DOCUMENTS, audit]), caller, request)
+    assert enforced_part(after) == dataclasses.replace(
+        enforced_part(before), policy_set_revision=after.policy_set_revision
+    )
+
+
+@PROPERTY_SETTINGS
+@given(inputs=requests(), data=st.data())
+def test_adding_a_deny_rule_never_turns_a_deny_into_an_allow(
+    inputs: tuple[Caller, IssuanceRequest], data: st.DataObject
+) -> None:
+    caller, request = inputs
+    before = decide(REFERENCE, caller, request)
+    rule = data.draw(deny_rules("added-deny"))
+    if data.draw(st.booleans()):
+        documents = [*REFERENCE_DOCUMENTS]
+        index = next(i for i, d in enumerate(documents) if d["metadata"]["name"] == "compliance-denies")
+        spec = dict(documents[index]["spec"], rules=[*documents[index]["spec"]["rules"], rule])
+        documents[index] = dict(documents[index], spec=spec)
+    else:
+        extra = {
+            "apiVersion": "meshsigner.io/v1alpha1",
+            "kind": "IdentityPolicy",
+            "metadata": {"name": "added"},
+            "spec": {"subjects": data.draw(subjects()), "priority": data.draw(st.integers(-5, 50)), "rules": [rule]},
+        }
+        documents = [*REFERENCE_DOCUMENTS, extra]
+    after = decide(build(documents), caller, request)
+    if not before.allowed:
+        assert not after.allowed

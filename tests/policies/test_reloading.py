@@ -1,0 +1,177 @@
+"""PolicyStore: all-or-nothing reloads, last-good serving, the watch loop and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from policies.model import Outcome, Verdict
+from policies.reloading import PolicyStore
+
+from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, TD, caller, own_id, request
+
+DENY_ORDERS = """apiVersion: meshsigner.io/v1alpha1
+kind: IdentityPolicy
+metadata: {name: freeze-orders}
+spec:
+  subjects: {namespaces: [orders]}
+  rules:
+    - {name: freeze, effect: Deny, message: orders is frozen}
+"""
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    shutil.copytree(SECTION_2_1, directory)
+    return directory
+
+
+def store_for(directory: Path, **kwargs: object) -> tuple[PolicyStore, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return PolicyStore(directory, trust_domain=TD, registry=registry, **kwargs), registry  # type: ignore[arg-type]
+
+
+def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600):  # type: ignore[no-untyped-def]
+    return store.decide(
+        caller(namespace, account),
+        request(own_id(namespace, account), validity=validity),
+        now=NOW,
+        ca_not_after=CA_NOT_AFTER,
+    )
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_no_valid_set_at_start_means_not_ready_and_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("kind: [\n")
+    store, registry = store_for(tmp_path)
+    assert not store.ready and store.revision is None
+    decision = decide(store)
+    assert (decision.verdict, decision.reason, decision.outcome) == (
+        Verdict.DENY,
+        "POLICY_SET_UNAVAILABLE",
+        Outcome.UNAVAILABLE,
+    )
+    assert decision.details["clientMessage"].startswith("denied: POLICY_SET_UNAVAILABLE")
+    assert metric(registry, "policy_reload_total", result="error") == 1
+    assert store.status()["ready"] is False and store.status()["errors"][0].startswith(f"{tmp_path}/broken.yaml:2:1:")
+    shutil.copytree(SECTION_2_1, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "broken.yaml").unlink()
+    assert store.reload() and store.ready
+    assert decide(store).allowed
+
+
+def test_empty_directory_is_not_a_valid_set(tmp_path: Path) -> None:
+    store, _ = store_for(tmp_path)
+    assert not store.ready
+    assert "no *.yaml or *.yml policy files found" in str(store.last_problems[0])
+
+
+def test_bad_yaml_keeps_the_last_good_set(policy_dir: Path) -> None:
+    store, registry = store_for(policy_dir)
+    good_revision = store.revision
+    before = decide(store, validity=86400)
+    (policy_dir / "mesh-baseline.yaml").write_text("apiVersion: [unclosed\n")
+    assert not store.reload()
+    assert store.revision == good_revision and store.ready
+    assert decide(store, validity=86400) == before
+    assert metric(registry, "policy_reload_total", result="error") == 1
+    assert metric(registry, "policy_set_info", revision=good_revision) == 1
+    assert str(store.last_problems[0]).startswith(f"{policy_dir}/mesh-baseline.yaml:")
+
+
+def test_a_schema_error_in_one_file_rejects_the_whole_set(policy_dir: Path) -> None:
+    store, _ = store_for(policy_dir)
+    (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)  # valid on its own
+    (policy_dir / "typo.yaml").write_text(DENY_ORDERS.replace("freeze-orders", "typo").replace("subjects", "subject"))
+    assert not store.reload()
+    assert decide(store).allowed  # the valid new Deny rule did not sneak in either
+    errors = store.status()["errors"]
+    assert len(errors) == 1 and "typo.yaml:5:3: spec.subject: unknown field 'subject'" in errors[0]
+    (policy_dir / "typo.yaml").unlink()
+    assert store.reload()
+    assert decide(store).reason == "DENIED_BY_RULE"
+
+
+def test_metrics_of_decisions_and_audit_findings(policy_dir: Path) -> None:
+    store, registry = store_for(policy_dir)
+    decide(store, validity=86400)
+    decide(store, "prod-a", "default")
+    granted = dict(decision="Allow", reason="GRANTED", policy="mesh-baseline", rule="own-identity", mode="Enforce")
+    denied = dict(decision="Deny", reason="DENIED_BY_RULE", policy="compliance-denies", rule="no-default-sa-in-prod")
+    assert metric(registry, "policy_decisions_total", **granted) == 1
+    assert metric(registry, "policy_decisions_total", **denied, mode="Enforce") == 1
+    finding = dict(policy="tighten-to-12h", rule="limits", finding="AUDIT_WOULD_CLAMP")
+    assert metric(registry, "policy_audit_findings_total", **finding) == 1
+    assert metric(registry, "policy_evaluation_seconds_count") == 2
+    assert metric(registry, "policy_reload_total", result="success") == 1
+    assert metric(registry, "policy_last_reload_success_timestamp_seconds") > 0
+
+
+def test_namespace_labels_come_from_the_provider(policy_dir: Path) -> None:
+    (policy_dir / "tiered.yaml").write_text(
+        DENY_ORDERS.replace("namespaces: [orders]", "namespaceSelector: {matchLabels: {mesh.example.org/tier: frozen}}")
+    )
+    labels: dict[str, dict[str, str]] = {}
+    store, _ = store_for(policy_dir, namespace_labels=labels.get)
+    assert store.needs_namespace_labels
+    unsynced = decide(store)
+    assert (unsynced.reason, unsynced.outcome) == ("EVALUATION_ERROR", Outcome.UNAVAILABLE)
+    labels["orders"] = {"mesh.example.org/tier": "frozen"}
+    assert decide(store).reason == "DENIED_BY_RULE"
+    labels["orders"] = {}
+    assert decide(store).allowed
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_watch_reloads_changes_and_survives_bad_ones(policy_dir: Path) -> None:
+    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=0.05)
+    first = store.revision
+    stop = asyncio.Event()
+    task = asyncio.create_task(store.watch(stop))
+    try:
+        (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
+        await wait_for(lambda: store.revision != first)
+        assert decide(store).reason == "DENIED_BY_RULE"
+        frozen = store.revision
+        (policy_dir / "freeze.yaml").write_text(DENY_ORDERS + "  bogus: 1\n")
+        await wait_for(lambda: metric(registry, "policy_reload_total", result="error") == 1)
+        assert store.revision == frozen and decide(store).reason == "DENIED_BY_RULE"
+        await asyncio.sleep(0.2)  # an unchanged bad file is not retried
+        assert metric(registry, "policy_reload_total", result="error") == 1
+        (policy_dir / "freeze.yaml").unlink()
+        await wait_for(lambda: store.revision == first)
+        assert decide(store).allowed
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert task.done() and task.exception() is None
+
+
+async def test_watch_debounces_a_burst_of_writes(policy_dir: Path) -> None:
+    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(store.watch(stop))
+    try:
+        for step in range(5):  # a half-written set must never be loaded
+            (policy_dir / "freeze.yaml").write_text(DENY_ORDERS[: 40 * (step + 1)])
+            await asyncio.sleep(0.05)
+        (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
+        await wait_for(lambda: metric(registry, "policy_reload_total", result="success") == 2)
+        assert metric(registry, "policy_reload_total", result="error") is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
