@@ -64,3 +64,11 @@ def test_booleans(text, value):
 def test_every_flag_has_an_environment_name():
     names = {flag.env_name for flag in FLAGS}
     assert "MESHSIGNER_SERVING_CERTIFICATE_DNS_NAMES" in names and len(names) == len(FLAGS)
+
+
+def test_readme_documents_every_flag():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [flag.name for flag in FLAGS if f"`--{flag.name}`" not in readme or f"`{flag.env_name}`" not in readme]
+    assert not missing, f"README flag table lacks {missing}"
