@@ -23,12 +23,12 @@ from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.local_ca import LocalCA  # noqa: E402
-from bridge.signing import SigningRequest  # noqa: E402
-from proto import istio_ca_pb2, istio_ca_pb2_grpc  # noqa: E402
-from tests.support.csr_builder import make_csr  # noqa: E402
-from tests.support.processes import readyz, start_server  # noqa: E402
-from tests.support.tokens import TokenIssuer  # noqa: E402
+from bridge.local_ca import LocalCA
+from bridge.signing import SigningRequest
+from proto import istio_ca_pb2, istio_ca_pb2_grpc
+from tests.support.csr_builder import make_csr
+from tests.support.processes import readyz, start_server
+from tests.support.tokens import TokenIssuer
 
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
 
@@ -56,7 +56,7 @@ def crypto_floor(ca: LocalCA, csrs: list[str], seconds: float = 3.0) -> float:
 
 
 class _Noop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
-    async def CreateCertificate(self, request, context):  # noqa: N802
+    async def CreateCertificate(self, request, context):
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=["leaf", "root"])
 
 

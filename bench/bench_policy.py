@@ -1,0 +1,278 @@
+"""Policy evaluation cost for a large set, against baselines measured in the same run.
+
+    python bench/bench_policy.py [--policies 200] [--rules 1000] [--decisions 20000]
+
+Builds a synthetic set of ``--policies`` IdentityPolicy documents holding ``--rules`` rules (a cluster baseline,
+compliance Deny rules, an Audit-mode tightening that applies everywhere, and team policies with DNS, shard and
+Deny rules; a fifth of the teams select namespaces by glob, so the namespace index cannot skip them). Prints the
+decisions per second and p50/p90/p99 per decision for a mix of granted and denied requests, through both the pure
+evaluator and the ``PolicyStore`` (metrics included); the built-in istio-csr rule's cost on the same requests and
+one ECDSA P-256 leaf signature as baselines, with ratios; and the time to load, validate and compile the set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies.builtin import OwnIdentityOnly
+from policies.evaluator import evaluate
+from policies.loader import load_policy_set
+from policies.model import Caller, IssuanceRequest
+from policies.reloading import PolicyStore
+
+TD = "cluster.local"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+CA_NOT_AFTER = datetime(2027, 6, 1, tzinfo=UTC)
+HEADER = "apiVersion: meshsigner.io/v1alpha1\n"
+OWN = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+
+SETTINGS = (
+    HEADER
+    + """kind: PolicySettings
+metadata: {name: settings}
+spec:
+  trustDomain: cluster.local
+  trustDomainAliases: [old.local]
+  duration: {default: 24h, max: 7d}
+"""
+)
+BASELINE = (
+    HEADER
+    + f"""kind: IdentityPolicy
+metadata: {{name: mesh-baseline}}
+spec:
+  subjects: {{namespaces: ["*"], notNamespaces: [kube-system]}}
+  rules:
+    - name: own-identity
+      effect: Allow
+      identities: ["{OWN}"]
+      duration: {{default: 24h, min: 10m, max: 24h, onExceed: Clamp}}
+  limits: {{duration: {{max: 24h}}, key: {{minRSABits: 2048}}}}
+"""
+)
+AUDIT = (
+    HEADER
+    + """kind: IdentityPolicy
+metadata: {name: tighten-to-12h}
+spec:
+  mode: Audit
+  subjects: {namespaces: ["*"]}
+  limits: {duration: {max: 12h}}
+"""
+)
+
+
+def compliance(rule_count: int) -> str:
+    rules = "".join(
+        f"    - name: deny-{i}\n      effect: Deny\n      subjects: {{serviceAccounts: [legacy-{i}-*]}}\n"
+        for i in range(rule_count)
+    )
+    return (
+        HEADER + f"kind: IdentityPolicy\nmetadata: {{name: compliance-denies}}\nspec:\n"
+        f"  subjects: {{namespaces: ['*']}}\n  rules:\n{rules}"
+    )
+
+
+def team(index: int) -> str:
+    namespaces = f"[team-{index}-*]" if index % 5 == 4 else f"[team-{index}, team-{index}-canary]"
+    return (
+        HEADER
+        + f"""kind: IdentityPolicy
+metadata: {{name: team-{index}}}
+spec:
+  priority: {index % 7}
+  subjects: {{namespaces: {namespaces}, serviceAccounts: [api, "worker-*", web]}}
+  rules:
+    - name: service-dns
+      effect: Allow
+      identities: ["{OWN}"]
+      dnsNames: ["{{serviceAccount}}.{{namespace}}.svc", "{{serviceAccount}}.{{namespace}}.svc.cluster.local"]
+      duration: {{default: 12h, max: 48h, onExceed: Deny}}
+    - name: shards
+      effect: Allow
+      identities: ["{OWN}/shard/*"]
+    - name: legacy-td
+      effect: Allow
+      trustDomains: [old.local]
+      identities: ["spiffe://old.local/ns/{{namespace}}/sa/{{serviceAccount}}"]
+      expiresAt: "2027-01-01T00:00:00Z"
+      ticket: SEC-{index}
+    - name: no-debug
+      effect: Deny
+      subjects: {{serviceAccounts: ["debug-*"]}}
+    - name: no-internal-dns
+      effect: Deny
+      dnsNames: ["*.internal"]
+"""
+    )
+
+
+def write_set(directory: Path, policies: int, rules: int) -> tuple[int, int]:
+    teams = policies - 3  # baseline, compliance, audit
+    compliance_rules = rules - 1 - 5 * teams
+    if compliance_rules < 1:
+        raise SystemExit(f"{policies} policies need more than {rules} rules")
+    (directory / "settings.yaml").write_text(SETTINGS)
+    (directory / "baseline.yaml").write_text(BASELINE)
+    (directory / "audit.yaml").write_text(AUDIT)
+    (directory / "compliance.yaml").write_text(compliance(compliance_rules))
+    for index in range(teams):
+        (directory / f"team-{index:03d}.yaml").write_text(team(index))
+    return policies, rules
+
+
+def workload() -> list[tuple[Caller, IssuanceRequest]]:
+    """A mix: own identities, DNS grants, shards, glob-selected teams, Deny rules and default denials."""
+    cases = []
+    for index in range(0, 190, 7):
+        namespace = f"team-{index}" if index % 5 != 4 else f"team-{index}-eu"
+        own = f"spiffe://{TD}/ns/{namespace}/sa/api"
+        dns = f"api.{namespace}.svc"
+        caller = Caller(TD, namespace, "api")
+        cases += [
+            (caller, IssuanceRequest(uris=(own,), validity_seconds=86400)),
+            (caller, IssuanceRequest(uris=(own,), dns_names=(dns,), validity_seconds=3600)),
+            (caller, IssuanceRequest(uris=(own + "/shard/2",), validity_seconds=3600)),
+            (caller, IssuanceRequest(uris=(own,), dns_names=("api.other.svc",), validity_seconds=3600)),
+            (Caller(TD, namespace, "debug-x"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/{namespace}/sa/debug-x",))),
+        ]
+    cases.append((Caller(TD, "orders", "web"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/orders/sa/web",))))
+    return cases
+
+
+def timed(call: Callable[[], object], count: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        started = clock()
+        call()
+        samples.append((clock() - started) / 1000)
+    return samples
+
+
+def run(calls: list[Callable[[], object]], decisions: int) -> tuple[list[float], float]:
+    for call in calls:  # warm caches (the per-namespace candidate lists)
+        call()
+    samples: list[float] = []
+    started = time.perf_counter()
+    rounds = max(1, decisions // len(calls))
+    for _ in range(rounds):
+        for call in calls:
+            samples.extend(timed(call, 1))
+    elapsed = time.perf_counter() - started
+    return samples, len(samples) / elapsed
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(label: str, samples: list[float], rate: float) -> None:
+    print(
+        f"{label:<44} {rate:>10,.0f}/s   p50 {percentile(samples, 0.5):7.1f} µs   "
+        f"p90 {percentile(samples, 0.9):7.1f} µs   p99 {percentile(samples, 0.99):7.1f} µs"
+    )
+
+
+def signing_cost(rounds: int = 300) -> list[float]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = ec.generate_private_key(ec.SECP256R1()).public_key()
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench")])
+
+    def sign() -> None:
+        (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(name)
+            .public_key(leaf)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW)
+            .not_valid_after(NOW + timedelta(hours=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{TD}/ns/a/sa/b")]), True
+            )
+            .sign(key, hashes.SHA256())
+        )
+
+    sign()
+    return timed(sign, rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument("--rules", type=int, default=1000)
+    parser.add_argument("--decisions", type=int, default=20000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as raw:
+        directory = Path(raw)
+        write_set(directory, args.policies, args.rules)
+        load_times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            policy_set = load_policy_set([directory], trust_domain=TD)
+            load_times.append((time.perf_counter() - started) * 1000)
+        store = PolicyStore(directory, trust_domain=TD, registry=CollectorRegistry())
+        reload_times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            store.reload()
+            reload_times.append((time.perf_counter() - started) * 1000)
+
+    cases = workload()
+    allowed = sum(evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER).allowed for c, r in cases)
+    print(
+        f"set: {len(policy_set.policies)} policies, {policy_set.rule_count} rules; "
+        f"workload: {len(cases)} requests ({allowed} allowed, {len(cases) - allowed} denied), "
+        f"{args.decisions} decisions"
+    )
+
+    def engine(c: Caller, r: IssuanceRequest) -> Callable[[], object]:
+        return lambda: evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER)
+
+    def served(c: Caller, r: IssuanceRequest) -> Callable[[], object]:
+        return lambda: store.decide(c, r, now=NOW, ca_not_after=CA_NOT_AFTER)
+
+    builtin = OwnIdentityOnly(TD, 86400)
+
+    def own_only(c: Caller, r: IssuanceRequest) -> Callable[[], object]:
+        return lambda: builtin.decide(c, r, now=NOW, ca_not_after=CA_NOT_AFTER)
+
+    engine_samples, engine_rate = run([engine(c, r) for c, r in cases], args.decisions)
+    store_samples, store_rate = run([served(c, r) for c, r in cases], args.decisions)
+    builtin_samples, builtin_rate = run([own_only(c, r) for c, r in cases], args.decisions)
+    signing = signing_cost()
+
+    report("policy engine (evaluate)", engine_samples, engine_rate)
+    report("policy engine via PolicyStore (+metrics)", store_samples, store_rate)
+    report("baseline: built-in own-identity rule", builtin_samples, builtin_rate)
+    report("baseline: sign one ECDSA P-256 leaf", signing, 1e6 / statistics.mean(signing))
+    engine_p50, signing_p50 = percentile(engine_samples, 0.5), percentile(signing, 0.5)
+    print(f"ratio p50 engine / built-in rule: {engine_p50 / percentile(builtin_samples, 0.5):.1f}x")
+    print(f"ratio p50 engine / one signature: {engine_p50 / signing_p50:.2f} (target: well under 1)")
+    print(f"target p50 < 50 µs: {'met' if engine_p50 < 50 else 'MISSED'} ({engine_p50:.1f} µs)")
+    print(
+        f"load + validate + compile the set: median {statistics.median(load_times):.1f} ms; "
+        f"PolicyStore.reload (read + swap): median {statistics.median(reload_times):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
