@@ -200,3 +200,15 @@ def test_tokens_never_reach_the_log(signer):
     log = signer.server.log()
     assert token not in log and token.split(".")[2] not in log
     assert "csr_refused" in log
+
+
+def test_oversized_message_is_refused_by_the_transport(signer):
+    code, chain, _ = create(signer.stub(), "A" * (2 * 1024 * 1024), signer.issuer.token())
+    assert (code, chain) == (grpc.StatusCode.RESOURCE_EXHAUSTED, [])
+
+
+def test_oversized_metadata_is_refused_and_server_survives(signer):
+    code, chain, _ = create(signer.stub(), make_csr([OWN]), "x" * 20_000)
+    assert code is not grpc.StatusCode.OK and chain == []
+    code, chain, _ = create(signer.stub(), make_csr([OWN]), signer.issuer.token())
+    assert code is grpc.StatusCode.OK and len(chain) == 2
