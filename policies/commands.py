@@ -131,4 +131,3 @@ def explain_command(args: argparse.Namespace) -> int:
     else:
         print(render_text(explanation))
     return 0 if explanation.decision.allowed else 1
-

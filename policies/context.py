@@ -56,10 +56,12 @@ class EvaluationContext:
         "ca_not_after",
         "caller",
         "dns_labels",
+        "memo",
         "now",
         "primary_trust_domain",
         "principal",
         "request",
+        "uri_texts",
         "uris",
         "values",
         "workload",
@@ -80,6 +82,8 @@ class EvaluationContext:
         self.caller = caller
         self.request = request
         self.uris = uris
+        # The IDs exactly as requested (or stamped): they were parsed without normalising, so they are canonical.
+        self.uri_texts: tuple[str, ...] = request.uris if request.uris else tuple(str(u) for u in uris)
         self.now = now
         self.ca_not_after = ca_not_after
         self.primary_trust_domain = primary_trust_domain
@@ -101,6 +105,8 @@ class EvaluationContext:
         )
         self._labels = namespace_labels
         self._label_cache: Mapping[str, str] | None = None
+        # Rule results by id(rule), reused by the Audit shadow: a rule's answer cannot change within a decision.
+        self.memo: dict[int, object] = {}
 
     def labels(self) -> Mapping[str, str]:
         """The caller namespace's labels; raises LabelsUnavailable when the provider has not synced."""

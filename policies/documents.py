@@ -141,10 +141,11 @@ class Limits:
     on_exceed: str = "Clamp"
     on_below: str = "Deny"
     key: KeyPolicy | None = None
+    name: str | None = None  # overrides "<policy>/limits", e.g. for the settings ceiling
 
     @property
     def qualified_name(self) -> str:
-        return f"{self.policy}/limits"
+        return self.name or f"{self.policy}/limits"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,19 +15,19 @@ from policies.context import EvaluationContext, LabelsUnavailable, NamespaceLabe
 from policies.documents import Mode, Policy, Rule
 from policies.durations import format_duration
 from policies.model import AuditFinding, Caller, Decision, IssuanceRequest, Outcome, Verdict
-from policies.policy_set import PolicySet
+from policies.policy_set import Applicable, PolicySet
 from policies.precheck import deny, precheck
-from policies.rules import RuleResult, check_allow, check_deny
+from policies.rules import RuleResult, check_allow, count_failures, denies
 
 GRANTED = "GRANTED"
 
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Step 1's answer: the policies that apply, split by mode."""
+    """Step 1's answer: what applies to this request, split by mode."""
 
-    enforced: tuple[Policy, ...]
-    audited: tuple[Policy, ...]
+    enforced: tuple[Applicable, ...]
+    audited: tuple[Applicable, ...]
     audit_errors: tuple[AuditFinding, ...] = ()
 
 
@@ -74,19 +74,21 @@ def prepare(
 
 def select(policy_set: PolicySet, ctx: EvaluationContext) -> Selection:
     """Step 1. Raises LabelsUnavailable when an Enforce-mode policy needs labels that are not synced."""
-    enforced: list[Policy] = []
-    audited: list[Policy] = []
+    enforced: list[Applicable] = []
+    audited: list[Applicable] = []
     errors: list[AuditFinding] = []
-    for policy in policy_set.candidates(ctx.caller.namespace):
-        if policy.expires_at is not None and ctx.now >= policy.expires_at:
+    now = ctx.now
+    for entry in policy_set.applicable(ctx):
+        policy = entry.policy
+        if policy.expires_at is not None and now >= policy.expires_at:
             continue
         if policy.mode is Mode.ENFORCE:
-            if not policy.subjects.check(ctx, ""):
-                enforced.append(policy)
+            if policy.subjects.dynamic_matches(ctx):
+                enforced.append(entry)
             continue
         try:
-            if not policy.subjects.check(ctx, ""):
-                audited.append(policy)
+            if policy.subjects.dynamic_matches(ctx):
+                audited.append(entry)
         except LabelsUnavailable as exc:
             errors.append(AuditFinding(policy.name, None, "AUDIT_EVALUATION_ERROR", str(exc)))
     return Selection(tuple(enforced), tuple(audited), tuple(errors))
@@ -115,68 +117,82 @@ def evaluate(
         unavailable = deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", f"{exc}; retry shortly")
         return replace(unavailable, policy_set_revision=policy_set.revision)
     findings = list(selection.audit_errors)
-    for policy in selection.audited:
-        findings.extend(_audit(policy_set, ctx, selection.enforced, policy, decision))
-    return replace(decision, audit_findings=tuple(findings), policy_set_revision=policy_set.revision)
+    for entry in selection.audited:
+        findings.extend(_audit(policy_set, ctx, selection.enforced, entry, decision))
+    if findings:
+        return replace(decision, audit_findings=tuple(findings))
+    return decision
 
 
-def decide_over(policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Policy, ...]) -> Decision:
-    """Steps 2 to 7 over ``policies`` (already applicable, in step 4's order)."""
-    denied = [result for policy in policies for rule in policy.deny_rules if (result := check_deny(rule, ctx)).ok]
+def decide_over(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]) -> Decision:
+    """Steps 2 to 7 over the applicable ``entries`` (in step 4's order)."""
+    denied = [rule for entry in entries for rule in entry.deny_rules if _denies(rule, ctx)]
     if denied:
-        denied.sort(key=lambda r: (r.rule.policy, r.rule.index))
-        first = denied[0].rule
-        names = tuple(r.rule.qualified_name for r in denied)
+        denied.sort(key=lambda r: (r.policy, r.index))
+        first = denied[0]
         return Decision(
             verdict=Verdict.DENY,
             outcome=Outcome.PERMISSION_DENIED,
             reason="DENIED_BY_RULE",
             message=first.message or f"denied by {first.qualified_name}",
-            deny_rules=names,
+            deny_rules=tuple(r.qualified_name for r in denied),
+            policy_set_revision=policy_set.revision,
             details={"matched": first.qualified_name},
         )
-    grant = _first_grant(policy_set, ctx, policies)
+    grant = _first_grant(policy_set, ctx, entries)
     if grant is None:
-        return _no_match(policy_set, ctx, policies)
-    return _limit_and_issue(policy_set, ctx, policies, grant)
+        return _no_match(policy_set, ctx, entries)
+    return _limit_and_issue(policy_set, ctx, entries, grant)
 
 
-def _first_grant(policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Policy, ...]) -> RuleResult | None:
-    for policy in policies:
-        for rule in policy.allow_rules:
-            if (result := check_allow(rule, ctx)).ok:
+def _first_grant(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]) -> RuleResult | None:
+    for entry in entries:
+        for rule in entry.allow_rules:
+            if (result := _grants(rule, ctx)).ok:
                 return result
-    if policy_set.fallback_rule is not None and (result := check_allow(policy_set.fallback_rule, ctx)).ok:
+    if policy_set.fallback_rule is not None and (result := _grants(policy_set.fallback_rule, ctx)).ok:
         return result
     return None
 
 
-def allow_rules(policy_set: PolicySet, policies: tuple[Policy, ...]) -> list[Rule]:
-    rules = [rule for policy in policies for rule in policy.allow_rules]
+def _grants(rule: Rule, ctx: EvaluationContext) -> RuleResult:
+    """check_allow, memoised for the decision (the Audit shadow asks again)."""
+    result = ctx.memo.get(id(rule))
+    if result is None:
+        result = ctx.memo[id(rule)] = check_allow(rule, ctx, static_subjects_checked=True)
+    return result  # type: ignore[return-value]
+
+
+def _denies(rule: Rule, ctx: EvaluationContext) -> bool:
+    result = ctx.memo.get(id(rule))
+    if result is None:
+        result = ctx.memo[id(rule)] = denies(rule, ctx, static_subjects_checked=True)
+    return result  # type: ignore[return-value]
+
+
+def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]) -> Decision:
+    """Step 7: name the closest rule (fewest failed conditions, ties in step 4's order) and its first failure."""
+    rules = [rule for entry in entries for rule in entry.allow_rules]
     if policy_set.fallback_rule is not None:
         rules.append(policy_set.fallback_rule)
-    return rules
-
-
-def _no_match(policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Policy, ...]) -> Decision:
-    """Step 7: name the closest rule (fewest failed conditions, ties in step 4's order) and its first failure."""
-    closest: RuleResult | None = None
-    closest_failures = 0
-    for rule in allow_rules(policy_set, policies):
-        if rule.subjects is not None and rule.subjects.check(ctx, "rule."):
+    best: Rule | None = None
+    best_failures = 0
+    for rule in rules:  # already in step 4's order, so the first of equals wins the tie
+        if rule.subjects is not None and not rule.subjects.dynamic_matches(ctx):
             continue  # the rule is not about this caller
-        result = check_allow(rule, ctx, exhaustive=True)
-        failures = len(result.failures)
-        if closest is None or failures < closest_failures:
-            closest, closest_failures = result, failures
+        failures = count_failures(rule, ctx)
+        if best is None or failures < best_failures:
+            best, best_failures = rule, failures
+    closest = check_allow(best, ctx, exhaustive=True) if best is not None else None
     who = f"{ctx.caller.namespace}/{ctx.caller.service_account}"
     if closest is None:
-        applied = ", ".join(p.name for p in policies) or "none"
+        applied = ", ".join(e.policy.name for e in entries) or "none"
         return Decision(
             verdict=Verdict.DENY,
             outcome=Outcome.PERMISSION_DENIED,
             reason="NO_MATCHING_RULE",
             message=f"no Allow rule applies to {who} (applicable policies: {applied})",
+            policy_set_revision=policy_set.revision,
             details={"subReason": "NO_APPLICABLE_RULE"},
         )
     first = closest.failures[0]
@@ -186,6 +202,7 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Pol
         outcome=Outcome.PERMISSION_DENIED,
         reason="NO_MATCHING_RULE",
         message=f"closest rule {name}: {first.sentence}",
+        policy_set_revision=policy_set.revision,
         details={
             "subReason": first.code,
             "closest": name,
@@ -195,104 +212,61 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Pol
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Bound:
-    name: str
-    minimum: int | None
-    maximum: int | None
-    on_exceed: str
-    on_below: str
-
-
 def _limit_and_issue(
-    policy_set: PolicySet, ctx: EvaluationContext, policies: tuple[Policy, ...], grant: RuleResult
+    policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...], grant: RuleResult
 ) -> Decision:
     """Steps 5 and 6: intersect the limits with the settings ceiling, then cap at the CA's notAfter."""
     settings = policy_set.settings
     granted_by = grant.rule.qualified_name
-    limits = [p.limits for p in policies if p.limits is not None]
+    limits = [entry.policy.limits for entry in entries if entry.policy.limits is not None]
+    key = ctx.request.key
+    bounds = [policy_set.settings_limits]
     for limit in limits:
-        refusal = limit.key.refusal(ctx.request.key) if limit.key is not None else None
+        refusal = limit.key.refusal(key) if limit.key is not None else None
         if refusal is not None:
-            return deny(
-                Outcome.PERMISSION_DENIED,
-                "KEY_NOT_ALLOWED",
-                f"{refusal} ({limit.qualified_name})",
-                matched=limit.qualified_name,
-                grantedBy=granted_by,
-            )
-    bounds = [_Bound("settings", settings.duration_min or None, settings.duration_max, "Clamp", "Deny")]
-    bounds += [
-        _Bound(limit.qualified_name, limit.duration_min, limit.duration_max, limit.on_exceed, limit.on_below)
-        for limit in limits
-    ]
-    low = max((b.minimum for b in bounds if b.minimum is not None), default=0)
-    high = min(b.maximum for b in bounds if b.maximum is not None)
+            return _refuse("KEY_NOT_ALLOWED", f"{refusal} ({limit.qualified_name})", limit.qualified_name, policy_set)
+        if limit.duration_min is not None or limit.duration_max is not None:
+            bounds.append(limit)
+    low = max(b.duration_min or 0 for b in bounds)
+    high = min(b.duration_max for b in bounds if b.duration_max is not None)
     applied = tuple(limit.qualified_name for limit in limits)
     flags = list(grant.flags)
     duration = grant.duration
     assert duration is not None
     if low > high:
-        return deny(
-            Outcome.PERMISSION_DENIED,
-            "DURATION_RANGE_EMPTY",
-            f"the limits leave no duration: min {format_duration(low)} > max {format_duration(high)}",
-            limits=list(applied),
-        )
+        message = f"the limits leave no duration: min {format_duration(low)} > max {format_duration(high)}"
+        return _refuse("DURATION_RANGE_EMPTY", message, None, policy_set)
     bound_by: list[str] = []
     if duration > high:
-        binding = [b for b in bounds if b.maximum == high]
+        binding = [b for b in bounds if b.duration_max == high]
         denier = next((b for b in binding if b.on_exceed == "Deny"), None)
         if denier is not None and not grant.defaulted:
-            return deny(
-                Outcome.PERMISSION_DENIED,
-                "DURATION_TOO_LONG",
-                f"{format_duration(duration)} > max {format_duration(high)} ({denier.name}, onExceed: Deny)",
-                matched=denier.name,
-                grantedBy=granted_by,
-            )
+            name = denier.qualified_name
+            message = f"{format_duration(duration)} > max {format_duration(high)} ({name}, onExceed: Deny)"
+            return _refuse("DURATION_TOO_LONG", message, name, policy_set)
         duration = high
         flags.append("DURATION_CLAMPED")
-        bound_by = [b.name for b in binding]
+        bound_by = [b.qualified_name for b in binding]
     elif duration < low:
-        binding = [b for b in bounds if b.minimum == low]
+        binding = [b for b in bounds if b.duration_min == low]
         denier = next((b for b in binding if b.on_below == "Deny"), None)
         if denier is not None and not grant.defaulted:
-            return deny(
-                Outcome.PERMISSION_DENIED,
-                "DURATION_TOO_SHORT",
-                f"{format_duration(duration)} below min {format_duration(low)} ({denier.name}, onBelow: Deny)",
-                matched=denier.name,
-                grantedBy=granted_by,
-            )
+            name = denier.qualified_name
+            message = f"{format_duration(duration)} below min {format_duration(low)} ({name}, onBelow: Deny)"
+            return _refuse("DURATION_TOO_SHORT", message, name, policy_set)
         duration = low
         flags.append("DURATION_RAISED")
-        bound_by = [b.name for b in binding]
+        bound_by = [b.qualified_name for b in binding]
 
     assert grant.rule.duration is not None
-    effective_min = max(low, grant.rule.duration.minimum)
     not_after = ctx.now + timedelta(seconds=duration)
     ca_not_after = ctx.ca_not_after
     if ca_not_after is not None and not_after > ca_not_after:
-        remaining = int((ca_not_after - ctx.now).total_seconds())
-        if remaining <= 0:
-            return deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", "the signing CA has expired", alert=True)
-        if settings.ca_on_exceed == "Deny":
-            return deny(
-                Outcome.UNAVAILABLE,
-                "CA_VALIDITY_INSUFFICIENT",
-                f"{format_duration(duration)} would outlive the CA ({format_duration(remaining)} left; "
-                "settings.caValidity.onExceed: Deny)",
-            )
-        if remaining < max(effective_min, 1):
-            return deny(
-                Outcome.UNAVAILABLE,
-                "CA_VALIDITY_INSUFFICIENT",
-                f"the CA has {format_duration(remaining)} left, below the minimum {format_duration(effective_min)}",
-                alert=True,
-            )
-        duration = remaining
-        not_after = ctx.now + timedelta(seconds=remaining)
+        capped = _cap_to_ca(settings.ca_on_exceed, ctx, duration, max(low, grant.rule.duration.minimum), policy_set)
+        if isinstance(capped, Decision):
+            return capped
+        duration = capped
+        not_after = ctx.now + timedelta(seconds=capped)
         flags.append("NOT_AFTER_CAPPED_BY_CA")
     details: dict[str, object] = {"matched": granted_by}
     if bound_by:
@@ -302,30 +276,78 @@ def _limit_and_issue(
         outcome=Outcome.OK,
         reason=GRANTED,
         message=f"granted by {granted_by}",
-        uris=tuple(str(u) for u in ctx.uris),
+        uris=ctx.uri_texts,
         dns_names=ctx.request.dns_names,
         duration_seconds=duration,
         not_after=not_after,
         granted_by=granted_by,
-        flags=tuple(dict.fromkeys(flags)),
+        flags=tuple(dict.fromkeys(flags)) if len(flags) > 1 else tuple(flags),
         limits_applied=applied,
+        policy_set_revision=policy_set.revision,
         details=details,
     )
+
+
+def _refuse(reason: str, message: str, matched: str | None, policy_set: PolicySet) -> Decision:
+    details: dict[str, object] = {"matched": matched} if matched else {}
+    return Decision(
+        verdict=Verdict.DENY,
+        outcome=Outcome.PERMISSION_DENIED,
+        reason=reason,
+        message=message,
+        policy_set_revision=policy_set.revision,
+        details=details,
+    )
+
+
+def _cap_to_ca(
+    on_exceed: str, ctx: EvaluationContext, duration: int, effective_min: int, policy_set: PolicySet
+) -> int | Decision:
+    """Step 6: the lifetime left before the CA's notAfter, or why the request cannot be served."""
+    assert ctx.ca_not_after is not None
+    remaining = int((ctx.ca_not_after - ctx.now).total_seconds())
+
+    def unavailable(message: str, **details: object) -> Decision:
+        refused = deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", message, **details)
+        return replace(refused, policy_set_revision=policy_set.revision)
+
+    if remaining <= 0:
+        return unavailable("the signing CA has expired", alert=True)
+    if on_exceed == "Deny":
+        return unavailable(
+            f"{format_duration(duration)} would outlive the CA ({format_duration(remaining)} left; "
+            "settings.caValidity.onExceed: Deny)"
+        )
+    if remaining < max(effective_min, 1):
+        return unavailable(
+            f"the CA has {format_duration(remaining)} left, below the minimum {format_duration(effective_min)}",
+            alert=True,
+        )
+    return remaining
 
 
 def _audit(
     policy_set: PolicySet,
     ctx: EvaluationContext,
-    enforced: tuple[Policy, ...],
-    policy: Policy,
+    enforced: tuple[Applicable, ...],
+    entry: Applicable,
     decision: Decision,
 ) -> list[AuditFinding]:
     """Step 8 for one Audit-mode policy: what would change if it were enforced alongside the others."""
-    shadow_policies = tuple(sorted((*enforced, policy), key=lambda p: p.order))
-    try:
-        shadow = decide_over(policy_set, ctx, shadow_policies)
-    except LabelsUnavailable as exc:
-        return [AuditFinding(policy.name, None, "AUDIT_EVALUATION_ERROR", str(exc))]
+    policy = entry.policy
+    shadow_entries = tuple(sorted((*enforced, entry), key=lambda e: e.policy.order))
+    if not entry.allow_rules and not entry.deny_rules:
+        # Only limits: they cannot turn a Deny into an Allow, and for an Allow the grant is unchanged.
+        if not decision.allowed or policy.limits is None:
+            return []
+        grant = _first_grant(policy_set, ctx, enforced)
+        assert grant is not None
+        shadow = _limit_and_issue(policy_set, ctx, shadow_entries, grant)
+    else:
+        try:
+            shadow = decide_over(policy_set, ctx, shadow_entries)
+        except LabelsUnavailable as exc:
+            return [AuditFinding(policy.name, None, "AUDIT_EVALUATION_ERROR", str(exc))]
     rule = _rule_of(policy, shadow)
     if decision.allowed and not shadow.allowed:
         text = f"would deny: {shadow.reason}: {shadow.message}"

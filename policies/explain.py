@@ -107,11 +107,7 @@ def _trace_policy(policy: Policy, ctx: EvaluationContext) -> dict[str, Any]:
 def _trace_rule(rule: Rule, ctx: EvaluationContext) -> dict[str, Any]:
     entry: dict[str, Any] = {"rule": rule.name, "effect": rule.effect.value}
     try:
-        result = (
-            check_allow(rule, ctx, exhaustive=True)
-            if rule.effect is Effect.ALLOW
-            else check_deny(rule, ctx, exhaustive=True)
-        )
+        result = check_allow(rule, ctx, exhaustive=True) if rule.effect is Effect.ALLOW else check_deny(rule, ctx)
     except LabelsUnavailable as exc:
         return {**entry, "result": f"evaluation error: {exc}"}
     subjects_failed = any(not c.held and c.condition.startswith("rule.subjects") for c in result.checks)

@@ -9,6 +9,7 @@ and the cost stays linear in practice (O(pattern * text) in the worst case, for 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 GLOBSTAR = "**"
@@ -86,3 +87,44 @@ class PathGlob:
         if index < len(self.segments):
             return match_pieces(self.segments[index], text)
         return self.globstar
+
+
+@dataclass(frozen=True, slots=True)
+class NameSet:
+    """ "Any of these one-segment globs", compiled by shape so the common cases cost one C-level call.
+
+    Literal names become a set lookup, ``prefix*`` and ``*suffix`` a single ``startswith``/``endswith`` over a
+    tuple, ``*`` matches everything, and only the remaining shapes use ``match_pieces``.
+    """
+
+    everything: bool
+    literals: frozenset[str]
+    prefixes: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    general: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def compile(cls, patterns: Iterable[str]) -> NameSet:
+        everything, literals, prefixes, suffixes, general = False, set(), [], [], []
+        for pattern in patterns:
+            pieces = tuple(pattern.split("*"))
+            if len(pieces) == 1:
+                literals.add(pattern)
+            elif pattern == "*":
+                everything = True
+            elif len(pieces) == 2 and not pieces[1]:
+                prefixes.append(pieces[0])
+            elif len(pieces) == 2 and not pieces[0]:
+                suffixes.append(pieces[1])
+            else:
+                general.append(pieces)
+        return cls(everything, frozenset(literals), tuple(prefixes), tuple(suffixes), tuple(general))
+
+    def matches(self, text: str) -> bool:
+        if self.everything or text in self.literals:
+            return True
+        if self.prefixes and text.startswith(self.prefixes):
+            return True
+        if self.suffixes and text.endswith(self.suffixes):
+            return True
+        return any(match_pieces(pieces, text) for pieces in self.general)

@@ -6,6 +6,7 @@ Labels carry policy and rule names but never identities, so cardinality stays bo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -41,6 +42,7 @@ class PolicyMetrics:
             registry=registry,
         )
         self.reloads = Counter("policy_reload_total", "Policy set reloads by result.", ("result",), registry=registry)
+        self._decision_children: dict[tuple[str, ...], Any] = {}
         self.last_reload_success = Gauge(
             "policy_last_reload_success_timestamp_seconds",
             "Unix time of the last successful policy set load.",
@@ -48,7 +50,11 @@ class PolicyMetrics:
         )
 
     def observe_decision(self, decision: Decision, seconds: float, *, policy: str, rule: str, mode: str) -> None:
-        self.decisions.labels(decision.verdict.value, decision.reason, policy, rule, mode).inc()
+        labels = (decision.verdict.value, decision.reason, policy, rule, mode)
+        counter = self._decision_children.get(labels)
+        if counter is None:  # labels() takes a lock and builds a key each time; keep the children
+            counter = self._decision_children[labels] = self.decisions.labels(*labels)
+        counter.inc()
         self.evaluation_seconds.observe(seconds)
         for finding in decision.audit_findings:
             self.audit_findings.labels(finding.policy, finding.rule or "", finding.finding).inc()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from policies.context import NamespaceLabels
-from policies.documents import Mode
 from policies.evaluator import evaluate, matched_rule
 from policies.explain import Explanation, explain
 from policies.loader import build_policy_set, policy_files, read_sources
@@ -141,9 +139,12 @@ class PolicyStore:
         self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
         if decision.details.get("alert"):
             logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
-        minimal = active is not None and active.settings.client_messages == "Minimal"
-        details = {**decision.details, "clientMessage": client_message(decision, minimal=minimal)}
-        return replace(decision, details=details)
+        return decision
+
+    def client_message(self, decision: Decision) -> str:
+        """The gRPC status message for ``decision`` as settings.clientMessages asks (Detailed or Minimal)."""
+        active = self._active
+        return client_message(decision, minimal=active is not None and active.settings.client_messages == "Minimal")
 
     def explain(
         self, caller: Caller, request: IssuanceRequest, *, now: datetime, ca_not_after: datetime | None
@@ -160,12 +161,8 @@ class PolicyStore:
     def _mode_of(active: PolicySet | None, policy_name: str) -> str:
         if policy_name == "builtin":
             return "builtin"
-        if active is None:
-            return ""
-        for policy in active.policies:
-            if policy.name == policy_name:
-                return policy.mode.value
-        return Mode.ENFORCE.value
+        policy = active.policy_named(policy_name) if active is not None else None
+        return policy.mode.value if policy is not None else ""
 
     def status(self) -> dict[str, Any]:
         """A status document for /debug/policyz: readiness, active revision, last errors."""

@@ -21,14 +21,15 @@ class RuleResult:
     duration: int | None = None  # for a granting Allow rule: the duration it grants
     flags: tuple[str, ...] = ()
     defaulted: bool = False
+    ok: bool = False  # the Allow rule grants / the Deny rule matches
 
     @property
     def failures(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.held)
 
-    @property
-    def ok(self) -> bool:
-        return all(c.held for c in self.checks)
+
+# The fast path only needs to know that a rule failed; explanations are built in exhaustive mode.
+FAILED = Check("(fast path)", False, "", "")
 
 
 def _identities(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaustive: bool) -> bool:
@@ -39,6 +40,9 @@ def _identities(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaus
         )
         if held and not exhaustive:
             continue
+        if not exhaustive:
+            results.append(FAILED)
+            return False
         expected = "one of [" + ", ".join(t.describe(ctx.lookup, primary) for t in rule.identities) + "]"
         note = None
         if not held and uri.trust_domain not in rule.trust_domains:
@@ -50,8 +54,6 @@ def _identities(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaus
         results.append(
             Check(f"uris[{index}]", held, expected, str(uri), None if held else "IDENTITY_NOT_ALLOWED", note)
         )
-        if not held and not exhaustive:
-            return False
     return True
 
 
@@ -63,6 +65,9 @@ def _dns_names(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaust
         )
         if held and not exhaustive:
             continue
+        if not exhaustive:
+            results.append(FAILED)
+            return False
         if rule.dns_names:
             expected = "one of [" + ", ".join(f'"{t.describe(ctx.lookup)}"' for t in rule.dns_names) + "]"
         else:
@@ -78,111 +83,162 @@ def _dns_names(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaust
         results.append(
             Check(f"dnsNames[{index}]", held, expected, name, None if held else "DNS_NAME_NOT_ALLOWED", note)
         )
-        if not held and not exhaustive:
-            return False
     return True
 
 
-def _duration(rule: Rule, ctx: EvaluationContext, results: list[Check]) -> tuple[int, tuple[str, ...], bool] | None:
+def _duration(
+    rule: Rule, ctx: EvaluationContext, results: list[Check], exhaustive: bool
+) -> tuple[int, tuple[str, ...], bool] | None:
     span = rule.duration
     assert span is not None  # Allow rules always have a resolved range
     requested = ctx.request.validity_seconds
-    expected = f"{format_duration(span.minimum)} to {format_duration(span.maximum)}"
     if requested <= 0:  # nonPositive: UseDefault (Deny was answered before any rule)
-        granted = min(max(span.default, span.minimum), span.maximum)
-        results.append(Check("duration", True, expected, f"{requested}s -> default {format_duration(granted)}"))
-        return granted, ("DURATION_DEFAULTED",), True
-    shown = format_duration(requested)
-    if requested < span.minimum:
-        if span.on_below == "Raise":
-            results.append(Check("duration", True, expected, f"{shown} raised to {format_duration(span.minimum)}"))
-            return span.minimum, ("DURATION_RAISED",), False
-        note = f"requested {shown} below min {format_duration(span.minimum)} (onBelow: Deny)"
-        results.append(Check("duration", False, expected, shown, "DURATION_TOO_SHORT", note))
-        return None
-    if requested > span.maximum:
-        if span.on_exceed == "Clamp":
-            results.append(Check("duration", True, expected, f"{shown} clamped to {format_duration(span.maximum)}"))
-            return span.maximum, ("DURATION_CLAMPED",), False
-        note = f"requested {shown} > max {format_duration(span.maximum)} (onExceed: Deny)"
-        results.append(Check("duration", False, expected, shown, "DURATION_TOO_LONG", note))
-        return None
-    results.append(Check("duration", True, expected, shown))
-    return requested, (), False
+        granted, flags, defaulted = min(max(span.default, span.minimum), span.maximum), ("DURATION_DEFAULTED",), True
+    elif requested < span.minimum:
+        if span.on_below != "Raise":
+            if exhaustive:
+                shown = format_duration(requested)
+                note = f"requested {shown} below min {format_duration(span.minimum)} (onBelow: Deny)"
+                results.append(Check("duration", False, _range(rule), shown, "DURATION_TOO_SHORT", note))
+            else:
+                results.append(FAILED)
+            return None
+        granted, flags, defaulted = span.minimum, ("DURATION_RAISED",), False
+    elif requested > span.maximum:
+        if span.on_exceed != "Clamp":
+            if exhaustive:
+                shown = format_duration(requested)
+                note = f"requested {shown} > max {format_duration(span.maximum)} (onExceed: Deny)"
+                results.append(Check("duration", False, _range(rule), shown, "DURATION_TOO_LONG", note))
+            else:
+                results.append(FAILED)
+            return None
+        granted, flags, defaulted = span.maximum, ("DURATION_CLAMPED",), False
+    else:
+        granted, flags, defaulted = requested, (), False
+    if exhaustive:
+        actual = f"{requested}s" if requested <= 0 else format_duration(requested)
+        if granted != requested:
+            actual += f" -> {format_duration(granted)} ({flags[0]})"
+        results.append(Check("duration", True, _range(rule), actual))
+    return granted, flags, defaulted
 
 
-def check_allow(rule: Rule, ctx: EvaluationContext, *, exhaustive: bool = False) -> RuleResult:
-    """Whether ``rule`` grants the request, and with which duration. Rule subjects are checked first.
+def _range(rule: Rule) -> str:
+    assert rule.duration is not None
+    return f"{format_duration(rule.duration.minimum)} to {format_duration(rule.duration.maximum)}"
+
+
+def check_allow(
+    rule: Rule, ctx: EvaluationContext, *, exhaustive: bool = False, static_subjects_checked: bool = False
+) -> RuleResult:
+    """Whether ``rule`` grants the request, and with which duration. Rule subjects are checked first
+    (only their label selector when ``static_subjects_checked``: the set's cache already matched the names).
 
     Raises LabelsUnavailable when a selector or template needs namespace labels that are not synced.
     """
     results: list[Check] = []
     if rule.subjects is not None:
-        results.extend(rule.subjects.check(ctx, "rule.", exhaustive=exhaustive))
-        if results and not exhaustive and not results[-1].held:
-            return RuleResult(rule, tuple(results))
+        if not exhaustive:
+            subjects = rule.subjects
+            if not (subjects.dynamic_matches(ctx) if static_subjects_checked else subjects.matches(ctx)):
+                return RuleResult(rule, (FAILED,))
+        else:
+            results.extend(rule.subjects.check(ctx, "rule.", exhaustive=True))
     # In exhaustive mode these never stop early, so every condition is recorded.
     if not _identities(rule, ctx, results, exhaustive) or not _dns_names(rule, ctx, results, exhaustive):
         return RuleResult(rule, tuple(results))
     key = ctx.request.key
     assert rule.key is not None
     refusal = rule.key.refusal(key)
-    if refusal is not None or exhaustive:
+    if refusal is not None and not exhaustive:
+        return RuleResult(rule, (FAILED,))
+    if exhaustive:
         results.append(Check("key", refusal is None, rule.key.describe(), key, "KEY_NOT_ALLOWED", refusal))
-        if refusal is not None and not exhaustive:
-            return RuleResult(rule, tuple(results))
-    extra = sorted(set(ctx.request.usages) - rule.usages)
-    if extra or exhaustive:
+    usages = ctx.request.usages
+    extra = sorted(set(usages) - rule.usages) if usages else []
+    if extra and not exhaustive:
+        return RuleResult(rule, (FAILED,))
+    if exhaustive:
         note = f"usage {extra[0]} is not in the rule's usages" if extra else None
         expected = "a subset of [" + ", ".join(sorted(rule.usages)) + "]"
-        actual = "[" + ", ".join(ctx.request.usages) + "]"
+        actual = "[" + ", ".join(usages) + "]"
         results.append(Check("usages", not extra, expected, actual, "USAGE_NOT_ALLOWED", note))
-        if extra and not exhaustive:
-            return RuleResult(rule, tuple(results))
     if rule.expires_at is not None:
         live = ctx.now < rule.expires_at
-        if not live or exhaustive:
+        if not live and not exhaustive:
+            return RuleResult(rule, (FAILED,))
+        if exhaustive:
             ticket = f" (ticket {rule.ticket})" if rule.ticket else ""
             note = f"the rule expired at {rule.expires_at.isoformat()}{ticket}"
-            results.append(
-                Check(
-                    "expiresAt",
-                    live,
-                    f"before {rule.expires_at.isoformat()}",
-                    ctx.now.isoformat(),
-                    "RULE_EXPIRED",
-                    note,
-                )
-            )
-            if not live and not exhaustive:
-                return RuleResult(rule, tuple(results))
-    granted = _duration(rule, ctx, results)
-    if granted is None or not all(c.held for c in results):
+            expected = f"before {rule.expires_at.isoformat()}"
+            results.append(Check("expiresAt", live, expected, ctx.now.isoformat(), "RULE_EXPIRED", note))
+    granted = _duration(rule, ctx, results, exhaustive)
+    if granted is None or (exhaustive and not all(c.held for c in results)):
         return RuleResult(rule, tuple(results))
     duration, flags, defaulted = granted
-    return RuleResult(rule, tuple(results), duration, flags, defaulted)
+    return RuleResult(rule, tuple(results), duration, flags, defaulted, ok=True)
 
 
-def check_deny(rule: Rule, ctx: EvaluationContext, *, exhaustive: bool = False) -> RuleResult:
-    """Whether Deny ``rule`` matches: all of its conditions hold (``ok``)."""
+def count_failures(rule: Rule, ctx: EvaluationContext) -> int:
+    """How many conditions of Allow ``rule`` fail: ``len(check_allow(..., exhaustive=True).failures)`` for a rule
+    whose subjects match, computed without building explanations (step 7 ranks every rule by it)."""
+    primary = ctx.primary_trust_domain
+    failed = sum(
+        1
+        for uri in ctx.uris
+        if uri.trust_domain not in rule.trust_domains
+        or not any(t.matches(uri, primary, ctx.lookup) for t in rule.identities)
+    )
+    allow_wildcard = rule.allow_wildcard_dns_names
+    failed += sum(
+        1
+        for labels in ctx.dns_labels
+        if labels is None
+        or not any(t.matches(labels, ctx.lookup, allow_wildcard=allow_wildcard) for t in rule.dns_names)
+    )
+    assert rule.key is not None
+    failed += rule.key.refusal(ctx.request.key) is not None
+    failed += bool(set(ctx.request.usages) - rule.usages)
+    failed += rule.expires_at is not None and ctx.now >= rule.expires_at
+    failed += _duration(rule, ctx, [], False) is None
+    return failed
+
+
+def denies(rule: Rule, ctx: EvaluationContext, *, static_subjects_checked: bool = False) -> bool:
+    """The fast path of ``check_deny``: whether Deny ``rule`` matches, without building explanations."""
+    if rule.subjects is not None and not (
+        rule.subjects.dynamic_matches(ctx) if static_subjects_checked else rule.subjects.matches(ctx)
+    ):
+        return False
+    if rule.expires_at is not None and ctx.now >= rule.expires_at:
+        return False
+    primary = ctx.primary_trust_domain
+    if rule.identities and not any(t.matches(u, primary, ctx.lookup) for u in ctx.uris for t in rule.identities):
+        return False
+    if rule.dns_names and not any(
+        labels is not None and t.matches(labels, ctx.lookup, allow_wildcard=True, for_deny=True)
+        for labels in ctx.dns_labels
+        for t in rule.dns_names
+    ):
+        return False
+    return rule.key is None or rule.key.algorithms is None or ctx.request.key in rule.key.algorithms
+
+
+def check_deny(rule: Rule, ctx: EvaluationContext) -> RuleResult:
+    """Every condition of Deny ``rule`` for explain; ``ok`` when all hold (the rule matches)."""
     results: list[Check] = []
     if rule.subjects is not None:
-        results.extend(rule.subjects.check(ctx, "rule.", exhaustive=exhaustive))
-        if results and not exhaustive and not results[-1].held:
-            return RuleResult(rule, tuple(results))
+        results.extend(rule.subjects.check(ctx, "rule.", exhaustive=True))
     if rule.expires_at is not None:
         live = ctx.now < rule.expires_at
         results.append(Check("expiresAt", live, f"before {rule.expires_at.isoformat()}", ctx.now.isoformat()))
-        if not live and not exhaustive:
-            return RuleResult(rule, tuple(results))
     primary = ctx.primary_trust_domain
     if rule.identities:
         hit = next((str(u) for u in ctx.uris if any(t.matches(u, primary, ctx.lookup) for t in rule.identities)), None)
         expected = "any of [" + ", ".join(t.describe(ctx.lookup, primary) for t in rule.identities) + "]"
         actual = hit or ", ".join(str(u) for u in ctx.uris)
         results.append(Check("identities", hit is not None, expected, actual))
-        if hit is None and not exhaustive:
-            return RuleResult(rule, tuple(results))
     if rule.dns_names:
         hit = next(
             (
@@ -195,9 +251,6 @@ def check_deny(rule: Rule, ctx: EvaluationContext, *, exhaustive: bool = False) 
         )
         expected = "any of [" + ", ".join(t.describe(ctx.lookup) for t in rule.dns_names) + "]"
         results.append(Check("dnsNames", hit is not None, expected, hit or ", ".join(ctx.request.dns_names)))
-        if hit is None and not exhaustive:
-            return RuleResult(rule, tuple(results))
     if rule.key is not None and rule.key.algorithms is not None:
-        hit_key = ctx.request.key in rule.key.algorithms
-        results.append(Check("key", hit_key, rule.key.describe(), ctx.request.key))
-    return RuleResult(rule, tuple(results))
+        results.append(Check("key", ctx.request.key in rule.key.algorithms, rule.key.describe(), ctx.request.key))
+    return RuleResult(rule, tuple(results), ok=all(c.held for c in results))

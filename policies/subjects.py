@@ -9,10 +9,10 @@ which the API server sets and which is answered from the namespace name without 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policies.context import Check, EvaluationContext
-from policies.globs import NameGlob, PathGlob
+from policies.globs import NameGlob, NameSet, PathGlob
 
 NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -88,6 +88,11 @@ class SubjectPattern:
         return self.glob.matches(self.subject_of(ctx))
 
 
+def _account_in(compiled: tuple[NameSet, tuple[PathGlob, ...]], ctx: EvaluationContext) -> bool:
+    names, with_namespace = compiled
+    return names.matches(ctx.caller.service_account) or any(p.matches(ctx.workload) for p in with_namespace)
+
+
 def _patterns(patterns: tuple[SubjectPattern, ...]) -> str:
     return "[" + ", ".join(p.pattern for p in patterns) + "]"
 
@@ -101,6 +106,33 @@ class Subjects:
     not_service_accounts: tuple[SubjectPattern, ...] = ()
     principals: tuple[SubjectPattern, ...] | None = None
     not_principals: tuple[SubjectPattern, ...] = ()
+    # Compiled forms for the fast path (``matches``); ``check`` reads the patterns above for explanations.
+    _namespaces: NameSet | None = field(init=False, compare=False, repr=False)
+    _not_namespaces: NameSet | None = field(init=False, compare=False, repr=False)
+    _accounts: tuple[NameSet, tuple[PathGlob, ...]] | None = field(init=False, compare=False, repr=False)
+    _not_accounts: tuple[NameSet, tuple[PathGlob, ...]] | None = field(init=False, compare=False, repr=False)
+    _principals: tuple[PathGlob, ...] | None = field(init=False, compare=False, repr=False)
+    _not_principals: tuple[PathGlob, ...] | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def names(patterns: tuple[SubjectPattern, ...] | None) -> NameSet | None:
+            return NameSet.compile(p.pattern for p in patterns) if patterns else None
+
+        def accounts(patterns: tuple[SubjectPattern, ...] | None) -> tuple[NameSet, tuple[PathGlob, ...]] | None:
+            if not patterns:
+                return None
+            plain = NameSet.compile(p.pattern for p in patterns if isinstance(p.glob, NameGlob))
+            return plain, tuple(p.glob for p in patterns if isinstance(p.glob, PathGlob))
+
+        def paths(patterns: tuple[SubjectPattern, ...] | None) -> tuple[PathGlob, ...] | None:
+            return tuple(p.glob for p in patterns if isinstance(p.glob, PathGlob)) if patterns else None
+
+        object.__setattr__(self, "_namespaces", names(self.namespaces))
+        object.__setattr__(self, "_not_namespaces", names(self.not_namespaces))
+        object.__setattr__(self, "_accounts", accounts(self.service_accounts))
+        object.__setattr__(self, "_not_accounts", accounts(self.not_service_accounts))
+        object.__setattr__(self, "_principals", paths(self.principals))
+        object.__setattr__(self, "_not_principals", paths(self.not_principals))
 
     @property
     def literal_namespaces(self) -> frozenset[str] | None:
@@ -112,6 +144,32 @@ class Subjects:
     @property
     def needs_labels(self) -> bool:
         return self.namespace_selector is not None and self.namespace_selector.needs_labels
+
+    def namespace_matches(self, namespace: str) -> bool:
+        """``namespaces`` and ``notNamespaces`` alone: they depend on the name only, so sets cache this."""
+        if self._namespaces is not None and not self._namespaces.matches(namespace):
+            return False
+        return self._not_namespaces is None or not self._not_namespaces.matches(namespace)
+
+    def matches(self, ctx: EvaluationContext) -> bool:
+        """The fast path of ``check``: no explanation is built. Raises LabelsUnavailable like ``check``."""
+        return self.static_matches(ctx) and self.dynamic_matches(ctx)
+
+    def dynamic_matches(self, ctx: EvaluationContext) -> bool:
+        """The part that depends on more than the caller's names: the namespace label selector."""
+        return self.namespace_selector is None or self.namespace_selector.matches(ctx)
+
+    def static_matches(self, ctx: EvaluationContext) -> bool:
+        """Everything but the selector: a function of (namespace, service account) alone, so sets cache it."""
+        if not self.namespace_matches(ctx.caller.namespace):
+            return False
+        if self._accounts is not None and not _account_in(self._accounts, ctx):
+            return False
+        if self._not_accounts is not None and _account_in(self._not_accounts, ctx):
+            return False
+        if self._principals is not None and not any(p.matches(ctx.principal) for p in self._principals):
+            return False
+        return self._not_principals is None or not any(p.matches(ctx.principal) for p in self._not_principals)
 
     def check(self, ctx: EvaluationContext, prefix: str, *, exhaustive: bool = False) -> list[Check]:
         """The failed conditions (all conditions when ``exhaustive``); empty when the subjects match.
