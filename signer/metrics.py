@@ -34,3 +34,21 @@ class ServerMetrics:
             "notAfter of the gRPC serving certificate (Unix time)",
             registry=registry,
         )
+
+
+class AuthMetrics:
+    """TokenReview outcomes and cache use."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.token_reviews = Counter(
+            "meshsigner_token_reviews_total",
+            "TokenReviews sent, by result (authenticated, rejected, unavailable)",
+            ["result"],
+            registry=registry,
+        )
+        self.token_review_cache = Counter(
+            "meshsigner_token_review_cache_total",
+            "Token lookups by cache result (hit, shared = joined an in-flight review, miss)",
+            ["result"],
+            registry=registry,
+        )

@@ -7,27 +7,37 @@ import contextlib
 import signal
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from bridge.cert_manager import CertManagerBackend, CertManagerOptions
+from bridge.certificate_request_watch import CertificateRequestWatch
+from bridge.cleanup import LeftoverSweeper
+from bridge.errors import BackendError
+from bridge.issuer_check import IssuerCheck, IssuerState
+from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
 from bridge.local_ca import LocalCA
+from bridge.metrics import BridgeMetrics
+from bridge.root_bundle import RootBundle
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import SigningBackend
 from policies.builtin import OwnIdentityOnly
 from policies.model import IdentityDecider
 from policies.reloading import PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
+from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.decision_log import DecisionLog
 from signer.grpc_server import build_server, set_serving
 from signer.logs import configure_logging
-from signer.metrics import ServerMetrics
+from signer.metrics import AuthMetrics, ServerMetrics
 from signer.probes import ProbeServer
 from signer.service import CertificateService, ServiceConfig
 from signer.serving_tls import ServingCertificate
-from signer.settings import Settings
+from signer.settings import TLS_CIPHER_SUITES, Settings
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -36,16 +46,117 @@ class StartupError(RuntimeError):
     """Start-up cannot continue; the message says what to fix."""
 
 
-def build_backend(settings: Settings) -> SigningBackend:
+def build_kube(settings: Settings, registry: CollectorRegistry) -> KubeClient | None:
+    """The one Kubernetes client, when a part of the configuration needs the API."""
+    if settings.signer != "cert-manager" and settings.authenticator != "tokenreview":
+        return None
+    options = KubeOptions(
+        kubeconfig=settings.kubeconfig,
+        qps=settings.kube_api_qps,
+        burst=settings.kube_api_burst,
+        rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
+    )
+    try:
+        return KubeClient(options, KubeMetrics(registry))
+    except KubeError as exc:
+        raise StartupError(f"Kubernetes client: {exc.message}") from None
+
+
+@dataclass
+class CertManagerParts:
+    """The cert-manager backend and what runs beside it (each a readiness check and/or a task)."""
+
+    backend: CertManagerBackend
+    issuers: IssuerSelector
+    issuer_check: IssuerCheck
+    watch: CertificateRequestWatch
+    roots: RootBundle
+    sweeper: LeftoverSweeper | None
+
+    def checks(self) -> dict[str, object]:
+        return {
+            "issuer_configured": self.issuers,
+            "issuer": self.issuer_check,
+            "certificate_request_watch": self.watch,
+            "root_bundle": self.roots,
+        }
+
+    def start(self, stop: asyncio.Event) -> set[asyncio.Task[None]]:
+        runners = {
+            "certificate-request-watch": self.watch.run(stop),
+            "runtime-issuer-watch": self.issuers.run(stop),
+            "issuer-check": self.issuer_check.run(stop),
+            "root-bundle-watch": self.roots.watch(stop),
+        }
+        if self.sweeper is not None:
+            runners["leftover-sweep"] = self.sweeper.run(stop)
+        return {asyncio.create_task(coroutine, name=name) for name, coroutine in runners.items()}
+
+
+def build_cert_manager(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> CertManagerParts:
+    static = settings.static_issuer
+    issuers = IssuerSelector(
+        IssuerRef(*static) if static else None,
+        kube=kube,
+        config_map_namespace=settings.runtime_issuance_config_map_namespace,
+        config_map_name=settings.runtime_issuance_config_map_name,
+    )
+    namespace = settings.certificate_namespace
+    try:
+        roots = RootBundle(settings.root_ca_file or None)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if not roots.pinned:
+        logger.bind(event="roots_not_pinned").warning(
+            "NO --root-ca-file: the mesh root bundle will be whatever the issuer reports in status.ca (trust on "
+            "first use). Anyone able to change the issuer or write CertificateRequest status can make this "
+            "server distribute their CA (signer hijacking). Pin the roots with --root-ca-file in production."
+        )
+    if settings.preserve_certificate_requests:
+        logger.bind(event="preserving_requests").warning(
+            "--preserve-certificate-requests: CertificateRequests are kept (debugging only); the leftover sweep is off"
+        )
+    watch = CertificateRequestWatch(kube, namespace)
+    issuer_check = IssuerCheck(kube, issuers, namespace, registry)
+    backend = CertManagerBackend(
+        kube,
+        CertManagerOptions(
+            namespace=namespace,
+            annotations=settings.certificate_request_additional_annotations,
+            preserve=settings.preserve_certificate_requests,
+            approve=settings.approve_certificate_requests,
+            timeout_seconds=settings.certificate_request_timeout,
+        ),
+        issuers=issuers,
+        issuer_check=issuer_check,
+        watch=watch,
+        roots=roots,
+        metrics=BridgeMetrics(registry),
+    )
+    sweeper = None
+    if not settings.preserve_certificate_requests:
+        sweeper = LeftoverSweeper(
+            kube, namespace, request_timeout_seconds=settings.certificate_request_timeout, registry=registry
+        )
+    return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
+
+
+def build_backend(
+    settings: Settings, kube: KubeClient | None, registry: CollectorRegistry
+) -> tuple[SigningBackend, CertManagerParts | None]:
     if settings.signer == "local":
         try:
-            return LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type)
+            return LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type), None
         except (OSError, ValueError) as exc:
             raise StartupError(f"--local-ca-dir: {exc}") from exc
-    raise StartupError(f"--signer {settings.signer} is not available in this build yet; use --signer local")
+    if settings.signer == "cert-manager":
+        assert kube is not None
+        parts = build_cert_manager(settings, kube, registry)
+        return parts.backend, parts
+    raise StartupError(f"--signer {settings.signer} is not available in this build yet; use local or cert-manager")
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
+def build_authenticator(settings: Settings, kube: KubeClient | None, registry: CollectorRegistry) -> Authenticator:
     if settings.authenticator == "jwks":
         authenticator = JwksAuthenticator(
             settings.jwks_file, issuer=settings.token_issuer, audiences=settings.token_audiences
@@ -53,9 +164,52 @@ def build_authenticator(settings: Settings) -> Authenticator:
         if not authenticator.ready:
             raise StartupError(f"--jwks-file {settings.jwks_file}: no usable keys (see the log above)")
         return authenticator
-    raise StartupError(
-        f"--authenticator {settings.authenticator} is not available in this build yet; use --authenticator jwks"
-    )
+    if settings.authenticator == "tokenreview":
+        assert kube is not None
+        return TokenReviewAuthenticator(
+            kube,
+            audiences=settings.token_audiences,
+            metrics=AuthMetrics(registry),
+            cache_seconds=settings.token_review_cache_duration,
+        )
+    raise StartupError(f"--authenticator {settings.authenticator} is not available in this build")
+
+
+def apply_serving_tls_options(settings: Settings) -> None:
+    """What of istio-csr's --serving-tls-* gRPC Python can honour: it exposes no TLS version, cipher or curve
+    options on server credentials, so the flags are validated (settings.py) and what cannot apply is logged."""
+    if settings.serving_tls_cipher_suites:
+        logger.bind(event="serving_tls_option_ignored", option="serving-tls-cipher-suites").warning(
+            "--serving-tls-cipher-suites is validated but not applied: gRPC Python cannot set a listener's cipher "
+            "list (the C core's process-wide GRPC_SSL_CIPHER_SUITES variable can: {})",
+            ":".join(TLS_CIPHER_SUITES[name] for name in settings.serving_tls_cipher_suites),
+        )
+    if settings.serving_tls_min_version == "VersionTLS13":
+        logger.bind(event="serving_tls_option_ignored", option="serving-tls-min-version").warning(
+            "--serving-tls-min-version=VersionTLS13 cannot be enforced by gRPC Python; the listener accepts TLS 1.2 "
+            "and 1.3 (never below 1.2)"
+        )
+    if settings.serving_tls_curve_preferences:
+        logger.bind(event="serving_tls_option_ignored", option="serving-tls-curve-preferences").warning(
+            "--serving-tls-curve-preferences is validated but not applied: gRPC Python uses its TLS library's defaults"
+        )
+
+
+async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.Event) -> bool:
+    """Retry until the issuer signs the serving certificate (or stop); False when stopped first."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await serving.obtain()
+            return True
+        except (BackendError, KubeError) as exc:
+            logger.bind(event="serving_certificate_pending").warning(
+                "serving certificate not issued yet ({}); retrying in {:.1f}s", exc, delay
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+    return False
 
 
 def build_decider(settings: Settings, registry: CollectorRegistry) -> IdentityDecider:
@@ -76,7 +230,11 @@ class Readiness:
         self.listening = False
 
     def __call__(self) -> list[str]:
-        reasons = [f"{name} not ready" for name, part in self._checks.items() if not getattr(part, "ready", False)]
+        reasons = []
+        for name, part in self._checks.items():
+            if not getattr(part, "ready", False):
+                detail = getattr(part, "reason", "")
+                reasons.append(f"{name} not ready" + (f" ({detail})" if detail else ""))
         if not self.listening:
             reasons.append("not listening")
         return reasons
@@ -86,69 +244,89 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
-    backend = build_backend(settings)
-    authenticator = build_authenticator(settings)
-    decider = build_decider(settings, registry)
-    decision_log = DecisionLog(settings.decision_log or None)
-    serving = ServingCertificate(
-        backend,
-        dns_names=settings.serving_certificate_dns_names,
-        duration_seconds=settings.serving_certificate_duration,
-        key_algorithm=settings.serving_signature_algorithm,
-        key_size=settings.serving_certificate_key_size,
-        metrics=metrics,
-    )
-    await serving.obtain()
-    service = CertificateService(
-        ServiceConfig(
-            trust_domain=settings.trust_domain,
-            cluster_id=settings.cluster_id,
-            trusted_node_accounts=frozenset(settings.ca_trusted_node_accounts),
-            request_timeout_seconds=settings.request_timeout,
-            max_in_flight=settings.max_in_flight,
-            backend_name=settings.signer,
-        ),
-        authenticator=authenticator,
-        decider=decider,
-        backend=backend,
-        metrics=metrics,
-        record_decision=decision_log,
-    )
-    server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
-    readiness = Readiness(backend=backend, authenticator=authenticator, policy=decider, serving_certificate=serving)
+    kube = build_kube(settings, registry)
+    tasks: set[asyncio.Task[None]] = set()
     probes: list[ProbeServer] = []
-    if settings.readiness_probe_port:
-        probe = ProbeServer(readiness=readiness, readiness_path=settings.readiness_probe_path)
-        await probe.start("0.0.0.0", settings.readiness_probe_port)
-        probes.append(probe)
-    if settings.metrics_port:
-        metrics_server = ProbeServer(registry=registry)
-        await metrics_server.start("0.0.0.0", settings.metrics_port)
-        probes.append(metrics_server)
-
-    await server.start()
-    readiness.listening = True
-    await set_serving(health_servicer, True)
-    tasks = {asyncio.create_task(serving.renew_forever(stop), name="serving-certificate-renewal")}
-    if isinstance(authenticator, JwksAuthenticator):
-        tasks.add(asyncio.create_task(authenticator.watch(stop), name="jwks-watch"))
-    if isinstance(decider, PolicyStore):
-        tasks.add(asyncio.create_task(decider.watch(stop), name="policy-watch"))
-    logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
-        "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
-    )
     try:
-        await stop.wait()
+        backend, parts = build_backend(settings, kube, registry)
+        authenticator = build_authenticator(settings, kube, registry)
+        decider = build_decider(settings, registry)
+        apply_serving_tls_options(settings)
+        decision_log = DecisionLog(settings.decision_log or None)
+        serving = ServingCertificate(
+            backend,
+            dns_names=settings.serving_certificate_dns_names,
+            duration_seconds=settings.serving_certificate_duration,
+            key_algorithm=settings.serving_signature_algorithm,
+            key_size=settings.serving_certificate_key_size,
+            metrics=metrics,
+        )
+        checks: dict[str, object] = {"backend": backend, "authenticator": authenticator, "policy": decider}
+        if parts is not None:
+            checks.update(parts.checks())
+            if await parts.issuer_check.probe() is IssuerState.ACME:
+                raise StartupError(f"issuer {parts.issuers.current}: {parts.issuer_check.reason}")
+        readiness = Readiness(**checks, serving_certificate=serving)
+        # Probes first: while the issuer has not signed the serving certificate, /readyz says why.
+        if settings.readiness_probe_port:
+            probe = ProbeServer(readiness=readiness, readiness_path=settings.readiness_probe_path)
+            await probe.start("0.0.0.0", settings.readiness_probe_port)
+            probes.append(probe)
+        if settings.metrics_port:
+            metrics_server = ProbeServer(registry=registry)
+            await metrics_server.start("0.0.0.0", settings.metrics_port)
+            probes.append(metrics_server)
+        if parts is not None:
+            tasks |= parts.start(stop)
+            if not await obtain_serving_certificate(serving, stop):
+                return 0
+        else:
+            await serving.obtain()
+        service = CertificateService(
+            ServiceConfig(
+                trust_domain=settings.trust_domain,
+                cluster_id=settings.cluster_id,
+                trusted_node_accounts=frozenset(settings.ca_trusted_node_accounts),
+                request_timeout_seconds=settings.request_timeout,
+                max_in_flight=settings.max_in_flight,
+                backend_name=settings.signer,
+            ),
+            authenticator=authenticator,
+            decider=decider,
+            backend=backend,
+            metrics=metrics,
+            record_decision=decision_log,
+        )
+        server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
+        await server.start()
+        readiness.listening = True
+        await set_serving(health_servicer, True)
+        tasks.add(asyncio.create_task(serving.renew_forever(stop), name="serving-certificate-renewal"))
+        if isinstance(authenticator, JwksAuthenticator):
+            tasks.add(asyncio.create_task(authenticator.watch(stop), name="jwks-watch"))
+        if isinstance(decider, PolicyStore):
+            tasks.add(asyncio.create_task(decider.watch(stop), name="policy-watch"))
+        logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
+            "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
+        )
+        try:
+            await stop.wait()
+        finally:
+            readiness.listening = False
+            await set_serving(health_servicer, False)
+            await server.stop(SHUTDOWN_GRACE_SECONDS)
+            if parts is not None:
+                await parts.backend.close()  # the deletes of the last requests
+            decision_log.close()
     finally:
-        readiness.listening = False
-        await set_serving(health_servicer, False)
-        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for probe in probes:
             await probe.close()
-        decision_log.close()
+        if kube is not None:
+            kube.close()
         logger.bind(event="stopped").info("meshsigner stopped")
     return 0
 

@@ -8,6 +8,7 @@ with a message naming the flag. This is the only module that reads the environme
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,96 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+def _non_negative_duration(text: str) -> float:
+    value = float(parse_duration(text))
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+# Serving TLS options in Kubernetes/Go spelling (istio-csr's --serving-tls-*), with the OpenSSL names gRPC's
+# C core understands. TLS 1.3 suites are not configurable in Go either.
+TLS_VERSIONS = ("VersionTLS12", "VersionTLS13")
+TLS_CIPHER_SUITES: dict[str, str] = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+}
+TLS_CURVES: dict[str, str] = {
+    "X25519": "X25519",
+    "CurveP256": "P-256",
+    "P-256": "P-256",
+    "P256": "P-256",
+    "CurveP384": "P-384",
+    "P-384": "P-384",
+    "P384": "P-384",
+    "CurveP521": "P-521",
+    "P-521": "P-521",
+    "P521": "P-521",
+}
+_CURVE_IDS = {"29": "X25519", "23": "P-256", "24": "P-384", "25": "P-521"}
+
+
+def _tls_min_version(text: str) -> str:
+    value = text.strip()
+    if value in ("VersionTLS10", "VersionTLS11"):
+        raise ValueError("TLS below 1.2 is not allowed")
+    if value and value not in TLS_VERSIONS:
+        raise ValueError(f"choose {' or '.join(TLS_VERSIONS)}")
+    return value
+
+
+def _cipher_suites(text: str) -> tuple[str, ...]:
+    suites = parse_list(text)
+    unknown = [s for s in suites if s not in TLS_CIPHER_SUITES]
+    if unknown:
+        raise ValueError(f"unknown or insecure cipher suites {', '.join(unknown)}")
+    return suites
+
+
+def _curves(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",")) if text.strip() else ()
+    for item in items:
+        if not item:
+            raise ValueError("empty curve entry")
+        if item not in TLS_CURVES and item not in _CURVE_IDS:
+            raise ValueError(f"unknown curve {item!r}")
+    return items
+
+
+_ANNOTATION_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _annotations(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = parse_annotations(text)
+    for key, _ in pairs:
+        prefix, slash, name = key.rpartition("/")
+        if not _ANNOTATION_NAME.match(name) or (slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))):
+            raise ValueError(f"{key!r} is not a valid annotation key")
+    return pairs
+
+
 FLAGS: tuple[Flag, ...] = (
     # server
     Flag("serving-address", "0.0.0.0:6443", "gRPC listen address (host:port)"),
@@ -126,6 +217,58 @@ FLAGS: tuple[Flag, ...] = (
     # policy
     Flag("policy-dir", "", "folder of YAML policies (watched); empty = built-in istio-csr rule"),
     Flag("decision-log", "", "file receiving one JSON decision record per request"),
+    # Kubernetes client
+    Flag("kubeconfig", "", "kubeconfig file; empty = in-cluster configuration"),
+    Flag("kube-api-qps", 50.0, "Kubernetes API requests per second (client-side rate limit)", _positive_float),
+    Flag("kube-api-burst", 100, "Kubernetes API requests allowed in a burst above the QPS", _positive_int),
+    Flag(
+        "disable-kubernetes-client-rate-limiter",
+        False,
+        "no client-side rate limit on Kubernetes API calls",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "token-review-cache-duration",
+        30.0,
+        "how long a successful TokenReview is reused (0 = no cache)",
+        _non_negative_duration,
+    ),
+    # cert-manager
+    Flag("certificate-namespace", "istio-system", "namespace of every CertificateRequest"),
+    Flag("issuer-enabled", True, "use the static issuer of --issuer-name/-kind/-group", parse_bool, is_bool=True),
+    Flag("issuer-name", "istio-ca", "issuerRef.name of the static issuer"),
+    Flag("issuer-kind", "Issuer", "issuerRef.kind of the static issuer"),
+    Flag("issuer-group", "cert-manager.io", "issuerRef.group of the static issuer"),
+    Flag("runtime-issuance-config-map-name", "", "ConfigMap naming the issuer at runtime (watched)"),
+    Flag("runtime-issuance-config-map-namespace", "", "namespace of that ConfigMap"),
+    Flag("certificate-request-additional-annotations", (), "k=v,k2=v2 added to every CertificateRequest", _annotations),
+    Flag(
+        "preserve-certificate-requests",
+        False,
+        "keep CertificateRequests after use (debugging only)",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "approve-certificate-requests",
+        False,
+        "meshsigner sets Approved on its own CertificateRequests",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag("certificate-request-timeout", 30.0, "longest wait for a CertificateRequest to be signed", _positive_duration),
+    # serving TLS
+    Flag(
+        "serving-tls-min-version",
+        "",
+        "minimum TLS version of the gRPC listener (VersionTLS12, VersionTLS13)",
+        _tls_min_version,
+    ),
+    Flag(
+        "serving-tls-cipher-suites", (), "TLS 1.2 cipher suites of the gRPC listener (Kubernetes names)", _cipher_suites
+    ),
+    Flag("serving-tls-curve-preferences", (), "key-exchange curves of the gRPC listener", _curves),
 )
 
 
@@ -158,6 +301,37 @@ class Settings:
     token_audiences: tuple[str, ...]
     policy_dir: str
     decision_log: str
+    kubeconfig: str
+    kube_api_qps: float
+    kube_api_burst: int
+    disable_kubernetes_client_rate_limiter: bool
+    token_review_cache_duration: float
+    certificate_namespace: str
+    issuer_enabled: bool
+    issuer_name: str
+    issuer_kind: str
+    issuer_group: str
+    runtime_issuance_config_map_name: str
+    runtime_issuance_config_map_namespace: str
+    certificate_request_additional_annotations: tuple[tuple[str, str], ...]
+    preserve_certificate_requests: bool
+    approve_certificate_requests: bool
+    certificate_request_timeout: float
+    serving_tls_min_version: str
+    serving_tls_cipher_suites: tuple[str, ...]
+    serving_tls_curve_preferences: tuple[str, ...]
+
+    @property
+    def static_issuer(self) -> tuple[str, str, str] | None:
+        """(name, kind, group) of the static issuer, or None (istio-csr: disabled, or all three empty)."""
+        parts = (self.issuer_name, self.issuer_kind, self.issuer_group)
+        if not self.issuer_enabled or not any(parts):
+            return None
+        return parts
+
+    @property
+    def runtime_issuer_configured(self) -> bool:
+        return bool(self.runtime_issuance_config_map_name and self.runtime_issuance_config_map_namespace)
 
     def to_argv(self) -> list[str]:
         """The flags that reproduce these settings (used to start worker processes)."""
@@ -165,11 +339,11 @@ class Settings:
         for flag in FLAGS:
             value = getattr(self, flag.attr)
             if isinstance(value, tuple):
-                value = ",".join(value)
+                value = ",".join(item if isinstance(item, str) else "=".join(item) for item in value)
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             elif isinstance(value, float):
-                value = f"{int(value)}s"
+                value = repr(value) if flag.parse is _positive_float else f"{int(value)}s"
             argv.append(f"--{flag.name}={value}")
         return argv
 
@@ -227,6 +401,18 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--serving-certificate-key-size must be at least 2048 for RSA")
     if algorithm == "ECDSA" and size not in (256, 384):
         raise SettingsError("--serving-certificate-key-size must be 256 or 384 for ECDSA")
+    if settings.static_issuer is not None and not all(settings.static_issuer):
+        raise SettingsError("--issuer-name, --issuer-kind and --issuer-group must all be set (or all empty)")
+    if settings.runtime_issuance_config_map_name and not settings.runtime_issuance_config_map_namespace:
+        raise SettingsError("--runtime-issuance-config-map-name needs --runtime-issuance-config-map-namespace")
+    if settings.signer == "cert-manager":
+        if settings.static_issuer is None and not settings.runtime_issuer_configured:
+            raise SettingsError(
+                "--signer cert-manager needs an issuer: --issuer-name/-kind/-group with --issuer-enabled, or "
+                "--runtime-issuance-config-map-name and --runtime-issuance-config-map-namespace"
+            )
+        if not settings.certificate_namespace:
+            raise SettingsError("--certificate-namespace must not be empty")
     for account in settings.ca_trusted_node_accounts:
         namespace, sep, name = account.partition("/")
         if not sep or not namespace or not name or "/" in name:

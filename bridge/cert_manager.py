@@ -1,0 +1,383 @@
+"""The cert-manager backend: one CertificateRequest per allowed CSR, resolved by the shared watch, always deleted.
+
+Per request: create (1 write) → [approve: 1 write, with ``--approve-certificate-requests``] → the shared watch sees
+the terminal state (no read) → delete in the background (1 write), unless ``--preserve-certificate-requests``.
+The wait is bounded by ``--certificate-request-timeout`` and by the RPC itself (cancellation reaches here); every
+return path, cancellation included, deletes the object. The issued chain is parsed with bounds and must lead to a
+pinned root before anything is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from loguru import logger
+
+from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
+from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
+from bridge.issuer_check import IssuerCheck
+from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, Obj
+from bridge.local_ca import new_private_key
+from bridge.metrics import BridgeMetrics
+from bridge.pem_files import is_self_signed
+from bridge.root_bundle import RootBundle
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from bridge.signing import ServingMaterial, SignedChain, SigningRequest
+
+IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
+SERVING_IDENTITY = "istio-csr-serving"
+PURPOSE_LABEL = "meshsigner.io/purpose"
+GENERATE_NAME = "meshsigner-"
+MAX_CHAIN_BYTES = 330 * 1024
+MAX_CHAIN_CERTIFICATES = 10
+DELETE_DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class CertManagerOptions:
+    namespace: str = "istio-system"
+    annotations: tuple[tuple[str, str], ...] = ()
+    preserve: bool = False
+    approve: bool = False
+    timeout_seconds: float = 30.0
+
+
+def workload_usages(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The CR usages for a workload CSR: what its KU/EKU extensions ask for (cert-manager's webhook refuses a CR
+    whose usages disagree with the CSR), else digital signature, key encipherment, client and server auth."""
+    usages: list[str] = []
+    try:
+        key_usage = csr.extensions.get_extension_for_class(x509.KeyUsage).value
+        if key_usage.digital_signature:
+            usages.append("digital signature")
+        if key_usage.key_encipherment:
+            usages.append("key encipherment")
+    except x509.ExtensionNotFound:
+        usages += ["digital signature", "key encipherment"]
+    try:
+        eku = csr.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH in eku:
+            usages.append("client auth")
+        if ExtendedKeyUsageOID.SERVER_AUTH in eku:
+            usages.append("server auth")
+    except x509.ExtensionNotFound:
+        usages += ["client auth", "server auth"]
+    return usages
+
+
+def go_duration(seconds: float) -> str:
+    return f"{max(1, int(seconds))}s"
+
+
+def parse_issued_chain(pem: bytes) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """Leaf and intermediates from ``status.certificate`` (bounded; self-signed roots dropped)."""
+    if len(pem) > MAX_CHAIN_BYTES:
+        raise IssuerFailed("BAD_CHAIN", f"status.certificate is {len(pem)} bytes")
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise IssuerFailed("BAD_CHAIN", f"status.certificate does not parse: {exc}") from None
+    if not certificates or len(certificates) > MAX_CHAIN_CERTIFICATES:
+        raise IssuerFailed("BAD_CHAIN", f"status.certificate holds {len(certificates)} certificates")
+    leaf, rest = certificates[0], certificates[1:]
+    return leaf, [c for c in rest if not is_self_signed(c)]
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def verify_chain(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    roots: tuple[x509.Certificate, ...],
+    now: datetime | None = None,
+) -> None:
+    """Raises IssuerFailed unless leaf → intermediates (in order given or not) → a pinned certificate verifies."""
+    now = now or datetime.now(UTC)
+    if not roots:
+        raise BackendUnavailable("NO_ROOTS", "no root bundle loaded")
+    pool = list(intermediates)
+    current = leaf
+    for _ in range(len(intermediates) + 1):
+        if current is not leaf and current in roots:
+            return
+        if any(_issued_by(current, root) and root.not_valid_after_utc > now for root in roots):
+            return
+        parent = next((c for c in pool if _is_ca(c) and _issued_by(current, c)), None)
+        if parent is None or parent.not_valid_after_utc <= now:
+            break
+        pool.remove(parent)
+        current = parent
+    raise IssuerFailed(
+        "CHAIN_NOT_TRUSTED",
+        f"the chain of {leaf.subject.rfc4514_string() or 'the leaf'} (issuer {current.issuer.rfc4514_string()}) "
+        "does not lead to a pinned root",
+    )
+
+
+def _pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+class CertManagerBackend:
+    def __init__(
+        self,
+        kube: KubeClient,
+        options: CertManagerOptions,
+        *,
+        issuers: IssuerSelector,
+        issuer_check: IssuerCheck,
+        watch: CertificateRequestWatch,
+        roots: RootBundle,
+        metrics: BridgeMetrics,
+    ) -> None:
+        self._kube = kube
+        self._options = options
+        self._issuers = issuers
+        self._check = issuer_check
+        self._watch = watch
+        self._roots = roots
+        self._metrics = metrics
+        self._deletes: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self._issuers.ready and self._check.ready and self._watch.ready and self._roots.ready
+
+    @property
+    def ca_not_after(self) -> datetime | None:
+        return None  # the issuer's CA is not known here; cert-manager caps to it
+
+    # --- requests ----------------------------------------------------------------------------------------------
+    def _issuer(self) -> IssuerRef:
+        ref = self._issuers.current
+        if ref is None:
+            raise BackendUnavailable("NO_ISSUER", "no active issuerRef is configured")
+        self._check.require_usable()
+        if not self._watch.ready:
+            raise BackendUnavailable("WATCH_NOT_SYNCED", "the CertificateRequest watch has not listed yet")
+        return ref
+
+    def _body(
+        self, csr_pem: bytes, seconds: float, ref: IssuerRef, identities: str, usages: list[str], purpose: str
+    ) -> Obj:
+        annotations = {IDENTITIES_ANNOTATION: identities, **dict(self._options.annotations)}
+        return {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "CertificateRequest",
+            "metadata": {
+                "generateName": GENERATE_NAME,
+                "namespace": self._options.namespace,
+                "labels": {LABEL_KEY: LABEL_VALUE, PURPOSE_LABEL: purpose},
+                "annotations": annotations,
+            },
+            "spec": {
+                "request": base64.b64encode(csr_pem).decode("ascii"),
+                "duration": go_duration(seconds),
+                "isCA": False,
+                "usages": usages,
+                "issuerRef": ref.as_dict(),
+            },
+        }
+
+    async def _approve(self, created: Obj) -> None:
+        condition = {
+            "type": "Approved",
+            "status": "True",
+            "reason": "meshsigner",
+            "message": "approved by meshsigner after its own checks and policy allowed the request",
+            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        obj = created
+        name = created["metadata"]["name"]
+        for _ in range(3):
+            status = obj.setdefault("status", {})
+            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Approved"]
+            if any(c.get("type") == "Denied" for c in conditions):
+                return  # someone else decided first; the watch reports the denial
+            status["conditions"] = [*conditions, condition]
+            try:
+                await self._kube.replace_status(CERTIFICATE_REQUESTS, self._options.namespace, name, obj)
+                return
+            except KubeConflict:
+                obj = await self._kube.get(CERTIFICATE_REQUESTS, self._options.namespace, name)
+        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: kept conflicting with other writers")
+
+    async def _request(self, body: Obj, purpose: str) -> Issued:
+        outcome = "cancelled"
+        started = time.perf_counter()
+        try:
+            created = await self._kube.create(CERTIFICATE_REQUESTS, self._options.namespace, body)
+        except KubeInvalid as exc:
+            self._metrics.outcomes.labels(purpose, "create_failed").inc()
+            raise IssuerFailed("CERTIFICATE_REQUEST_REFUSED", str(exc)) from None
+        except KubeError as exc:
+            self._metrics.outcomes.labels(purpose, "create_failed").inc()
+            raise BackendUnavailable("CERTIFICATE_REQUEST_CREATE_FAILED", str(exc)) from None
+        name, uid = created["metadata"]["name"], created["metadata"]["uid"]
+        future = self._watch.register(name, uid)
+        self._metrics.in_flight.inc()
+        try:
+            async with asyncio.timeout(self._options.timeout_seconds):
+                if self._options.approve:
+                    try:
+                        await self._approve(created)
+                    except KubeError as exc:
+                        outcome = "approve_failed"
+                        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: {exc}") from None
+                issued = await future
+            outcome = "issued"
+            return issued
+        except TimeoutError:
+            outcome = "timeout"
+            raise BackendUnavailable(
+                "CERTIFICATE_REQUEST_TIMEOUT",
+                f"{name} not signed within {self._options.timeout_seconds:.0f}s (approved? issuer working?)",
+            ) from None
+        except BackendError as exc:
+            if outcome == "cancelled":
+                outcome = {
+                    "CERTIFICATE_REQUEST_DENIED": "denied",
+                    "CERTIFICATE_REQUEST_INVALID": "invalid",
+                    "CERTIFICATE_REQUEST_FAILED": "failed",
+                    "CERTIFICATE_REQUEST_DELETED": "deleted",
+                }.get(exc.reason, "failed")
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+            self._metrics.outcomes.labels(purpose, outcome).inc()
+            self._metrics.seconds.labels(purpose).observe(time.perf_counter() - started)
+            self._watch.forget(name)
+            if not future.done():
+                future.cancel()
+            if not self._options.preserve:
+                self._delete_later(name, uid)
+
+    def _delete_later(self, name: str, uid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._delete(name, uid), name=f"delete-{name}")
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
+    async def _delete(self, name: str, uid: str) -> None:
+        for attempt in range(3):
+            try:
+                await self._kube.delete(CERTIFICATE_REQUESTS, self._options.namespace, name, uid)
+                return
+            except KubeConflict:
+                return  # the UID precondition failed: that name is someone else's object now
+            except KubeError as exc:
+                if attempt == 2:
+                    self._metrics.delete_failures.inc()
+                    logger.bind(event="delete_failed", name=name).warning(
+                        "cannot delete CertificateRequest {} (the sweep will): {}", name, exc
+                    )
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def close(self) -> None:
+        """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""
+        if self._deletes:
+            await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
+
+    def _chain(self, issued: Issued, purpose: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        try:
+            leaf, intermediates = parse_issued_chain(issued.certificate_pem)
+        except IssuerFailed:
+            self._metrics.outcomes.labels(purpose, "bad_chain").inc()
+            raise
+        try:
+            verify_chain(leaf, intermediates, self._roots.roots)
+        except IssuerFailed as exc:
+            self._metrics.untrusted_chains.inc()
+            self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
+            logger.bind(event="untrusted_chain", purpose=purpose).error(
+                "REFUSED an issued chain: {} (pinned roots: {})",
+                exc.detail,
+                "; ".join(r.subject.rfc4514_string() for r in self._roots.roots),
+            )
+            raise
+        return leaf, intermediates
+
+    async def sign(self, request: SigningRequest) -> SignedChain:
+        ref = self._issuer()
+        if not self._roots.ready:
+            raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
+        body = self._body(
+            request.csr_pem.encode("ascii"),
+            request.duration_seconds,
+            ref,
+            request.identities_annotation or ",".join(request.uris),
+            workload_usages(request.csr),
+            "workload",
+        )
+        issued = await self._request(body, "workload")
+        leaf, intermediates = self._chain(issued, "workload")
+        return SignedChain(
+            leaf=leaf,
+            chain_pems=(_pem(leaf), *(_pem(c) for c in intermediates)),
+            roots_pem=self._roots.pem,
+        )
+
+    async def issue_serving_certificate(
+        self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
+    ) -> ServingMaterial:
+        ref = self._issuer()
+        key = new_private_key(key_algorithm, key_size)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        body = self._body(
+            csr.public_bytes(serialization.Encoding.PEM),
+            duration_seconds,
+            ref,
+            SERVING_IDENTITY,
+            ["server auth", "digital signature", "key encipherment"],
+            "serving",
+        )
+        issued = await self._request(body, "serving")
+        if not self._roots.pinned and issued.ca_pem:
+            try:
+                self._roots.adopt(issued.ca_pem)
+            except ValueError as exc:
+                raise IssuerFailed("BAD_CA", f"status.ca of the serving certificate: {exc}") from None
+        leaf, intermediates = self._chain(issued, "serving")
+        if leaf.public_key() != key.public_key():
+            raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain_pem = "".join(_pem(c) for c in (leaf, *intermediates)).encode("ascii")
+        return ServingMaterial(
+            key_pem=key_pem,
+            chain_pem=chain_pem,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+        )
+
+
+__all__ = ["CertManagerBackend", "CertManagerOptions", "parse_issued_chain", "verify_chain", "workload_usages"]

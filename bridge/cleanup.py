@@ -1,0 +1,92 @@
+"""Sweeping CertificateRequests left behind by a crashed replica (istio-csr#73: leftovers piled up until
+cert-manager was OOM-killed).
+
+Every object meshsigner creates carries its label. An object older than the request timeout plus a margin cannot
+belong to a request still in flight on any replica (each replica gives up at that timeout and deletes), so the
+sweep deletes it, at start-up and then periodically. The UID precondition makes sure a newer object that reused
+the name is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter
+
+from bridge.certificate_request_watch import LABEL_SELECTOR
+from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeError, Obj
+
+MARGIN_SECONDS = 30.0
+
+
+def _created(obj: Obj) -> datetime | None:
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime | None = None) -> list[Obj]:
+    """The objects created more than ``older_than_seconds`` ago."""
+    now = now or datetime.now(UTC)
+    old = []
+    for obj in objects:
+        created = _created(obj)
+        if created is not None and (now - created).total_seconds() > older_than_seconds:
+            old.append(obj)
+    return old
+
+
+class LeftoverSweeper:
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        *,
+        request_timeout_seconds: float,
+        registry: CollectorRegistry,
+        interval_seconds: float = 60.0,
+    ) -> None:
+        self._kube = kube
+        self._namespace = namespace
+        self._age = request_timeout_seconds + MARGIN_SECONDS
+        self._interval = interval_seconds
+        self.deleted = Counter(
+            "meshsigner_certificate_requests_swept_total",
+            "Leftover CertificateRequests (older than the request timeout) deleted by the sweep",
+            registry=registry,
+        )
+
+    async def sweep(self) -> int:
+        try:
+            objects, _ = await self._kube.list(CERTIFICATE_REQUESTS, self._namespace, label_selector=LABEL_SELECTOR)
+        except KubeError as exc:
+            logger.bind(event="sweep_failed").warning("cannot list leftover CertificateRequests: {}", exc)
+            return 0
+        removed = 0
+        for obj in leftovers(objects, older_than_seconds=self._age):
+            metadata = obj["metadata"]
+            try:
+                await self._kube.delete(CERTIFICATE_REQUESTS, self._namespace, metadata["name"], metadata.get("uid"))
+            except KubeError as exc:
+                logger.bind(event="sweep_failed").warning("cannot delete {}: {}", metadata["name"], exc)
+                continue
+            removed += 1
+        if removed:
+            self.deleted.inc(removed)
+            logger.bind(event="swept", count=removed).warning(
+                "deleted {} leftover CertificateRequests older than {:.0f}s", removed, self._age
+            )
+        return removed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval)

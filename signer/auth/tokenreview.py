@@ -1,0 +1,171 @@
+"""Authentication by the Kubernetes API: one TokenReview per token, cached briefly.
+
+The review sends the configured audiences and requires, like istiod: no ``status.error``, ``authenticated``, one of
+our audiences in ``status.audiences``, the ``system:serviceaccounts`` group and a four-part
+``system:serviceaccount:<ns>:<sa>`` username. Pod name and UID come from the review's ``extra`` fields (bound
+tokens only).
+
+Successful reviews are cached by the SHA-256 of the token (never the token), for at most ``cache_seconds`` and never
+past the token's own ``exp`` (read from the JWT payload, only to shorten the entry). Concurrent requests with the
+same token share one review. A review that cannot be made (API down, timeout, throttled, RBAC broken) is
+``TemporarilyUnavailable`` (UNAVAILABLE), never ``AuthenticationFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from loguru import logger
+
+from bridge.kube import KubeError
+from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.errors import AuthenticationFailed, TemporarilyUnavailable
+from signer.metrics import AuthMetrics
+
+SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+
+class TokenReviewer(Protocol):
+    """What the authenticator needs from the Kubernetes seam."""
+
+    async def review_token(self, token: str, audiences: tuple[str, ...]) -> dict[str, Any]: ...
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, unverified (used only to cap a cache entry); None when unreadable."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        exp = payload.get("exp") if isinstance(payload, dict) else None
+    except (ValueError, TypeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def identity_from_review(status: dict[str, Any], audiences: tuple[str, ...]) -> WorkloadIdentity:
+    """Judge a TokenReview status; raises AuthenticationFailed with the reason."""
+    if status.get("error"):
+        raise AuthenticationFailed("TOKEN_REJECTED", f"token review error: {str(status['error'])[:200]}")
+    if status.get("authenticated") is not True:
+        raise AuthenticationFailed("TOKEN_REJECTED", "token not authenticated")
+    granted = status.get("audiences") or []
+    if not set(granted) & set(audiences):
+        raise AuthenticationFailed("TOKEN_AUDIENCE", "token audience not accepted")
+    user = status.get("user") or {}
+    if SERVICE_ACCOUNTS_GROUP not in (user.get("groups") or []):
+        raise AuthenticationFailed("NOT_SERVICE_ACCOUNT", "token subject is not in system:serviceaccounts")
+    namespace, service_account = parse_service_account_username(str(user.get("username") or ""))
+    extra = user.get("extra") or {}
+
+    def first(key: str) -> str | None:
+        values = extra.get(key) or []
+        return str(values[0]) if values else None
+
+    return WorkloadIdentity(
+        namespace,
+        service_account,
+        pod_name=first(POD_NAME_EXTRA),
+        pod_uid=first(POD_UID_EXTRA),
+        service_account_uid=str(user["uid"]) if user.get("uid") else None,
+    )
+
+
+class TokenReviewAuthenticator:
+    def __init__(
+        self,
+        reviewer: TokenReviewer,
+        *,
+        audiences: tuple[str, ...],
+        metrics: AuthMetrics,
+        cache_seconds: float = 30.0,
+        cache_entries: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not audiences:
+            raise ValueError("at least one token audience is required (empty means the API server's own)")
+        self._reviewer = reviewer
+        self._audiences = audiences
+        self._metrics = metrics
+        self._cache_seconds = cache_seconds
+        self._cache_entries = cache_entries
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[WorkloadIdentity, float]] = OrderedDict()
+        self._in_flight: dict[bytes, asyncio.Future[WorkloadIdentity]] = {}
+        self.reachable = True  # last review reached the API server (for /readyz detail)
+
+    @property
+    def ready(self) -> bool:
+        return True  # every call asks the API server; an outage answers UNAVAILABLE per request
+
+    def _cached(self, digest: bytes) -> WorkloadIdentity | None:
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        identity, expires = entry
+        if self._clock() >= expires:
+            del self._cache[digest]
+            return None
+        return identity
+
+    async def authenticate(self, token: str) -> WorkloadIdentity:
+        digest = hashlib.sha256(token.encode()).digest()
+        identity = self._cached(digest)
+        if identity is not None:
+            self._metrics.token_review_cache.labels("hit").inc()
+            return identity
+        shared = self._in_flight.get(digest)
+        if shared is not None:
+            self._metrics.token_review_cache.labels("shared").inc()
+            return await asyncio.shield(shared)
+        self._metrics.token_review_cache.labels("miss").inc()
+        future: asyncio.Future[WorkloadIdentity] = asyncio.get_running_loop().create_future()
+        self._in_flight[digest] = future
+        try:
+            identity = await self._review(token, digest)
+        except BaseException as exc:
+            if not future.cancelled():
+                future.set_exception(exc if isinstance(exc, Exception) else TemporarilyUnavailable("CANCELLED"))
+                future.exception()  # retrieved: sharing waiters may be none
+            raise
+        else:
+            future.set_result(identity)
+            return identity
+        finally:
+            del self._in_flight[digest]
+
+    async def _review(self, token: str, digest: bytes) -> WorkloadIdentity:
+        try:
+            status = await self._reviewer.review_token(token, self._audiences)
+        except KubeError as exc:
+            self.reachable = False
+            self._metrics.token_reviews.labels("unavailable").inc()
+            logger.bind(event="token_review_unavailable").warning("TokenReview failed: {}", exc)
+            raise TemporarilyUnavailable("TOKEN_REVIEW_UNAVAILABLE", str(exc)) from None
+        self.reachable = True
+        try:
+            identity = identity_from_review(status, self._audiences)
+        except AuthenticationFailed:
+            self._metrics.token_reviews.labels("rejected").inc()
+            raise
+        self._metrics.token_reviews.labels("authenticated").inc()
+        now = self._clock()
+        expires = now + self._cache_seconds
+        exp = token_expiry(token)
+        if exp is not None:
+            expires = min(expires, exp)
+        if expires > now:
+            self._cache[digest] = (identity, expires)
+            if len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return identity

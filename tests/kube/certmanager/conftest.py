@@ -1,0 +1,162 @@
+"""Fixtures for in-cluster mode on the real plane: ``meshsigner serve --signer cert-manager --authenticator
+tokenreview`` as a process, a test-side approver (the plane runs cert-manager without its auto-approver), and the
+seam pointed at the plane for in-process tests.
+
+``signer_factory(namespace, issuer, *flags, root_file=..., approve=True)`` starts a serve process whose
+CertificateRequests go to ``namespace``; ``.stub()`` speaks TLS to it trusting the issuer's CA (the serving
+certificate itself comes from the issuer). ``approver(namespace, deny=predicate)`` approves (or denies) every
+meshsigner CertificateRequest appearing in ``namespace`` until the test ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from proto import istio_ca_pb2_grpc
+from tests.support.processes import ServerProcess, start_server
+
+SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
+CM = ("cert-manager.io", "v1")
+LABEL = "app.kubernetes.io/managed-by=meshsigner"
+
+
+@dataclass
+class ClusterSigner:
+    server: ServerProcess
+    namespace: str
+    roots_pem: bytes
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.secure_channel(
+            self.server.address,
+            grpc.ssl_channel_credentials(root_certificates=self.roots_pem),
+            options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+        )
+        self.channels.append(channel)
+        return channel
+
+    def stub(self) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
+        return istio_ca_pb2_grpc.IstioCertificateServiceStub(self.channel())
+
+    def close(self) -> int:
+        for channel in self.channels:
+            channel.close()
+        return self.server.stop()
+
+
+def list_requests(kube_api, namespace: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    co = client.CustomObjectsApi(kube_api)
+    return co.list_namespaced_custom_object(*CM, namespace, "certificaterequests", label_selector=LABEL)["items"]
+
+
+@pytest.fixture
+def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., ClusterSigner]]:  # type: ignore[no-untyped-def]
+    started: list[ClusterSigner] = []
+
+    def start(
+        namespace: str,
+        issuer,  # type: ignore[no-untyped-def]
+        *flags: str,
+        root_file: Path | None | str = "issuer",
+        approve: bool = True,
+        wait: bool = True,
+        roots_pem: bytes | None = None,
+    ) -> ClusterSigner:
+        if root_file == "issuer":
+            root_file = tmp_path / f"roots-{len(started)}.pem"
+            root_file.write_bytes(issuer.ca_cert_pem)
+        argv = [
+            "--signer=cert-manager",
+            "--authenticator=tokenreview",
+            f"--kubeconfig={kube_plane.kubeconfig}",
+            f"--certificate-namespace={namespace}",
+            f"--issuer-name={issuer.name}",
+            f"--issuer-kind={issuer.kind}",
+            f"--issuer-group={issuer.group}",
+            "--serving-signature-algorithm=ECDSA",
+            "--serving-certificate-key-size=256",
+            "--log-format=json",
+            *([f"--root-ca-file={root_file}"] if root_file else []),
+            *(["--approve-certificate-requests"] if approve else []),
+            *flags,
+        ]
+        server = start_server(argv, tmp_path / f"serve-{len(started)}.log", wait=wait)
+        signer = ClusterSigner(server, namespace, roots_pem or issuer.ca_cert_pem)
+        started.append(signer)
+        return signer
+
+    yield start
+    for signer in started:
+        signer.close()
+
+
+@pytest.fixture
+def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def]
+    """Approves (or denies) meshsigner's CertificateRequests in a namespace, as approver-policy would."""
+    co = client.CustomObjectsApi(kube_api)
+    stops: list[threading.Event] = []
+    threads: list[threading.Thread] = []
+
+    def run(namespace: str, deny: Callable[[dict], bool], stop: threading.Event) -> None:
+        decided: set[str] = set()
+        while not stop.wait(0.1):
+            try:
+                items = co.list_namespaced_custom_object(
+                    *CM, namespace, "certificaterequests", label_selector=LABEL, _request_timeout=5
+                )["items"]
+            except Exception:  # noqa: BLE001 - the API may be restarting in a fault test
+                continue
+            for cr in items:
+                uid = cr["metadata"]["uid"]
+                conditions = (cr.get("status") or {}).get("conditions") or []
+                if uid in decided or any(c["type"] in ("Approved", "Denied") for c in conditions):
+                    continue
+                denied = deny(cr)
+                condition = {
+                    "type": "Denied" if denied else "Approved",
+                    "status": "True",
+                    "reason": "TestApprover",
+                    "message": "denied by the test approver" if denied else "approved by the test approver",
+                    "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+                cr.setdefault("status", {})["conditions"] = [*conditions, condition]
+                with contextlib.suppress(ApiException):
+                    co.replace_namespaced_custom_object_status(
+                        *CM, namespace, "certificaterequests", cr["metadata"]["name"], cr
+                    )
+                    decided.add(uid)
+
+    def start(namespace: str, deny: Callable[[dict], bool] = lambda cr: False) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=run, args=(namespace, deny, stop), daemon=True)
+        thread.start()
+        stops.append(stop)
+        threads.append(thread)
+
+    yield start
+    for stop in stops:
+        stop.set()
+    for thread in threads:
+        thread.join(5)
+
+
+def decode_chain(chain: list[str]):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    return [x509.load_pem_x509_certificates(element.encode()) for element in chain]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
