@@ -139,6 +139,10 @@ class PolicyStore:
         self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
         if decision.details.get("alert"):
             logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
+        if not decision.allowed:
+            # Every Decision is built fresh per evaluation, so filling its own details dict here shares nothing
+            # and saves copying the frozen Decision on the request path.
+            decision.details["clientMessage"] = self.client_message(decision)
         return decision
 
     def client_message(self, decision: Decision) -> str:

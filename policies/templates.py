@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policies.globs import GLOBSTAR, match_pieces
 from policies.spiffe import InvalidSpiffeID, SpiffeID, parse_spiffe_id
@@ -24,6 +24,9 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _SPIFFE_PREFIX = "spiffe://"
 
 Lookup = Callable[[str], "str | None"]
+_RENDER_CACHE_LIMIT = 4096
+_MISSING = object()
+Rendered = tuple[tuple[str, ...], ...]
 
 
 class TemplateError(ValueError):
@@ -75,6 +78,26 @@ def _split(rendered: str, separator: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(segment.split(_STAR)) for segment in rendered.split(separator))
 
 
+def _cached_render(
+    cache: dict[tuple[str | None, ...], Rendered | None],
+    names: tuple[str, ...],
+    parts: tuple[tuple[bool, str], ...],
+    lookup: Lookup,
+    value_ok: Callable[[str], bool],
+    separator: str,
+) -> Rendered | None:
+    """Render and split, remembering the result per tuple of variable values: callers repeat (renewals)."""
+    key = tuple(lookup(name) for name in names)
+    cached = cache.get(key, _MISSING)
+    if cached is _MISSING:
+        rendered = _render(parts, lookup, value_ok)
+        cached = None if rendered is None else _split(rendered, separator)
+        if len(cache) >= _RENDER_CACHE_LIMIT:
+            cache.clear()
+        cache[key] = cached
+    return cached  # type: ignore[return-value]
+
+
 def _path_value_ok(value: str) -> bool:
     return "/" not in value and _STAR not in value and "*" not in value
 
@@ -91,6 +114,8 @@ class IdentityTemplate:
     globstar: bool
     variables: frozenset[str]
     static: tuple[tuple[str, ...], ...] | None  # the path pre-split when it has no variables
+    _names: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _cache: dict[tuple[str | None, ...], Rendered | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def compile(cls, text: str, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> IdentityTemplate:
@@ -118,16 +143,15 @@ class IdentityTemplate:
             parse_spiffe_id(sample_text)
         except InvalidSpiffeID as exc:
             raise TemplateError(f"{text!r} can never render a valid SPIFFE ID: {exc}") from None
-        variables = frozenset(name for is_variable, name in parts if is_variable)
-        static = _split(sample, "/") if not variables and path else (() if not path else None)
-        return cls(text, trust_domain, parts, globstar, variables, static)
+        names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
+        static = _split(sample, "/") if not names and path else (() if not path else None)
+        return cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
 
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         """The path segments as glob pieces for this caller, or None when a value is missing or unusable."""
         if self.static is not None:
             return self.static
-        rendered = _render(self.parts, lookup, _path_value_ok)
-        return None if rendered is None else _split(rendered, "/")
+        return _cached_render(self._cache, self._names, self.parts, lookup, _path_value_ok, "/")
 
     def matches(self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup) -> bool:
         if spiffe_id.trust_domain != (self.trust_domain or primary_trust_domain):
@@ -170,6 +194,8 @@ class DnsTemplate:
     parts: tuple[tuple[bool, str], ...]
     variables: frozenset[str]
     static: tuple[tuple[str, ...], ...] | None
+    _names: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _cache: dict[tuple[str | None, ...], Rendered | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def compile(cls, text: str, trusted_label_keys: frozenset[str]) -> DnsTemplate:
@@ -178,14 +204,13 @@ class DnsTemplate:
         sample = _render(parts, lambda _: "x", lambda _: True) or ""
         if not valid_dns_name(sample.replace(_STAR, "x"), wildcard_ok=False):
             raise TemplateError(f"{text!r} can never render a valid lowercase DNS name")
-        variables = frozenset(name for is_variable, name in parts if is_variable)
-        return cls(text, parts, variables, None if variables else _split(sample, "."))
+        names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
+        return cls(text, parts, frozenset(names), None if names else _split(sample, "."), names)
 
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         if self.static is not None:
             return self.static
-        rendered = _render(self.parts, lookup, _dns_value_ok)
-        return None if rendered is None else _split(rendered, ".")
+        return _cached_render(self._cache, self._names, self.parts, lookup, _dns_value_ok, ".")
 
     def matches(self, labels: tuple[str, ...], lookup: Lookup, *, allow_wildcard: bool, for_deny: bool = False) -> bool:
         """Whether the requested name (split in ``labels``) matches.

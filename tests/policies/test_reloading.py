@@ -59,6 +59,7 @@ def test_no_valid_set_at_start_means_not_ready_and_unavailable(tmp_path: Path) -
         "POLICY_SET_UNAVAILABLE",
         Outcome.UNAVAILABLE,
     )
+    assert decision.details["clientMessage"] == store.client_message(decision)
     assert store.client_message(decision).startswith("denied: POLICY_SET_UNAVAILABLE")
     assert metric(registry, "policy_reload_total", result="error") == 1
     assert store.status()["ready"] is False and store.status()["errors"][0].startswith(f"{tmp_path}/broken.yaml:2:1:")
