@@ -12,6 +12,10 @@ BUILD_REV=1
 TESTBIN_ROOT="${MESHSIGNER_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/meshsigner/testbin}"
 
 export GOWORK=off GOTOOLCHAIN=local CGO_ENABLED=0
+# A non-login shell (CI, make) may lack the toolchain's usual PATH entry.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
 
 go_version() {
   command -v go >/dev/null 2>&1 || { echo "no-go"; return; }

@@ -561,6 +561,14 @@ def up(auto_started: bool = False, register_pid: int | None = None) -> tuple[Pla
     with plane_lock():
         plane = load()
         started = False
+        if plane is not None and not plane.healthy() and any(p.alive() for p in plane.procs.values()):
+            # Partly running: maybe still starting, or a fault test has stopped the apiserver for a moment.
+            # Give it a minute before starting over (which would wipe the state other sessions use).
+            log("recorded plane is partly running; waiting up to 60s for it to become healthy")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not plane.healthy():
+                time.sleep(1)
+                plane = load() or plane
         if plane is not None and plane.healthy():
             log(f"reusing running plane at {plane.api_server_url} (kubeconfig {plane.kubeconfig})")
         else:

@@ -75,8 +75,11 @@ def test_token_review_rejects_token_of_deleted_service_account(
     assert _token_review(kube_api, token, ["istio-ca"]).authenticated is True
     client.CoreV1Api(kube_api).delete_namespaced_service_account(sa, ns)
     # The authenticator looks the ServiceAccount up through the apiserver's informer cache: allow it to catch up.
-    status = wait_for(lambda: (s := _token_review(kube_api, token, ["istio-ca"])).authenticated is not True and s,
-                      timeout=30, what="token of a deleted ServiceAccount to be rejected")
+    status = wait_for(
+        lambda: (s := _token_review(kube_api, token, ["istio-ca"])).authenticated is not True and s,
+        timeout=30,
+        what="token of a deleted ServiceAccount to be rejected",
+    )
     assert "not found" in (status.error or "") or "deleted" in (status.error or ""), status.error
 
 
@@ -294,3 +297,19 @@ def test_kubernetes_csr_for_namespaced_issuer(
     approve_csr(csr_name)
     pem = wait_for(lambda: _csr_cert(kube_api, csr_name), timeout=60, what="CSR signed by namespaced Issuer")
     pki.verify_issued_by(pki.load_pem_chain(pem)[0], issuer.ca.cert)
+
+
+def test_apiserver_restart_keeps_state_and_keys(kube_plane, kube_api, make_namespace, make_service_account, mint_token):
+    """The fault-test helpers: kube-apiserver restarts with the same port, etcd data and signing keys."""
+    if kube_plane.external:
+        pytest.skip("external cluster: no process control")
+    ns = make_namespace("restart")
+    sa = make_service_account(ns)
+    token = mint_token(ns, sa)
+    kube_plane.stop_apiserver()
+    with pytest.raises(Exception):  # noqa: B017 - connection refused, whatever the client wraps it in
+        client.CoreV1Api(kube_api).read_namespace(ns, _request_timeout=3)
+    kube_plane.start_apiserver()
+    assert client.CoreV1Api(kube_api).read_namespace(ns).metadata.name == ns
+    status = _token_review(kube_api, token, ["istio-ca"])
+    assert status.authenticated is True, status.error
