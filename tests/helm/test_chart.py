@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from policies.commands import lint_command  # noqa: F401 - imported to fail early if the CLI moved
 from signer.settings import parse_serve_args
 from tests.support.processes import REPO
 
