@@ -223,9 +223,8 @@ def compare(expect: dict[str, Any], decision: Decision) -> list[str]:
         problems.append(f"denyRules: expected {expect['denyRules']}, got {list(decision.deny_rules)}")
     differs("durationSeconds", decision.duration_seconds)
     differs("notAfter", decision.not_after)
-    for flag in expect.get("flags", ()):
-        if flag not in decision.flags:
-            problems.append(f"flags: {flag} missing from {list(decision.flags)}")
+    if "flags" in expect and sorted(expect["flags"]) != sorted(decision.flags):
+        problems.append(f"flags: expected {expect['flags']}, got {list(decision.flags)}")
     if "uris" in expect and list(expect["uris"]) != list(decision.uris):
         problems.append(f"uris: expected {expect['uris']}, got {list(decision.uris)}")
     if "dnsNames" in expect and list(expect["dnsNames"]) != list(decision.dns_names):

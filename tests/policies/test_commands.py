@@ -132,3 +132,20 @@ def test_explain_with_an_invalid_set(capsys: pytest.CaptureFixture[str]) -> None
     code = run("explain", "--policies", str(FIXTURES / "broken"), "--namespace", "a", "--service-account", "b")
     assert code == 2
     assert "POLICY_SET_UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_expectations_are_checked_field_by_field() -> None:
+    from policies.fixtures import compare
+    from policies.model import Decision, Outcome, Verdict
+
+    clamped = Decision(
+        Verdict.ALLOW, Outcome.OK, "GRANTED", "granted by a/b", duration_seconds=60, granted_by="a/b",
+        flags=("DURATION_CLAMPED",),
+    )  # fmt: skip
+    assert compare({"decision": "Allow", "reason": "DURATION_CLAMPED", "flags": ["DURATION_CLAMPED"]}, clamped) == []
+    assert compare({"decision": "Allow", "flags": []}, clamped) == ["flags: expected [], got ['DURATION_CLAMPED']"]
+    assert compare({"decision": "Deny", "matched": "a/c", "durationSeconds": 61}, clamped) == [
+        "decision: expected Deny, got Allow (GRANTED)",
+        "matched: expected a/c, got a/b",
+        "durationSeconds: expected 61, got 60",
+    ]

@@ -214,3 +214,22 @@ def test_adding_a_deny_rule_never_turns_a_deny_into_an_allow(
     after = decide(build(documents), caller, request)
     if not before.allowed:
         assert not after.allowed
+
+
+@PROPERTY_SETTINGS
+@given(inputs=requests())
+def test_closest_rule_ranking_counts_the_failures_explain_shows(inputs: tuple[Caller, IssuanceRequest]) -> None:
+    """Step 7 ranks rules by a fast count; it must equal the failures the explanation lists."""
+    from policies.evaluator import prepare
+    from policies.rules import check_allow, count_failures
+
+    caller, request = inputs
+    ctx = prepare(REFERENCE, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=None)
+    if isinstance(ctx, Decision):
+        return
+    for policy in REFERENCE.policies:
+        for rule in policy.allow_rules:
+            if rule.subjects is None or rule.subjects.matches(ctx):
+                explained = check_allow(rule, ctx, exhaustive=True)
+                assert count_failures(rule, ctx) == len(explained.failures)
+                assert check_allow(rule, ctx).ok == explained.ok == (not explained.failures)
