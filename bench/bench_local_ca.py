@@ -1,6 +1,7 @@
 """Local-CA issuance over gRPC+TLS against the crypto floor, measured in the same run.
 
     python bench/bench_local_ca.py [--requests 2000] [--workers 1] [--concurrency 1,16,64] [--ca-key ecdsa|rsa]
+                                   [--connections 1]
 
 Prints: the crypto floor (parse + verify + build + sign of one leaf with `cryptography`, no gRPC), a no-op gRPC
 handler driven by the same client (what the transport alone allows here), signed CSRs/s with p50/p99 at each
@@ -60,14 +61,21 @@ class _Noop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=["leaf", "root"])
 
 
-async def drive(address: str, creds: grpc.ChannelCredentials, work: list[tuple[str, str]], concurrency: int):
-    channel = grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
-    stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
-    await channel.channel_ready()
+async def drive(
+    address: str, creds: grpc.ChannelCredentials, work: list[tuple[str, str]], concurrency: int, connections: int = 1
+) -> tuple[float, float, float]:
+    """Sends ``work`` with ``concurrency`` callers spread over ``connections`` TLS connections (a fleet has one
+    per agent; SO_REUSEPORT spreads connections, not calls, over --workers processes)."""
+    connections = max(1, min(connections, concurrency))
+    options = [("grpc.ssl_target_name_override", SERVER_NAME), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.secure_channel(address, creds, options=options) for _ in range(connections)]
+    stubs = [istio_ca_pb2_grpc.IstioCertificateServiceStub(channel) for channel in channels]
+    for channel in channels:
+        await channel.channel_ready()
     latencies: list[float] = []
     queue = iter(work)
 
-    async def worker() -> None:
+    async def caller(stub: istio_ca_pb2_grpc.IstioCertificateServiceStub) -> None:
         for token, csr in queue:
             request = istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=86400)
             started = time.perf_counter()
@@ -75,9 +83,10 @@ async def drive(address: str, creds: grpc.ChannelCredentials, work: list[tuple[s
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(stubs[i % connections]) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
-    await channel.close()
+    for channel in channels:
+        await channel.close()
     latencies.sort()
     return len(work) / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
@@ -100,6 +109,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--ca-key", choices=("ecdsa", "rsa"), default="ecdsa")
+    parser.add_argument("--connections", type=int, default=1, help="TLS connections the callers share")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     base = Path(tempfile.mkdtemp(prefix="meshsigner-bench-"))
@@ -129,7 +139,7 @@ def main() -> None:
         for level in levels:
             asyncio.run(drive(server.address, creds, work[: min(200, len(work))], level))  # warm-up
             noop = asyncio.run(noop_rate((serving.key_pem, serving.chain_pem), creds, work, level))
-            rate, p50, p99 = asyncio.run(drive(server.address, creds, work, level))
+            rate, p50, p99 = asyncio.run(drive(server.address, creds, work, level, args.connections))
             print(
                 f"concurrency {level:3d}: {rate:7.0f} CSR/s  p50 {p50 * 1000:6.2f} ms  p99 {p99 * 1000:6.2f} ms  "
                 f"ratio to floor {rate / floor:4.2f}  (no-op handler {noop:6.0f}/s = {noop / floor:4.2f} of floor)"
