@@ -1,10 +1,10 @@
 """Sweeping CertificateRequests left behind by a crashed replica (istio-csr#73: leftovers piled up until
 cert-manager was OOM-killed).
 
-Every object meshsigner creates carries its label. An object older than the request timeout plus a margin cannot
-belong to a request still in flight on any replica (each replica gives up at that timeout and deletes), so the
-sweep deletes it, at start-up and then periodically. The UID precondition makes sure a newer object that reused
-the name is never touched.
+Every object meshsigner creates carries its label. An object older than twice the request timeout (the margin
+capped at 30 s) cannot belong to a request still in flight on any replica (each replica gives up at that timeout
+and deletes), so the sweep deletes it, at start-up and then periodically. The UID precondition makes sure a
+newer object that reused the name is never touched.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from bridge.certificate_request_watch import LABEL_SELECTOR
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeError, Obj
 
-MARGIN_SECONDS = 30.0
+MAX_MARGIN_SECONDS = 30.0  # clock skew and delete latency; never more than the timeout itself
 
 
 def _created(obj: Obj) -> datetime | None:
@@ -55,7 +55,7 @@ class LeftoverSweeper:
     ) -> None:
         self._kube = kube
         self._namespace = namespace
-        self._age = request_timeout_seconds + MARGIN_SECONDS
+        self._age = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
         self._interval = interval_seconds
         self.deleted = Counter(
             "meshsigner_certificate_requests_swept_total",

@@ -208,7 +208,7 @@ async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.
             )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, 30.0)
+        delay = min(delay * 2, 5.0)
     return False
 
 

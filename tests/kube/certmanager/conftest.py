@@ -69,7 +69,7 @@ def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., Cluster
         namespace: str,
         issuer,  # type: ignore[no-untyped-def]
         *flags: str,
-        root_file: Path | None | str = "issuer",
+        root_file: Path | str | None = "issuer",
         approve: bool = True,
         wait: bool = True,
         roots_pem: bytes | None = None,
@@ -104,32 +104,42 @@ def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., Cluster
 
 @pytest.fixture
 def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def]
-    """Approves (or denies) meshsigner's CertificateRequests in a namespace, as approver-policy would."""
+    """Decides meshsigner's CertificateRequests in a namespace, as approver-policy (or an external issuer) would:
+    ``decide(cr)`` returns "approve", "deny", "fail" (Ready=False reason Failed, as an issuer reports a failure)
+    or None (leave it alone)."""
     co = client.CustomObjectsApi(kube_api)
     stops: list[threading.Event] = []
     threads: list[threading.Thread] = []
 
-    def run(namespace: str, deny: Callable[[dict], bool], stop: threading.Event) -> None:
+    def run(namespace: str, decide: Callable[[dict], str | None], stop: threading.Event) -> None:
         decided: set[str] = set()
         while not stop.wait(0.1):
             try:
                 items = co.list_namespaced_custom_object(
                     *CM, namespace, "certificaterequests", label_selector=LABEL, _request_timeout=5
                 )["items"]
-            except Exception:  # noqa: BLE001 - the API may be restarting in a fault test
+            except Exception:  # the API may be restarting in a fault test
                 continue
             for cr in items:
                 uid = cr["metadata"]["uid"]
                 conditions = (cr.get("status") or {}).get("conditions") or []
                 if uid in decided or any(c["type"] in ("Approved", "Denied") for c in conditions):
                     continue
-                denied = deny(cr)
+                decision = decide(cr)
+                if decision is None:
+                    continue
+                now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                kind, status, reason = {
+                    "approve": ("Approved", "True", "TestApprover"),
+                    "deny": ("Denied", "True", "TestApprover"),
+                    "fail": ("Ready", "False", "Failed"),
+                }[decision]
                 condition = {
-                    "type": "Denied" if denied else "Approved",
-                    "status": "True",
-                    "reason": "TestApprover",
-                    "message": "denied by the test approver" if denied else "approved by the test approver",
-                    "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "type": kind,
+                    "status": status,
+                    "reason": reason,
+                    "message": f"{decision} by the test",
+                    "lastTransitionTime": now,
                 }
                 cr.setdefault("status", {})["conditions"] = [*conditions, condition]
                 with contextlib.suppress(ApiException):
@@ -138,9 +148,9 @@ def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-unty
                     )
                     decided.add(uid)
 
-    def start(namespace: str, deny: Callable[[dict], bool] = lambda cr: False) -> None:
+    def start(namespace: str, decide: Callable[[dict], str | None] = lambda cr: "approve") -> None:
         stop = threading.Event()
-        thread = threading.Thread(target=run, args=(namespace, deny, stop), daemon=True)
+        thread = threading.Thread(target=run, args=(namespace, decide, stop), daemon=True)
         thread.start()
         stops.append(stop)
         threads.append(thread)
@@ -150,6 +160,10 @@ def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-unty
         stop.set()
     for thread in threads:
         thread.join(5)
+
+
+def purpose(cr: dict) -> str:
+    return cr["metadata"]["labels"].get("meshsigner.io/purpose", "")
 
 
 def decode_chain(chain: list[str]):  # type: ignore[no-untyped-def]

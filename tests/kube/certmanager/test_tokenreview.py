@@ -35,9 +35,12 @@ def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticato
 
 
 def _reviews(kube) -> float:  # type: ignore[no-untyped-def]
-    return kube.registry.get_sample_value(
-        "meshsigner_kube_api_requests_total", {"verb": "create", "resource": "tokenreviews", "code": "2xx"}
-    ) or 0.0
+    return (
+        kube.registry.get_sample_value(
+            "meshsigner_kube_api_requests_total", {"verb": "create", "resource": "tokenreviews", "code": "2xx"}
+        )
+        or 0.0
+    )
 
 
 async def test_token_request_token_is_a_workload(kube, make_namespace, make_service_account, mint_token):
