@@ -39,6 +39,7 @@ GENERATE_NAME = "meshsigner-"
 MAX_CHAIN_BYTES = 330 * 1024
 MAX_CHAIN_CERTIFICATES = 10
 DELETE_DRAIN_SECONDS = 10.0
+DELETE_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -281,20 +282,24 @@ class CertManagerBackend:
         task.add_done_callback(self._deletes.discard)
 
     async def _delete(self, name: str, uid: str) -> None:
-        for attempt in range(3):
+        """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over)."""
+        deadline = time.monotonic() + DELETE_RETRY_SECONDS
+        delay = 0.25
+        while True:
             try:
                 await self._kube.delete(CERTIFICATE_REQUESTS, self._options.namespace, name, uid)
                 return
             except KubeConflict:
                 return  # the UID precondition failed: that name is someone else's object now
             except KubeError as exc:
-                if attempt == 2:
+                if time.monotonic() + delay > deadline:
                     self._metrics.delete_failures.inc()
                     logger.bind(event="delete_failed", name=name).warning(
                         "cannot delete CertificateRequest {} (the sweep will): {}", name, exc
                     )
                     return
-                await asyncio.sleep(0.5 * (attempt + 1))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
         """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""

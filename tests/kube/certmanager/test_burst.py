@@ -1,0 +1,102 @@
+"""Bursts on the real plane: 200 requests leave no CertificateRequest behind, and a kube-apiserver restart in the
+middle of a burst leaves every request answered (OK or UNAVAILABLE, never a hang, never UNAUTHENTICATED)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from tests.e2e.calls import create
+from tests.kube.certmanager.conftest import list_requests
+from tests.support.csr_builder import make_csr
+
+
+def _identities(make_namespace, make_service_account, mint_token, count: int) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    ns = make_namespace("burst")
+    out = []
+    for index in range(count):
+        sa = make_service_account(ns, f"sa-{index}")
+        out.append((make_csr([f"spiffe://cluster.local/ns/{ns}/sa/{sa}"]), mint_token(ns, sa)))
+    return out
+
+
+def _burst(signer, identities, total: int, concurrency: int, on_progress=None):  # type: ignore[no-untyped-def]
+    stub = signer.stub()
+    done = [0]
+    lock = threading.Lock()
+
+    def one(index: int) -> tuple[grpc.StatusCode, float]:
+        csr, token = identities[index % len(identities)]
+        started = time.perf_counter()
+        code, _, _ = create(stub, csr, token)
+        with lock:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0])
+        return code, time.perf_counter() - started
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, range(total)))
+
+
+def _wait_empty(kube_api, namespace: str, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while (left := list_requests(kube_api, namespace)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def test_burst_of_200_leaves_nothing(
+    kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory
+):
+    cr_ns = make_namespace("istio-system")
+    signer = signer_factory(cr_ns, ca_cluster_issuer, "--kube-api-qps=500", "--kube-api-burst=500")
+    identities = _identities(make_namespace, make_service_account, mint_token, 20)
+    started = time.perf_counter()
+    results = _burst(signer, identities, 200, 50)
+    elapsed = time.perf_counter() - started
+    codes = Counter(code for code, _ in results)
+    assert codes == {grpc.StatusCode.OK: 200}, codes
+    latencies = sorted(seconds for _, seconds in results)
+    print(f"\n200 CSRs in {elapsed:.1f}s ({200 / elapsed:.1f}/s), p50 {latencies[100]:.2f}s, p99 {latencies[197]:.2f}s")
+    assert _wait_empty(kube_api, cr_ns, timeout=20) == []
+
+
+def test_apiserver_restart_mid_burst_answers_every_request(
+    kube_api, kube_plane, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory
+):
+    if kube_plane.external:
+        pytest.skip("external cluster: no process control")
+    cr_ns = make_namespace("istio-system")
+    signer = signer_factory(
+        cr_ns, ca_cluster_issuer, "--kube-api-qps=500", "--kube-api-burst=500", "--request-timeout=15s"
+    )
+    identities = _identities(make_namespace, make_service_account, mint_token, 20)
+    restarted = threading.Event()
+
+    def restart_once(done: int) -> None:
+        if done == 40 and not restarted.is_set():
+            restarted.set()
+            threading.Thread(target=kube_plane.restart_apiserver, daemon=True).start()
+
+    started = time.perf_counter()
+    results = _burst(signer, identities, 200, 25, on_progress=restart_once)
+    elapsed = time.perf_counter() - started
+    codes = Counter(code for code, _ in results)
+    assert restarted.is_set()
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes[grpc.StatusCode.OK] >= 40, codes
+    assert max(seconds for _, seconds in results) < 17, "a request outlived the server's deadline"
+    print(f"\nrestart mid-burst: {dict(codes)} in {elapsed:.1f}s")
+
+    # after the restart the same server issues again, and everything it created is gone
+    deadline = time.monotonic() + 60
+    while create(signer.stub(), *identities[0])[0] != grpc.StatusCode.OK:
+        assert time.monotonic() < deadline, "no recovery after the API server came back"
+        time.sleep(0.5)
+    assert _wait_empty(kube_api, cr_ns, timeout=60) == []
