@@ -52,6 +52,8 @@ if ! flock -n 9; then
   log "another build.sh holds $TESTBIN_ROOT/.build.lock; waiting for it"
   flock 9
 fi
+# Leftovers of interrupted builds (we hold the lock, so nobody else is building).
+rm -rf "$TESTBIN_ROOT"/*.tmp.*
 
 # go_build NAME DEST_DIR WRAPPER_DIR LDFLAGS PACKAGE [POST_HOOK]
 go_build() {

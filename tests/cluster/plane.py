@@ -571,6 +571,10 @@ def up(auto_started: bool = False, register_pid: int | None = None) -> tuple[Pla
                 plane = load() or plane
         if plane is not None and plane.healthy():
             log(f"reusing running plane at {plane.api_server_url} (kubeconfig {plane.kubeconfig})")
+            if plane.auto_started and not auto_started:
+                # Someone asked for the plane explicitly (make cluster): test sessions must not stop it.
+                plane.auto_started = False
+                plane.save()
         else:
             if plane is not None:
                 log("recorded plane is not healthy; restarting it")
@@ -585,6 +589,11 @@ def down() -> bool:
     """Stop the processes and remove .cluster/. Returns whether a plane was recorded."""
     with plane_lock():
         plane = load()
+        users = cluster_dir() / "users"
+        entries = list(users.iterdir()) if users.exists() else []
+        live = [f.name for f in entries if f.name.isdigit() and _pid_alive(int(f.name))]
+        if live:
+            log(f"warning: pytest sessions {', '.join(live)} are using this plane; stopping it anyway")
         if plane is not None:
             _stop_procs(plane)
         d = cluster_dir()
