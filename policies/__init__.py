@@ -1,0 +1,43 @@
+"""The identity policy engine: which callers may hold which SPIFFE IDs, DNS names, keys and lifetimes.
+
+The signer parses a request and authenticates the caller; an ``IdentityDecider`` answers with a ``Decision``.
+Two deciders exist: ``OwnIdentityOnly`` (istio-csr's behaviour, without ``--policy-dir``) and ``PolicyStore``
+(the YAML policies of a directory, hot-reloaded). Nothing here imports ``signer`` or ``bridge``.
+"""
+
+from policies.builtin import OwnIdentityOnly
+from policies.commands import add_policy_commands
+from policies.evaluator import evaluate, matched_rule
+from policies.explain import Explanation, explain, render_text
+from policies.loader import build_policy_set, load_policy_set
+from policies.model import AuditFinding, Caller, Decision, IdentityDecider, IssuanceRequest, Outcome, Verdict
+from policies.policy_set import PolicySet
+from policies.problems import PolicySetInvalid, Problem
+from policies.records import client_message, decision_record, new_decision_id
+from policies.reloading import PolicyStore
+
+__all__ = [
+    "AuditFinding",
+    "Caller",
+    "Decision",
+    "Explanation",
+    "IdentityDecider",
+    "IssuanceRequest",
+    "Outcome",
+    "OwnIdentityOnly",
+    "PolicySet",
+    "PolicySetInvalid",
+    "PolicyStore",
+    "Problem",
+    "Verdict",
+    "add_policy_commands",
+    "build_policy_set",
+    "client_message",
+    "decision_record",
+    "evaluate",
+    "explain",
+    "load_policy_set",
+    "matched_rule",
+    "new_decision_id",
+    "render_text",
+]

@@ -212,31 +212,45 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Appl
     )
 
 
-def _limit_and_issue(
+@dataclass(frozen=True, slots=True)
+class _Bounded:
+    """Step 5's result for a grant: the duration within every limit, and what bound it."""
+
+    duration: int
+    low: int
+    flags: tuple[str, ...]
+    bound_by: tuple[str, ...]
+    applied: tuple[str, ...]
+
+
+def _bounded(
     policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...], grant: RuleResult
-) -> Decision:
-    """Steps 5 and 6: intersect the limits with the settings ceiling, then cap at the CA's notAfter."""
-    settings = policy_set.settings
-    granted_by = grant.rule.qualified_name
-    limits = [entry.policy.limits for entry in entries if entry.policy.limits is not None]
+) -> _Bounded | Decision:
+    """Step 5: intersect the applicable limits with the settings ceiling and apply them to the granted duration."""
     key = ctx.request.key
-    bounds = [policy_set.settings_limits]
-    for limit in limits:
-        refusal = limit.key.refusal(key) if limit.key is not None else None
-        if refusal is not None:
+    ceiling = policy_set.settings_limits
+    bounds = [ceiling]
+    applied: list[str] = []
+    low, high = ceiling.duration_min or 0, ceiling.duration_max or 0
+    for entry in entries:
+        limit = entry.policy.limits
+        if limit is None:
+            continue
+        applied.append(limit.qualified_name)
+        if limit.key is not None and (refusal := limit.key.refusal(key)) is not None:
             return _refuse("KEY_NOT_ALLOWED", f"{refusal} ({limit.qualified_name})", limit.qualified_name, policy_set)
         if limit.duration_min is not None or limit.duration_max is not None:
             bounds.append(limit)
-    low = max(b.duration_min or 0 for b in bounds)
-    high = min(b.duration_max for b in bounds if b.duration_max is not None)
-    applied = tuple(limit.qualified_name for limit in limits)
-    flags = list(grant.flags)
+            if limit.duration_min is not None and limit.duration_min > low:
+                low = limit.duration_min
+            if limit.duration_max is not None and limit.duration_max < high:
+                high = limit.duration_max
     duration = grant.duration
     assert duration is not None
     if low > high:
         message = f"the limits leave no duration: min {format_duration(low)} > max {format_duration(high)}"
         return _refuse("DURATION_RANGE_EMPTY", message, None, policy_set)
-    bound_by: list[str] = []
+    flags, bound_by = grant.flags, ()
     if duration > high:
         binding = [b for b in bounds if b.duration_max == high]
         denier = next((b for b in binding if b.on_exceed == "Deny"), None)
@@ -244,9 +258,8 @@ def _limit_and_issue(
             name = denier.qualified_name
             message = f"{format_duration(duration)} > max {format_duration(high)} ({name}, onExceed: Deny)"
             return _refuse("DURATION_TOO_LONG", message, name, policy_set)
-        duration = high
-        flags.append("DURATION_CLAMPED")
-        bound_by = [b.qualified_name for b in binding]
+        duration, flags = high, (*flags, "DURATION_CLAMPED")
+        bound_by = tuple(b.qualified_name for b in binding)
     elif duration < low:
         binding = [b for b in bounds if b.duration_min == low]
         denier = next((b for b in binding if b.on_below == "Deny"), None)
@@ -254,23 +267,34 @@ def _limit_and_issue(
             name = denier.qualified_name
             message = f"{format_duration(duration)} below min {format_duration(low)} ({name}, onBelow: Deny)"
             return _refuse("DURATION_TOO_SHORT", message, name, policy_set)
-        duration = low
-        flags.append("DURATION_RAISED")
-        bound_by = [b.qualified_name for b in binding]
+        duration, flags = low, (*flags, "DURATION_RAISED")
+        bound_by = tuple(b.qualified_name for b in binding)
+    return _Bounded(duration, low, flags, bound_by, tuple(applied))
 
+
+def _limit_and_issue(
+    policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...], grant: RuleResult
+) -> Decision:
+    """Steps 5 and 6: the limits, then the cap at the CA's notAfter; the ALLOW decision when both pass."""
+    bounded = _bounded(policy_set, ctx, entries, grant)
+    if isinstance(bounded, Decision):
+        return bounded
+    granted_by = grant.rule.qualified_name
+    duration, flags = bounded.duration, bounded.flags
     assert grant.rule.duration is not None
     not_after = ctx.now + timedelta(seconds=duration)
     ca_not_after = ctx.ca_not_after
     if ca_not_after is not None and not_after > ca_not_after:
-        capped = _cap_to_ca(settings.ca_on_exceed, ctx, duration, max(low, grant.rule.duration.minimum), policy_set)
+        effective_min = max(bounded.low, grant.rule.duration.minimum)
+        capped = _cap_to_ca(policy_set.settings.ca_on_exceed, ctx, duration, effective_min, policy_set)
         if isinstance(capped, Decision):
             return capped
         duration = capped
         not_after = ctx.now + timedelta(seconds=capped)
-        flags.append("NOT_AFTER_CAPPED_BY_CA")
+        flags = (*flags, "NOT_AFTER_CAPPED_BY_CA")
     details: dict[str, object] = {"matched": granted_by}
-    if bound_by:
-        details["boundBy"] = bound_by
+    if bounded.bound_by:
+        details["boundBy"] = list(bounded.bound_by)
     return Decision(
         verdict=Verdict.ALLOW,
         outcome=Outcome.OK,
@@ -281,8 +305,8 @@ def _limit_and_issue(
         duration_seconds=duration,
         not_after=not_after,
         granted_by=granted_by,
-        flags=tuple(dict.fromkeys(flags)) if len(flags) > 1 else tuple(flags),
-        limits_applied=applied,
+        flags=tuple(dict.fromkeys(flags)) if len(flags) > 1 else flags,
+        limits_applied=bounded.applied,
         policy_set_revision=policy_set.revision,
         details=details,
     )
@@ -341,7 +365,11 @@ def _audit(
         if not decision.allowed or policy.limits is None:
             return []
         grant = _first_grant(policy_set, ctx, enforced)
-        assert grant is not None
+        assert grant is not None and decision.duration_seconds is not None
+        bounded = _bounded(policy_set, ctx, shadow_entries, grant)
+        unchanged = not isinstance(bounded, Decision) and bounded.duration == decision.duration_seconds
+        if unchanged and not decision.flags.count("NOT_AFTER_CAPPED_BY_CA"):
+            return []  # the audit limits do not bind: the common case, answered without a second decision
         shadow = _limit_and_issue(policy_set, ctx, shadow_entries, grant)
     else:
         try:

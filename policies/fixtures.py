@@ -17,12 +17,13 @@ from typing import Any
 
 from policies.evaluator import evaluate, matched_rule
 from policies.explain import explain, render_text
+from policies.kinds import read_document
 from policies.loader import load_policy_set, policy_files
 from policies.model import Caller, Decision, IssuanceRequest, Outcome
 from policies.policy_set import PolicySet
 from policies.precheck import deny
 from policies.problems import PolicySetInvalid
-from policies.schema import Reporter, read_document
+from policies.schema import Reporter
 from policies.spiffe import workload_spiffe_id
 from policies.yaml_source import parse_documents
 

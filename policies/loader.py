@@ -17,9 +17,10 @@ from typing import Any
 
 from policies.compiler import compile_policy, compile_settings
 from policies.documents import Policy, Settings
+from policies.kinds import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
-from policies.schema import Reporter, read_document
+from policies.schema import Reporter
 from policies.yaml_source import parse_documents
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")

@@ -1,0 +1,299 @@
+"""The documents of ``meshsigner.io/v1alpha1``: every field of PolicySettings, IdentityPolicy and PolicyTest.
+
+Built from the strict readers of ``schema.py``; ``read_document`` picks the schema by ``kind``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from policies.schema import (
+    INVALID,
+    Bool,
+    Duration,
+    Field,
+    Int,
+    List,
+    Obj,
+    Reporter,
+    Spec,
+    Str,
+    StrMap,
+    Time,
+    describe_node,
+)
+
+API_VERSION = "meshsigner.io/v1alpha1"
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_RULE_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+
+
+NAME = Str(pattern=_NAME, pattern_hint="a Kubernetes name (lowercase letters, digits, '-' and '.')")
+RULE_NAME = Str(pattern=_RULE_NAME, pattern_hint="a rule name (letters, digits, '-', '_' and '.')")
+TRUST_DOMAIN = Str(pattern=_TRUST_DOMAIN, pattern_hint="a trust domain (lowercase [a-z0-9._-])")
+NODE_ACCOUNT = Str(
+    pattern=re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?"),
+    pattern_hint='"namespace/serviceAccount"',
+)
+STRINGS = List(Str())
+NAMES_OR_GLOBS = List(Str(), non_empty=True)
+
+METADATA = Obj(
+    {
+        "name": Field(NAME, required=True),
+        "namespace": Field(NAME),
+        "annotations": Field(StrMap()),
+        "labels": Field(StrMap()),
+    }
+)
+
+DURATION_RANGE = Obj(
+    {
+        "default": Field(Duration()),
+        "min": Field(Duration()),
+        "max": Field(Duration()),
+        "onExceed": Field(Str(enum=("Clamp", "Deny"))),
+        "onBelow": Field(Str(enum=("Deny", "Raise"))),
+    }
+)
+LIMIT_DURATION = Obj(
+    {
+        "min": Field(Duration()),
+        "max": Field(Duration()),
+        "onExceed": Field(Str(enum=("Clamp", "Deny"))),
+        "onBelow": Field(Str(enum=("Deny", "Raise"))),
+    }
+)
+KEY = Obj({"algorithms": Field(List(Str(), non_empty=True)), "minRSABits": Field(Int(minimum=1024, maximum=16384))})
+
+SETTINGS_SPEC = Obj(
+    {
+        "trustDomain": Field(TRUST_DOMAIN),
+        "trustDomainAliases": Field(List(TRUST_DOMAIN)),
+        "clusterDomain": Field(Str()),
+        "defaultDecision": Field(Str(enum=("Deny", "IstioCompatible"))),
+        "duration": Field(
+            Obj(
+                {
+                    "default": Field(Duration()),
+                    "min": Field(Duration()),
+                    "max": Field(Duration()),
+                    "nonPositive": Field(Str(enum=("UseDefault", "Deny"))),
+                }
+            )
+        ),
+        "caValidity": Field(Obj({"onExceed": Field(Str(enum=("Clamp", "Deny")))})),
+        "san": Field(
+            Obj(
+                {
+                    "maxURIs": Field(Int(minimum=1, maximum=16)),
+                    "onMissingURI": Field(Str(enum=("Deny", "UseCallerIdentity"))),
+                }
+            )
+        ),
+        "impersonation": Field(Obj({"nodeServiceAccounts": Field(List(NODE_ACCOUNT))})),
+        "trustedNamespaceLabelKeys": Field(STRINGS),
+        "clientMessages": Field(Str(enum=("Detailed", "Minimal"))),
+        "key": Field(KEY),
+        "usages": Field(List(Str(), non_empty=True)),
+        "shadowPolicySet": Field(STRINGS),
+    }
+)
+
+LABEL_SELECTOR = Obj(
+    {
+        "matchLabels": Field(StrMap()),
+        "matchExpressions": Field(
+            List(
+                Obj(
+                    {
+                        "key": Field(Str(), required=True),
+                        "operator": Field(Str(enum=("In", "NotIn", "Exists", "DoesNotExist")), required=True),
+                        "values": Field(STRINGS),
+                    }
+                )
+            )
+        ),
+    }
+)
+
+SUBJECTS = Obj(
+    {
+        "namespaces": Field(NAMES_OR_GLOBS),
+        "notNamespaces": Field(STRINGS),
+        "namespaceSelector": Field(LABEL_SELECTOR),
+        "serviceAccounts": Field(NAMES_OR_GLOBS),
+        "notServiceAccounts": Field(STRINGS),
+        "principals": Field(NAMES_OR_GLOBS),
+        "notPrincipals": Field(STRINGS),
+    }
+)
+
+RULE = Obj(
+    {
+        "name": Field(RULE_NAME, required=True),
+        "effect": Field(Str(enum=("Allow", "Deny")), required=True),
+        "description": Field(Str()),
+        "subjects": Field(SUBJECTS),
+        "identities": Field(List(Str(), non_empty=True)),
+        "trustDomains": Field(List(TRUST_DOMAIN, non_empty=True)),
+        "dnsNames": Field(STRINGS),
+        "allowWildcardDNSNames": Field(Bool()),
+        "allowCrossNamespace": Field(Bool()),
+        "duration": Field(DURATION_RANGE),
+        "key": Field(KEY),
+        "usages": Field(STRINGS),
+        "expiresAt": Field(Time()),
+        "ticket": Field(Str()),
+        "message": Field(Str()),
+        "when": Field(STRINGS),
+    }
+)
+
+POLICY_SPEC = Obj(
+    {
+        "mode": Field(Str(enum=("Enforce", "Audit", "Disabled"))),
+        "priority": Field(Int(minimum=-1_000_000, maximum=1_000_000)),
+        "description": Field(Str()),
+        "expiresAt": Field(Time()),
+        "ticket": Field(Str()),
+        "subjects": Field(SUBJECTS),
+        "duration": Field(DURATION_RANGE),
+        "rules": Field(List(RULE)),
+        "limits": Field(Obj({"duration": Field(LIMIT_DURATION), "key": Field(KEY)})),
+    }
+)
+
+
+@dataclass
+class WorkloadRef(Spec):
+    """``ns/sa`` as a string, or ``{namespace, serviceAccount}``."""
+
+    what: str = 'a "namespace/serviceAccount" string or a mapping with namespace and serviceAccount'
+
+    def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            value = Obj({"namespace": Field(NAME, True), "serviceAccount": Field(NAME, True)}).read(node, path, report)
+            return value if value is INVALID else f"{value['namespace']}/{value['serviceAccount']}"
+        return NODE_ACCOUNT.read(node, path, report)
+
+
+TEST_CALLER = Obj(
+    {
+        "trustDomain": Field(TRUST_DOMAIN),
+        "namespace": Field(NAME, required=True),
+        "serviceAccount": Field(NAME, required=True),
+        "podName": Field(Str()),
+        "podUID": Field(Str()),
+        "impersonating": Field(WorkloadRef()),
+    }
+)
+TEST_REQUEST = Obj(
+    {
+        "uris": Field(STRINGS),
+        "dnsNames": Field(STRINGS),
+        "ipAddresses": Field(STRINGS),
+        "emailAddresses": Field(STRINGS),
+        "otherSANTypes": Field(STRINGS),
+        "commonName": Field(Str()),
+        "isCA": Field(Bool()),
+        "key": Field(Str()),
+        "usages": Field(STRINGS),
+        "extensions": Field(STRINGS),
+        "validitySeconds": Field(Int()),
+    }
+)
+TEST_EXPECT = Obj(
+    {
+        "decision": Field(Str(enum=("Allow", "Deny", "ALLOW", "DENY")), required=True),
+        "reason": Field(Str()),
+        "reasons": Field(STRINGS),
+        "subReason": Field(Str()),
+        "outcome": Field(Str()),
+        "matched": Field(Str()),
+        "denyRules": Field(STRINGS),
+        "durationSeconds": Field(Int()),
+        "notAfter": Field(Time()),
+        "flags": Field(STRINGS),
+        "uris": Field(STRINGS),
+        "dnsNames": Field(STRINGS),
+        "auditFindings": Field(STRINGS),
+        "message": Field(Str()),
+    }
+)
+TEST_CA = Obj({"notAfter": Field(Time(), required=True)})
+TEST_SPEC = Obj(
+    {
+        "policies": Field(List(Str(), non_empty=True), required=True),
+        "trustDomain": Field(TRUST_DOMAIN),
+        "clock": Field(Time()),
+        "ca": Field(TEST_CA),
+        "expectLoadErrors": Field(STRINGS),
+        "cases": Field(
+            List(
+                Obj(
+                    {
+                        "name": Field(Str(), required=True),
+                        "clock": Field(Time()),
+                        "ca": Field(TEST_CA),
+                        "caller": Field(TEST_CALLER, required=True),
+                        "request": Field(TEST_REQUEST),
+                        "expect": Field(TEST_EXPECT, required=True),
+                    }
+                )
+            )
+        ),
+    }
+)
+
+
+KIND_SPECS: dict[str, Spec] = {"PolicySettings": SETTINGS_SPEC, "IdentityPolicy": POLICY_SPEC, "PolicyTest": TEST_SPEC}
+
+
+def read_document(node: yaml.Node, report: Reporter) -> tuple[str, dict[str, Any]] | None:
+    """Check one document against the schema of its kind; returns (kind, fields) or None after reporting."""
+    report.remember("", node)
+    if not isinstance(node, yaml.MappingNode):
+        report.error("", f"a document must be a mapping, got {describe_node(node)}", node)
+        return None
+    kinds = "|".join(KIND_SPECS)
+    envelope = Obj(
+        {
+            "apiVersion": Field(Str(enum=(API_VERSION,)), required=True),
+            "kind": Field(Str(enum=tuple(KIND_SPECS)), required=True),
+            "metadata": Field(METADATA, required=True),
+            "spec": Field(_Deferred(), required=True),
+        }
+    )
+    # The envelope first (spec is kept as a node), then the spec against the schema of its kind.
+    spec_node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "spec"), None)
+    head = envelope.read(node, "", report)
+    if head is INVALID:
+        if spec_node is not None and _kind_of(node) in KIND_SPECS:
+            KIND_SPECS[_kind_of(node)].read(spec_node, "spec", report)
+        if _kind_of(node) not in KIND_SPECS and not report.problems:
+            report.error("kind", f"must be one of {kinds}", node)
+        return None
+    spec = KIND_SPECS[head["kind"]].read(spec_node, "spec", report)
+    if spec is INVALID:
+        return None
+    return head["kind"], {"metadata": head["metadata"], "spec": spec}
+
+
+def _kind_of(node: yaml.MappingNode) -> str | None:
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "kind" and isinstance(value, yaml.ScalarNode):
+            return str(value.value)
+    return None
+
+
+class _Deferred(Spec):
+    """Accepts any node; the spec is read against its kind's schema afterwards."""
+
+    def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
+        return node
