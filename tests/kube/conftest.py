@@ -249,11 +249,8 @@ def mint_token(kube_api):
         bound_object: dict | None = None,
     ) -> str:
         audiences = [audience] if isinstance(audience, str) else audience
-        spec = client.V1TokenRequestSpec(
-            audiences=audiences or [],
-            expiration_seconds=seconds,
-            bound_object_ref=client.V1BoundObjectReference(api_version="v1", **bound_object) if bound_object else None,
-        )
+        bound = client.V1BoundObjectReference(**{"api_version": "v1", **bound_object}) if bound_object else None
+        spec = client.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=seconds, bound_object_ref=bound)
         tr = core.create_namespaced_service_account_token(sa, namespace, client.AuthenticationV1TokenRequest(spec=spec))
         return tr.status.token
 
@@ -366,13 +363,13 @@ def make_ca_issuer(kube_api):
     return make
 
 
-def _condition(ctype: str, reason: str, message: str) -> dict:
+def _cr_condition(ctype: str, reason: str, message: str) -> dict:
     return {
         "type": ctype,
         "status": "True",
         "reason": reason,
         "message": message,
-        "lastUpdateTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
@@ -391,9 +388,7 @@ def approve_certificate_request(kube_api):
     ) -> dict:
         cr = co.get_namespaced_custom_object(CM_GROUP, CM_VERSION, namespace, "certificaterequests", name)
         status = cr.setdefault("status", {})
-        cond = _condition("Approved" if approve else "Denied", reason, message)
-        cond.pop("lastUpdateTime")
-        cond["lastTransitionTime"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cond = _cr_condition("Approved" if approve else "Denied", reason, message)
         status["conditions"] = [*(status.get("conditions") or []), cond]
         return co.replace_namespaced_custom_object_status(
             CM_GROUP, CM_VERSION, namespace, "certificaterequests", name, cr

@@ -313,3 +313,24 @@ def test_apiserver_restart_keeps_state_and_keys(kube_plane, kube_api, make_names
     assert client.CoreV1Api(kube_api).read_namespace(ns).metadata.name == ns
     status = _token_review(kube_api, token, ["istio-ca"])
     assert status.authenticated is True, status.error
+
+
+def test_pod_bound_token_carries_pod_identity(kube_api, make_namespace, make_service_account, mint_token):
+    """mint_token(bound_object=...) binds a token to a Pod; TokenReview then reports the pod (as Istio reads it)."""
+    ns = make_namespace("bound")
+    sa = make_service_account(ns, "workload")
+    pod = client.CoreV1Api(kube_api).create_namespaced_pod(
+        ns,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="wl"),
+            spec=client.V1PodSpec(
+                service_account_name=sa,
+                containers=[client.V1Container(name="c", image="example.invalid/none:0")],
+            ),
+        ),
+    )  # stays Pending: there is no scheduler or kubelet
+    token = mint_token(ns, sa, bound_object={"kind": "Pod", "name": "wl", "uid": pod.metadata.uid})
+    status = _token_review(kube_api, token, ["istio-ca"])
+    assert status.authenticated is True, status.error
+    assert status.user.extra["authentication.kubernetes.io/pod-name"] == ["wl"]
+    assert status.user.extra["authentication.kubernetes.io/pod-uid"] == [pod.metadata.uid]
