@@ -1,0 +1,276 @@
+"""cert-manager mode on the real test control plane: a burst of CSRs through TokenReview and CertificateRequests.
+
+    make cluster        # or: bash tests/cluster/up.sh
+    python bench/bench_cert_manager.py [--requests 1000] [--identities 50] [--concurrency 100]
+                                       [--no-approve] [--qps 0]
+
+Starts ``meshsigner serve --signer cert-manager --authenticator tokenreview`` against the plane (a CA ClusterIssuer
+made for the run, pinned root file, ``--approve-certificate-requests`` unless ``--no-approve``, in which case
+nobody approves and every request times out: only useful with an approver running), then:
+- one-at-a-time issuance latency (20 requests, p50/p99);
+- the burst: CSR/s, p50/p99, outcome counts;
+- Kubernetes API requests per CSR, from the API server's own ``apiserver_request_total`` (scraped before/after
+  with the admin client certificate; these include cert-manager's own calls) and from meshsigner's
+  ``meshsigner_kube_api_requests_total`` (meshsigner's calls only);
+- CertificateRequests left in the namespace afterwards (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import re
+import secrets
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from proto import istio_ca_pb2, istio_ca_pb2_grpc  # noqa: E402
+from tests.support.csr_builder import make_csr  # noqa: E402
+from tests.support.processes import start_server  # noqa: E402
+
+SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
+CM = ("cert-manager.io", "v1")
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def load_plane():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("meshsigner_testplane", REPO / "tests" / "cluster" / "plane.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["meshsigner_testplane"] = module
+    spec.loader.exec_module(module)
+    plane = module.load()
+    if plane is None or not plane.healthy():
+        sys.exit("no running test control plane: start one with `make cluster`")
+    return plane, module.pki
+
+
+def scrape_apiserver(plane) -> Counter[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    """(verb, resource, subresource) → requests, summed over codes, from the API server's own /metrics."""
+    context = ssl.create_default_context(cafile=plane.ca_cert_path)
+    context.load_cert_chain(plane.admin_cert_path, plane.admin_key_path)
+    with urllib.request.urlopen(f"{plane.api_server_url}/metrics", context=context, timeout=10) as response:
+        text = response.read().decode()
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if labels.get("resource") in ("certificaterequests", "tokenreviews"):
+            totals[(labels["verb"], labels["resource"], labels.get("subresource", ""))] += int(float(match["value"]))
+    return totals
+
+
+def scrape_meshsigner(server) -> Counter[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    totals: Counter[tuple[str, str]] = Counter()
+    for line in server.metrics().splitlines():
+        if line.startswith("meshsigner_kube_api_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            totals[(labels["verb"], labels["resource"])] += int(float(line.rsplit(" ", 1)[1]))
+    return totals
+
+
+def setup(plane, pki, identities: int):  # type: ignore[no-untyped-def]
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=plane.kubeconfig)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    suffix = secrets.token_hex(3)
+    cr_ns, wl_ns = f"bench-istio-{suffix}", f"bench-wl-{suffix}"
+    for ns in (cr_ns, wl_ns):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    ca = pki.make_ca(f"bench-{suffix}")
+    core.create_namespaced_secret(
+        plane.cluster_resource_namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"bench-{suffix}-ca"),
+            type="kubernetes.io/tls",
+            data={"tls.crt": base64.b64encode(ca.cert_pem).decode(), "tls.key": base64.b64encode(ca.key_pem).decode()},
+        ),
+    )
+    issuer = f"bench-{suffix}"
+    custom.create_cluster_custom_object(
+        *CM,
+        "clusterissuers",
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "ClusterIssuer",
+            "metadata": {"name": issuer},
+            "spec": {"ca": {"secretName": f"bench-{suffix}-ca"}},
+        },
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        obj = custom.get_cluster_custom_object(*CM, "clusterissuers", issuer)
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", [])):
+            break
+        if time.monotonic() > deadline:
+            sys.exit("the bench ClusterIssuer did not become Ready")
+        time.sleep(0.25)
+    pairs = []
+    for index in range(identities):
+        sa = f"sa-{index}"
+        core.create_namespaced_service_account(wl_ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=sa)))
+        spec = client.V1TokenRequestSpec(audiences=["istio-ca"], expiration_seconds=3600)
+        token = core.create_namespaced_service_account_token(
+            sa, wl_ns, client.AuthenticationV1TokenRequest(spec=spec)
+        ).status.token
+        pairs.append((make_csr([f"spiffe://cluster.local/ns/{wl_ns}/sa/{sa}"]), token))
+
+    def cleanup() -> None:
+        for call in (
+            lambda: custom.delete_cluster_custom_object(*CM, "clusterissuers", issuer),
+            lambda: core.delete_namespaced_secret(f"bench-{suffix}-ca", plane.cluster_resource_namespace),
+            lambda: core.delete_namespace(cr_ns),
+            lambda: core.delete_namespace(wl_ns),
+        ):
+            try:
+                call()
+            except Exception as exc:  # best effort
+                print(f"cleanup: {exc}", file=sys.stderr)
+
+    def left() -> int:
+        return len(
+            custom.list_namespaced_custom_object(
+                *CM, cr_ns, "certificaterequests", label_selector="app.kubernetes.io/managed-by=meshsigner"
+            )["items"]
+        )
+
+    return cr_ns, issuer, ca, pairs, cleanup, left
+
+
+async def run_burst(address: str, roots: bytes, pairs, total: int, concurrency: int):  # type: ignore[no-untyped-def]
+    channel = grpc.aio.secure_channel(
+        address, grpc.ssl_channel_credentials(roots), options=[("grpc.ssl_target_name_override", SERVER_NAME)]
+    )
+    stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
+    slots = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+
+    async def one(index: int) -> None:
+        csr, token = pairs[index % len(pairs)]
+        request = istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600)
+        async with slots:
+            started = time.perf_counter()
+            try:
+                await stub.CreateCertificate(request, metadata=[("authorization", f"Bearer {token}")], timeout=60)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                codes[error.code().name] += 1
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = time.perf_counter() - started
+    await channel.close()
+    return elapsed, latencies, codes
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--identities", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--no-approve", action="store_true", help="do not pass --approve-certificate-requests")
+    parser.add_argument("--qps", type=float, default=0, help="--kube-api-qps (0: rate limiter disabled)")
+    args = parser.parse_args()
+
+    plane, pki = load_plane()
+    cr_ns, issuer, ca, pairs, cleanup, left = setup(plane, pki, args.identities)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cm-"))
+    (workdir / "roots.pem").write_bytes(ca.cert_pem)
+    flags = [
+        "--signer=cert-manager",
+        "--authenticator=tokenreview",
+        f"--kubeconfig={plane.kubeconfig}",
+        f"--certificate-namespace={cr_ns}",
+        f"--issuer-name={issuer}",
+        "--issuer-kind=ClusterIssuer",
+        f"--root-ca-file={workdir / 'roots.pem'}",
+        "--serving-signature-algorithm=ECDSA",
+        "--serving-certificate-key-size=256",
+        "--request-timeout=60s",
+        "--certificate-request-timeout=60s",
+        "--log-level=warning",
+    ]
+    flags += [] if args.no_approve else ["--approve-certificate-requests"]
+    flags += (
+        [f"--kube-api-qps={args.qps}", f"--kube-api-burst={int(args.qps * 2)}"]
+        if args.qps
+        else ["--disable-kubernetes-client-rate-limiter"]
+    )
+    server = start_server(flags, workdir / "serve.log")
+    try:
+        # one at a time: the latency of a single issuance with nothing else going on
+        single = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 20, 1))[1]
+        print(
+            f"sequential issuance (20): p50 {statistics.median(single) * 1000:.0f} ms, "
+            f"p99 {percentile(single, 0.99) * 1000:.0f} ms"
+        )
+
+        api_before, own_before = scrape_apiserver(plane), scrape_meshsigner(server)
+        elapsed, latencies, codes = asyncio.run(
+            run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
+        )
+        time.sleep(2)  # let the background deletes land before counting
+        api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
+        print(
+            f"burst: {args.requests} CSRs from {args.identities} identities at concurrency {args.concurrency}: "
+            f"{elapsed:.1f}s, {args.requests / elapsed:.1f} CSR/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, outcomes {dict(codes)}"
+        )
+        n = args.requests
+        print("API server's apiserver_request_total delta (all clients, cert-manager included), per CSR:")
+        for key in sorted(set(api_after) | set(api_before)):
+            delta = api_after[key] - api_before[key]
+            if delta:
+                verb, resource, sub = key
+                print(f"  {verb:7} {resource}{'/' + sub if sub else '':25} {delta:6d}  {delta / n:.3f}/CSR")
+        print("meshsigner's own Kubernetes calls (meshsigner_kube_api_requests_total delta), per CSR:")
+        for key in sorted(set(own_after) | set(own_before)):
+            delta = own_after[key] - own_before[key]
+            if delta:
+                print(f"  {key[0]:7} {key[1]:30} {delta:6d}  {delta / n:.3f}/CSR")
+        writes = sum(
+            own_after[k] - own_before[k]
+            for k in own_after
+            if k[0] in ("create", "update", "delete") and k[1] != "tokenreviews"
+        )
+        reads = sum(own_after[k] - own_before[k] for k in own_after if k[0] == "get")
+        print(
+            f"meshsigner CertificateRequest writes per CSR: {writes / n:.2f}; polling reads (GET) per CSR: "
+            f"{reads / n:.2f}"
+        )
+        deadline = time.monotonic() + 30
+        while (remaining := left()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        print(f"CertificateRequests left behind: {remaining}")
+    finally:
+        server.stop()
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
