@@ -97,7 +97,12 @@ class PolicyStore:
             read_problems = [Problem(str(self._directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
         try:
             new_set = build_policy_set(sources, trust_domain=self._trust_domain, problems=read_problems)
-        except PolicySetInvalid as exc:
+        except Exception as exc:  # a loader bug must not end the watch nor replace the last good set
+            if not isinstance(exc, PolicySetInvalid):
+                logger.exception("policy: unexpected error while loading {}", self._directory)
+                exc = PolicySetInvalid(
+                    [Problem(str(self._directory), 1, 1, "", f"internal error while loading: {exc!r}")]
+                )
             self._last_problems = exc.problems
             self._metrics.reload_failed()
             kept = f"keeping revision {self.revision}" if self._active is not None else "no policy set is active"

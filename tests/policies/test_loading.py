@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policies.loader import build_policy_set, load_policy_set
 from policies.problems import PolicySetInvalid, Severity
@@ -225,3 +227,25 @@ def test_policy_test_documents_in_a_policy_directory_are_ignored(tmp_path) -> No
         "apiVersion: meshsigner.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec: {policies: ['*.yaml']}\n"
     )
     assert load_policy_set([tmp_path], trust_domain=TD).policies == ()
+
+
+_REFERENCE_TEXT = (SECTION_2_1 / "payments-services.yaml").read_text()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda position, junk, cut: _REFERENCE_TEXT[:position] + junk + _REFERENCE_TEXT[position + cut :],
+            st.integers(0, len(_REFERENCE_TEXT)),
+            st.text(st.sampled_from(list("{}[]:-,'*&!|>\n #?%@`0aZ.\"")), max_size=6),
+            st.integers(0, 5),
+        ),
+    )
+)
+def test_any_text_either_loads_or_is_rejected_with_located_problems(text: str) -> None:
+    try:
+        build_policy_set([("f.yaml", text)], trust_domain=TD)
+    except PolicySetInvalid as exc:
+        assert exc.errors and all(p.file == "f.yaml" and p.line >= 1 and p.column >= 1 for p in exc.errors)
