@@ -245,6 +245,7 @@ def _compare_findings(wanted: list[str], decision: Decision) -> list[str]:
         present.add(f"{finding.policy}:{finding.finding}")
         if finding.rule:
             present.add(f"{finding.policy}/{finding.rule}:{finding.finding}")
+            present.add(f"/{finding.rule}:{finding.finding}")
     shown = [f"{f.policy}/{f.rule or '-'}:{f.finding}" for f in decision.audit_findings]
     if not wanted and decision.audit_findings:
         return [f"auditFindings: expected none, got {shown}"]

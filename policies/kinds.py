@@ -183,6 +183,23 @@ class WorkloadRef(Spec):
         return NODE_ACCOUNT.read(node, path, report)
 
 
+@dataclass
+class FindingRef(Spec):
+    """An expected audit finding: ``CODE``, ``policy:CODE``, ``policy/rule:CODE`` or ``{finding, policy, rule}``."""
+
+    what: str = "a finding code or a mapping with finding, policy and rule"
+
+    def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            spec = Obj({"finding": Field(Str(), True), "policy": Field(Str()), "rule": Field(Str())})
+            value = spec.read(node, path, report)
+            if value is INVALID:
+                return INVALID
+            where = value.get("policy", "") + (f"/{value['rule']}" if "rule" in value else "")
+            return f"{where}:{value['finding']}" if where else value["finding"]
+        return Str().read(node, path, report)
+
+
 TEST_CALLER = Obj(
     {
         "trustDomain": Field(TRUST_DOMAIN),
@@ -222,7 +239,7 @@ TEST_EXPECT = Obj(
         "flags": Field(STRINGS),
         "uris": Field(STRINGS),
         "dnsNames": Field(STRINGS),
-        "auditFindings": Field(STRINGS),
+        "auditFindings": Field(List(FindingRef())),
         "message": Field(Str()),
     }
 )
