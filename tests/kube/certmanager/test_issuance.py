@@ -103,3 +103,58 @@ def test_namespaced_issuer_and_certificate_request_shape(
     assert set(spec["usages"]) == {"digital signature", "key encipherment", "client auth", "server auth"}
     assert spec["issuerRef"] == {"name": issuer.name, "kind": "Issuer", "group": "cert-manager.io"}
     assert base64.b64decode(spec["request"]).decode() == csr  # the PEM exactly as received
+
+
+def test_istio_own_client_with_a_token_request_token(
+    make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory, tmp_path
+):
+    """Istio's CA client (tests/istio_peer: its CSR generator, gRPC client, TLS rules and response checks) is the
+    independent client: it gets a chain signed by cert-manager and rooted in the pinned root."""
+    import json
+    import subprocess
+
+    from tests.support.processes import REPO
+
+    built = subprocess.run(
+        ["bash", str(REPO / "tests" / "istio_peer" / "build.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert built.returncode == 0, built.stderr
+    peer = built.stdout.strip().splitlines()[-1]
+    signer = signer_factory(make_namespace("istio-system"), ca_cluster_issuer)
+    ns = make_namespace("workload")
+    sa = make_service_account(ns, "web")
+    (tmp_path / "token").write_text(mint_token(ns, sa))
+    (tmp_path / "root.pem").write_bytes(ca_cluster_issuer.ca_cert_pem)
+    result = subprocess.run(
+        [
+            peer,
+            f"--ca-addr={signer.server.address}",
+            f"--root-cert={tmp_path / 'root.pem'}",
+            f"--token-file={tmp_path / 'token'}",
+            f"--out-dir={tmp_path}",
+            f"--ns={ns}",
+            f"--sa={sa}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    chain = json.loads(result.stdout)["certChain"]
+    leaf = x509.load_pem_x509_certificate(chain[0].encode())
+    leaf.verify_directly_issued_by(ca_cluster_issuer.ca.cert)
+    assert chain[-1].encode() == ca_cluster_issuer.ca_cert_pem
+
+
+def test_without_pinned_roots_status_ca_is_trusted_on_first_use(
+    make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory
+):
+    signer = signer_factory(make_namespace("istio-system"), ca_cluster_issuer, root_file=None)
+    ns = make_namespace("workload")
+    sa = make_service_account(ns)
+    code, chain, details = create(signer.stub(), make_csr([_spiffe(ns, sa)]), mint_token(ns, sa))
+    assert code == grpc.StatusCode.OK, details
+    assert chain[-1].encode() == ca_cluster_issuer.ca_cert_pem  # adopted from the serving request's status.ca
+    log = signer.server.log()
+    assert "NO --root-ca-file" in log and "signer hijacking" in log
+    assert "UNPINNED root bundle adopted" in log
