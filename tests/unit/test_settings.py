@@ -72,3 +72,64 @@ def test_readme_documents_every_flag():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [flag.name for flag in FLAGS if f"`--{flag.name}`" not in readme or f"`{flag.env_name}`" not in readme]
     assert not missing, f"README flag table lacks {missing}"
+
+
+def test_in_cluster_defaults_follow_istio_csr(monkeypatch):
+    for flag in FLAGS:
+        monkeypatch.delenv(flag.env_name, raising=False)
+    settings = parse_serve_args([])
+    assert (settings.signer, settings.authenticator) == ("cert-manager", "tokenreview")
+    assert settings.certificate_namespace == "istio-system"
+    assert settings.static_issuer == ("istio-ca", "Issuer", "cert-manager.io")
+    assert settings.preserve_certificate_requests is False and settings.approve_certificate_requests is False
+    assert settings.certificate_request_timeout == 30
+    assert settings.kubeconfig == "" and settings.disable_kubernetes_client_rate_limiter is False
+    assert settings.certificate_request_additional_annotations == ()
+
+
+def test_in_cluster_flags_parse():
+    settings = parse_serve_args(
+        [
+            "--kubeconfig=/k",
+            "--kube-api-qps=12.5",
+            "--kube-api-burst=40",
+            "--disable-kubernetes-client-rate-limiter",
+            "--approve-certificate-requests=true",
+            "--preserve-certificate-requests=false",
+            "--issuer-enabled=false",
+            "--runtime-issuance-config-map-name=cfg",
+            "--runtime-issuance-config-map-namespace=cert-manager",
+            "--certificate-request-additional-annotations=example.com/a=1,b=two",
+            "--certificate-request-timeout=10s",
+            "--serving-tls-min-version=VersionTLS13",
+            "--serving-tls-cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "--serving-tls-curve-preferences=X25519, CurveP256,23",
+        ]
+    )
+    assert settings.kube_api_qps == 12.5 and settings.kube_api_burst == 40
+    assert settings.disable_kubernetes_client_rate_limiter and settings.approve_certificate_requests
+    assert settings.static_issuer is None and settings.runtime_issuer_configured
+    assert settings.certificate_request_additional_annotations == (("example.com/a", "1"), ("b", "two"))
+    assert settings.serving_tls_curve_preferences == ("X25519", "CurveP256", "23")
+    assert parse_serve_args(settings.to_argv()) == settings
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--issuer-enabled=false"], "needs an issuer"),
+        (["--issuer-kind="], "--issuer-name, --issuer-kind and --issuer-group"),
+        (["--runtime-issuance-config-map-name=cfg"], "--runtime-issuance-config-map-namespace"),
+        (["--certificate-request-additional-annotations=bad key=1"], "--certificate-request-additional-annotations"),
+        (["--certificate-request-additional-annotations=novalue"], "--certificate-request-additional-annotations"),
+        (["--serving-tls-min-version=VersionTLS11"], "--serving-tls-min-version"),
+        (["--serving-tls-cipher-suites=TLS_RSA_WITH_RC4_128_SHA"], "--serving-tls-cipher-suites"),
+        (["--serving-tls-curve-preferences=X25519,,P256"], "--serving-tls-curve-preferences"),
+        (["--kube-api-qps=0"], "--kube-api-qps"),
+        (["--certificate-request-timeout=0s"], "--certificate-request-timeout"),
+        (["--approve-certificate-requests=maybe"], "--approve-certificate-requests"),
+    ],
+)
+def test_bad_in_cluster_settings_name_the_flag(argv, named):
+    with pytest.raises(SettingsError, match=named.replace("-", r"\-")):
+        parse_serve_args(argv)
