@@ -69,15 +69,53 @@ def test_burst_of_200_leaves_nothing(
 
 
 def test_apiserver_restart_mid_burst_answers_every_request(
-    kube_api, kube_plane, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory
+    kube_api,
+    kube_plane,
+    make_namespace,
+    make_service_account,
+    mint_token,
+    ca_cluster_issuer,
+    signer_factory,
+    approver,
+    approve_certificate_request,
 ):
+    """One restart, two checks: (1) a burst running through it gets every request answered (OK or UNAVAILABLE,
+    never past the deadline) and nothing left behind; (2) a request of a second server that was waiting for
+    approval across the restart is resolved by its resumed watch once cert-manager signs it (no event lost)."""
     if kube_plane.external:
         pytest.skip("external cluster: no process control")
-    cr_ns = make_namespace("istio-system")
+    from kubernetes import client
+
+    from tests.kube.certmanager.conftest import CM, purpose
+
+    cr_ns, pending_ns = make_namespace("istio-system"), make_namespace("istio-system")
     signer = signer_factory(
         cr_ns, ca_cluster_issuer, "--kube-api-qps=500", "--kube-api-burst=500", "--request-timeout=15s"
     )
+    approver(pending_ns, lambda cr: "approve" if purpose(cr) == "serving" else None)
+    waiting = signer_factory(
+        pending_ns, ca_cluster_issuer, "--request-timeout=100s", "--certificate-request-timeout=100s", approve=False
+    )
     identities = _identities(make_namespace, make_service_account, mint_token, 20)
+
+    result: list = []
+
+    def call_waiting() -> None:
+        csr, token = identities[0]
+        request = istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600)
+        try:
+            waiting.stub().CreateCertificate(request, metadata=[("authorization", f"Bearer {token}")], timeout=100)
+            result.append((grpc.StatusCode.OK, "", time.monotonic()))
+        except grpc.RpcError as error:
+            result.append((error.code(), error.details(), time.monotonic()))
+
+    caller = threading.Thread(target=call_waiting, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 15
+    while not (pending := [cr for cr in list_requests(kube_api, pending_ns) if purpose(cr) == "workload"]):
+        assert time.monotonic() < deadline, "no CertificateRequest was created"
+        time.sleep(0.1)
+
     restarted = threading.Event()
 
     def restart_once(done: int) -> None:
@@ -93,7 +131,7 @@ def test_apiserver_restart_mid_burst_answers_every_request(
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
     assert codes[grpc.StatusCode.OK] >= 40, codes
     assert max(seconds for _, seconds in results) < 17, "a request outlived the server's deadline"
-    print(f"\nrestart mid-burst: {dict(codes)} in {elapsed:.1f}s")
+    print(f"\nrestart mid-burst: { {c.name: n for c, n in codes.items()} } in {elapsed:.1f}s")
 
     # after the restart the same server issues again, and everything it created is gone
     deadline = time.monotonic() + 60
@@ -102,61 +140,30 @@ def test_apiserver_restart_mid_burst_answers_every_request(
         time.sleep(0.5)
     assert _wait_empty(kube_api, cr_ns, timeout=60) == []
 
-
-def test_pending_request_survives_a_broken_watch(
-    kube_api,
-    kube_plane,
-    make_namespace,
-    make_service_account,
-    mint_token,
-    ca_cluster_issuer,
-    signer_factory,
-    approver,
-    approve_certificate_request,
-):
-    """A request waiting for approval while the API server restarts (its watch breaks) is still resolved by the
-    resumed watch once approved: no event lost, no polling."""
-    if kube_plane.external:
-        pytest.skip("external cluster: no process control")
-    from tests.kube.certmanager.conftest import purpose
-
-    cr_ns = make_namespace("istio-system")
-    approver(cr_ns, lambda cr: "approve" if purpose(cr) == "serving" else None)
-    signer = signer_factory(
-        cr_ns, ca_cluster_issuer, "--request-timeout=60s", "--certificate-request-timeout=60s", approve=False
-    )
-    ((csr, token),) = _identities(make_namespace, make_service_account, mint_token, 1)
-    result: list = []
-    request = istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600)
-
-    def call() -> None:
-        started = time.monotonic()
-        try:
-            signer.stub().CreateCertificate(request, metadata=[("authorization", f"Bearer {token}")], timeout=58)
-            result.append((grpc.StatusCode.OK, "", time.monotonic() - started))
-        except grpc.RpcError as error:
-            result.append((error.code(), error.details(), time.monotonic() - started))
-
-    caller = threading.Thread(target=call, daemon=True)
-    caller.start()
-    deadline = time.monotonic() + 15
-    while not (pending := [cr for cr in list_requests(kube_api, cr_ns) if purpose(cr) == "workload"]):
-        assert time.monotonic() < deadline, "no CertificateRequest was created"
+    # the request that waited across the restart
+    name = pending[0]["metadata"]["name"]
+    approve_certificate_request(pending_ns, name)
+    co = client.CustomObjectsApi(kube_api)
+    deadline = time.monotonic() + 80
+    while not result:  # cert-manager's own informers may need a while after the restart
+        cr = co.get_namespaced_custom_object(*CM, pending_ns, "certificaterequests", name)
+        if (cr.get("status") or {}).get("certificate"):
+            break
+        assert time.monotonic() < deadline, "cert-manager did not sign after the restart"
         time.sleep(0.1)
-    kube_plane.restart_apiserver()
-    approve_certificate_request(cr_ns, pending[0]["metadata"]["name"])
-    approved = time.monotonic()
-    caller.join(58)
-    assert result, "the RPC did not return"
-    code, details, elapsed = result[0]
-    print(f"\nanswered {time.monotonic() - approved:.1f}s after the approval (RPC took {elapsed:.1f}s): {code}")
+    signed = time.monotonic()
+    caller.join(20)
+    assert result, "the waiting RPC did not return after its certificate was issued"
+    code, details, answered = result[0]
+    print(f"waiting request answered {answered - signed:.1f}s after cert-manager signed: {code.name}")
+    assert answered - signed < 10, "the resumed watch did not deliver the signed request promptly"
     assert 'meshsigner_kube_watch_restarts_total{reason="error",resource="certificaterequests"}' in (
-        signer.server.metrics()
+        waiting.server.metrics()
     )
-    assert _wait_empty(kube_api, cr_ns, timeout=15) == []
+    assert _wait_empty(kube_api, pending_ns, timeout=15) == []
     if code == grpc.StatusCode.FAILED_PRECONDITION and "ISSUED_TOO_LONG" in details:
         # The watch delivered the signed certificate; the front door's re-check (signer/issued_checks.py) compares
         # the leaf's absolute notAfter with the decision time + duration, so any issuance slower than its 5 s
         # tolerance (here: approval after an API server restart) is refused. Needs a fix there.
         pytest.xfail("issued_checks: absolute notAfter check refuses slow issuance (see the report)")
-    assert code == grpc.StatusCode.OK, (details, elapsed)
+    assert code == grpc.StatusCode.OK, details
