@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -34,5 +34,19 @@ def check_issued(leaf: x509.Certificate, public_key: CertificatePublicKeyTypes, 
             raise IssuerFailed("ISSUED_CA", "the issuer returned a CA certificate")
     except x509.ExtensionNotFound:
         pass
-    if decision.not_after is not None and leaf.not_valid_after_utc > decision.not_after + NOT_AFTER_TOLERANCE:
-        raise IssuerFailed("ISSUED_TOO_LONG", f"notAfter {leaf.not_valid_after_utc} past {decision.not_after}")
+    check_lifetime(leaf, decision, now=datetime.now(UTC))
+
+
+def check_lifetime(leaf: x509.Certificate, decision: Decision, *, now: datetime) -> None:
+    """The leaf may not live longer than decided, counted from when it arrives (an issuer may take a while, so the
+    decision's own notAfter is too early a yardstick), nor past the CA's notAfter when the decision was capped."""
+    if decision.duration_seconds is None:
+        return
+    latest = now + timedelta(seconds=decision.duration_seconds) + NOT_AFTER_TOLERANCE
+    if "NOT_AFTER_CAPPED_BY_CA" in decision.flags and decision.not_after is not None:
+        latest = min(latest, decision.not_after + NOT_AFTER_TOLERANCE)
+    if leaf.not_valid_after_utc > latest:
+        raise IssuerFailed(
+            "ISSUED_TOO_LONG",
+            f"notAfter {leaf.not_valid_after_utc.isoformat()} is past the allowed {latest.isoformat()}",
+        )
