@@ -171,6 +171,7 @@ class Resource:
 
 CERTIFICATE_REQUESTS = Resource(CM_GROUP, CM_VERSION, "certificaterequests")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
+NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 
 
 def issuer_resource(kind: str, group: str) -> Resource:
@@ -284,7 +285,7 @@ class KubeClient:
             kwargs["field_selector"] = field_selector
         if r.group == "":
             listed = await self._call(
-                "list", r.plural, self._core.list_namespaced_config_map, namespace, _preload_content=False, **kwargs
+                "list", r.plural, *self._core_list(r, namespace), _preload_content=False, **kwargs
             )
             data = json.loads(listed.data)
         elif r.namespaced:
@@ -297,6 +298,12 @@ class KubeClient:
                 "list", r.plural, self._custom.list_cluster_custom_object, r.group, r.version, r.plural, **kwargs
             )
         return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _core_list(self, resource: Resource, namespace: str | None) -> tuple[Any, ...]:
+        """The core-group list function (and its positional arguments) for the core resources the seam serves."""
+        if resource.plural == "namespaces":
+            return (self._core.list_namespace,)
+        return (self._core.list_namespaced_config_map, namespace)
 
     def open_watch(
         self,
@@ -323,7 +330,8 @@ class KubeClient:
             kwargs["field_selector"] = field_selector
         try:
             if r.group == "":
-                response = self._core.list_namespaced_config_map(namespace, **kwargs)
+                function, *positional = self._core_list(r, namespace)
+                response = function(*positional, **kwargs)
             elif r.namespaced:
                 response = self._custom.list_namespaced_custom_object(r.group, r.version, namespace, r.plural, **kwargs)
             else:

@@ -21,6 +21,7 @@ from bridge.issuer_check import IssuerCheck, IssuerState
 from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
 from bridge.local_ca import LocalCA
 from bridge.metrics import BridgeMetrics
+from bridge.namespace_labels import NamespaceLabelCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import SigningBackend
@@ -48,7 +49,8 @@ class StartupError(RuntimeError):
 
 def build_kube(settings: Settings, registry: CollectorRegistry) -> KubeClient | None:
     """The one Kubernetes client, when a part of the configuration needs the API."""
-    if settings.signer != "cert-manager" and settings.authenticator != "tokenreview":
+    policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
+    if settings.signer != "cert-manager" and settings.authenticator != "tokenreview" and not policy_labels:
         return None
     options = KubeOptions(
         kubeconfig=settings.kubeconfig,
@@ -212,13 +214,20 @@ async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.
     return False
 
 
-def build_decider(settings: Settings, registry: CollectorRegistry) -> IdentityDecider:
+def build_decider(
+    settings: Settings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
+) -> IdentityDecider:
     """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists);
     otherwise istio-csr's built-in rule."""
     if settings.policy_dir:
         if not Path(settings.policy_dir).is_dir():
             raise StartupError(f"--policy-dir {settings.policy_dir}: not a directory")
-        return PolicyStore(settings.policy_dir, trust_domain=settings.trust_domain, registry=registry)
+        return PolicyStore(
+            settings.policy_dir,
+            trust_domain=settings.trust_domain,
+            registry=registry,
+            namespace_labels=namespace_labels.labels if namespace_labels is not None else None,
+        )
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration))
 
 
@@ -250,7 +259,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     try:
         backend, parts = build_backend(settings, kube, registry)
         authenticator = build_authenticator(settings, kube, registry)
-        decider = build_decider(settings, registry)
+        namespace_labels = NamespaceLabelCache(kube) if kube is not None and settings.policy_dir else None
+        decider = build_decider(settings, registry, namespace_labels)
         apply_serving_tls_options(settings)
         decision_log = DecisionLog(settings.decision_log or None)
         serving = ServingCertificate(
@@ -262,6 +272,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             metrics=metrics,
         )
         checks: dict[str, object] = {"backend": backend, "authenticator": authenticator, "policy": decider}
+        if namespace_labels is not None:
+            tasks.add(asyncio.create_task(namespace_labels.watch.run(stop), name="namespace-labels"))
+            if isinstance(decider, PolicyStore) and decider.needs_namespace_labels:
+                checks["namespace_labels"] = namespace_labels
         if parts is not None:
             checks.update(parts.checks())
             if await parts.issuer_check.probe() is IssuerState.ACME:
