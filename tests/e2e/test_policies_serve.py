@@ -12,9 +12,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from proto import istio_ca_pb2_grpc
 from tests.e2e.calls import create
-from tests.e2e.conftest import SERVER_NAME
 from tests.support.csr_builder import make_csr
 from tests.support.processes import readyz, start_server
 
@@ -35,12 +33,7 @@ def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ig
 
 
 def _stub(server, base: Path):  # type: ignore[no-untyped-def]
-    channel = grpc.secure_channel(
-        server.address,
-        grpc.ssl_channel_credentials((base / "ca" / "root-cert.pem").read_bytes()),
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    )
-    return istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
+    return server.stub((base / "ca" / "root-cert.pem").read_bytes())
 
 
 def _records(base: Path) -> list[dict]:

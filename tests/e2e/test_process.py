@@ -11,7 +11,6 @@ import time
 import grpc
 from cryptography import x509
 
-from proto import istio_ca_pb2_grpc
 from tests.e2e.calls import create
 from tests.e2e.conftest import SERVER_NAME
 from tests.support.csr_builder import make_csr
@@ -59,13 +58,7 @@ def test_environment_variables_configure_serve(tmp_path, token_issuer):
         env={"MESHSIGNER_MAX_CLIENT_CERTIFICATE_DURATION": "15m"},
     )
     try:
-        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(
-            grpc.secure_channel(
-                server.address,
-                grpc.ssl_channel_credentials((tmp_path / "ca" / "root-cert.pem").read_bytes()),
-                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-            )
-        )
+        stub = server.stub((tmp_path / "ca" / "root-cert.pem").read_bytes())
         code, chain, _ = create(stub, make_csr([OWN]), token_issuer.token())
         assert code is grpc.StatusCode.OK
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
@@ -112,13 +105,7 @@ def test_two_workers_share_the_port(tmp_path, token_issuer):
             serials.add(_serving_serial(server.grpc_port, root))
             time.sleep(0.05)
         assert len(serials) == 2, server.log()
-        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(
-            grpc.secure_channel(
-                server.address,
-                grpc.ssl_channel_credentials(root),
-                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-            )
-        )
+        stub = server.stub(root)
         code, _, _ = create(stub, make_csr([OWN]), token_issuer.token())
         assert code is grpc.StatusCode.OK
         assert readyz(server.readiness_port)[0] == 200

@@ -9,12 +9,10 @@ from pathlib import Path
 import grpc
 from kubernetes import client
 
-from proto import istio_ca_pb2_grpc
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
 from tests.support.processes import start_server
 
-SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
 TIER = "mesh.example.org/tier"
 POLICIES = {
     "settings.yaml": f"""apiVersion: meshsigner.io/v1alpha1
@@ -65,13 +63,7 @@ def test_namespace_label_selector_follows_the_live_labels(
         tmp_path / "serve.log",
     )
     try:
-        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(
-            grpc.secure_channel(
-                server.address,
-                grpc.ssl_channel_credentials((tmp_path / "ca" / "root-cert.pem").read_bytes()),
-                options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-            )
-        )
+        stub = server.stub((tmp_path / "ca" / "root-cert.pem").read_bytes())
         assert _request(stub, gold, mint_token(gold, "web")) is grpc.StatusCode.OK
         plain_token = mint_token(plain, "web")
         assert _request(stub, plain, plain_token) is grpc.StatusCode.PERMISSION_DENIED

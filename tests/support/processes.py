@@ -12,7 +12,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from proto import istio_ca_pb2_grpc
+
 REPO = Path(__file__).resolve().parents[2]
+SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"  # istio-csr's default serving DNS name
 
 
 def free_port() -> int:
@@ -43,6 +48,15 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stub(self, root_pem: bytes, server_name: str = SERVER_NAME) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
+        """A CA client over TLS trusting ``root_pem``, expecting the serving certificate's DNS name."""
+        channel = grpc.secure_channel(
+            self.address,
+            grpc.ssl_channel_credentials(root_certificates=root_pem),
+            options=[("grpc.ssl_target_name_override", server_name)],
+        )
+        return istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
