@@ -21,6 +21,11 @@ def level_name(value: str) -> str:
     raise ValueError(f"unknown log level {value!r}")
 
 
+def logs_info(level: str) -> bool:
+    """Whether INFO lines (decision records among them) pass the configured level."""
+    return level_name(level) in ("TRACE", "DEBUG", "INFO")
+
+
 def configure_logging(level: str, log_format: str) -> None:
     logger.remove()
     if log_format == "json":

@@ -33,7 +33,7 @@ from signer.auth.jwks import JwksAuthenticator
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.decision_log import DecisionLog
 from signer.grpc_server import build_server, set_serving
-from signer.logs import configure_logging
+from signer.logs import configure_logging, logs_info
 from signer.metrics import AuthMetrics, ServerMetrics
 from signer.probes import ProbeServer
 from signer.service import CertificateService, ServiceConfig
@@ -262,7 +262,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         namespace_labels = NamespaceLabelCache(kube) if kube is not None and settings.policy_dir else None
         decider = build_decider(settings, registry, namespace_labels)
         apply_serving_tls_options(settings)
-        decision_log = DecisionLog(settings.decision_log or None)
+        decision_log = DecisionLog(settings.decision_log or None, to_log=logs_info(settings.log_level))
         serving = ServingCertificate(
             backend,
             dns_names=settings.serving_certificate_dns_names,
