@@ -40,3 +40,7 @@ class Overloaded(RequestRejected):
 
 class TemporarilyUnavailable(RequestRejected):
     pass
+
+
+class StartupError(RuntimeError):
+    """``serve`` cannot start; the message says what to fix (not a request refusal)."""

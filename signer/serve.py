@@ -7,140 +7,42 @@ import contextlib
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from bridge.cert_manager import CertManagerBackend, CertManagerOptions
-from bridge.certificate_request_watch import CertificateRequestWatch
-from bridge.cleanup import LeftoverSweeper
-from bridge.errors import BackendError
-from bridge.issuer_check import IssuerCheck, IssuerState
-from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
 from bridge.local_ca import LocalCA
-from bridge.metrics import BridgeMetrics
-from bridge.namespace_labels import NamespaceLabelCache
-from bridge.root_bundle import RootBundle
-from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import SigningBackend
 from policies.builtin import OwnIdentityOnly
 from policies.model import IdentityDecider
 from policies.reloading import PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
-from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.decision_log import DecisionLog
+from signer.errors import StartupError
 from signer.grpc_server import build_server, set_serving
 from signer.logs import configure_logging, logs_info
-from signer.metrics import AuthMetrics, ServerMetrics
+from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
 from signer.service import CertificateService, ServiceConfig
 from signer.serving_tls import ServingCertificate
 from signer.settings import TLS_CIPHER_SUITES, Settings
 
+if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported only when configured
+    from bridge.kube import KubeClient
+    from bridge.namespace_labels import NamespaceLabelCache
+    from signer.cluster_parts import CertManagerParts
+
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-class StartupError(RuntimeError):
-    """Start-up cannot continue; the message says what to fix."""
-
-
-def build_kube(settings: Settings, registry: CollectorRegistry) -> KubeClient | None:
-    """The one Kubernetes client, when a part of the configuration needs the API."""
+def needs_kube(settings: Settings) -> bool:
+    """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
-    if settings.signer != "cert-manager" and settings.authenticator != "tokenreview" and not policy_labels:
-        return None
-    options = KubeOptions(
-        kubeconfig=settings.kubeconfig,
-        qps=settings.kube_api_qps,
-        burst=settings.kube_api_burst,
-        rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
-    )
-    try:
-        return KubeClient(options, KubeMetrics(registry))
-    except KubeError as exc:
-        raise StartupError(f"Kubernetes client: {exc.message}") from None
-
-
-@dataclass
-class CertManagerParts:
-    """The cert-manager backend and what runs beside it (each a readiness check and/or a task)."""
-
-    backend: CertManagerBackend
-    issuers: IssuerSelector
-    issuer_check: IssuerCheck
-    watch: CertificateRequestWatch
-    roots: RootBundle
-    sweeper: LeftoverSweeper | None
-
-    def checks(self) -> dict[str, object]:
-        return {
-            "issuer_configured": self.issuers,
-            "issuer": self.issuer_check,
-            "certificate_request_watch": self.watch,
-            "root_bundle": self.roots,
-        }
-
-    def start(self, stop: asyncio.Event) -> set[asyncio.Task[None]]:
-        runners = {
-            "certificate-request-watch": self.watch.run(stop),
-            "runtime-issuer-watch": self.issuers.run(stop),
-            "issuer-check": self.issuer_check.run(stop),
-            "root-bundle-watch": self.roots.watch(stop),
-        }
-        if self.sweeper is not None:
-            runners["leftover-sweep"] = self.sweeper.run(stop)
-        return {asyncio.create_task(coroutine, name=name) for name, coroutine in runners.items()}
-
-
-def build_cert_manager(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> CertManagerParts:
-    static = settings.static_issuer
-    issuers = IssuerSelector(
-        IssuerRef(*static) if static else None,
-        kube=kube,
-        config_map_namespace=settings.runtime_issuance_config_map_namespace,
-        config_map_name=settings.runtime_issuance_config_map_name,
-    )
-    namespace = settings.certificate_namespace
-    try:
-        roots = RootBundle(settings.root_ca_file or None)
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
-    if not roots.pinned:
-        logger.bind(event="roots_not_pinned").warning(
-            "NO --root-ca-file: the mesh root bundle will be whatever the issuer reports in status.ca (trust on "
-            "first use). Anyone able to change the issuer or write CertificateRequest status can make this "
-            "server distribute their CA (signer hijacking). Pin the roots with --root-ca-file in production."
-        )
-    if settings.preserve_certificate_requests:
-        logger.bind(event="preserving_requests").warning(
-            "--preserve-certificate-requests: CertificateRequests are kept (debugging only); the leftover sweep is off"
-        )
-    watch = CertificateRequestWatch(kube, namespace)
-    issuer_check = IssuerCheck(kube, issuers, namespace, registry)
-    backend = CertManagerBackend(
-        kube,
-        CertManagerOptions(
-            namespace=namespace,
-            annotations=settings.certificate_request_additional_annotations,
-            preserve=settings.preserve_certificate_requests,
-            approve=settings.approve_certificate_requests,
-            timeout_seconds=settings.certificate_request_timeout,
-        ),
-        issuers=issuers,
-        issuer_check=issuer_check,
-        watch=watch,
-        roots=roots,
-        metrics=BridgeMetrics(registry),
-    )
-    sweeper = None
-    if not settings.preserve_certificate_requests:
-        sweeper = LeftoverSweeper(
-            kube, namespace, request_timeout_seconds=settings.certificate_request_timeout, registry=registry
-        )
-    return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
+    return settings.signer == "cert-manager" or settings.authenticator == "tokenreview" or policy_labels
 
 
 def build_backend(
@@ -153,6 +55,8 @@ def build_backend(
             raise StartupError(f"--local-ca-dir: {exc}") from exc
     if settings.signer == "cert-manager":
         assert kube is not None
+        from signer.cluster_parts import build_cert_manager
+
         parts = build_cert_manager(settings, kube, registry)
         return parts.backend, parts
     raise StartupError(f"--signer {settings.signer} is not available in this build yet; use local or cert-manager")
@@ -168,12 +72,9 @@ def build_authenticator(settings: Settings, kube: KubeClient | None, registry: C
         return authenticator
     if settings.authenticator == "tokenreview":
         assert kube is not None
-        return TokenReviewAuthenticator(
-            kube,
-            audiences=settings.token_audiences,
-            metrics=AuthMetrics(registry),
-            cache_seconds=settings.token_review_cache_duration,
-        )
+        from signer.cluster_parts import build_token_review
+
+        return build_token_review(settings, kube, registry)
     raise StartupError(f"--authenticator {settings.authenticator} is not available in this build")
 
 
@@ -204,7 +105,7 @@ async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.
         try:
             await serving.obtain()
             return True
-        except (BackendError, KubeError) as exc:
+        except Exception as exc:  # any backend trouble (API down, issuer not ready): keep trying
             logger.bind(event="serving_certificate_pending").warning(
                 "serving certificate not issued yet ({}); retrying in {:.1f}s", exc, delay
             )
@@ -253,13 +154,21 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
-    kube = build_kube(settings, registry)
+    kube = None
+    if needs_kube(settings):
+        from signer.cluster_parts import build_kube
+
+        kube = build_kube(settings, registry)
     tasks: set[asyncio.Task[None]] = set()
     probes: list[ProbeServer] = []
     try:
         backend, parts = build_backend(settings, kube, registry)
         authenticator = build_authenticator(settings, kube, registry)
-        namespace_labels = NamespaceLabelCache(kube) if kube is not None and settings.policy_dir else None
+        namespace_labels = None
+        if kube is not None and settings.policy_dir:
+            from signer.cluster_parts import build_namespace_labels
+
+            namespace_labels = build_namespace_labels(kube)
         decider = build_decider(settings, registry, namespace_labels)
         apply_serving_tls_options(settings)
         decision_log = DecisionLog(settings.decision_log or None, to_log=logs_info(settings.log_level))
@@ -278,8 +187,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
                 checks["namespace_labels"] = namespace_labels
         if parts is not None:
             checks.update(parts.checks())
-            if await parts.issuer_check.probe() is IssuerState.ACME:
-                raise StartupError(f"issuer {parts.issuers.current}: {parts.issuer_check.reason}")
+            await parts.refuse_unusable_issuer()
         readiness = Readiness(**checks, serving_certificate=serving)
         # Probes first: while the issuer has not signed the serving certificate, /readyz says why.
         if settings.readiness_probe_port:

@@ -1,0 +1,136 @@
+"""The in-cluster half of ``serve``'s wiring: the Kubernetes client, the cert-manager backend and what runs beside it,
+TokenReview. Imported only when the configuration needs the API, so that a local-CA start never loads the
+Kubernetes client library (about a third of the start-up time)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from loguru import logger
+from prometheus_client import CollectorRegistry
+
+from bridge.cert_manager import CertManagerBackend, CertManagerOptions
+from bridge.certificate_request_watch import CertificateRequestWatch
+from bridge.cleanup import LeftoverSweeper
+from bridge.issuer_check import IssuerCheck, IssuerState
+from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
+from bridge.metrics import BridgeMetrics
+from bridge.namespace_labels import NamespaceLabelCache
+from bridge.root_bundle import RootBundle
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from signer.auth.tokenreview import TokenReviewAuthenticator
+from signer.errors import StartupError
+from signer.metrics import AuthMetrics
+from signer.settings import Settings
+
+
+def build_kube(settings: Settings, registry: CollectorRegistry) -> KubeClient:
+    """The one Kubernetes client."""
+    options = KubeOptions(
+        kubeconfig=settings.kubeconfig,
+        qps=settings.kube_api_qps,
+        burst=settings.kube_api_burst,
+        rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
+    )
+    try:
+        return KubeClient(options, KubeMetrics(registry))
+    except KubeError as exc:
+        raise StartupError(f"Kubernetes client: {exc.message}") from None
+
+
+@dataclass
+class CertManagerParts:
+    """The cert-manager backend and what runs beside it (each a readiness check and/or a task)."""
+
+    backend: CertManagerBackend
+    issuers: IssuerSelector
+    issuer_check: IssuerCheck
+    watch: CertificateRequestWatch
+    roots: RootBundle
+    sweeper: LeftoverSweeper | None
+
+    def checks(self) -> dict[str, object]:
+        return {
+            "issuer_configured": self.issuers,
+            "issuer": self.issuer_check,
+            "certificate_request_watch": self.watch,
+            "root_bundle": self.roots,
+        }
+
+    async def refuse_unusable_issuer(self) -> None:
+        """An ACME issuer cannot put SPIFFE URIs in SANs: refuse to start rather than fail every request."""
+        if await self.issuer_check.probe() is IssuerState.ACME:
+            raise StartupError(f"issuer {self.issuers.current}: {self.issuer_check.reason}")
+
+    def start(self, stop: asyncio.Event) -> set[asyncio.Task[None]]:
+        runners = {
+            "certificate-request-watch": self.watch.run(stop),
+            "runtime-issuer-watch": self.issuers.run(stop),
+            "issuer-check": self.issuer_check.run(stop),
+            "root-bundle-watch": self.roots.watch(stop),
+        }
+        if self.sweeper is not None:
+            runners["leftover-sweep"] = self.sweeper.run(stop)
+        return {asyncio.create_task(coroutine, name=name) for name, coroutine in runners.items()}
+
+
+def build_cert_manager(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> CertManagerParts:
+    static = settings.static_issuer
+    issuers = IssuerSelector(
+        IssuerRef(*static) if static else None,
+        kube=kube,
+        config_map_namespace=settings.runtime_issuance_config_map_namespace,
+        config_map_name=settings.runtime_issuance_config_map_name,
+    )
+    namespace = settings.certificate_namespace
+    try:
+        roots = RootBundle(settings.root_ca_file or None)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if not roots.pinned:
+        logger.bind(event="roots_not_pinned").warning(
+            "NO --root-ca-file: the mesh root bundle will be whatever the issuer reports in status.ca (trust on "
+            "first use). Anyone able to change the issuer or write CertificateRequest status can make this "
+            "server distribute their CA (signer hijacking). Pin the roots with --root-ca-file in production."
+        )
+    if settings.preserve_certificate_requests:
+        logger.bind(event="preserving_requests").warning(
+            "--preserve-certificate-requests: CertificateRequests are kept (debugging only); the leftover sweep is off"
+        )
+    watch = CertificateRequestWatch(kube, namespace)
+    issuer_check = IssuerCheck(kube, issuers, namespace, registry)
+    backend = CertManagerBackend(
+        kube,
+        CertManagerOptions(
+            namespace=namespace,
+            annotations=settings.certificate_request_additional_annotations,
+            preserve=settings.preserve_certificate_requests,
+            approve=settings.approve_certificate_requests,
+            timeout_seconds=settings.certificate_request_timeout,
+        ),
+        issuers=issuers,
+        issuer_check=issuer_check,
+        watch=watch,
+        roots=roots,
+        metrics=BridgeMetrics(registry),
+    )
+    sweeper = None
+    if not settings.preserve_certificate_requests:
+        sweeper = LeftoverSweeper(
+            kube, namespace, request_timeout_seconds=settings.certificate_request_timeout, registry=registry
+        )
+    return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
+
+
+def build_token_review(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> TokenReviewAuthenticator:
+    return TokenReviewAuthenticator(
+        kube,
+        audiences=settings.token_audiences,
+        metrics=AuthMetrics(registry),
+        cache_seconds=settings.token_review_cache_duration,
+    )
+
+
+def build_namespace_labels(kube: KubeClient) -> NamespaceLabelCache:
+    return NamespaceLabelCache(kube)
