@@ -172,6 +172,7 @@ class Resource:
 CERTIFICATE_REQUESTS = Resource(CM_GROUP, CM_VERSION, "certificaterequests")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
+PODS = Resource("", "v1", "pods")  # namespace None: every namespace
 
 
 def issuer_resource(kind: str, group: str) -> Resource:
@@ -303,6 +304,10 @@ class KubeClient:
         """The core-group list function (and its positional arguments) for the core resources the seam serves."""
         if resource.plural == "namespaces":
             return (self._core.list_namespace,)
+        if resource.plural == "pods":
+            if namespace is None:
+                return (self._core.list_pod_for_all_namespaces,)
+            return (self._core.list_namespaced_pod, namespace)
         return (self._core.list_namespaced_config_map, namespace)
 
     def open_watch(
@@ -496,6 +501,7 @@ __all__ = [
     "CERTIFICATE_REQUESTS",
     "CM_GROUP",
     "CONFIG_MAPS",
+    "PODS",
     "KubeClient",
     "KubeConflict",
     "KubeError",

@@ -17,8 +17,10 @@ from bridge.issuer_check import IssuerCheck, IssuerState
 from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
 from bridge.metrics import BridgeMetrics
 from bridge.namespace_labels import NamespaceLabelCache
+from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from signer.auth.node_authorizer import PodNodeAuthorizer
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import StartupError
 from signer.metrics import AuthMetrics
@@ -134,3 +136,9 @@ def build_token_review(settings: Settings, kube: KubeClient, registry: Collector
 
 def build_namespace_labels(kube: KubeClient) -> NamespaceLabelCache:
     return NamespaceLabelCache(kube)
+
+
+def build_node_authorization(kube: KubeClient) -> tuple[PodCache, PodNodeAuthorizer]:
+    """The cluster-wide pod cache (its ``watch`` is a task, itself a readiness check) and the authorizer over it."""
+    pods = PodCache(kube)
+    return pods, PodNodeAuthorizer(pods)

@@ -27,13 +27,14 @@ from signer.grpc_server import build_server, set_serving
 from signer.logs import configure_logging, logs_info
 from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
-from signer.service import CertificateService, ServiceConfig
+from signer.service import CertificateService, NodeAuthorizer, ServiceConfig
 from signer.serving_tls import ServingCertificate
 from signer.settings import TLS_CIPHER_SUITES, Settings
 
 if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported only when configured
     from bridge.kube import KubeClient
     from bridge.namespace_labels import NamespaceLabelCache
+    from bridge.pods import PodCache
     from signer.cluster_parts import CertManagerParts
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -42,7 +43,8 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 def needs_kube(settings: Settings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
-    return settings.signer == "cert-manager" or settings.authenticator == "tokenreview" or policy_labels
+    node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
+    return settings.signer == "cert-manager" or settings.authenticator == "tokenreview" or policy_labels or node_pods
 
 
 def build_backend(
@@ -115,6 +117,26 @@ async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.
     return False
 
 
+def build_node_authorization(
+    settings: Settings, kube: KubeClient | None
+) -> tuple[PodCache | None, NodeAuthorizer | None]:
+    """The pod cache and node authorizer when node accounts are trusted (ztunnel impersonation) and the API is
+    reachable; without the API every impersonation is PERMISSION_DENIED, which is said once at start."""
+    if not settings.ca_trusted_node_accounts:
+        return None, None
+    if kube is None:
+        logger.bind(event="node_authorization_off").warning(
+            "--ca-trusted-node-accounts is set ({}) but there is no Kubernetes access (use --authenticator=tokenreview "
+            "or --kubeconfig): node authorization needs the pod list, so every impersonation (ztunnel) will be "
+            "refused with PERMISSION_DENIED",
+            ",".join(settings.ca_trusted_node_accounts),
+        )
+        return None, None
+    from signer.cluster_parts import build_node_authorization as build
+
+    return build(kube)
+
+
 def build_decider(
     settings: Settings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
 ) -> IdentityDecider:
@@ -170,6 +192,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
 
             namespace_labels = build_namespace_labels(kube)
         decider = build_decider(settings, registry, namespace_labels)
+        pods, node_authorizer = build_node_authorization(settings, kube)
         apply_serving_tls_options(settings)
         decision_log = DecisionLog(settings.decision_log or None, to_log=logs_info(settings.log_level))
         serving = ServingCertificate(
@@ -185,6 +208,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             tasks.add(asyncio.create_task(namespace_labels.watch.run(stop), name="namespace-labels"))
             if isinstance(decider, PolicyStore) and decider.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
+        if pods is not None:
+            tasks.add(asyncio.create_task(pods.watch.run(stop), name="pod-watch"))
+            checks["pods"] = pods
         if parts is not None:
             checks.update(parts.checks())
             await parts.refuse_unusable_issuer()
@@ -218,6 +244,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             backend=backend,
             metrics=metrics,
             record_decision=decision_log,
+            node_authorizer=node_authorizer,
         )
         server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
         await server.start()
