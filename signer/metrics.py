@@ -28,6 +28,12 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.issued_duration = Histogram(
+            "issued_certificate_duration_seconds",
+            "Lifetime of the workload certificates issued (notAfter - issue time)",
+            buckets=(600, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400),
+            registry=registry,
+        )
         self.in_flight = Gauge("meshsigner_csr_in_flight", "CreateCertificate calls being served", registry=registry)
         self.serving_certificate_expiry = Gauge(
             "meshsigner_serving_certificate_not_after_seconds",

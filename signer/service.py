@@ -196,7 +196,9 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._backend_seconds.observe(time.perf_counter() - backend_started)
         if not signed.built_in_process:
             check_issued(signed.leaf, parsed.public_key, decision)
-        self._record(request_id, caller, parsed, decision, issued_not_after=signed.leaf.not_valid_after_utc)
+        issued_not_after = signed.leaf.not_valid_after_utc
+        self._metrics.issued_duration.observe((issued_not_after - now).total_seconds())
+        self._record(request_id, caller, parsed, decision, issued_not_after=issued_not_after)
         return [*signed.chain_pems, signed.roots_pem]
 
     async def _caller(self, workload: WorkloadIdentity, impersonated: str | None) -> Caller:

@@ -136,3 +136,7 @@ def test_decision_records_and_metrics(signer):
     assert granted[-1]["issued"]["uris"] == [OWN] and granted[-1]["issued"]["notAfter"]
     metrics = signer.server.metrics()
     assert 'meshsigner_csr_requests_total{code="OK",reason="ISSUED"}' in metrics
+    # with the default 1h maximum, no issued lifetime may land above the 3600 s bucket
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("issued_certificate"))
+    issued = float(values["issued_certificate_duration_seconds_count"])
+    assert issued > 0 and float(values['issued_certificate_duration_seconds_bucket{le="3600.0"}']) == issued
