@@ -105,6 +105,20 @@ def map_error(exc: BaseException) -> KubeError:
     return KubeUnavailable(0, f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
+def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
+    """Blocking (runs in a pool thread): call a core-group list without the client's model classes and read and
+    parse the body here, so that neither the socket read nor the parse ever happens on the event loop."""
+    response = function(*args, _preload_content=False, **kwargs)
+    try:
+        data = json.loads(response.data)
+    finally:
+        with contextlib.suppress(Exception):
+            response.release_conn()
+    if not isinstance(data, dict):
+        raise KubeUnavailable(0, f"list answered a JSON {type(data).__name__}, not an object")
+    return data
+
+
 @dataclass(frozen=True)
 class KubeOptions:
     kubeconfig: str = ""  # empty: in-cluster configuration
@@ -285,10 +299,8 @@ class KubeClient:
         if field_selector:
             kwargs["field_selector"] = field_selector
         if r.group == "":
-            listed = await self._call(
-                "list", r.plural, *self._core_list(r, namespace), _preload_content=False, **kwargs
-            )
-            data = json.loads(listed.data)
+            function, *positional = self._core_list(r, namespace)
+            data = await self._call("list", r.plural, _read_json, function, *positional, **kwargs)
         elif r.namespaced:
             data = await self._call(
                 "list", r.plural, self._custom.list_namespaced_custom_object, r.group, r.version, namespace, r.plural,
