@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -24,7 +27,7 @@ from loguru import logger
 from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
-from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, Obj
+from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
 from bridge.local_ca import new_private_key
 from bridge.metrics import BridgeMetrics
 from bridge.pem_files import is_self_signed
@@ -35,7 +38,7 @@ from bridge.signing import ServingMaterial, SignedChain, SigningRequest
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
 PURPOSE_LABEL = "meshsigner.io/purpose"
-GENERATE_NAME = "meshsigner-"
+NAME_PREFIX = "meshsigner-"
 MAX_CHAIN_BYTES = 330 * 1024
 MAX_CHAIN_CERTIFICATES = 10
 DELETE_DRAIN_SECONDS = 10.0
@@ -72,6 +75,12 @@ def workload_usages(csr: x509.CertificateSigningRequest) -> list[str]:
     except x509.ExtensionNotFound:
         usages += ["client auth", "server auth"]
     return usages
+
+
+def new_request_name() -> str:
+    """A CertificateRequest name chosen before the create (80 random bits), so that a create whose answer never
+    arrives (cancelled RPC, timed-out response) can still be deleted by name."""
+    return NAME_PREFIX + secrets.token_hex(10)
 
 
 def go_duration(seconds: float) -> str:
@@ -189,7 +198,7 @@ class CertManagerBackend:
             "apiVersion": "cert-manager.io/v1",
             "kind": "CertificateRequest",
             "metadata": {
-                "generateName": GENERATE_NAME,
+                "name": new_request_name(),
                 "namespace": self._options.namespace,
                 "labels": {LABEL_KEY: LABEL_VALUE, PURPOSE_LABEL: purpose},
                 "annotations": annotations,
@@ -229,15 +238,26 @@ class CertManagerBackend:
     async def _request(self, body: Obj, purpose: str) -> Issued:
         outcome = "cancelled"
         started = time.perf_counter()
+        name = body["metadata"]["name"]
+        # Shielded: a cancelled RPC does not stop the POST already handed to a pool thread, so the create runs to
+        # its end and the object it may have made is deleted afterwards (by UID when the answer arrived).
+        creating = asyncio.ensure_future(self._kube.create(CERTIFICATE_REQUESTS, self._options.namespace, body))
         try:
-            created = await self._kube.create(CERTIFICATE_REQUESTS, self._options.namespace, body)
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            self._metrics.outcomes.labels(purpose, "cancelled").inc()
+            if not self._options.preserve:
+                self._delete_after_create(creating, name)
+            raise
         except KubeInvalid as exc:
             self._metrics.outcomes.labels(purpose, "create_failed").inc()
             raise IssuerFailed("CERTIFICATE_REQUEST_REFUSED", str(exc)) from None
         except KubeError as exc:
             self._metrics.outcomes.labels(purpose, "create_failed").inc()
+            if isinstance(exc, KubeUnavailable) and not self._options.preserve:
+                self._delete_later(name, None)  # the answer was lost, not necessarily the create
             raise BackendUnavailable("CERTIFICATE_REQUEST_CREATE_FAILED", str(exc)) from None
-        name, uid = created["metadata"]["name"], created["metadata"]["uid"]
+        uid = created["metadata"]["uid"]
         future = self._watch.register(name, uid)
         self._metrics.in_flight.inc()
         try:
@@ -276,12 +296,32 @@ class CertManagerBackend:
             if not self._options.preserve:
                 self._delete_later(name, uid)
 
-    def _delete_later(self, name: str, uid: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._delete(name, uid), name=f"delete-{name}")
+    def _delete_later(self, name: str, uid: str | None) -> None:
+        """Delete in the background: only the object with ``uid`` when known; by name alone when the create's
+        answer was lost (the name was chosen here, at random, so it is this request's)."""
+        self._track(self._delete(name, uid), name)
+
+    def _delete_after_create(self, creating: asyncio.Future[Obj], name: str) -> None:
+        """The RPC was cancelled during the create: once the create has ended, delete what it made."""
+
+        async def delete() -> None:
+            try:
+                created = await creating
+            except KubeUnavailable:
+                await self._delete(name, None)
+            except Exception:  # refused by the API server: nothing was created
+                return
+            else:
+                await self._delete(name, str(created["metadata"]["uid"]))
+
+        self._track(delete(), name)
+
+    def _track(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=f"delete-{name}")
         self._deletes.add(task)
         task.add_done_callback(self._deletes.discard)
 
-    async def _delete(self, name: str, uid: str) -> None:
+    async def _delete(self, name: str, uid: str | None) -> None:
         """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over)."""
         deadline = time.monotonic() + DELETE_RETRY_SECONDS
         delay = 0.25

@@ -5,16 +5,19 @@ seam pointed at the plane for in-process tests.
 ``signer_factory(namespace, issuer, *flags, root_file=..., approve=True)`` starts a serve process whose
 CertificateRequests go to ``namespace``; ``.stub()`` speaks TLS to it trusting the issuer's CA (the serving
 certificate itself comes from the issuer). ``approver(namespace, deny=predicate)`` approves (or denies) every
-meshsigner CertificateRequest appearing in ``namespace`` until the test ends.
+meshsigner CertificateRequest appearing in ``namespace`` until the test ends. ``running_backend(kube, namespace,
+issuer, roots_file)`` is the cert-manager backend in-process (its watch and issuer check running), for tests that
+need to reach inside a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,15 @@ import grpc
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from prometheus_client import CollectorRegistry
 
+from bridge.cert_manager import CertManagerBackend, CertManagerOptions
+from bridge.certificate_request_watch import CertificateRequestWatch
+from bridge.issuer_check import IssuerCheck
+from bridge.kube import KubeClient
+from bridge.metrics import BridgeMetrics
+from bridge.root_bundle import RootBundle
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from proto import istio_ca_pb2_grpc
 from tests.support.processes import ServerProcess, start_server
 
@@ -174,3 +185,44 @@ def decode_chain(chain: list[str]):  # type: ignore[no-untyped-def]
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+@contextlib.asynccontextmanager
+async def running_backend(
+    kube: KubeClient,
+    namespace: str,
+    issuer,  # type: ignore[no-untyped-def]
+    roots_file: Path | None,
+    *,
+    approve: bool = False,
+    timeout_seconds: float = 30.0,
+) -> AsyncIterator[CertManagerBackend]:
+    """The cert-manager backend wired as ``serve`` wires it, with its watch and issuer check running; on exit its
+    pending deletes are drained (``close``) and the tasks stopped."""
+    registry = CollectorRegistry()
+    issuers = IssuerSelector(IssuerRef(issuer.name, issuer.kind, issuer.group))
+    check = IssuerCheck(kube, issuers, namespace, registry)
+    watch = CertificateRequestWatch(kube, namespace)
+    backend = CertManagerBackend(
+        kube,
+        CertManagerOptions(namespace=namespace, approve=approve, timeout_seconds=timeout_seconds),
+        issuers=issuers,
+        issuer_check=check,
+        watch=watch,
+        roots=RootBundle(roots_file),
+        metrics=BridgeMetrics(registry),
+    )
+    backend.registry = registry  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(watch.run(stop)), asyncio.create_task(check.run(stop))]
+    try:
+        async with asyncio.timeout(30):
+            while not (watch.ready and check.ready):
+                await asyncio.sleep(0.05)
+        yield backend
+    finally:
+        await backend.close()
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,105 @@
+"""The cert-manager backend in-process against the real plane, for what a serve process cannot show: a request
+cancelled (or whose create answer is lost) while its POST is inside the API client still leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import urllib3
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+from bridge.cert_manager import CertManagerBackend
+from bridge.errors import BackendUnavailable
+from bridge.kube import KubeClient, KubeMetrics, KubeOptions
+from bridge.signing import SigningRequest
+from tests.kube.certmanager.conftest import list_requests, running_backend
+from tests.support.csr_builder import make_csr
+
+
+@pytest.fixture
+def kube(kube_plane) -> Iterator[KubeClient]:  # type: ignore[no-untyped-def]
+    seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
+    yield seam
+    seam.close()
+
+
+def _request(uri: str = "spiffe://cluster.local/ns/app/sa/web") -> SigningRequest:
+    pem = make_csr([uri])
+    csr = x509.load_pem_x509_csr(pem.encode())
+    return SigningRequest(
+        csr_pem=pem,
+        csr=csr,
+        public_key=csr.public_key(),
+        uris=(uri,),
+        dns_names=(),
+        not_after=datetime.now(UTC) + timedelta(hours=1),
+        duration_seconds=3600,
+    )
+
+
+def _roots(tmp_path: Path, issuer) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "roots.pem"
+    path.write_bytes(issuer.ca_cert_pem)
+    return path
+
+
+def _outcome(backend: CertManagerBackend, outcome: str) -> float:
+    registry = backend.registry  # type: ignore[attr-defined]
+    labels = {"purpose": "workload", "outcome": outcome}
+    return registry.get_sample_value("meshsigner_certificate_requests_total", labels) or 0.0
+
+
+async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
+    kube, kube_api, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    """The RPC is cancelled after the POST reached the API server but before its answer came back: the object
+    exists, its UID was never seen, and it must still be deleted."""
+    namespace = make_namespace("istio-system")
+    posted, release = threading.Event(), threading.Event()
+    original = kube._custom.create_namespaced_custom_object
+
+    def create_then_hold(*args, **kwargs):  # type: ignore[no-untyped-def]
+        created = original(*args, **kwargs)
+        posted.set()
+        release.wait(20)  # the answer is held back until the caller has been cancelled
+        return created
+
+    monkeypatch.setattr(kube._custom, "create_namespaced_custom_object", create_then_hold)
+    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+        signing = asyncio.create_task(backend.sign(_request()))
+        assert await asyncio.to_thread(posted.wait, 20), "the create never reached the API server"
+        assert len(list_requests(kube_api, namespace)) == 1
+        signing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await signing
+        release.set()
+        await backend.close()  # the pending deletes
+    assert list_requests(kube_api, namespace) == [], "the cancelled request's CertificateRequest was left behind"
+    assert _outcome(backend, "cancelled") == 1.0
+
+
+async def test_create_whose_answer_is_lost_is_deleted_by_name(
+    kube, kube_api, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    """The POST succeeded but its response timed out (KubeUnavailable): the request answers UNAVAILABLE and the
+    object it made anyway is deleted by the name meshsigner chose."""
+    namespace = make_namespace("istio-system")
+    original = kube._custom.create_namespaced_custom_object
+
+    def create_then_time_out(*args, **kwargs):  # type: ignore[no-untyped-def]
+        original(*args, **kwargs)
+        raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kube._custom, "create_namespaced_custom_object", create_then_time_out)
+    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+        with pytest.raises(BackendUnavailable) as failed:
+            await backend.sign(_request())
+        assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
+        await backend.close()
+    assert list_requests(kube_api, namespace) == [], "the object of a lost create answer was left behind"
