@@ -7,8 +7,9 @@ tokens only).
 
 Successful reviews are cached by the SHA-256 of the token (never the token), for at most ``cache_seconds`` and never
 past the token's own ``exp`` (read from the JWT payload, only to shorten the entry). Concurrent requests with the
-same token share one review. A review that cannot be made (API down, timeout, throttled, RBAC broken) is
-``TemporarilyUnavailable`` (UNAVAILABLE), never ``AuthenticationFailed``.
+same token share one review, run as its own task: a caller that is cancelled leaves it running for the others. A
+review that cannot be made (API down, timeout, throttled, RBAC broken) is ``TemporarilyUnavailable`` (UNAVAILABLE),
+never ``AuthenticationFailed``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class TokenReviewAuthenticator:
         self._cache_entries = cache_entries
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[WorkloadIdentity, float]] = OrderedDict()
-        self._in_flight: dict[bytes, asyncio.Future[WorkloadIdentity]] = {}
+        self._in_flight: dict[bytes, asyncio.Task[WorkloadIdentity]] = {}
         self.reachable = True  # last review reached the API server (for /readyz detail)
 
     @property
@@ -124,25 +125,23 @@ class TokenReviewAuthenticator:
         if identity is not None:
             self._metrics.token_review_cache.labels("hit").inc()
             return identity
-        shared = self._in_flight.get(digest)
-        if shared is not None:
+        review = self._in_flight.get(digest)
+        if review is not None:
             self._metrics.token_review_cache.labels("shared").inc()
-            return await asyncio.shield(shared)
-        self._metrics.token_review_cache.labels("miss").inc()
-        future: asyncio.Future[WorkloadIdentity] = asyncio.get_running_loop().create_future()
-        self._in_flight[digest] = future
-        try:
-            identity = await self._review(token, digest)
-        except BaseException as exc:
-            if not future.cancelled():
-                future.set_exception(exc if isinstance(exc, Exception) else TemporarilyUnavailable("CANCELLED"))
-                future.exception()  # retrieved: sharing waiters may be none
-            raise
         else:
-            future.set_result(identity)
-            return identity
-        finally:
+            self._metrics.token_review_cache.labels("miss").inc()
+            # Its own task: the caller that started it may be cancelled (client gone, deadline) without failing
+            # the other callers waiting for the same token.
+            review = asyncio.get_running_loop().create_task(self._review(token, digest), name="token-review")
+            self._in_flight[digest] = review
+            review.add_done_callback(lambda done: self._review_done(digest, done))
+        return await asyncio.shield(review)
+
+    def _review_done(self, digest: bytes, review: asyncio.Task[WorkloadIdentity]) -> None:
+        if self._in_flight.get(digest) is review:
             del self._in_flight[digest]
+        if not review.cancelled():
+            review.exception()  # retrieved: every caller may have gone
 
     async def _review(self, token: str, digest: bytes) -> WorkloadIdentity:
         try:

@@ -4,6 +4,7 @@ unreachable API server is UNAVAILABLE, never UNAUTHENTICATED."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import grpc
@@ -110,6 +111,40 @@ async def test_cache_and_in_flight_sharing_save_reviews(kube, make_namespace, ma
     identities = await asyncio.gather(*(authenticator.authenticate(token) for _ in range(20)))
     identities.append(await authenticator.authenticate(token))
     assert {(i.namespace, i.service_account) for i in identities} == {(ns, sa)}
+    assert _reviews(kube) - before == 1
+
+
+async def test_cancelled_caller_does_not_fail_the_others_sharing_its_review(
+    kube, make_namespace, make_service_account, mint_token, monkeypatch
+):
+    """The caller that started a shared review goes away (client cancelled, deadline): the callers sharing the
+    same review still get its answer, and no second review is made."""
+    ns = make_namespace("tr")
+    sa = make_service_account(ns)
+    token = mint_token(ns, sa)
+    authenticator = _authenticator(kube)
+    entered, release = threading.Event(), threading.Event()
+    original = kube._authn.create_token_review
+
+    def held_review(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(20)  # the review stays in flight until the first caller has been cancelled
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kube._authn, "create_token_review", held_review)
+    before = _reviews(kube)
+    first = asyncio.create_task(authenticator.authenticate(token))
+    assert await asyncio.to_thread(entered.wait, 20), "the review never started"
+    others = [asyncio.create_task(authenticator.authenticate(token)) for _ in range(3)]
+    await asyncio.sleep(0.05)  # the others are waiting on the shared review
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    release.set()
+    identities = await asyncio.gather(*others)
+    assert {(i.namespace, i.service_account) for i in identities} == {(ns, sa)}
+    assert _reviews(kube) - before == 1
+    assert (await authenticator.authenticate(token)).service_account == sa  # cached by the review nobody started
     assert _reviews(kube) - before == 1
 
 
