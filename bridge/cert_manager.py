@@ -28,12 +28,11 @@ from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, Certificate
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
-from bridge.local_ca import new_private_key
 from bridge.metrics import BridgeMetrics
 from bridge.pem_files import is_self_signed
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
-from bridge.signing import ServingMaterial, SignedChain, SigningRequest
+from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
@@ -389,7 +388,7 @@ class CertManagerBackend:
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
     ) -> ServingMaterial:
         ref = self._issuer()
-        key = new_private_key(key_algorithm, key_size)
+        key = await new_serving_key(key_algorithm, key_size)
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([]))
@@ -413,16 +412,7 @@ class CertManagerBackend:
         leaf, intermediates = self._chain(issued, "serving")
         if leaf.public_key() != key.public_key():
             raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        chain_pem = "".join(_pem(c) for c in (leaf, *intermediates)).encode("ascii")
-        return ServingMaterial(
-            key_pem=key_pem,
-            chain_pem=chain_pem,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-        )
+        return serving_material(key, leaf, (_pem(c) for c in intermediates))
 
 
 __all__ = ["CertManagerBackend", "CertManagerOptions", "parse_issued_chain", "verify_chain", "workload_usages"]

@@ -25,7 +25,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.errors import BackendUnavailable
 from bridge.pem_files import is_self_signed, load_bundle, write_private, write_public
-from bridge.signing import ServingMaterial, SignedChain, SigningRequest
+from bridge.signing import (
+    ServingMaterial,
+    SignedChain,
+    SigningRequest,
+    new_private_key,
+    new_serving_key,
+    serving_material,
+)
 
 ROOT_FILE, KEY_FILE, CA_CERT_FILE, CHAIN_FILE = "root-cert.pem", "ca-key.pem", "ca-cert.pem", "cert-chain.pem"
 ROOT_LIFETIME = timedelta(days=3650)
@@ -34,12 +41,6 @@ BACKDATE = timedelta(minutes=2)  # clock-skew grace, as istiod gives its leaves
 
 def _pem(certificate: x509.Certificate) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def new_private_key(algorithm: str, size: int) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    if algorithm.upper() == "ECDSA":
-        return ec.generate_private_key(ec.SECP384R1() if size == 384 else ec.SECP256R1())
-    return rsa.generate_private_key(public_exponent=65537, key_size=size)
 
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
@@ -164,23 +165,14 @@ class LocalCA:
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
     ) -> ServingMaterial:
-        key = new_private_key(key_algorithm, key_size)
+        key = await new_serving_key(key_algorithm, key_size)
         leaf = self._build(
             key.public_key(),
             [x509.DNSName(name) for name in dns_names],
             SERVING_EKU,
             datetime.now(UTC) + timedelta(seconds=duration_seconds),
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        chain_pem = (_pem(leaf) + "".join(self._chain_pems)).encode("ascii")
-        return ServingMaterial(
-            key_pem=key_pem,
-            chain_pem=chain_pem,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-        )
+        return serving_material(key, leaf, self._chain_pems)
 
 
 def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:

@@ -1,13 +1,20 @@
-"""The one interface every signing backend (local CA, cert-manager, Kubernetes CSR API) implements."""
+"""The one interface every signing backend (local CA, cert-manager, Kubernetes CSR API) implements, and the
+serving-key helpers they share."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,32 @@ class ServingMaterial:
     chain_pem: bytes
     not_before: datetime
     not_after: datetime
+
+
+def new_private_key(algorithm: str, size: int) -> PrivateKey:
+    """Blocking: an RSA key takes from tens of milliseconds to seconds. In async code use :func:`new_serving_key`."""
+    if algorithm.upper() == "ECDSA":
+        return ec.generate_private_key(ec.SECP384R1() if size == 384 else ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=size)
+
+
+async def new_serving_key(algorithm: str, size: int) -> PrivateKey:
+    """A fresh serving key, generated in a worker thread so that the event loop keeps serving meanwhile."""
+    return await asyncio.to_thread(new_private_key, algorithm, size)
+
+
+def serving_material(key: PrivateKey, leaf: x509.Certificate, intermediate_pems: Iterable[str]) -> ServingMaterial:
+    """The listener's material: the key (PKCS#8 PEM) and the chain, leaf first, then the intermediates (PEM)."""
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return ServingMaterial(
+        key_pem=key_pem,
+        chain_pem=(leaf_pem + "".join(intermediate_pems)).encode("ascii"),
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+    )
 
 
 class SigningBackend(Protocol):

@@ -1,5 +1,6 @@
 """The cert-manager backend in-process against the real plane, for what a serve process cannot show: a request
-cancelled (or whose create answer is lost) while its POST is inside the API client still leaves nothing behind."""
+cancelled (or whose create answer is lost) while its POST is inside the API client still leaves nothing behind;
+serving keys are made off the event loop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import urllib3
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 
 from bridge.cert_manager import CertManagerBackend
@@ -103,3 +106,28 @@ async def test_create_whose_answer_is_lost_is_deleted_by_name(
         assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
         await backend.close()
     assert list_requests(kube_api, namespace) == [], "the object of a lost create answer was left behind"
+
+
+async def test_serving_key_is_generated_off_the_event_loop(
+    kube, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    """An RSA serving key takes long enough to stall every request on the loop: it is made in a worker thread."""
+    namespace = make_namespace("istio-system")
+    threads: list[int] = []
+    original = rsa.generate_private_key
+
+    def record(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rsa, "generate_private_key", record)
+    roots = _roots(tmp_path, ca_cluster_issuer)
+    async with running_backend(kube, namespace, ca_cluster_issuer, roots, approve=True) as backend:
+        material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "RSA", 2048)
+    assert threads and threading.get_ident() not in threads, "the serving key was generated on the event loop"
+    key = serialization.load_pem_private_key(material.key_pem, password=None)
+    leaf = x509.load_pem_x509_certificates(material.chain_pem)[0]
+    assert leaf.public_key() == key.public_key()
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == ["meshsigner.test"]
