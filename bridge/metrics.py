@@ -38,3 +38,8 @@ class BridgeMetrics:
             "Issuer answers whose chain did not lead to a pinned root (alert on any increase)",
             registry=registry,
         )
+        self.root_bundle_rejections = Counter(
+            "meshsigner_root_bundle_rejections_total",
+            "Pinned root bundle files refused (unreadable, not PEM, empty, non-CA); the previous bundle stays active",
+            registry=registry,
+        )

@@ -2,7 +2,8 @@
 
 Pinned (``--root-ca-file``): read at start (unusable file → start-up error), then re-read when its content changes
 (Kubernetes' atomic symlink swap included: the file is compared by content, not by inode). A new file that is
-unreadable, not PEM, empty or holds a non-CA certificate is refused and the previous bundle kept (robustness J5).
+unreadable, not PEM, empty or holds a non-CA certificate is refused and the previous bundle kept (robustness J5);
+the refusal is logged and counted once per distinct bad content (or read error), not at every check.
 A bundle may hold several roots, for rotation.
 
 Not pinned: trust on first use. The bundle is whatever ``status.ca`` the issuer reported for the serving
@@ -21,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from loguru import logger
 
+from bridge.metrics import BridgeMetrics
 from bridge.pem_files import load_bundle
 
 MAX_BUNDLE_BYTES = 330 * 1024  # cert-manager's bound for a CA bundle
@@ -49,12 +51,13 @@ def _pem(certificates: tuple[x509.Certificate, ...]) -> str:
 
 
 class RootBundle:
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, metrics: BridgeMetrics | None = None) -> None:
         self.path = Path(path) if path else None
+        self._metrics = metrics
         self._roots: tuple[x509.Certificate, ...] = ()
         self._pem = ""
-        self._digest = b""
-        self.reload_failures = 0
+        self._digest = b""  # of the active bundle
+        self._rejected: bytes | str | None = None  # the last refused content's digest, or the last read error
         if self.path is not None and not self.reload():
             raise ValueError(f"--root-ca-file {self.path}: no usable root bundle (see the log above)")
 
@@ -77,22 +80,37 @@ class RootBundle:
     def _set(self, roots: tuple[x509.Certificate, ...], digest: bytes) -> None:
         self._roots, self._pem, self._digest = roots, _pem(roots), digest
 
+    def _reject(self, key: bytes | str, exc: Exception) -> None:
+        """Log and count a refused file once: the same bad content (or read error) is not reported every tick."""
+        if key == self._rejected:
+            return
+        self._rejected = key
+        if self._metrics is not None:
+            self._metrics.root_bundle_rejections.inc()
+        logger.bind(event="root_bundle_rejected", path=str(self.path)).error(
+            "root bundle not loaded, keeping the {} current roots: {}", len(self._roots), exc
+        )
+
     def reload(self) -> bool:
         """Re-read the pinned file; True when a new bundle became active."""
         assert self.path is not None
         try:
             data = self.path.read_bytes()
-            digest = hashlib.sha256(data).digest()
-            if digest == self._digest:
-                return False
-            roots = parse_roots(data, what=str(self.path))
-        except (OSError, ValueError) as exc:
-            self.reload_failures += 1
-            logger.bind(event="root_bundle_rejected", path=str(self.path)).error(
-                "root bundle not loaded, keeping the {} current roots: {}", len(self._roots), exc
-            )
-            self._digest = b""  # try again at the next change, or the next tick
+        except OSError as exc:
+            self._reject(f"{type(exc).__name__}: {exc}", exc)
             return False
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest:
+            self._rejected = None  # back to the active content: a later bad file is reported again
+            return False
+        if digest == self._rejected:
+            return False  # refused already; nothing changed since
+        try:
+            roots = parse_roots(data, what=str(self.path))
+        except ValueError as exc:
+            self._reject(digest, exc)
+            return False
+        self._rejected = None
         self._set(roots, digest)
         logger.bind(event="root_bundle_loaded", path=str(self.path), roots=len(roots)).info(
             "pinned root bundle loaded: {}", "; ".join(r.subject.rfc4514_string() for r in roots)

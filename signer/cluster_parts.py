@@ -86,8 +86,9 @@ def build_cert_manager(settings: Settings, kube: KubeClient, registry: Collector
         config_map_name=settings.runtime_issuance_config_map_name,
     )
     namespace = settings.certificate_namespace
+    metrics = BridgeMetrics(registry)
     try:
-        roots = RootBundle(settings.root_ca_file or None)
+        roots = RootBundle(settings.root_ca_file or None, metrics)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if not roots.pinned:
@@ -115,7 +116,7 @@ def build_cert_manager(settings: Settings, kube: KubeClient, registry: Collector
         issuer_check=issuer_check,
         watch=watch,
         roots=roots,
-        metrics=BridgeMetrics(registry),
+        metrics=metrics,
     )
     sweeper = None
     if not settings.preserve_certificate_requests:

@@ -170,6 +170,44 @@ def test_root_bundle_file_keeps_the_last_good_bundle(tmp_path):
         parse_roots(_pem(_leaf(first)), what="x")
 
 
+def test_bad_root_bundle_file_is_reported_once_per_content(tmp_path):
+    """The watch re-reads the file every second: a bad file is logged and counted once, not every tick."""
+    from loguru import logger
+    from prometheus_client import CollectorRegistry
+
+    from bridge.metrics import BridgeMetrics
+
+    good = _ca("good")
+    path = tmp_path / "roots.pem"
+    path.write_bytes(_pem(good[0]))
+    registry = CollectorRegistry()
+    bundle = RootBundle(path, BridgeMetrics(registry))
+    errors: list[str] = []
+    sink = logger.add(lambda message: errors.append(str(message)), level="ERROR")
+
+    def rejections() -> float:
+        return registry.get_sample_value("meshsigner_root_bundle_rejections_total") or 0.0
+
+    try:
+        path.write_bytes(b"garbage")
+        assert not any(bundle.reload() for _ in range(5))
+        assert (len(errors), rejections()) == (1, 1.0)
+        path.write_bytes(_pem(_leaf(good)))  # another bad content is news
+        assert not any(bundle.reload() for _ in range(5))
+        assert (len(errors), rejections()) == (2, 2.0)
+        path.unlink()  # unreadable: once too
+        assert not any(bundle.reload() for _ in range(5))
+        assert (len(errors), rejections()) == (3, 3.0)
+        path.write_bytes(_pem(good[0]))  # back to the active bundle, then the first bad content again
+        assert not bundle.reload()
+        path.write_bytes(b"garbage")
+        assert not bundle.reload()
+        assert (len(errors), rejections()) == (4, 4.0)
+        assert bundle.roots == (good[0],)
+    finally:
+        logger.remove(sink)
+
+
 def test_unpinned_bundle_adopts_status_ca():
     bundle = RootBundle(None)
     assert not bundle.ready and not bundle.pinned
