@@ -30,7 +30,7 @@ from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
 from bridge.metrics import BridgeMetrics
 from bridge.pem_files import is_self_signed
-from bridge.root_bundle import RootBundle
+from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
 
@@ -345,21 +345,25 @@ class CertManagerBackend:
         if self._deletes:
             await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
 
-    def _chain(self, issued: Issued, purpose: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    def _chain(
+        self, issued: Issued, purpose: str, roots: tuple[x509.Certificate, ...] | None = None
+    ) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        """The issued leaf and intermediates, verified to lead to ``roots`` (default: the active bundle)."""
+        roots = self._roots.roots if roots is None else roots
         try:
             leaf, intermediates = parse_issued_chain(issued.certificate_pem)
         except IssuerFailed:
             self._metrics.outcomes.labels(purpose, "bad_chain").inc()
             raise
         try:
-            verify_chain(leaf, intermediates, self._roots.roots)
+            verify_chain(leaf, intermediates, roots)
         except IssuerFailed as exc:
             self._metrics.untrusted_chains.inc()
             self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
             logger.bind(event="untrusted_chain", purpose=purpose).error(
                 "REFUSED an issued chain: {} (pinned roots: {})",
                 exc.detail,
-                "; ".join(r.subject.rfc4514_string() for r in self._roots.roots),
+                "; ".join(r.subject.rfc4514_string() for r in roots),
             )
             raise
         return leaf, intermediates
@@ -404,14 +408,17 @@ class CertManagerBackend:
             "serving",
         )
         issued = await self._request(body, "serving")
+        candidate: tuple[x509.Certificate, ...] | None = None  # None: verify against the active (pinned) bundle
         if not self._roots.pinned and issued.ca_pem:
             try:
-                self._roots.adopt(issued.ca_pem)
+                candidate = parse_roots(issued.ca_pem, what="status.ca of the serving CertificateRequest")
             except ValueError as exc:
                 raise IssuerFailed("BAD_CA", f"status.ca of the serving certificate: {exc}") from None
-        leaf, intermediates = self._chain(issued, "serving")
+        leaf, intermediates = self._chain(issued, "serving", candidate)
         if leaf.public_key() != key.public_key():
             raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
+        if candidate is not None:  # trust on first use, but only of a CA that verifiably issued this chain
+            self._roots.adopt(issued.ca_pem)
         return serving_material(key, leaf, (_pem(c) for c in intermediates))
 
 

@@ -7,7 +7,8 @@ the refusal is logged and counted once per distinct bad content (or read error),
 A bundle may hold several roots, for rotation.
 
 Not pinned: trust on first use. The bundle is whatever ``status.ca`` the issuer reported for the serving
-certificate, adopted at each serving issuance (istio-csr's behaviour); anyone able to write that status can make
+certificate, adopted at each serving issuance (istio-csr's behaviour) once the serving chain verifies against it
+(the backend checks that before calling :meth:`RootBundle.adopt`); anyone able to write that status can make
 meshsigner distribute their CA. ``serve`` warns loudly at start in that mode.
 """
 

@@ -1,27 +1,32 @@
 """The cert-manager backend in-process against the real plane, for what a serve process cannot show: a request
 cancelled (or whose create answer is lost) while its POST is inside the API client still leaves nothing behind;
-serving keys are made off the event loop."""
+serving keys are made off the event loop; an unpinned status.ca is verified before it is trusted."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import urllib3
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry
 
 from bridge.cert_manager import CertManagerBackend
-from bridge.errors import BackendUnavailable
+from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.signing import SigningRequest
-from tests.kube.certmanager.conftest import list_requests, running_backend
+from tests.kube.certmanager.conftest import CM, list_requests, running_backend
 from tests.support.csr_builder import make_csr
 
 
@@ -131,3 +136,66 @@ async def test_serving_key_is_generated_off_the_event_loop(
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName
     ) == ["meshsigner.test"]
+
+
+def _sign_as_external_issuer(kube_api, namespace: str, ca, status_ca: dict[str, bytes], stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    """An external issuer (its group is not cert-manager's, so cert-manager leaves the objects alone): signs each
+    meshsigner CertificateRequest with ``ca`` and reports ``status_ca["pem"]`` as its ``status.ca``."""
+    co = client.CustomObjectsApi(kube_api)
+    while not stop.wait(0.05):
+        for cr in list_requests(kube_api, namespace):
+            if (cr.get("status") or {}).get("certificate"):
+                continue
+            csr = x509.load_pem_x509_csr(base64.b64decode(cr["spec"]["request"]))
+            now = datetime.now(UTC)
+            leaf = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([]))
+                .issuer_name(ca.cert.subject)
+                .public_key(csr.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=1))
+                .not_valid_after(now + timedelta(hours=1))
+                .add_extension(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, True)
+                .sign(ca.key, hashes.SHA256())
+            )
+            cr["status"] = {
+                "certificate": base64.b64encode(leaf.public_bytes(serialization.Encoding.PEM)).decode(),
+                "ca": base64.b64encode(status_ca["pem"]).decode(),
+            }
+            with contextlib.suppress(ApiException):
+                co.replace_namespaced_custom_object_status(
+                    *CM, namespace, "certificaterequests", cr["metadata"]["name"], cr
+                )
+
+
+async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(
+    kube, kube_api, make_namespace, pki
+):  # type: ignore[no-untyped-def]
+    """Trust on first use: a status.ca that did not issue the chain is refused and NOT adopted (it would otherwise
+    become the mesh's root for every later request); one that did is adopted."""
+    namespace = make_namespace("istio-system")
+    signing_ca, other_ca = pki.make_ca("tofu-signing"), pki.make_ca("tofu-other")
+    status_ca = {"pem": other_ca.cert_pem}
+    stop = threading.Event()
+    issuer_thread = threading.Thread(
+        target=_sign_as_external_issuer, args=(kube_api, namespace, signing_ca, status_ca, stop), daemon=True
+    )
+    issuer_thread.start()
+    external = SimpleNamespace(name="tofu", kind="TestIssuer", group="issuers.meshsigner.test")
+    try:
+        async with running_backend(kube, namespace, external, None) as backend:
+            with pytest.raises(IssuerFailed) as refused:
+                await backend.issue_serving_certificate(("meshsigner.test",), 3600, "ECDSA", 256)
+            assert refused.value.reason == "CHAIN_NOT_TRUSTED"
+            assert not backend.ready, "a status.ca that did not verify the chain was adopted as the mesh root"
+            with pytest.raises(BackendUnavailable, match="NO_ROOTS"):
+                await backend.sign(_request())
+
+            status_ca["pem"] = signing_ca.cert_pem
+            material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "ECDSA", 256)
+            x509.load_pem_x509_certificates(material.chain_pem)[0].verify_directly_issued_by(signing_ca.cert)
+            assert backend.ready
+    finally:
+        stop.set()
+        issuer_thread.join(5)
