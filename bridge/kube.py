@@ -190,9 +190,11 @@ PODS = Resource("", "v1", "pods")  # namespace None: every namespace
 
 
 def issuer_resource(kind: str, group: str) -> Resource:
-    """Issuer/ClusterIssuer of cert-manager, or an external issuer following the same naming (plural = kind + s)."""
+    """Issuer/ClusterIssuer of cert-manager, or an external issuer following the same naming (plural = kind + s;
+    cluster-scoped when the kind ends in ``ClusterIssuer``, as AWSPCAClusterIssuer or GoogleCASClusterIssuer do)."""
     plural = kind.lower() + "s"
-    return Resource(group, CM_VERSION if group == CM_GROUP else "v1", plural, namespaced=not kind.startswith("Cluster"))
+    version = CM_VERSION if group == CM_GROUP else "v1"
+    return Resource(group, version, plural, namespaced=not kind.endswith("ClusterIssuer"))
 
 
 def load_configuration(options: KubeOptions) -> client.Configuration:

@@ -364,5 +364,25 @@ def test_api_errors_map_to_seam_classes():
     assert isinstance(map_error(ConnectionRefusedError()), KubeUnavailable)
 
 
+@pytest.mark.parametrize(
+    ("kind", "group", "plural", "namespaced"),
+    [
+        ("Issuer", "cert-manager.io", "issuers", True),
+        ("ClusterIssuer", "cert-manager.io", "clusterissuers", False),
+        ("AWSPCAIssuer", "awspca.cert-manager.io", "awspcaissuers", True),
+        ("AWSPCAClusterIssuer", "awspca.cert-manager.io", "awspcaclusterissuers", False),
+        ("GoogleCASClusterIssuer", "cas-issuer.jetstack.io", "googlecasclusterissuers", False),
+        ("StepClusterIssuer", "certmanager.step.sm", "stepclusterissuers", False),
+        ("VenafiIssuer", "jetstack.io", "venafiissuers", True),
+    ],
+)
+def test_issuer_resource_scope_follows_the_kind_suffix(kind, group, plural, namespaced):
+    from bridge.kube import issuer_resource
+
+    resource = issuer_resource(kind, group)
+    assert (resource.plural, resource.namespaced) == (plural, namespaced)
+    assert (resource.group, resource.version) == (group, "v1")
+
+
 def test_loop_is_not_needed_for_pure_parts():
     assert asyncio.iscoroutinefunction(TokenBucket(1, 1).acquire)
