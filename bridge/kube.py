@@ -433,6 +433,18 @@ class ListWatch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:
+                # A bug (a handler's on_relist, an unexpected answer): never let it end the watch silently while
+                # ``synced`` stays true and the cache goes stale. Log it, back off and relist from scratch.
+                self.connected = False
+                resource_version = ""
+                restarts.labels(self._resource.plural, "error").inc()
+                logger.bind(event="watch_failed", watch=self.name).exception(
+                    "watch failed unexpectedly; relisting in {:.2f}s", backoff
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _stream(self, resource_version: str, stop: asyncio.Event) -> str:
         """Watch until the server ends the stream; returns the last resourceVersion seen."""
@@ -494,15 +506,24 @@ class ListWatch:
                     response.release_conn()
 
     def _dispatch(self, line: bytes, resource_version: str) -> str:
+        """Hand one watch event to the handler; returns the resourceVersion to resume from. A line that is not a
+        watch event (not JSON, not an object, an object without an object) breaks the stream: it resumes."""
         try:
             event = json.loads(line)
         except ValueError:
             raise KubeUnavailable(0, "undecodable watch line") from None
-        kind, obj = event.get("type"), event.get("object") or {}
+        if not isinstance(event, dict):
+            raise KubeUnavailable(0, f"watch line is a JSON {type(event).__name__}, not an event")
+        kind, obj = event.get("type"), event.get("object", {})
+        if not isinstance(obj, dict):
+            raise KubeUnavailable(0, f"watch event object is a JSON {type(obj).__name__}")
         if kind == "ERROR":
-            code = int(obj.get("code") or 0)
+            code = obj.get("code")
+            code = code if isinstance(code, int) else 0
             raise (KubeGone if code == 410 else KubeUnavailable)(code, str(obj.get("message", ""))[:200])
-        new_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+        metadata = obj.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        new_version = str(metadata.get("resourceVersion") or resource_version)
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             try:
                 self._handler.on_event(kind, obj)

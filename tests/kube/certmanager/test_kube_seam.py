@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import threading
 from collections.abc import Iterator
 
@@ -9,7 +11,7 @@ import pytest
 import urllib3
 from prometheus_client import CollectorRegistry
 
-from bridge.kube import CONFIG_MAPS, NAMESPACES, PODS, KubeClient, KubeMetrics, KubeOptions
+from bridge.kube import CONFIG_MAPS, NAMESPACES, PODS, KubeClient, KubeMetrics, KubeOptions, ListWatch, Obj
 
 
 @pytest.fixture
@@ -39,3 +41,50 @@ async def test_core_lists_read_the_body_off_the_event_loop(kube, make_namespace,
     await kube.list(CONFIG_MAPS, namespace)
     assert readers, "no response body was read through urllib3"
     assert loop_thread not in readers, "a LIST body was read on the event loop's thread"
+
+
+class BuggyHandler:
+    """Raises in its first on_relist (a bug in a cache's handler) and in every on_event for one name."""
+
+    def __init__(self) -> None:
+        self.relists = 0
+        self.names: set[str] = set()
+
+    def on_relist(self, objects: list[Obj]) -> None:
+        self.relists += 1
+        if self.relists == 1:
+            raise RuntimeError("bug in on_relist")
+        self.names = {o["metadata"]["name"] for o in objects}
+
+    def on_event(self, kind: str, obj: Obj) -> None:
+        name = obj["metadata"]["name"]
+        if name.startswith("boom-"):
+            raise RuntimeError("bug in on_event")
+        if kind == "ADDED":
+            self.names.add(name)
+
+
+async def test_a_failing_handler_does_not_end_the_watch(kube, make_namespace):  # type: ignore[no-untyped-def]
+    """A handler that raises (or any unexpected error) used to end ListWatch.run: the task died, ``synced`` stayed
+    true and the cache went stale without a word. The watch now logs it, backs off, relists and goes on."""
+    labels = {"meshsigner-seam": secrets.token_hex(4)}
+    first = make_namespace("seam", labels=labels)
+    handler = BuggyHandler()
+    watch = ListWatch(kube, NAMESPACES, None, handler, label_selector="meshsigner-seam=" + labels["meshsigner-seam"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch.run(stop))
+    try:
+        async with asyncio.timeout(15):
+            while not watch.synced:
+                assert not task.done(), f"the watch ended: {task.exception() if not task.cancelled() else 'cancelled'}"
+                await asyncio.sleep(0.05)
+        assert handler.relists == 2 and handler.names == {first}
+        make_namespace("boom", labels=labels)  # its event makes the handler raise: the watch goes on
+        second = make_namespace("seam", labels=labels)
+        async with asyncio.timeout(15):
+            while second not in handler.names:
+                assert not task.done(), "the watch ended"
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
