@@ -76,6 +76,11 @@ class IssuerSelector:
         """An issuer is configured (and, with a runtime ConfigMap, its watch has listed once)."""
         return self.current is not None and (self._watch is None or self._watch.synced)
 
+    @property
+    def watching(self) -> bool:
+        """Whether a runtime ConfigMap is configured (and :meth:`run` watches it; otherwise it returns at once)."""
+        return self._watch is not None
+
     def subscribe(self, listener: Callable[[IssuerRef | None], None]) -> None:
         self._listeners.append(listener)
 

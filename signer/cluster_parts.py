@@ -66,12 +66,15 @@ class CertManagerParts:
             raise StartupError(f"issuer {self.issuers.current}: {self.issuer_check.reason}")
 
     def start(self, stop: asyncio.Event) -> set[asyncio.Task[None]]:
+        """The long-lived tasks; each runs until ``stop`` (a task that ends before is a failure, see serve)."""
         runners = {
             "certificate-request-watch": self.watch.run(stop),
-            "runtime-issuer-watch": self.issuers.run(stop),
             "issuer-check": self.issuer_check.run(stop),
-            "root-bundle-watch": self.roots.watch(stop),
         }
+        if self.issuers.watching:
+            runners["runtime-issuer-watch"] = self.issuers.run(stop)
+        if self.roots.pinned:
+            runners["root-bundle-watch"] = self.roots.watch(stop)
         if self.sweeper is not None:
             runners["leftover-sweep"] = self.sweeper.run(stop)
         return {asyncio.create_task(coroutine, name=name) for name, coroutine in runners.items()}

@@ -7,9 +7,10 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -38,6 +39,30 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from signer.cluster_parts import CertManagerParts
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+EXIT_TASK_FAILED = 1
+
+
+def supervise(task: asyncio.Task[None], stop: asyncio.Event, failures: list[str]) -> asyncio.Task[None]:
+    """A long-lived task (a watch, a reload loop) runs until ``stop``. If it raises, or returns before ``stop`` is
+    set, the caches or files it keeps current go stale without a word: log it, record it in ``failures`` and set
+    ``stop``, so the process exits non-zero (and is restarted) rather than serving stale state."""
+
+    def done(finished: asyncio.Task[None]) -> None:
+        if finished.cancelled():
+            return
+        error = finished.exception()
+        if error is None and stop.is_set():
+            return
+        failures.append(finished.get_name())
+        bound = logger.bind(event="task_failed", task=finished.get_name())
+        if error is not None:
+            bound.opt(exception=error).error("{} failed; stopping the process", finished.get_name())
+        else:
+            bound.error("{} ended unexpectedly; stopping the process", finished.get_name())
+        stop.set()
+
+    task.add_done_callback(done)
+    return task
 
 
 def needs_kube(settings: Settings) -> bool:
@@ -182,6 +207,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
 
         kube = build_kube(settings, registry)
     tasks: set[asyncio.Task[None]] = set()
+    failures: list[str] = []  # long-lived tasks that ended before stop (see supervise)
+
+    def start_task(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        tasks.add(supervise(asyncio.create_task(coroutine, name=name), stop, failures))
+
     probes: list[ProbeServer] = []
     try:
         backend, parts = build_backend(settings, kube, registry)
@@ -205,11 +235,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         )
         checks: dict[str, object] = {"backend": backend, "authenticator": authenticator, "policy": decider}
         if namespace_labels is not None:
-            tasks.add(asyncio.create_task(namespace_labels.watch.run(stop), name="namespace-labels"))
+            start_task(namespace_labels.watch.run(stop), "namespace-labels")
             if isinstance(decider, PolicyStore) and decider.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
         if pods is not None:
-            tasks.add(asyncio.create_task(pods.watch.run(stop), name="pod-watch"))
+            start_task(pods.watch.run(stop), "pod-watch")
             checks["pods"] = pods
         if parts is not None:
             checks.update(parts.checks())
@@ -225,9 +255,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             await metrics_server.start("0.0.0.0", settings.metrics_port)
             probes.append(metrics_server)
         if parts is not None:
-            tasks |= parts.start(stop)
+            tasks.update(supervise(task, stop, failures) for task in parts.start(stop))
             if not await obtain_serving_certificate(serving, stop):
-                return 0
+                return EXIT_TASK_FAILED if failures else 0
         else:
             await serving.obtain()
         service = CertificateService(
@@ -250,11 +280,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         await server.start()
         readiness.listening = True
         await set_serving(health_servicer, True)
-        tasks.add(asyncio.create_task(serving.renew_forever(stop), name="serving-certificate-renewal"))
+        start_task(serving.renew_forever(stop), "serving-certificate-renewal")
         if isinstance(authenticator, JwksAuthenticator):
-            tasks.add(asyncio.create_task(authenticator.watch(stop), name="jwks-watch"))
+            start_task(authenticator.watch(stop), "jwks-watch")
         if isinstance(decider, PolicyStore):
-            tasks.add(asyncio.create_task(decider.watch(stop), name="policy-watch"))
+            start_task(decider.watch(stop), "policy-watch")
         logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
             "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
         )
@@ -277,6 +307,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
         if kube is not None:
             kube.close()
         logger.bind(event="stopped").info("meshsigner stopped")
+    if failures:
+        logger.bind(event="stopped_on_failure", tasks=failures).error(
+            "exiting with status {}: {} ended unexpectedly", EXIT_TASK_FAILED, ", ".join(failures)
+        )
+        return EXIT_TASK_FAILED
     return 0
 
 
