@@ -216,13 +216,17 @@ class DnsTemplate:
         """Whether the requested name (split in ``labels``) matches.
 
         A requested wildcard label (``*``) matches only a pattern label that is literally ``*`` and only when the
-        rule allows wildcard names. Deny rules match broadly instead: their stars also cover a requested ``*``.
+        rule allows wildcard names. Deny rules match broadly instead: a requested ``*`` label stands for every
+        label, so it matches any pattern label (a certificate for ``*.payments.svc`` is valid for
+        ``admin.payments.svc``, which a Deny rule on that name must therefore catch).
         """
         pattern = self.render(lookup)
         if pattern is None or len(pattern) != len(labels):
             return False
         for pieces, label in zip(pattern, labels, strict=True):
-            if "*" in label and not for_deny:
+            if "*" in label:
+                if for_deny:
+                    continue
                 if not allow_wildcard or "*".join(pieces) != label:
                     return False
             elif not match_pieces(pieces, label):

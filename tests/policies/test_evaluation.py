@@ -167,6 +167,29 @@ def test_wildcard_dns_names_need_opt_in_and_the_literal_label() -> None:
     assert not decide(policy_set, req=request(own_id(), dns=("API.orders.svc",))).allowed
 
 
+def test_a_wildcard_name_covering_a_denied_name_is_denied() -> None:
+    """A certificate for *.payments.svc is valid for admin.payments.svc, so a Deny rule on that name catches it."""
+    wild = policy(
+        "team",
+        "  subjects: {namespaces: [payments]}\n  rules:\n    - name: wildcard-dns\n      effect: Allow\n"
+        f"      identities: ['{OWN}']\n      allowWildcardDNSNames: true\n      dnsNames: ['*.{{namespace}}.svc']\n",
+    )
+    deny = policy(
+        "compliance",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: no-admin-dns\n      effect: Deny\n"
+        "      dnsNames: ['admin.payments.svc']\n",
+    )
+    policy_set = build(wild, deny)
+    api = caller("payments", "api")
+    wildcard = decide(policy_set, who=api, req=request(own_id("payments", "api"), dns=("*.payments.svc",)))
+    assert (wildcard.verdict, wildcard.reason) == (Verdict.DENY, "DENIED_BY_RULE")
+    assert wildcard.deny_rules == ("compliance/no-admin-dns",)
+    # A wildcard one level deeper or in another zone does not cover admin.payments.svc.
+    deeper = decide(policy_set, who=api, req=request(own_id("payments", "api"), dns=("*.x.payments.svc",)))
+    assert deeper.reason == "NO_MATCHING_RULE"
+    assert decide(build(wild), who=api, req=request(own_id("payments", "api"), dns=("*.payments.svc",))).allowed
+
+
 def test_deny_rule_conditions_and() -> None:
     deny = policy(
         "denies",

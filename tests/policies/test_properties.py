@@ -233,3 +233,65 @@ def test_closest_rule_ranking_counts_the_failures_explain_shows(inputs: tuple[Ca
                 explained = check_allow(rule, ctx, exhaustive=True)
                 assert count_failures(rule, ctx) == len(explained.failures)
                 assert check_allow(rule, ctx).ok == explained.ok == (not explained.failures)
+
+
+WILDCARD_ALLOW = {
+    "apiVersion": "meshsigner.io/v1alpha1",
+    "kind": "IdentityPolicy",
+    "metadata": {"name": "wildcards"},
+    "spec": {
+        "subjects": {"namespaces": ["*"]},
+        "rules": [
+            {
+                "name": "wildcard-dns",
+                "effect": "Allow",
+                "identities": ["spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"],
+                "allowWildcardDNSNames": True,
+                "dnsNames": ["*.{namespace}.svc", "*.*.svc", "*.admin.payments.svc", "*.svc"],
+            }
+        ],
+    },
+}
+DENIED_DNS_PATTERNS = [
+    "admin.payments.svc",
+    "adm*.payments.svc",
+    "*-internal.{namespace}.svc",
+    "admin.{namespace}.svc",
+    "{serviceAccount}.{namespace}.svc",
+    "*.svc",
+    "admin.*.svc",
+    "x.admin.payments.svc",
+    "internal",
+]
+DNS_LABELS = st.sampled_from(["admin", "adminx", "api", "web", "x", "a-internal", "payments"]) | st.from_regex(
+    r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    namespace=st.sampled_from(["payments", "orders"]),
+    account=st.sampled_from(["api", "admin", "web"]),
+    denied=st.lists(st.sampled_from(DENIED_DNS_PATTERNS), min_size=1, max_size=3, unique=True),
+    wildcard=st.sampled_from(["*.payments.svc", "*.orders.svc", "*.svc", "*.admin.payments.svc", "*.x.svc"]),
+    labels=st.lists(DNS_LABELS, min_size=1, max_size=5),
+)
+def test_a_granted_wildcard_name_never_covers_a_name_a_deny_rule_denies(
+    namespace: str, account: str, denied: list[str], wildcard: str, labels: list[str]
+) -> None:
+    deny = {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": "dns-denies"},
+        "spec": {"subjects": {"namespaces": ["*"]}, "rules": [{"name": "no", "effect": "Deny", "dnsNames": denied}]},
+    }
+    policy_set = build([WILDCARD_ALLOW, deny])
+    who = Caller(TD, namespace, account)
+    own = (who.spiffe_id,)
+    granted = decide(policy_set, who, IssuanceRequest(uris=own, dns_names=(wildcard,), validity_seconds=3600))
+    if not granted.allowed:
+        return
+    for label in labels:  # every name the certificate would be valid for
+        covered = label + wildcard[1:]
+        decision = decide(policy_set, who, IssuanceRequest(uris=own, dns_names=(covered,), validity_seconds=3600))
+        assert decision.reason != "DENIED_BY_RULE", (wildcard, covered, denied)
