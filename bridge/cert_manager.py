@@ -42,6 +42,7 @@ MAX_CHAIN_BYTES = 330 * 1024
 MAX_CHAIN_CERTIFICATES = 10
 DELETE_DRAIN_SECONDS = 10.0
 DELETE_RETRY_SECONDS = 60.0
+RPC_SHARE = 0.9  # of --request-timeout a workload's CertificateRequest may wait (the rest: review, create, answer)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,22 @@ class CertManagerOptions:
     annotations: tuple[tuple[str, str], ...] = ()
     preserve: bool = False
     approve: bool = False
-    timeout_seconds: float = 30.0
+    timeout_seconds: float = 30.0  # --certificate-request-timeout
+    request_timeout_seconds: float | None = None  # --request-timeout, the RPC's own bound (workload requests)
+
+    def wait_seconds(self, purpose: str) -> float:
+        """How long a CertificateRequest may wait for its terminal state; see :func:`certificate_request_wait`."""
+        if purpose == "serving" or self.request_timeout_seconds is None:
+            return self.timeout_seconds  # the serving certificate is not under any RPC's bound
+        return certificate_request_wait(self.timeout_seconds, self.request_timeout_seconds)
+
+
+def certificate_request_wait(certificate_request_timeout: float, request_timeout: float) -> float:
+    """A workload's CertificateRequest waits at most ``--certificate-request-timeout`` and at most 90 % of
+    ``--request-timeout``: the RPC's bound also covers the TokenReview and the create, so with equal values (the
+    defaults, 30 s) the CertificateRequest timeout could never fire first, and a request nobody signs would end as
+    the RPC's generic DEADLINE_EXCEEDED instead of CERTIFICATE_REQUEST_TIMEOUT."""
+    return min(certificate_request_timeout, request_timeout * RPC_SHARE)
 
 
 def workload_usages(csr: x509.CertificateSigningRequest) -> list[str]:
@@ -259,8 +275,9 @@ class CertManagerBackend:
         uid = created["metadata"]["uid"]
         future = self._watch.register(name, uid)
         self._metrics.in_flight.inc()
+        wait = self._options.wait_seconds(purpose)
         try:
-            async with asyncio.timeout(self._options.timeout_seconds):
+            async with asyncio.timeout(wait):
                 if self._options.approve:
                     try:
                         await self._approve(created)
@@ -274,7 +291,7 @@ class CertManagerBackend:
             outcome = "timeout"
             raise BackendUnavailable(
                 "CERTIFICATE_REQUEST_TIMEOUT",
-                f"{name} not signed within {self._options.timeout_seconds:.0f}s (approved? issuer working?)",
+                f"{name} not signed within {wait:.1f}s (approved? issuer working?)",
             ) from None
         except BackendError as exc:
             if outcome == "cancelled":
@@ -422,4 +439,11 @@ class CertManagerBackend:
         return serving_material(key, leaf, (_pem(c) for c in intermediates))
 
 
-__all__ = ["CertManagerBackend", "CertManagerOptions", "parse_issued_chain", "verify_chain", "workload_usages"]
+__all__ = [
+    "CertManagerBackend",
+    "CertManagerOptions",
+    "certificate_request_wait",
+    "parse_issued_chain",
+    "verify_chain",
+    "workload_usages",
+]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from bridge.cert_manager import CertManagerBackend, CertManagerOptions
+from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certificate_request_wait
 from bridge.certificate_request_watch import CertificateRequestWatch
 from bridge.cleanup import LeftoverSweeper
 from bridge.issuer_check import IssuerCheck, IssuerState
@@ -104,6 +104,15 @@ def build_cert_manager(settings: Settings, kube: KubeClient, registry: Collector
         logger.bind(event="preserving_requests").warning(
             "--preserve-certificate-requests: CertificateRequests are kept (debugging only); the leftover sweep is off"
         )
+    wait = certificate_request_wait(settings.certificate_request_timeout, settings.request_timeout)
+    if wait < settings.certificate_request_timeout:
+        logger.bind(event="certificate_request_timeout_clamped").info(
+            "workload CertificateRequests wait at most {:.1f}s (90% of --request-timeout={:.0f}s), not the "
+            "--certificate-request-timeout={:.0f}s, so that their own timeout answers before the RPC's",
+            wait,
+            settings.request_timeout,
+            settings.certificate_request_timeout,
+        )
     watch = CertificateRequestWatch(kube, namespace)
     issuer_check = IssuerCheck(kube, issuers, namespace, registry)
     backend = CertManagerBackend(
@@ -114,6 +123,7 @@ def build_cert_manager(settings: Settings, kube: KubeClient, registry: Collector
             preserve=settings.preserve_certificate_requests,
             approve=settings.approve_certificate_requests,
             timeout_seconds=settings.certificate_request_timeout,
+            request_timeout_seconds=settings.request_timeout,
         ),
         issuers=issuers,
         issuer_check=issuer_check,

@@ -384,5 +384,17 @@ def test_issuer_resource_scope_follows_the_kind_suffix(kind, group, plural, name
     assert (resource.group, resource.version) == (group, "v1")
 
 
+def test_certificate_request_wait_fires_before_the_rpc_bound():
+    from bridge.cert_manager import CertManagerOptions, certificate_request_wait
+
+    assert certificate_request_wait(30, 30) == pytest.approx(27)  # the defaults: it must be able to fire first
+    assert certificate_request_wait(10, 30) == 10
+    assert certificate_request_wait(60, 30) == pytest.approx(27)
+    options = CertManagerOptions(timeout_seconds=30, request_timeout_seconds=30)
+    assert options.wait_seconds("workload") == pytest.approx(27)
+    assert options.wait_seconds("serving") == 30  # no RPC bounds the serving certificate
+    assert CertManagerOptions(timeout_seconds=30).wait_seconds("workload") == 30
+
+
 def test_loop_is_not_needed_for_pure_parts():
     assert asyncio.iscoroutinefunction(TokenBucket(1, 1).acquire)

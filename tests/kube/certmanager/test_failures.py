@@ -66,6 +66,24 @@ def test_refused_requests_answer_and_are_deleted(
     assert _wait_empty(kube_api, cr_ns) == []
 
 
+def test_certificate_request_timeout_fires_before_an_equal_request_timeout(
+    kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory, approver
+):
+    """With equal flags (30 s each by default) the RPC's bound used to fire first, so a request nobody approves
+    ended as the generic DEADLINE_EXCEEDED; the CertificateRequest's own timeout now answers first."""
+    cr_ns = make_namespace("istio-system")
+    approver(cr_ns, lambda cr: "approve" if purpose(cr) == "serving" else None)
+    signer = signer_factory(
+        cr_ns, ca_cluster_issuer, "--certificate-request-timeout=4s", "--request-timeout=4s", approve=False
+    )
+    csr, token = _workload(make_namespace, make_service_account, mint_token)
+    got, chain, details = create(signer.stub(), csr, token)
+    assert (got, chain) == (grpc.StatusCode.UNAVAILABLE, [])
+    assert "CERTIFICATE_REQUEST_TIMEOUT" in details, details
+    assert 'outcome="timeout",purpose="workload"} 1.0' in signer.server.metrics()
+    assert _wait_empty(kube_api, cr_ns) == []
+
+
 def test_client_cancel_deletes_the_request(
     kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory, approver
 ):
