@@ -120,12 +120,15 @@ def _pid_alive(pid: int, exe: str | None = None) -> bool:
     except OSError:
         return False
     if exe:
-        # Guards against a recycled pid: the process must run the binary we started.
+        # Guards against a recycled pid: the process must run the binary we started. /proc/<pid>/exe is set by
+        # exec itself; cmdline can still read empty for a moment after launch, which means "starting", not "dead".
         try:
-            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+            if os.readlink(f"/proc/{pid}/exe") == str(Path(exe).resolve()):
+                return True
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-        return argv0 == exe
+        return not cmdline or cmdline.split(b"\0", 1)[0].decode() == exe
     return True
 
 
