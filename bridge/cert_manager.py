@@ -98,6 +98,20 @@ def new_request_name() -> str:
     return NAME_PREFIX + secrets.token_hex(10)
 
 
+_OUTCOMES = {
+    "CERTIFICATE_REQUEST_DENIED": "denied",
+    "CERTIFICATE_REQUEST_INVALID": "invalid",
+    "CERTIFICATE_REQUEST_FAILED": "failed",
+    "CERTIFICATE_REQUEST_DELETED": "deleted",
+    "APPROVAL_FAILED": "approve_failed",
+}
+
+
+def request_outcome(reason: str) -> str:
+    """The ``outcome`` label of meshsigner_certificate_requests_total for a request that ended with ``reason``."""
+    return _OUTCOMES.get(reason, "failed")
+
+
 def go_duration(seconds: float) -> str:
     return f"{max(1, int(seconds))}s"
 
@@ -295,12 +309,7 @@ class CertManagerBackend:
             ) from None
         except BackendError as exc:
             if outcome == "cancelled":
-                outcome = {
-                    "CERTIFICATE_REQUEST_DENIED": "denied",
-                    "CERTIFICATE_REQUEST_INVALID": "invalid",
-                    "CERTIFICATE_REQUEST_FAILED": "failed",
-                    "CERTIFICATE_REQUEST_DELETED": "deleted",
-                }.get(exc.reason, "failed")
+                outcome = request_outcome(exc.reason)
             raise
         finally:
             self._metrics.in_flight.dec()
@@ -338,7 +347,8 @@ class CertManagerBackend:
         task.add_done_callback(self._deletes.discard)
 
     async def _delete(self, name: str, uid: str | None) -> None:
-        """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over)."""
+        """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over). Only
+        an outage is retried: a refusal (RBAC, invalid request) would be refused again for the whole minute."""
         deadline = time.monotonic() + DELETE_RETRY_SECONDS
         delay = 0.25
         while True:
@@ -347,15 +357,21 @@ class CertManagerBackend:
                 return
             except KubeConflict:
                 return  # the UID precondition failed: that name is someone else's object now
-            except KubeError as exc:
+            except KubeUnavailable as exc:
                 if time.monotonic() + delay > deadline:
-                    self._metrics.delete_failures.inc()
-                    logger.bind(event="delete_failed", name=name).warning(
-                        "cannot delete CertificateRequest {} (the sweep will): {}", name, exc
-                    )
+                    self._delete_failed(name, exc)
                     return
+            except KubeError as exc:
+                self._delete_failed(name, exc)
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _delete_failed(self, name: str, error: KubeError) -> None:
+        self._metrics.delete_failures.inc()
+        logger.bind(event="delete_failed", name=name).warning(
+            "cannot delete CertificateRequest {} (the sweep will): {}", name, error
+        )
 
     async def close(self) -> None:
         """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""
@@ -444,6 +460,7 @@ __all__ = [
     "CertManagerOptions",
     "certificate_request_wait",
     "parse_issued_chain",
+    "request_outcome",
     "verify_chain",
     "workload_usages",
 ]

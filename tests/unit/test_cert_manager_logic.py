@@ -396,5 +396,15 @@ def test_certificate_request_wait_fires_before_the_rpc_bound():
     assert CertManagerOptions(timeout_seconds=30).wait_seconds("workload") == 30
 
 
+def test_request_outcomes():
+    from bridge.cert_manager import request_outcome
+
+    assert request_outcome("APPROVAL_FAILED") == "approve_failed"  # approval kept conflicting: not an issuer failure
+    assert request_outcome("CERTIFICATE_REQUEST_DENIED") == "denied"
+    assert request_outcome("CERTIFICATE_REQUEST_INVALID") == "invalid"
+    assert request_outcome("CERTIFICATE_REQUEST_DELETED") == "deleted"
+    assert request_outcome("CERTIFICATE_REQUEST_FAILED") == request_outcome("SOMETHING_ELSE") == "failed"
+
+
 def test_loop_is_not_needed_for_pure_parts():
     assert asyncio.iscoroutinefunction(TokenBucket(1, 1).acquire)

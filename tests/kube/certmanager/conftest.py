@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry
@@ -226,3 +227,15 @@ async def running_backend(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def kubeconfig_for_token(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A kubeconfig for the plane that authenticates with ``token`` (a service account's, for RBAC tests)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "p", "cluster": {"server": kube_plane.api_server_url,
+                                                "certificate-authority": kube_plane.ca_cert_path}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "p", "user": "u"}}],
+    }))  # fmt: skip
+    return path

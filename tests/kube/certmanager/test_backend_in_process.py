@@ -1,6 +1,7 @@
 """The cert-manager backend in-process against the real plane, for what a serve process cannot show: a request
 cancelled (or whose create answer is lost) while its POST is inside the API client still leaves nothing behind;
-serving keys are made off the event loop; an unpinned status.ca is verified before it is trusted."""
+serving keys are made off the event loop; an unpinned status.ca is verified before it is trusted; a refused delete
+is not retried."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +28,7 @@ from bridge.cert_manager import CertManagerBackend
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.signing import SigningRequest
-from tests.kube.certmanager.conftest import CM, list_requests, running_backend
+from tests.kube.certmanager.conftest import CM, kubeconfig_for_token, list_requests, running_backend
 from tests.support.csr_builder import make_csr
 
 
@@ -199,3 +201,51 @@ async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(
     finally:
         stop.set()
         issuer_thread.join(5)
+
+
+async def test_a_refused_delete_is_not_retried(
+    kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer, approver, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Without RBAC for ``delete`` the API answers 403, and will for the whole retry window: the delete gives up at
+    once (counted, left to the sweep) instead of retrying for 60 s and holding up a clean shutdown."""
+    namespace = make_namespace("istio-system")
+    approver(namespace)
+    account = make_service_account(namespace, "meshsigner")
+    client.RbacAuthorizationV1Api(kube_api).create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="no-delete"),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=["cert-manager.io"],
+                    resources=["certificaterequests"],
+                    verbs=["create", "get", "list", "watch"],
+                )
+            ],
+        ),
+    )
+    client.RbacAuthorizationV1Api(kube_api).create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="no-delete"),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)],
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="no-delete"),
+        ),
+    )
+    token = mint_token(namespace, account, audience=None)
+    kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "kubeconfig")
+    seam = KubeClient(KubeOptions(kubeconfig=str(kubeconfig)), KubeMetrics(CollectorRegistry()))
+    try:
+        async with running_backend(seam, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+            await backend.sign(_request())  # issued; its delete is refused (403)
+            started = time.monotonic()
+            await backend.close()
+            drained = time.monotonic() - started
+            failures = backend.registry.get_sample_value(  # type: ignore[attr-defined]
+                "meshsigner_certificate_request_delete_failures_total"
+            )
+    finally:
+        seam.close()
+    assert drained < 3.0, f"the refused delete was retried ({drained:.1f}s)"
+    assert failures == 1.0
+    assert len(list_requests(kube_api, namespace)) == 1  # left for the sweep (which would be refused too)
