@@ -242,10 +242,26 @@ def _rule(
                 f"trust domain {trust_domain!r} is not in this rule's trustDomains "
                 f"[{', '.join(sorted(trust_domains))}]; add it there to opt in",
             )
-        if "namespace" not in template.variables and not spec.get("allowCrossNamespace", False):
+        globbed = template.globbed_variables
+        if globbed:
+            shown = ", ".join("{" + name + "}" for name in globbed)
+            report.error(
+                where,
+                f"{shown} shares a path segment with *, so the star also matches other values "
+                "(sa/{serviceAccount}* lets web claim webhook); put the * in a segment of its own",
+            )
+        cross_namespace = spec.get("allowCrossNamespace", False)
+        if not cross_namespace and "namespace" not in template.variables:
             report.error(
                 where,
                 "grants identities outside the caller's namespace (no {namespace}); "
+                "set allowCrossNamespace: true if that is intended",
+            )
+        elif not cross_namespace and not template.pins_namespace:
+            report.error(
+                where,
+                "grants identities outside the caller's namespace: the path must start with ns/{namespace} "
+                "(a literal ns segment, then {namespace} as a whole segment) to stay in the caller's namespace; "
                 "set allowCrossNamespace: true if that is intended",
             )
     dns_names = []

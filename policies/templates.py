@@ -74,6 +74,22 @@ def _render(parts: tuple[tuple[bool, str], ...], lookup: Lookup, value_ok: Calla
     return "".join(out)
 
 
+def _segments(parts: tuple[tuple[bool, str], ...], separator: str = "/") -> tuple[tuple[tuple[bool, str], ...], ...]:
+    """Parsed parts regrouped per segment: literal texts are cut at ``separator``, variables stay whole."""
+    segments: list[list[tuple[bool, str]]] = [[]]
+    for is_variable, text in parts:
+        if is_variable:
+            segments[-1].append((True, text))
+            continue
+        pieces = text.split(separator)
+        for index, piece in enumerate(pieces):
+            if index:
+                segments.append([])
+            if piece:
+                segments[-1].append((False, piece))
+    return tuple(tuple(segment) for segment in segments)
+
+
 def _split(rendered: str, separator: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(segment.split(_STAR)) for segment in rendered.split(separator))
 
@@ -146,6 +162,33 @@ class IdentityTemplate:
         names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
         static = _split(sample, "/") if not names and path else (() if not path else None)
         return cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
+
+    @property
+    def segments(self) -> tuple[tuple[tuple[bool, str], ...], ...]:
+        """The path (without a final ``/**``) split at ``/`` into segments of (is_variable, text) parts."""
+        return _segments(self.parts)
+
+    @property
+    def pins_namespace(self) -> bool:
+        """Whether every rendered ID lies in the caller's own namespace: the path starts with ``ns/{namespace}``,
+        a literal ``ns`` segment followed by a segment that is exactly ``{namespace}``.
+
+        ``{namespace}`` anywhere else does not pin it: ``/{namespace}/**`` renders ``/ns/**`` for a namespace
+        called ``ns``, ``/ns/{namespace}*/...`` covers every namespace sharing the prefix, and
+        ``/ns/x/sa/ns/{namespace}`` sits inside namespace x's identities.
+        """
+        segments = self.segments
+        return len(segments) >= 2 and segments[0] == ((False, "ns"),) and segments[1] == ((True, "namespace"),)
+
+    @property
+    def globbed_variables(self) -> tuple[str, ...]:
+        """Variables that share a path segment with a ``*``: the star also matches other values of the variable
+        (``sa/{serviceAccount}*`` lets ``web`` claim ``webhook``)."""
+        found: list[str] = []
+        for segment in self.segments:
+            if any(not is_variable and _STAR in text for is_variable, text in segment):
+                found.extend(text for is_variable, text in segment if is_variable)
+        return tuple(dict.fromkeys(found))
 
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         """The path segments as glob pieces for this caller, or None when a value is missing or unusable."""

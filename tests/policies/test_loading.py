@@ -117,6 +117,12 @@ def test_v31_duration_ranges_are_checked_at_load(duration: str, message: str) ->
         ("spiffe://{trustDomain}/ns/{nsLabel:team}", "label key 'team' is not in settings.trustedNamespaceLabelKeys"),
         ("spiffe://evil.example/ns/{namespace}/sa/x", "trust domain 'evil.example' is not in this rule's trustDomains"),
         ("spiffe://{trustDomain}/gateway", "grants identities outside the caller's namespace"),
+        ("spiffe://{trustDomain}/{namespace}/**", "the path must start with ns/{namespace}"),
+        ("spiffe://{trustDomain}/ns/x/sa/ns/{namespace}", "the path must start with ns/{namespace}"),
+        ("spiffe://{trustDomain}/x/{namespace}/sa/{serviceAccount}", "the path must start with ns/{namespace}"),
+        ("spiffe://{trustDomain}/ns/{namespace}*/sa/{serviceAccount}", "{namespace} shares a path segment with *"),
+        ("spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}*", "{serviceAccount} shares a path segment"),
+        ("spiffe://{trustDomain}/ns/{namespace}/sa/*-{serviceAccount}", "{serviceAccount} shares a path segment"),
     ],
 )
 def test_templates_must_render_valid_ids(identity: str, message: str) -> None:
@@ -127,6 +133,28 @@ def test_templates_must_render_valid_ids(identity: str, message: str) -> None:
     )
     found = errors_of(text)
     assert any(message in e and "spec.rules[0].identities[0]" in e for e in found), found
+
+
+def test_namespace_must_be_pinned_by_a_leading_ns_segment() -> None:
+    """{namespace} somewhere in the path is not enough: the reviewer's two templates granted other namespaces."""
+    rules = (
+        "    - name: ns-subtree\n      effect: Allow\n      identities: ['spiffe://{trustDomain}/{namespace}/**']\n"
+        "    - name: prefix\n      effect: Allow\n"
+        "      identities: ['spiffe://{trustDomain}/ns/{namespace}*/sa/{serviceAccount}']\n"
+    )
+    found = errors_of(policy("subtree", f"  subjects: {{namespaces: ['*']}}\n  rules:\n{rules}"))
+    assert any(e.startswith("doc0.yaml:9:20: spec.rules[0].identities[0]: grants identities outside") for e in found)
+    assert any(e.startswith("doc0.yaml:12:20: spec.rules[1].identities[0]: {namespace} shares") for e in found)
+    pinned = (
+        "    - name: own\n      effect: Allow\n      identities:\n"
+        "        - 'spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}/shard/*'\n"
+        "        - 'spiffe://{trustDomain}/ns/{namespace}/**'\n"
+        "    - name: deny-prefix\n      effect: Deny\n      identities: ['spiffe://{trustDomain}/ns/{namespace}*/**']\n"
+    )
+    assert build(policy("pinned", f"  subjects: {{namespaces: ['*']}}\n  rules:\n{pinned}")).rule_count == 2
+    opted_in = rules.replace("effect: Allow\n", "effect: Allow\n      allowCrossNamespace: true\n", 1)
+    found = errors_of(policy("subtree", f"  subjects: {{namespaces: ['*']}}\n  rules:\n{opted_in}"))
+    assert not any("spec.rules[0]" in e for e in found), found
 
 
 def test_cross_namespace_grants_need_the_opt_in() -> None:
