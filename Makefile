@@ -22,6 +22,8 @@ run: venv
 # The whole suite: unit, end-to-end and cluster tests (builds the test control plane on first use).
 test: venv
 	bash tests/cluster/build.sh
+	bash tests/istio_peer/build.sh >/dev/null   # Istio's CA client (conformance peer), cached like the plane
+	bash tests/helm/build-helm.sh >/dev/null    # helm for the chart tests, cached too
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

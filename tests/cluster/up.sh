@@ -8,6 +8,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 bash "$here/build.sh"
-py="$repo/.venv/bin/python"
-[[ -x "$py" ]] || py=python3
+# The interpreter that has the project's dependencies: the caller's (MESHSIGNER_PYTHON, set by the test
+# fixtures to sys.executable), else the repo's venv; never a bare python3 without the kubernetes client.
+py="${MESHSIGNER_PYTHON:-$repo/.venv/bin/python}"
+[[ -x "$py" ]] || { echo "up.sh: no Python with the project's dependencies at $py (run make venv)" >&2; exit 1; }
 exec "$py" "$here/plane.py" up "$@"

@@ -4,6 +4,7 @@ pass `meshsigner policy lint`. (Applying the manifests to the real API server is
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,8 @@ def test_policies_become_a_mounted_policy_dir(helm, tmp_path):
     for name, content in configmap["data"].items():
         (tmp_path / name).write_text(content)
     result = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "meshsigner"), "policy", "lint", str(tmp_path)],
+        [sys.executable, "-m", "signer.cli", "policy", "lint", str(tmp_path)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

@@ -144,6 +144,7 @@ def kube_plane():
         )
     proc = subprocess.run(
         ["bash", str(CLUSTER / "up.sh"), "--for-tests", f"--register-pid={os.getpid()}"],
+        env={**os.environ, "MESHSIGNER_PYTHON": sys.executable},
         capture_output=True,
         text=True,
         cwd=REPO,
