@@ -10,7 +10,7 @@ seen resourceVersion after a broken stream, and relists on ``410 Gone``.
 Errors (``ApiException``, urllib3 and socket errors) become the classes below; callers never see the client's own::
 
     KubeError
-    ├── KubeUnavailable   connection refused/reset, timeout, 429, 5xx  (retry may help)
+    ├── KubeUnavailable   connection refused/reset, timeout, 408, 429, 5xx  (retry may help)
     ├── KubeForbidden     401/403 (RBAC or credentials)
     ├── KubeNotFound      404
     ├── KubeConflict      409
@@ -79,6 +79,7 @@ class KubeInvalid(KubeError):
 _BY_STATUS: dict[int, type[KubeError]] = {
     401: KubeForbidden,
     403: KubeForbidden,
+    408: KubeUnavailable,  # the server timed the request out: retrying may well succeed
     404: KubeNotFound,
     409: KubeConflict,
     410: KubeGone,
@@ -175,7 +176,8 @@ class KubeMetrics:
 
 @dataclass(frozen=True)
 class Resource:
-    """A namespaced or cluster-scoped custom resource, or a core ConfigMap (group "")."""
+    """A namespaced or cluster-scoped custom resource, or one of the core resources the seam serves (group "":
+    configmaps, namespaces, pods)."""
 
     group: str
     version: str
@@ -279,8 +281,9 @@ class KubeClient:
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
         r = resource
         if r.group == "":
-            cm = await self._call("get", r.plural, self._core.read_namespaced_config_map, name, namespace)
-            return dict(self._api.sanitize_for_serialization(cm))
+            function, *positional = self._core_read(r, namespace)
+            obj = await self._call("get", r.plural, function, name, *positional)
+            return dict(self._api.sanitize_for_serialization(obj))
         if r.namespaced:
             return await self._call(
                 "get", r.plural, self._custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural,
@@ -322,7 +325,19 @@ class KubeClient:
             if namespace is None:
                 return (self._core.list_pod_for_all_namespaces,)
             return (self._core.list_namespaced_pod, namespace)
-        return (self._core.list_namespaced_config_map, namespace)
+        if resource.plural == "configmaps":
+            return (self._core.list_namespaced_config_map, _required(namespace, resource))
+        raise ValueError(f"the Kubernetes seam does not serve core {resource.plural}")
+
+    def _core_read(self, resource: Resource, namespace: str | None) -> tuple[Any, ...]:
+        """The core-group read function (and its positional arguments after the name)."""
+        if resource.plural == "namespaces":
+            return (self._core.read_namespace,)
+        if resource.plural == "pods":
+            return (self._core.read_namespaced_pod, _required(namespace, resource))
+        if resource.plural == "configmaps":
+            return (self._core.read_namespaced_config_map, _required(namespace, resource))
+        raise ValueError(f"the Kubernetes seam does not serve core {resource.plural}")
 
     def open_watch(
         self,
@@ -361,6 +376,12 @@ class KubeClient:
             raise error from None
         self.metrics.requests.labels("watch", r.plural, "2xx").inc()
         return response  # type: ignore[return-value]
+
+
+def _required(namespace: str | None, resource: Resource) -> str:
+    if not namespace:
+        raise ValueError(f"{resource.plural} is namespaced: a namespace is required")
+    return namespace
 
 
 def iter_lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:

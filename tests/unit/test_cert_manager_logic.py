@@ -364,6 +364,18 @@ def test_api_errors_map_to_seam_classes():
     assert isinstance(map_error(ConnectionRefusedError()), KubeUnavailable)
 
 
+def test_request_timeout_408_is_unavailable_not_invalid():
+    """408: the API server gave up on the request (retry may help); it says nothing wrong about the request."""
+    from kubernetes.client.rest import ApiException
+
+    from bridge.kube import KubeInvalid, KubeUnavailable
+
+    error = map_error(ApiException(status=408, reason="Request Timeout"))
+    assert isinstance(error, KubeUnavailable) and not isinstance(error, KubeInvalid)
+    assert error.status == 408
+    assert isinstance(map_error(ApiException(status=400, reason="x")), KubeInvalid)
+
+
 @pytest.mark.parametrize(
     ("kind", "group", "plural", "namespaced"),
     [

@@ -11,7 +11,18 @@ import pytest
 import urllib3
 from prometheus_client import CollectorRegistry
 
-from bridge.kube import CONFIG_MAPS, NAMESPACES, PODS, KubeClient, KubeMetrics, KubeOptions, ListWatch, Obj
+from bridge.kube import (
+    CONFIG_MAPS,
+    NAMESPACES,
+    PODS,
+    KubeClient,
+    KubeMetrics,
+    KubeNotFound,
+    KubeOptions,
+    ListWatch,
+    Obj,
+    Resource,
+)
 
 
 @pytest.fixture
@@ -88,3 +99,34 @@ async def test_a_failing_handler_does_not_end_the_watch(kube, make_namespace):  
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_get_reads_the_core_resource_asked_for(kube, kube_api, make_namespace):  # type: ignore[no-untyped-def]
+    """get() of a core resource read a ConfigMap whatever the resource; it now reads what it is asked for, and
+    refuses (before any API call) a core resource the seam does not serve."""
+    from kubernetes import client
+
+    namespace = make_namespace("seam")
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="same"), data={"k": "v"})
+    )
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="same"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
+        ),
+    )
+    config_map = await kube.get(CONFIG_MAPS, namespace, "same")
+    assert (config_map["kind"], config_map["data"]) == ("ConfigMap", {"k": "v"})
+    pod = await kube.get(PODS, namespace, "same")
+    assert pod["kind"] == "Pod" and pod["spec"]["containers"][0]["name"] == "c"
+    found = await kube.get(NAMESPACES, None, namespace)
+    assert (found["kind"], found["metadata"]["name"]) == ("Namespace", namespace)
+    with pytest.raises(KubeNotFound):
+        await kube.get(PODS, namespace, "absent")
+    with pytest.raises(ValueError, match="does not serve core secrets"):
+        await kube.get(Resource("", "v1", "secrets"), namespace, "same")
+    with pytest.raises(ValueError, match="does not serve core secrets"):
+        await kube.list(Resource("", "v1", "secrets"), namespace)
