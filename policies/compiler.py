@@ -92,6 +92,8 @@ def compile_settings(
 
 
 def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: KeyPolicy | None) -> KeyPolicy | None:
+    """A ``key`` block; a field it omits is inherited from ``fallback`` (a block with only ``minRSABits`` keeps
+    the fallback's algorithm list instead of allowing every algorithm)."""
     if spec is None:
         return fallback
     algorithms = spec.get("algorithms")
@@ -99,7 +101,12 @@ def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: Key
         if algorithm not in KNOWN_KEY_ALGORITHMS:
             known = ", ".join(sorted(KNOWN_KEY_ALGORITHMS))
             report.error(f"{path}.algorithms[{index}]", f"unknown key algorithm {algorithm!r} (known: {known})")
-    return KeyPolicy(frozenset(algorithms) if algorithms is not None else None, spec.get("minRSABits"))
+    if algorithms is not None:
+        allowed: frozenset[str] | None = frozenset(algorithms)
+    else:
+        allowed = fallback.algorithms if fallback is not None else None
+    min_rsa_bits = spec.get("minRSABits", fallback.min_rsa_bits if fallback is not None else None)
+    return KeyPolicy(allowed, min_rsa_bits)
 
 
 def _usages(values: Any, path: str, report: Reporter) -> frozenset[str]:
@@ -271,12 +278,13 @@ def _rule(
         except TemplateError as exc:
             report.error(f"{path}.dnsNames[{dns_index}]", str(exc))
     duration = None
-    key = _key(spec.get("key"), f"{path}.key", report, None)
+    # Allow rules inherit what their key block omits from the settings; for a Deny rule the block only lists
+    # the algorithms that trigger it.
+    key = _key(spec.get("key"), f"{path}.key", report, settings.key if effect is Effect.ALLOW else None)
     usages = frozenset()
     if effect is Effect.ALLOW:
         rule_duration = _duration_block(spec.get("duration"), f"{path}.duration", report, settings)
         duration = _resolve_duration(rule_duration, policy_duration, settings, f"{path}.duration", report)
-        key = key or settings.key
         usages = _usages(spec["usages"], f"{path}.usages", report) if "usages" in spec else settings.usages
     _warn_expiry(spec.get("expiresAt"), spec.get("ticket"), path, report)
     return Rule(

@@ -75,6 +75,42 @@ def test_key_limits_deny_a_granted_request() -> None:
     assert decide(policy_set, req=request(own_id(), key="RSA-3072")).allowed
 
 
+def test_a_partial_rule_key_block_keeps_the_settings_algorithms() -> None:
+    """key: {minRSABits: 4096} on a rule tightens RSA; it must not drop the algorithm list (any key)."""
+    p256_only = SETTINGS + "  key: {algorithms: [ECDSA-P256]}\n"
+    rule = BASELINE.replace("      duration:", "      key: {minRSABits: 4096}\n      duration:")
+    policy_set = build(rule, settings=p256_only)
+    assert decide(policy_set, req=request(own_id(), key="ECDSA-P256")).allowed
+    for key in ("Ed25519", "ECDSA-P521", "RSA-4096", "RSA-1024"):
+        refused = decide(policy_set, req=request(own_id(), key=key))
+        assert (refused.reason, refused.details["subReason"]) == ("NO_MATCHING_RULE", "KEY_NOT_ALLOWED"), key
+    # An explicit list on the rule still wins over the settings' list, and keeps the rule's own minimum.
+    listed = BASELINE.replace(
+        "      duration:", "      key: {algorithms: [RSA-2048, RSA-4096], minRSABits: 4096}\n      duration:"
+    )
+    policy_set = build(listed, settings=p256_only)
+    assert decide(policy_set, req=request(own_id(), key="RSA-4096")).allowed
+    assert not decide(policy_set, req=request(own_id(), key="RSA-2048")).allowed
+    assert not decide(policy_set, req=request(own_id(), key="ECDSA-P256")).allowed
+
+
+def test_a_partial_settings_key_block_keeps_the_default_algorithms() -> None:
+    policy_set = build(BASELINE, settings=SETTINGS + "  key: {minRSABits: 3072}\n")
+    assert decide(policy_set, req=request(own_id(), key="RSA-3072")).allowed
+    assert decide(policy_set, req=request(own_id(), key="ECDSA-P384")).allowed
+    for key in ("Ed25519", "Ed448", "ECDSA-P521", "RSA-2048"):
+        assert decide(policy_set, req=request(own_id(), key=key)).details["subReason"] == "KEY_NOT_ALLOWED", key
+
+
+def test_a_partial_rule_key_block_inherits_the_settings_minimum() -> None:
+    policy_set = build(
+        BASELINE.replace("      duration:", "      key: {algorithms: [RSA-2048, RSA-3072]}\n      duration:"),
+        settings=SETTINGS + "  key: {minRSABits: 3072}\n",
+    )
+    assert decide(policy_set, req=request(own_id(), key="RSA-3072")).allowed
+    assert decide(policy_set, req=request(own_id(), key="RSA-2048")).details["subReason"] == "KEY_NOT_ALLOWED"
+
+
 def test_ca_validity_caps_not_after() -> None:
     ca = NOW + timedelta(hours=12)
     decision = decide(build(BASELINE), req=request(own_id(), validity=86400), ca=ca)
