@@ -315,10 +315,29 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
+def per_process_settings(settings: Settings) -> Settings:
+    """The settings one of ``--workers`` processes runs with. Each process has its own Kubernetes client and token
+    bucket, so ``--kube-api-qps`` and ``--kube-api-burst`` (limits for the whole server) are
+    divided among the processes: together they never exceed the configured rate."""
+    if settings.workers <= 1:
+        return settings
+    return replace(
+        settings,
+        kube_api_qps=settings.kube_api_qps / settings.workers,
+        kube_api_burst=max(1, settings.kube_api_burst // settings.workers),
+    )
+
+
+def worker_command(settings: Settings) -> list[str]:
+    """The command line of an extra worker: its share of the API rate, no probes or metrics (the first process
+    serves those), and ``--workers=1`` so that it spawns nothing and divides nothing again."""
+    child = replace(per_process_settings(settings), workers=1, metrics_port=0, readiness_probe_port=0)
+    return [sys.executable, "-m", "signer.cli", "serve", *child.to_argv()]
+
+
 def _spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
     """Extra processes on the same port (SO_REUSEPORT); only the first process serves probes and metrics."""
-    child = replace(settings, workers=1, metrics_port=0, readiness_probe_port=0)
-    command = [sys.executable, "-m", "signer.cli", "serve", *child.to_argv()]
+    command = worker_command(settings)
     return [subprocess.Popen(command) for _ in range(settings.workers - 1)]
 
 
@@ -337,7 +356,7 @@ def serve(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        return await run(settings, stop=stop)
+        return await run(per_process_settings(settings), stop=stop)
 
     try:
         return asyncio.run(main())
