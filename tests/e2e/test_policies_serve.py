@@ -82,6 +82,8 @@ def test_compliance_deny_overrides_the_baseline(policy_server, token_issuer):
 
 def test_long_request_is_clamped_and_audit_finding_recorded(policy_server, token_issuer):
     server, base, _ = policy_server
+    finding = 'policy_audit_findings_total{finding="AUDIT_WOULD_CLAMP",policy="tighten-to-12h",rule="limits"}'
+    findings_before = server.metric(finding)
     csr = make_csr(["spiffe://cluster.local/ns/orders/sa/web"])
     code, chain, _ = create(_stub(server, base), csr, token_issuer.token("orders", "web"), validity=604800)
     assert code is grpc.StatusCode.OK
@@ -89,8 +91,7 @@ def test_long_request_is_clamped_and_audit_finding_recorded(policy_server, token
     record = _records(base)[-1]
     assert "DURATION_CLAMPED" in record["reasons"]
     assert any(f["finding"] == "AUDIT_WOULD_CLAMP" and f["policy"] == "tighten-to-12h" for f in record["auditFindings"])
-    metrics = server.metrics()
-    assert "policy_audit_findings_total" in metrics
+    assert server.metric(finding) == findings_before + 1
 
 
 def test_bad_reload_keeps_the_last_good_set(policy_server, token_issuer):
@@ -114,13 +115,15 @@ def test_no_valid_set_at_start_means_not_ready_and_unavailable(tmp_path, token_i
     server = start_server(_flags(tmp_path, token_issuer, policy_dir), tmp_path / "serve.log", wait=False)
     try:
         deadline = time.monotonic() + 20
-        while True:
+        while True:  # the probe starts before the gRPC listener: wait until only the policy set is missing
             try:
                 status, body = readyz(server.readiness_port)
-                break
+                if "not listening" not in body:
+                    break
             except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                pass
+            assert time.monotonic() < deadline, "serve never started listening"
+            time.sleep(0.1)
         assert status == 503 and "policy" in body
         code, chain, details = create(
             _stub(server, tmp_path), make_csr(["spiffe://cluster.local/ns/orders/sa/web"]), token_issuer.token()

@@ -163,43 +163,62 @@ def test_csr_refusals(signer, case):
     assert (code, chain) == (expected, [])
 
 
+ZTUNNEL = ("istio-system", "ztunnel")
+
+
 @pytest.mark.parametrize(
-    ("fields", "token_identity", "expected"),
+    ("fields", "token_identity", "expected", "reason"),
     [
-        ({"ImpersonatedIdentity": OWN}, ("orders", "other"), PERM),  # not a trusted node account
-        ({"ImpersonatedIdentity": 42}, ("istio-system", "ztunnel"), INVAL),  # not a string
-        ({"ImpersonatedIdentity": "http://x/ns/a/sa/b"}, ("istio-system", "ztunnel"), INVAL),
-        ({"ImpersonatedIdentity": "spiffe://cluster.local/ns/a/sa/b/c"}, ("istio-system", "ztunnel"), INVAL),
-        ({"ImpersonatedIdentity": "spiffe://other.td/ns/orders/sa/web"}, ("istio-system", "ztunnel"), PERM),
+        ({"ImpersonatedIdentity": OWN}, ("orders", "other"), PERM, "IMPERSONATION_NOT_ALLOWED"),
+        ({"ImpersonatedIdentity": 42}, ZTUNNEL, INVAL, "METADATA_MALFORMED"),
+        ({"ImpersonatedIdentity": "http://x/ns/a/sa/b"}, ZTUNNEL, INVAL, "IMPERSONATED_IDENTITY_MALFORMED"),
+        (
+            {"ImpersonatedIdentity": "spiffe://cluster.local/ns/a/sa/b/c"},
+            ZTUNNEL,
+            INVAL,
+            "IMPERSONATED_IDENTITY_MALFORMED",
+        ),
+        (
+            {"ImpersonatedIdentity": "spiffe://other.td/ns/orders/sa/web"},
+            ZTUNNEL,
+            PERM,
+            "IMPERSONATION_FOREIGN_TRUST_DOMAIN",
+        ),
         # trusted, but standalone mode has no pod informer for the node check
-        ({"ImpersonatedIdentity": OWN}, ("istio-system", "ztunnel"), PERM),
+        ({"ImpersonatedIdentity": OWN}, ZTUNNEL, PERM, "IMPERSONATION_NO_NODE_AUTHORIZER"),
     ],
     ids=["untrusted caller", "non-string", "not spiffe", "six segments", "other trust domain", "no node check"],
 )
-def test_impersonation_refusals(signer, fields, token_identity, expected):
-    code, chain, _ = create(
+def test_impersonation_refusals(signer, fields, token_identity, expected, reason):
+    # the reason code tells these apart from a plain "asked for another identity" (IDENTITY_NOT_ALLOWED)
+    code, chain, details = create(
         signer.stub(), make_csr([OWN]), signer.issuer.token(*token_identity), metadata_fields=fields
     )
     assert (code, chain) == (expected, [])
+    assert details.startswith(reason + " "), details
 
 
 def test_server_keeps_serving_and_counts_refusals(signer):
+    counter = 'meshsigner_csr_requests_total{code="INVALID_ARGUMENT",reason="CSR_MALFORMED"}'
+    before = signer.server.metric(counter)
     for _ in range(20):
         create(signer.stub(), "junk", signer.issuer.token())
     code, chain, _ = create(signer.stub(), make_csr([OWN]), signer.issuer.token())
     assert code is grpc.StatusCode.OK and len(chain) == 2
-    metrics = signer.server.metrics()
-    assert 'meshsigner_csr_requests_total{code="INVALID_ARGUMENT",reason="CSR_MALFORMED"}' in metrics
+    assert signer.server.metric(counter) == before + 20
     assert signer.server.process.poll() is None
 
 
 def test_tokens_never_reach_the_log(signer):
     token = signer.issuer.token("orders", "leaky")
-    create(signer.stub(), make_csr([OWN]), token)  # refused: another identity
-    create(signer.stub(), make_csr([OWN]), token + "x")  # refused: bad signature
+    _, _, other_identity = create(signer.stub(), make_csr([OWN]), token)  # refused: another identity
+    _, _, bad_signature = create(signer.stub(), make_csr([OWN]), token[:-4] + "AAAA")  # refused: bad signature
     log = signer.server.log()
-    assert token not in log and token.split(".")[2] not in log
-    assert "csr_refused" in log
+    assert token not in log and token.split(".")[2] not in log and token.split(".")[1] not in log
+    # both refusals are in the log, found by the request id the client was given
+    for details in (other_identity, bad_signature):
+        request_id = details.rsplit("request ", 1)[1].rstrip(")")
+        assert request_id in log, details
 
 
 def test_oversized_message_is_refused_by_the_transport(signer):

@@ -58,6 +58,14 @@ class ServerProcess:
         )
         return istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
 
+    def metric(self, sample: str) -> float:
+        """The value of one exposition sample, e.g. ``name{label="x"}``; 0 when it has no sample yet."""
+        for line in self.metrics().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return 0.0
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
             return response.read().decode()
