@@ -99,6 +99,18 @@ def build_policy_set(
         problems.extend(report.problems[before:])
     else:
         settings = Settings(trust_domain=trust_domain or Settings().trust_domain)
+        if any(kind == "IdentityPolicy" for kind, _, _, _ in read):
+            problems.append(
+                Problem(
+                    sources[0][0],
+                    1,
+                    1,
+                    "",
+                    "the set has no PolicySettings document: the built-in defaults apply (max 7d, no trust-domain "
+                    "aliases, no node accounts, default key algorithms); add one to make them explicit",
+                    Severity.WARNING,
+                )
+            )
 
     policies: list[Policy] = []
     first_seen: dict[str, str] = {}

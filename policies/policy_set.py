@@ -111,6 +111,11 @@ class PolicySet:
             self._applicable[key] = cached
         return cached
 
+    @property
+    def has_settings_document(self) -> bool:
+        """Whether the settings came from a PolicySettings document rather than the built-in defaults."""
+        return bool(self.settings.source)
+
     def policy_named(self, name: str) -> Policy | None:
         return self._by_name.get(name)
 

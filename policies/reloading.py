@@ -92,24 +92,34 @@ class PolicyStore:
         return self._load(sources, read_problems, _digest(sources, read_problems))
 
     def _load(self, sources: list[tuple[str, str]], read_problems: list[Problem], digest: str) -> bool:
-        self._attempted_digest = digest
+        return self._install(self._build(sources, read_problems), digest)
+
+    def _build(self, sources: list[tuple[str, str]], read_problems: list[Problem]) -> PolicySet | PolicySetInvalid:
+        """Parse, validate and compile a new set. Touches no state of the store."""
         if not sources and not read_problems:
             read_problems = [Problem(str(self._directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
         try:
-            new_set = build_policy_set(sources, trust_domain=self._trust_domain, problems=read_problems)
+            return build_policy_set(sources, trust_domain=self._trust_domain, problems=read_problems)
+        except PolicySetInvalid as exc:
+            return exc
         except Exception as exc:  # a loader bug must not end the watch nor replace the last good set
-            if not isinstance(exc, PolicySetInvalid):
-                logger.exception("policy: unexpected error while loading {}", self._directory)
-                exc = PolicySetInvalid(
-                    [Problem(str(self._directory), 1, 1, "", f"internal error while loading: {exc!r}")]
-                )
-            self._last_problems = exc.problems
+            logger.exception("policy: unexpected error while loading {}", self._directory)
+            return PolicySetInvalid([Problem(str(self._directory), 1, 1, "", f"internal error while loading: {exc!r}")])
+
+    def _install(self, built: PolicySet | PolicySetInvalid, digest: str) -> bool:
+        """Make a built set active, or keep the last good one and report why not."""
+        self._attempted_digest = digest
+        if isinstance(built, PolicySet) and (refusal := self._settings_dropped(built)) is not None:
+            built = PolicySetInvalid([*built.warnings, refusal])
+        if isinstance(built, PolicySetInvalid):
+            self._last_problems = built.problems
             self._metrics.reload_failed()
             kept = f"keeping revision {self.revision}" if self._active is not None else "no policy set is active"
             logger.error("policy set in {} rejected ({}):", self._directory, kept)
-            for problem in exc.problems:
+            for problem in built.problems:
                 (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
             return False
+        new_set = built
         previous = self.revision
         self._active = new_set
         self._active_since = time.time()
@@ -125,6 +135,23 @@ class PolicyStore:
             self._directory,
         )
         return True
+
+    def _settings_dropped(self, new_set: PolicySet) -> Problem | None:
+        """A reload must not lose the PolicySettings document: every setting would silently fall back to the
+        built-in defaults (trust-domain aliases, duration ceiling, key defaults, node accounts...), and those can
+        be looser than what the operator configured. Starting without one is allowed (with a warning)."""
+        active = self._active
+        if active is None or not active.has_settings_document or new_set.has_settings_document:
+            return None
+        return Problem(
+            str(self._directory),
+            1,
+            1,
+            "",
+            f"the new set has no PolicySettings document but the active one has ({active.settings.source}); "
+            "refusing to fall back to the built-in defaults: restore the PolicySettings document (a server "
+            "started without one uses the defaults)",
+        )
 
     def decide(
         self, caller: Caller, request: IssuanceRequest, *, now: datetime, ca_not_after: datetime | None

@@ -101,6 +101,58 @@ def test_a_schema_error_in_one_file_rejects_the_whole_set(policy_dir: Path) -> N
     assert decide(store).reason == "DENIED_BY_RULE"
 
 
+STRICT_SETTINGS = """apiVersion: meshsigner.io/v1alpha1
+kind: PolicySettings
+metadata: {name: settings}
+spec:
+  trustDomain: cluster.local
+  duration: {default: 1h, max: 2h}
+  key: {algorithms: [ECDSA-P256]}
+"""
+OWN_IDENTITY = """apiVersion: meshsigner.io/v1alpha1
+kind: IdentityPolicy
+metadata: {name: own}
+spec:
+  subjects: {namespaces: ['*']}
+  rules:
+    - {name: own, effect: Allow, identities: ['spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}']}
+"""
+
+
+def test_a_reload_that_loses_the_settings_document_keeps_the_last_good_set(tmp_path: Path) -> None:
+    (tmp_path / "settings.yaml").write_text(STRICT_SETTINGS)
+    (tmp_path / "own.yaml").write_text(OWN_IDENTITY)
+    store, registry = store_for(tmp_path)
+    good = store.revision
+    rsa = request(own_id(), key="RSA-2048", validity=86400)
+    assert not store.decide(caller(), rsa, now=NOW, ca_not_after=CA_NOT_AFTER).allowed
+    assert decide(store, validity=86400).duration_seconds == 7200
+
+    (tmp_path / "settings.yaml").unlink()  # e.g. a ConfigMap key renamed by mistake
+    assert not store.reload()
+    assert store.revision == good and store.ready
+    errors = store.status()["errors"]
+    assert len(errors) == 1 and "no PolicySettings document but the active one has" in errors[0]
+    assert errors[0].startswith(f"{tmp_path}:1:1:")
+    assert metric(registry, "policy_reload_total", result="error") == 1
+    # Still the operator's settings, not the looser defaults (any RSA size >= 2048, 7d).
+    assert not store.decide(caller(), rsa, now=NOW, ca_not_after=CA_NOT_AFTER).allowed
+    assert decide(store, validity=86400).duration_seconds == 7200
+
+    (tmp_path / "settings.yaml").write_text(STRICT_SETTINGS)
+    assert store.reload() and store.revision == good  # restored: the same content, the same revision
+
+
+def test_a_set_without_settings_loads_at_start_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "own.yaml").write_text(OWN_IDENTITY)
+    store, _ = store_for(tmp_path)
+    assert store.ready and not store.policy_set.has_settings_document  # type: ignore[union-attr]
+    (warning,) = store.status()["warnings"]
+    assert warning.startswith(f"{tmp_path}/own.yaml:1:1: warning: the set has no PolicySettings document")
+    (tmp_path / "other.yaml").write_text(OWN_IDENTITY.replace("name: own}", "name: other}"))
+    assert store.reload()  # no settings before either: nothing is lost
+
+
 def test_metrics_of_decisions_and_audit_findings(policy_dir: Path) -> None:
     store, registry = store_for(policy_dir)
     decide(store, validity=86400)
