@@ -10,10 +10,8 @@ import grpc
 import pytest
 
 from proto import istio_ca_pb2_grpc
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import SERVER_NAME, ServerProcess, local_signer_flags, start_server
 from tests.support.tokens import TokenIssuer
-
-SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
 
 
 @dataclass
@@ -46,20 +44,14 @@ def token_issuer() -> TokenIssuer:
 @pytest.fixture(scope="session")
 def signer(tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer) -> Iterator[RunningSigner]:
     base = tmp_path_factory.mktemp("signer")
-    jwks = token_issuer.write_jwks(base / "jwks.json")
-    ca_dir = base / "ca"
     server = start_server(
         [
-            "--signer=local",
-            f"--local-ca-dir={ca_dir}",
-            "--authenticator=jwks",
-            f"--jwks-file={jwks}",
-            f"--token-issuer={token_issuer.issuer}",
+            *local_signer_flags(base, token_issuer),
             "--ca-trusted-node-accounts=istio-system/ztunnel",
             "--log-format=json",
             f"--decision-log={base / 'decisions.jsonl'}",
         ],
         base / "serve.log",
     )
-    yield RunningSigner(server, token_issuer, ca_dir, jwks)
+    yield RunningSigner(server, token_issuer, base / "ca", base / "jwks.json")
     assert server.stop() == 0, server.log()

@@ -14,18 +14,14 @@ from cryptography import x509
 
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
-from tests.support.processes import readyz, start_server
+from tests.support.processes import local_signer_flags, readyz, start_server
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies" / "fixtures" / "policies"
 
 
 def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ignore[no-untyped-def]
     return [
-        "--signer=local",
-        f"--local-ca-dir={base / 'ca'}",
-        "--authenticator=jwks",
-        f"--jwks-file={token_issuer.write_jwks(base / 'jwks.json')}",
-        f"--token-issuer={token_issuer.issuer}",
+        *local_signer_flags(base, token_issuer),
         f"--policy-dir={policy_dir}",
         f"--decision-log={base / 'decisions.jsonl'}",
         "--log-format=json",

@@ -12,21 +12,10 @@ import grpc
 from cryptography import x509
 
 from tests.e2e.calls import create
-from tests.e2e.conftest import SERVER_NAME
 from tests.support.csr_builder import make_csr
-from tests.support.processes import REPO, readyz, start_server
+from tests.support.processes import REPO, SERVER_NAME, local_signer_flags, readyz, start_server
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
-
-
-def _local_flags(tmp_path, token_issuer) -> list[str]:  # type: ignore[no-untyped-def]
-    return [
-        "--signer=local",
-        f"--local-ca-dir={tmp_path / 'ca'}",
-        "--authenticator=jwks",
-        f"--jwks-file={token_issuer.write_jwks(tmp_path / 'jwks.json')}",
-        f"--token-issuer={token_issuer.issuer}",
-    ]
 
 
 def _serving_serial(port: int, root: bytes) -> int:
@@ -53,7 +42,7 @@ def test_bad_flag_stops_start_with_its_name():
 
 def test_environment_variables_configure_serve(tmp_path, token_issuer):
     server = start_server(
-        _local_flags(tmp_path, token_issuer),
+        local_signer_flags(tmp_path, token_issuer),
         tmp_path / "log",
         env={"MESHSIGNER_MAX_CLIENT_CERTIFICATE_DURATION": "15m"},
     )
@@ -69,7 +58,7 @@ def test_environment_variables_configure_serve(tmp_path, token_issuer):
 
 def test_serving_certificate_is_renewed_without_restart(tmp_path, token_issuer):
     server = start_server(
-        [*_local_flags(tmp_path, token_issuer), "--serving-certificate-duration=6s"], tmp_path / "log"
+        [*local_signer_flags(tmp_path, token_issuer), "--serving-certificate-duration=6s"], tmp_path / "log"
     )
     try:
         root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
@@ -84,7 +73,7 @@ def test_serving_certificate_is_renewed_without_restart(tmp_path, token_issuer):
 
 
 def test_missing_jwks_fails_start_clearly(tmp_path, token_issuer):
-    flags = _local_flags(tmp_path, token_issuer)
+    flags = local_signer_flags(tmp_path, token_issuer)
     flags[3] = f"--jwks-file={tmp_path / 'absent.json'}"
     result = subprocess.run(
         [sys.executable, "-m", "signer.cli", "serve", *flags, "--serving-address=127.0.0.1:0",
@@ -95,7 +84,7 @@ def test_missing_jwks_fails_start_clearly(tmp_path, token_issuer):
 
 
 def test_two_workers_share_the_port(tmp_path, token_issuer):
-    server = start_server([*_local_flags(tmp_path, token_issuer), "--workers=2"], tmp_path / "log")
+    server = start_server([*local_signer_flags(tmp_path, token_issuer), "--workers=2"], tmp_path / "log")
     try:
         root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
         serials = set()
@@ -110,4 +99,5 @@ def test_two_workers_share_the_port(tmp_path, token_issuer):
         assert code is grpc.StatusCode.OK
         assert readyz(server.readiness_port)[0] == 200
     finally:
-        assert server.stop() == 0
+        exit_code = server.stop()
+    assert exit_code == 0, "the workers did not stop cleanly"

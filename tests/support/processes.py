@@ -20,6 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"  # istio-csr's default serving DNS name
 
 
+def local_signer_flags(base: Path, token_issuer) -> list[str]:  # type: ignore[no-untyped-def]
+    """serve on the local CA in ``base/ca`` with offline JWKS authentication of ``token_issuer``'s tokens."""
+    return [
+        "--signer=local",
+        f"--local-ca-dir={base / 'ca'}",
+        "--authenticator=jwks",
+        f"--jwks-file={token_issuer.write_jwks(base / 'jwks.json')}",
+        f"--token-issuer={token_issuer.issuer}",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,12 +4,16 @@ import pytest
 
 from signer.settings import FLAGS, SettingsError, parse_bool, parse_serve_args
 
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No MESHSIGNER_* variable of the developer's shell may change these results."""
+
+
 LOCAL = ["--signer=local", "--local-ca-dir=/tmp/x", "--authenticator=jwks", "--jwks-file=j", "--token-issuer=i"]
 
 
-def test_defaults_follow_istio_csr(monkeypatch):
-    for flag in FLAGS:
-        monkeypatch.delenv(flag.env_name, raising=False)
+def test_defaults_follow_istio_csr():
     settings = parse_serve_args([])
     assert settings.serving_address == "0.0.0.0:6443"
     assert settings.readiness_probe_port == 6060 and settings.metrics_port == 9402
@@ -74,9 +78,7 @@ def test_readme_documents_every_flag():
     assert not missing, f"README flag table lacks {missing}"
 
 
-def test_in_cluster_defaults_follow_istio_csr(monkeypatch):
-    for flag in FLAGS:
-        monkeypatch.delenv(flag.env_name, raising=False)
+def test_in_cluster_defaults_follow_istio_csr():
     settings = parse_serve_args([])
     assert (settings.signer, settings.authenticator) == ("cert-manager", "tokenreview")
     assert settings.certificate_namespace == "istio-system"
