@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import urllib3
+from kubernetes.client.rest import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "tests" / "cluster"
@@ -158,6 +160,13 @@ def kube_plane():
             f"set {SKIP_ENV}=1 to skip the cluster tests.\n--- up.sh output ---\n{proc.stdout}{proc.stderr}",
             pytrace=False,
         )
+    if "--auto-approve" in plane.procs["cm-controller"].argv:
+        plane_mod.release_user(stop_if_last=False)
+        pytest.fail(
+            "the running test plane has cert-manager's auto-approver on (MESHSIGNER_CM_AUTO_APPROVE=1); the tests "
+            "need to decide approval themselves: restart it with `make cluster-down && make cluster`",
+            pytrace=False,
+        )
     try:
         yield plane
     finally:
@@ -188,7 +197,7 @@ def _wait_for(predicate, timeout: float = 60, interval: float = 0.25, what: str 
             value = predicate()
             if value:
                 return value
-        except Exception as e:  # a transient API error counts as "not yet"
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:  # a transient API error is "not yet"
             last_exc = e
         if time.monotonic() > deadline:
             extra = f" (last error: {last_exc!r})" if last_exc else ""
