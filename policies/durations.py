@@ -7,8 +7,10 @@ istiod's and cert-manager's (``72h0m0s``).
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_POLICY_DURATION = 3650 * 86400  # 10 years: the longest duration a policy document may write
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 
@@ -26,6 +28,8 @@ def parse_duration(text: str) -> int:
             raise ValueError(f"invalid duration {text!r} (use Go form plus d, such as 24h, 90m, 7d)")
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
+    if not math.isfinite(total) or total > 2**62:
+        raise ValueError(f"duration {text[:40]!r} is too long")
     seconds = round(total)
     if abs(total - seconds) > 1e-6:
         raise ValueError(f"duration {text!r} is not a whole number of seconds")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -161,9 +162,21 @@ class PolicyStore:
         if active is None:
             decision = deny(Outcome.UNAVAILABLE, "POLICY_SET_UNAVAILABLE", "no valid policy set is loaded; retry later")
         else:
-            decision = evaluate(
-                active, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=self._namespace_labels
-            )
+            try:
+                decision = evaluate(
+                    active, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=self._namespace_labels
+                )
+            except Exception:  # an engine bug or a failing label provider: refuse (retryable), never allow
+                logger.exception(
+                    "policy: evaluation failed for {}/{} (policy set {})",
+                    caller.namespace,
+                    caller.service_account,
+                    active.revision,
+                )
+                decision = replace(
+                    deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", "the policy engine failed on this request; retry"),
+                    policy_set_revision=active.revision,
+                )
         elapsed = time.perf_counter() - started
         rule = matched_rule(decision) or ""
         policy_name, _, rule_name = rule.partition("/")

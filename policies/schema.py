@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from policies.durations import parse_duration
+from policies.durations import MAX_POLICY_DURATION, describe_duration, parse_duration
 from policies.problems import Problem, Severity
 from policies.yaml_source import position
 
@@ -141,16 +141,24 @@ class Bool(Spec):
 
 @dataclass
 class Duration(Spec):
+    """A policy duration, at most ``MAX_POLICY_DURATION`` (10 years): larger values can only be typos, and
+    adding one to the clock would overflow a datetime while a request is being decided."""
+
     what: str = "a duration string such as 24h, 10m or 7d"
 
     def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
             return self.mismatch(node, path, report)
         try:
-            return parse_duration(node.value)
+            value = parse_duration(node.value)
         except ValueError as exc:
             report.error(path, str(exc), node)
             return INVALID
+        if value > MAX_POLICY_DURATION:
+            longest = describe_duration(MAX_POLICY_DURATION)
+            report.error(path, f"{node.value} exceeds the longest supported duration {longest} (10 years)", node)
+            return INVALID
+        return value
 
 
 @dataclass

@@ -106,6 +106,20 @@ def test_v31_duration_ranges_are_checked_at_load(duration: str, message: str) ->
     assert all(e.startswith("doc0.yaml:10:") for e in found)
 
 
+def test_durations_longer_than_ten_years_are_located_load_errors() -> None:
+    """4000000d used to load and raise OverflowError while deciding (now + duration)."""
+    found = errors_of(settings=SETTINGS + "  duration: {max: 4000000d, default: 4000000d}\n")
+    assert found == [
+        "settings.yaml:10:19: spec.duration.max: 4000000d exceeds the longest supported duration 3650d (10 years)",
+        "settings.yaml:10:38: spec.duration.default: 4000000d exceeds the longest supported duration 3650d (10 years)",
+    ]
+    huge = "9" * 400 + "s"
+    text = policy("p", f"  subjects: {{namespaces: ['*']}}\n  limits: {{duration: {{max: {huge}}}}}\n")
+    (found,) = errors_of(text)
+    assert found.startswith("doc0.yaml:6:28: spec.limits.duration.max: duration '999") and "is too long" in found
+    assert build(settings=SETTINGS + "  duration: {max: 3650d, default: 3650d}\n").settings.duration_max == 315360000
+
+
 @pytest.mark.parametrize(
     ("identity", "message"),
     [

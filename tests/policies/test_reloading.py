@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from policies.model import Outcome, Verdict
@@ -181,6 +182,45 @@ def test_namespace_labels_come_from_the_provider(policy_dir: Path) -> None:
     assert decide(store).reason == "DENIED_BY_RULE"
     labels["orders"] = {}
     assert decide(store).allowed
+
+
+def test_an_exception_during_evaluation_is_a_retryable_denial(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (policy_dir / "tiered.yaml").write_text(
+        DENY_ORDERS.replace("namespaces: [orders]", "namespaceSelector: {matchLabels: {mesh.example.org/tier: frozen}}")
+    )
+
+    def broken_provider(namespace: str) -> dict[str, str]:
+        raise RuntimeError("informer exploded")
+
+    store, registry = store_for(policy_dir, namespace_labels=broken_provider)
+    logged: list[str] = []
+    handler = logger.add(logged.append, level="ERROR")
+    try:
+        decision = decide(store)
+    finally:
+        logger.remove(handler)
+    assert (decision.verdict, decision.reason, decision.outcome) == (
+        Verdict.DENY,
+        "EVALUATION_ERROR",
+        Outcome.UNAVAILABLE,
+    )
+    assert decision.policy_set_revision == store.revision
+    assert decision.details["clientMessage"].startswith("denied: EVALUATION_ERROR")
+    assert any("evaluation failed for orders/web" in line and "informer exploded" in line for line in logged)
+    assert (
+        metric(
+            registry, "policy_decisions_total", decision="Deny", reason="EVALUATION_ERROR", policy="", rule="", mode=""
+        )
+        == 1
+    )
+
+    def overflow(*args: object, **kwargs: object) -> None:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr("policies.reloading.evaluate", overflow)
+    assert decide(store, "payments", "api").reason == "EVALUATION_ERROR"
 
 
 async def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
