@@ -13,17 +13,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.support.processes import REPO
-
-
-@pytest.fixture(scope="session")
-def istio_peer() -> str:
-    result = subprocess.run(
-        ["bash", str(REPO / "tests" / "istio_peer" / "build.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert result.returncode == 0, f"building Istio's CA client failed:\n{result.stderr}"
-    return result.stdout.strip().splitlines()[-1]
-
 
 def _run(istio_peer, signer, tmp_path: Path, token: str, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     token_file = tmp_path / "istio-token"

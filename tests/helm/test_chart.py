@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from signer.settings import parse_serve_args
@@ -17,17 +16,10 @@ CHART = REPO / "helm" / "meshsigner"
 POLICIES = REPO / "tests" / "policies" / "fixtures" / "policies"
 
 
-@pytest.fixture(scope="session")
-def helm() -> str:
-    result = subprocess.run(
-        ["bash", str(Path(__file__).with_name("build-helm.sh"))], capture_output=True, text=True, timeout=1800
-    )
-    assert result.returncode == 0, f"building helm failed:\n{result.stderr}"
-    return result.stdout.strip().splitlines()[-1]
-
-
-def render(helm: str, *values: str, files: dict[str, Path] | None = None) -> list[dict]:
-    command = [helm, "template", "meshsigner", str(CHART), "--namespace", "cert-manager", "--kube-version", "1.36.0"]
+def render(
+    helm: str, *values: str, files: dict[str, Path] | None = None, namespace: str = "cert-manager"
+) -> list[dict]:
+    command = [helm, "template", "meshsigner", str(CHART), "--namespace", namespace, "--kube-version", "1.36.0"]
     for value in values:
         command += ["--set", value]
     for key, path in (files or {}).items():

@@ -1,0 +1,70 @@
+"""meshsigner runs under exactly the RBAC the Helm chart grants (not the admin credentials the other plane tests
+use): the chart's ServiceAccount, Roles and bindings are rendered with helm, applied to the real API server, and
+a workload gets its certificate through cert-manager with self-approval on."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from pathlib import Path
+
+import grpc
+import yaml
+from kubernetes import client, utils
+
+from tests.e2e.calls import create
+from tests.helm.test_chart import render
+from tests.support.csr_builder import make_csr
+
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _kubeconfig(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "p", "cluster": {"server": kube_plane.api_server_url,
+                                                "certificate-authority": kube_plane.ca_cert_path}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "p", "user": "u"}}],
+    }))  # fmt: skip
+    return path
+
+
+def test_issuance_under_the_charts_rbac(  # type: ignore[no-untyped-def]
+    helm, kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer,
+    signer_factory, tmp_path: Path,
+):  # fmt: skip
+    release_ns = make_namespace("release")
+    cert_ns = make_namespace("certs")
+    name = f"meshsigner-rbac-{secrets.token_hex(3)}"  # cluster-scoped names must not collide across runs
+    docs = render(
+        helm,
+        f"nameOverride={name}",
+        f"app.certmanager.namespace={cert_ns}",
+        f"app.certmanager.issuer.name={ca_cluster_issuer.name}",
+        "app.certmanager.issuer.kind=ClusterIssuer",
+        "app.certmanager.approveCertificateRequests=true",
+        namespace=release_ns,
+    )
+    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
+    assert {d["kind"] for d in rbac} == RBAC_KINDS
+    try:
+        for doc in rbac:
+            utils.create_from_dict(kube_api, doc)
+        token = mint_token(release_ns, name, audience=None)
+        signer = signer_factory(
+            cert_ns, ca_cluster_issuer, f"--kubeconfig={_kubeconfig(kube_plane, token, tmp_path / 'sa.kubeconfig')}"
+        )
+        workload_ns = make_namespace("app")
+        make_service_account(workload_ns, "web")
+        own = f"spiffe://cluster.local/ns/{workload_ns}/sa/web"
+        code, chain, details = create(signer.stub(), make_csr([own]), mint_token(workload_ns, "web"))
+        assert code is grpc.StatusCode.OK, details + signer.server.log()[-3000:]
+        assert len(chain) >= 2
+        # nothing was refused for want of a permission along the way
+        assert '"status": "403"' not in signer.server.log() and "Forbidden" not in signer.server.log()
+    finally:
+        rbac_api = client.RbacAuthorizationV1Api(kube_api)
+        for delete in (rbac_api.delete_cluster_role_binding, rbac_api.delete_cluster_role):
+            with contextlib.suppress(client.ApiException):
+                delete(name)
