@@ -205,6 +205,26 @@ def count_failures(rule: Rule, ctx: EvaluationContext) -> int:
     return failed
 
 
+def _deny_identity_hit(rule: Rule, ctx: EvaluationContext) -> str | None:
+    """The first requested URI one of Deny ``rule``'s identities covers (an unrenderable template covers all)."""
+    primary = ctx.primary_trust_domain
+    for uri in ctx.uris:
+        if any(t.matches(uri, primary, ctx.lookup, for_deny=True) for t in rule.identities):
+            return str(uri)
+    return None
+
+
+def _deny_dns_hit(rule: Rule, ctx: EvaluationContext) -> str | None:
+    """The first requested DNS name one of Deny ``rule``'s templates covers (an unrenderable template covers
+    every valid name; a requested wildcard label covers any pattern label)."""
+    for index, labels in enumerate(ctx.dns_labels):
+        if labels is not None and any(
+            t.matches(labels, ctx.lookup, allow_wildcard=True, for_deny=True) for t in rule.dns_names
+        ):
+            return ctx.request.dns_names[index]
+    return None
+
+
 def denies(rule: Rule, ctx: EvaluationContext, *, static_subjects_checked: bool = False) -> bool:
     """The fast path of ``check_deny``: whether Deny ``rule`` matches, without building explanations."""
     if rule.subjects is not None and not (
@@ -213,14 +233,9 @@ def denies(rule: Rule, ctx: EvaluationContext, *, static_subjects_checked: bool 
         return False
     if rule.expires_at is not None and ctx.now >= rule.expires_at:
         return False
-    primary = ctx.primary_trust_domain
-    if rule.identities and not any(t.matches(u, primary, ctx.lookup) for u in ctx.uris for t in rule.identities):
+    if rule.identities and _deny_identity_hit(rule, ctx) is None:
         return False
-    if rule.dns_names and not any(
-        labels is not None and t.matches(labels, ctx.lookup, allow_wildcard=True, for_deny=True)
-        for labels in ctx.dns_labels
-        for t in rule.dns_names
-    ):
+    if rule.dns_names and _deny_dns_hit(rule, ctx) is None:
         return False
     return rule.key is None or rule.key.algorithms is None or ctx.request.key in rule.key.algorithms
 
@@ -235,20 +250,15 @@ def check_deny(rule: Rule, ctx: EvaluationContext) -> RuleResult:
         results.append(Check("expiresAt", live, f"before {rule.expires_at.isoformat()}", ctx.now.isoformat()))
     primary = ctx.primary_trust_domain
     if rule.identities:
-        hit = next((str(u) for u in ctx.uris if any(t.matches(u, primary, ctx.lookup) for t in rule.identities)), None)
+        hit = _deny_identity_hit(rule, ctx)
         expected = "any of [" + ", ".join(t.describe(ctx.lookup, primary) for t in rule.identities) + "]"
         actual = hit or ", ".join(str(u) for u in ctx.uris)
+        unrendered = [t.text for t in rule.identities if t.render(ctx.lookup) is None]
+        if unrendered:
+            actual += f" ({', '.join(unrendered)} cannot render for this caller: a Deny rule then matches)"
         results.append(Check("identities", hit is not None, expected, actual))
     if rule.dns_names:
-        hit = next(
-            (
-                ctx.request.dns_names[i]
-                for i, labels in enumerate(ctx.dns_labels)
-                if labels is not None
-                and any(t.matches(labels, ctx.lookup, allow_wildcard=True, for_deny=True) for t in rule.dns_names)
-            ),
-            None,
-        )
+        hit = _deny_dns_hit(rule, ctx)
         expected = "any of [" + ", ".join(t.describe(ctx.lookup) for t in rule.dns_names) + "]"
         results.append(Check("dnsNames", hit is not None, expected, hit or ", ".join(ctx.request.dns_names)))
     if rule.key is not None and rule.key.algorithms is not None:

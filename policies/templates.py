@@ -196,12 +196,20 @@ class IdentityTemplate:
             return self.static
         return _cached_render(self._cache, self._names, self.parts, lookup, _path_value_ok, "/")
 
-    def matches(self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup) -> bool:
+    def matches(
+        self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup, *, for_deny: bool = False
+    ) -> bool:
+        """Whether ``spiffe_id`` matches the template rendered for this caller.
+
+        When a value is missing or unusable (no ``{podName}``, an absent ``{nsLabel:…}``, a value with a ``/``)
+        the template cannot say what it covers: an Allow rule then does not match, a Deny rule does (deny when
+        unsure).
+        """
         if spiffe_id.trust_domain != (self.trust_domain or primary_trust_domain):
             return False
         pattern = self.render(lookup)
         if pattern is None:
-            return False
+            return for_deny
         segments = spiffe_id.segments
         if self.globstar:
             if len(segments) <= len(pattern):
@@ -261,10 +269,13 @@ class DnsTemplate:
         A requested wildcard label (``*``) matches only a pattern label that is literally ``*`` and only when the
         rule allows wildcard names. Deny rules match broadly instead: a requested ``*`` label stands for every
         label, so it matches any pattern label (a certificate for ``*.payments.svc`` is valid for
-        ``admin.payments.svc``, which a Deny rule on that name must therefore catch).
+        ``admin.payments.svc``, which a Deny rule on that name must therefore catch). A template that cannot
+        render for this caller matches no name for an Allow rule and every name for a Deny rule.
         """
         pattern = self.render(lookup)
-        if pattern is None or len(pattern) != len(labels):
+        if pattern is None:
+            return for_deny
+        if len(pattern) != len(labels):
             return False
         for pieces, label in zip(pattern, labels, strict=True):
             if "*" in label:

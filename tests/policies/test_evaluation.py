@@ -317,6 +317,60 @@ def test_pod_templates_need_a_pod_bound_token() -> None:
     assert not decide(policy_set, req=request(uri)).allowed
 
 
+def test_a_deny_rule_whose_template_cannot_render_matches() -> None:
+    """Deny when unsure: a Deny rule about {podName}, {podUID} or a namespace label the caller lacks still denies;
+    an Allow rule in the same position grants nothing."""
+    grants = policy(
+        "grants",
+        "  subjects: {namespaces: ['*']}\n  rules:\n    - name: own\n      effect: Allow\n"
+        f"      identities: ['{OWN}', '{OWN}/pod/*']\n      dnsNames: ['*.orders.svc']\n",
+    )
+    denies = policy(
+        "denies",
+        "  subjects: {namespaces: ['*']}\n  rules:\n"
+        f"    - {{name: no-pod, effect: Deny, identities: ['{OWN}/pod/{{podName}}']}}\n"
+        f"    - {{name: no-uid, effect: Deny, identities: ['{OWN}/pod/{{podUID}}-x']}}\n"
+        f"    - {{name: no-tier, effect: Deny, identities: ['{OWN}/pod/{{nsLabel:mesh.example.org/tier}}']}}\n"
+        "    - {name: no-pod-dns, effect: Deny, dnsNames: ['{podName}.orders.svc']}\n",
+    )
+    policy_set = build(grants, denies)
+    tier = {"orders": {"mesh.example.org/tier": "gold"}}.get
+    pod = own_id() + "/pod/web-1"
+    with_pod = caller(pod_name="web-1", pod_uid="u1")
+
+    no_token = decide(policy_set, req=request(pod), labels=tier)
+    assert no_token.deny_rules == ("denies/no-pod", "denies/no-uid")
+    no_label = decide(policy_set, who=with_pod, req=request(pod), labels=lambda ns: {})
+    assert no_label.deny_rules == ("denies/no-pod", "denies/no-tier")
+    # Unrenderable, the template covers every requested value of its kind, not only ones shaped like it.
+    dns = decide(policy_set, who=caller(pod_uid="u1"), req=request(own_id(), dns=("api.orders.svc",)), labels=tier)
+    assert dns.deny_rules == ("denies/no-pod", "denies/no-pod-dns")
+    # Everything renders and nothing is covered: no Deny rule matches.
+    other_pod = decide(policy_set, who=with_pod, req=request(own_id() + "/pod/web-2"), labels=tier)
+    assert other_pod.allowed
+    assert decide(policy_set, who=with_pod, req=request(own_id(), dns=("api.orders.svc",)), labels=tier).allowed
+    # A rule about DNS names needs a requested name to match at all.
+    dns_only = build(
+        grants, policy("dns", "  rules:\n    - {name: d, effect: Deny, dnsNames: ['{podName}.orders.svc']}\n")
+    )
+    assert decide(dns_only, req=request(own_id())).allowed
+    assert decide(dns_only, req=request(own_id(), dns=("x.orders.svc",))).deny_rules == ("dns/d",)
+
+    # Allow rules keep "no match" when a value is missing.
+    pods = policy(
+        "pods",
+        "  subjects: {namespaces: ['*']}\n  rules:\n"
+        "    - {name: pod, effect: Allow, identities: ['spiffe://{trustDomain}/ns/{namespace}/pod/{podName}']}\n"
+        "    - {name: tier, effect: Allow, identities: ['spiffe://{trustDomain}/ns/{namespace}/t/{nsLabel:mesh.example.org/tier}']}\n",
+    )
+    assert (
+        decide(build(pods), req=request("spiffe://cluster.local/ns/orders/pod/web-1"), labels=tier).reason
+        == "NO_MATCHING_RULE"
+    )
+    missing = decide(build(pods), req=request("spiffe://cluster.local/ns/orders/t/gold"), labels=lambda ns: {})
+    assert missing.reason == "NO_MATCHING_RULE"
+
+
 def test_usages_must_be_a_subset() -> None:
     policy_set = build(BASELINE)
     ok = IssuanceRequest(uris=(own_id(),), validity_seconds=3600, usages=("digitalSignature", "serverAuth"))
