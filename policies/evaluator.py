@@ -50,6 +50,7 @@ def prepare(
             "IMPERSONATION_NOT_ALLOWED",
             f"{node} may not request certificates for {caller.namespace}/{caller.service_account}: "
             "it is not in settings.impersonation.nodeServiceAccounts",
+            revision=policy_set.revision,
         )
     checked = precheck(caller, request, policy_set.precheck_settings)
     if isinstance(checked, Decision):
@@ -59,6 +60,7 @@ def prepare(
             Outcome.INVALID_ARGUMENT,
             "INVALID_DURATION",
             f"requested validity {request.validity_seconds}s is not positive (settings.duration.nonPositive: Deny)",
+            revision=policy_set.revision,
         )
     return EvaluationContext(
         caller,
@@ -108,14 +110,13 @@ def evaluate(
         policy_set, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=namespace_labels
     )
     if isinstance(prepared, Decision):
-        return replace(prepared, policy_set_revision=policy_set.revision)
+        return prepared  # step 0 refusals already carry the revision
     ctx = prepared
     try:
         selection = select(policy_set, ctx)
         decision = decide_over(policy_set, ctx, selection.enforced)
     except LabelsUnavailable as exc:
-        unavailable = deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", f"{exc}; retry shortly")
-        return replace(unavailable, policy_set_revision=policy_set.revision)
+        return deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", f"{exc}; retry shortly", revision=policy_set.revision)
     findings = list(selection.audit_errors)
     for entry in selection.audited:
         findings.extend(_audit(policy_set, ctx, selection.enforced, entry, decision))
@@ -332,8 +333,7 @@ def _cap_to_ca(
     remaining = int((ctx.ca_not_after - ctx.now).total_seconds())
 
     def unavailable(message: str, **details: object) -> Decision:
-        refused = deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", message, **details)
-        return replace(refused, policy_set_revision=policy_set.revision)
+        return deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", message, revision=policy_set.revision, **details)
 
     if remaining <= 0:
         return unavailable("the signing CA has expired", alert=True)

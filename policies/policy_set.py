@@ -77,6 +77,7 @@ class PolicySet:
             trust_domain_aliases=settings.trust_domain_aliases,
             max_uris=settings.max_uris,
             stamp_caller_identity_when_missing=settings.on_missing_uri == "UseCallerIdentity",
+            revision=revision,
         )
         self.needs_namespace_labels = any(p.needs_labels for p in self.policies if p.mode is not Mode.DISABLED)
 

@@ -18,10 +18,19 @@ class PrecheckSettings:
     trust_domain_aliases: frozenset[str] = frozenset()
     max_uris: int = 1
     stamp_caller_identity_when_missing: bool = False  # san.onMissingURI: UseCallerIdentity
+    revision: str | None = None  # the policy set's revision, stamped on the decisions precheck refuses
 
 
-def deny(outcome: Outcome, reason: str, message: str, **details: object) -> Decision:
-    return Decision(verdict=Verdict.DENY, outcome=outcome, reason=reason, message=message, details=dict(details))
+def deny(outcome: Outcome, reason: str, message: str, *, revision: str | None = None, **details: object) -> Decision:
+    """A DENY decision; ``revision`` is the policy set it was decided against (no copy needed to add it)."""
+    return Decision(
+        verdict=Verdict.DENY,
+        outcome=outcome,
+        reason=reason,
+        message=message,
+        policy_set_revision=revision,
+        details=dict(details),
+    )
 
 
 def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSettings) -> tuple[SpiffeID, ...] | Decision:
@@ -31,6 +40,7 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
             Outcome.PERMISSION_DENIED,
             "IMPERSONATION_NOT_ALLOWED",
             "caller is not a trusted node account and may not request another identity",
+            revision=settings.revision,
         )
     for kind, values in (
         ("IP address", request.ip_addresses),
@@ -38,16 +48,32 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
         ("SAN of type", request.other_san_types),
     ):
         if values:
-            return deny(Outcome.INVALID_ARGUMENT, "SAN_TYPE_NOT_ALLOWED", f"{kind} {values[0]!s} not allowed")
+            return deny(
+                Outcome.INVALID_ARGUMENT,
+                "SAN_TYPE_NOT_ALLOWED",
+                f"{kind} {values[0]!s} not allowed",
+                revision=settings.revision,
+            )
     if request.common_name is not None:
-        return deny(Outcome.INVALID_ARGUMENT, "SAN_TYPE_NOT_ALLOWED", "a subject common name is not allowed")
+        return deny(
+            Outcome.INVALID_ARGUMENT,
+            "SAN_TYPE_NOT_ALLOWED",
+            "a subject common name is not allowed",
+            revision=settings.revision,
+        )
     if request.is_ca:
-        return deny(Outcome.INVALID_ARGUMENT, "CA_NOT_ALLOWED", "workloads may not request a CA certificate")
+        return deny(
+            Outcome.INVALID_ARGUMENT,
+            "CA_NOT_ALLOWED",
+            "workloads may not request a CA certificate",
+            revision=settings.revision,
+        )
     if request.unknown_extensions:
         return deny(
             Outcome.INVALID_ARGUMENT,
             "EXTENSION_NOT_ALLOWED",
             f"extension {request.unknown_extensions[0]} not allowed (only SAN, key usage, extended key usage)",
+            revision=settings.revision,
         )
     uris: Collection[str] = request.uris
     if len(uris) > settings.max_uris:
@@ -55,17 +81,25 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
             Outcome.PERMISSION_DENIED,
             "TOO_MANY_URI_SANS",
             f"{len(uris)} URI SANs requested, at most {settings.max_uris} allowed",
+            revision=settings.revision,
         )
     if not uris:
         if not settings.stamp_caller_identity_when_missing:
-            return deny(Outcome.INVALID_ARGUMENT, "MISSING_URI_SAN", "the CSR has no URI SAN")
+            return deny(
+                Outcome.INVALID_ARGUMENT, "MISSING_URI_SAN", "the CSR has no URI SAN", revision=settings.revision
+            )
         uris = (caller.spiffe_id,)
     parsed: list[SpiffeID] = []
     for index, uri in enumerate(uris):
         try:
             spiffe_id = parse_spiffe_id(uri)
         except InvalidSpiffeID as exc:
-            return deny(Outcome.INVALID_ARGUMENT, "INVALID_SPIFFE_ID", f"uris[{index}] {uri!r}: {exc}")
+            return deny(
+                Outcome.INVALID_ARGUMENT,
+                "INVALID_SPIFFE_ID",
+                f"uris[{index}] {uri!r}: {exc}",
+                revision=settings.revision,
+            )
         if (
             spiffe_id.trust_domain != settings.primary_trust_domain
             and spiffe_id.trust_domain not in settings.trust_domain_aliases
@@ -75,6 +109,7 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
                 "TRUST_DOMAIN_NOT_ALLOWED",
                 f"uris[{index}] trust domain {spiffe_id.trust_domain!r} is neither "
                 f"{settings.primary_trust_domain!r} nor a configured alias",
+                revision=settings.revision,
             )
         parsed.append(spiffe_id)
     return tuple(parsed)

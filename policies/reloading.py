@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -173,10 +172,8 @@ class PolicyStore:
                     caller.service_account,
                     active.revision,
                 )
-                decision = replace(
-                    deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", "the policy engine failed on this request; retry"),
-                    policy_set_revision=active.revision,
-                )
+                message = "the policy engine failed on this request; retry"
+                decision = deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", message, revision=active.revision)
         elapsed = time.perf_counter() - started
         rule = matched_rule(decision) or ""
         policy_name, _, rule_name = rule.partition("/")

@@ -9,6 +9,7 @@ import pytest
 
 from policies.evaluator import evaluate, matched_rule
 from policies.model import IssuanceRequest, Outcome, Verdict
+from policies.precheck import deny
 from policies.records import client_message, decision_record
 
 from .conftest import CA_NOT_AFTER, NOW, SETTINGS, build, caller, own_id, policy, request
@@ -418,6 +419,26 @@ def test_decision_record_is_json_and_complete(reference_set) -> None:  # type: i
     assert record["auditFindings"][0]["finding"] == "AUDIT_WOULD_CLAMP"
     assert record["policySetRevision"] == reference_set.revision
     assert record["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
+
+
+def test_refusals_carry_the_revision_they_were_decided_against(reference_set) -> None:  # type: ignore[no-untyped-def]
+    refused = deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", "m", revision="sha256:abc", alert=True)
+    assert (refused.policy_set_revision, refused.details) == ("sha256:abc", {"alert": True})
+    step0 = [
+        decide(reference_set, req=request(own_id() + "/")),  # INVALID_SPIFFE_ID
+        decide(reference_set, req=IssuanceRequest(uris=(own_id(),), common_name="web")),  # SAN_TYPE_NOT_ALLOWED
+        decide(reference_set, who=caller(node_principal="orders/other")),  # IMPERSONATION_NOT_ALLOWED
+        decide(reference_set, req=request(own_id(), own_id())),  # TOO_MANY_URI_SANS
+    ]
+    assert [d.reason for d in step0] == [
+        "INVALID_SPIFFE_ID",
+        "SAN_TYPE_NOT_ALLOWED",
+        "IMPERSONATION_NOT_ALLOWED",
+        "TOO_MANY_URI_SANS",
+    ]
+    assert {d.policy_set_revision for d in step0} == {reference_set.revision}
+    expired_ca = decide(reference_set, ca=NOW - timedelta(seconds=1))
+    assert (expired_ca.reason, expired_ca.policy_set_revision) == ("CA_VALIDITY_INSUFFICIENT", reference_set.revision)
 
 
 def test_client_messages(reference_set) -> None:  # type: ignore[no-untyped-def]
