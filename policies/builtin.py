@@ -2,32 +2,21 @@
 
 A caller gets exactly its own SPIFFE ID, no DNS names, ECDSA P-256/P-384 or RSA ≥ 2048 keys, the usages
 istio-csr allows, and ``min(requested, max)`` as lifetime. A non-positive request gets the maximum (istio-csr
-would pass 0 through to the issuer; we choose the documented ceiling instead). notAfter never passes the CA's.
+would pass 0 through to the issuer; we choose the documented ceiling instead). notAfter never passes the CA's,
+and with less than a second of CA validity left the request is refused, exactly as the YAML engine does.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from policies.ca_validity import cap_to_ca
 from policies.model import Caller, Decision, IssuanceRequest, Outcome, Verdict
 from policies.precheck import PrecheckSettings, deny, precheck
 
 ALLOWED_KEYS = frozenset({"ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072", "RSA-4096"})
 ALLOWED_USAGES = frozenset({"digitalSignature", "keyEncipherment", "serverAuth", "clientAuth"})
 RULE_NAME = "builtin/own-identity"
-
-
-def cap_to_ca(
-    now: datetime, duration_seconds: int, ca_not_after: datetime | None, flags: list[str]
-) -> datetime | Decision:
-    """notAfter = min(now + duration, CA notAfter); refuse when the CA itself has expired."""
-    not_after = now + timedelta(seconds=duration_seconds)
-    if ca_not_after is None or not_after <= ca_not_after:
-        return not_after
-    if ca_not_after <= now:
-        return deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", "the signing CA has expired")
-    flags.append("NOT_AFTER_CAPPED_BY_CA")
-    return ca_not_after
 
 
 class OwnIdentityOnly:
@@ -79,16 +68,20 @@ class OwnIdentityOnly:
             flags.append("DURATION_CLAMPED")
         else:
             duration = requested
-        not_after = cap_to_ca(now, duration, ca_not_after, flags)
-        if isinstance(not_after, Decision):
-            return not_after
+        not_after = now + timedelta(seconds=duration)
+        if ca_not_after is not None and not_after > ca_not_after:
+            capped = cap_to_ca(now, ca_not_after, duration)
+            if isinstance(capped, Decision):
+                return capped
+            duration, not_after = capped, now + timedelta(seconds=capped)
+            flags.append("NOT_AFTER_CAPPED_BY_CA")
         return Decision(
             verdict=Verdict.ALLOW,
             outcome=Outcome.OK,
             reason="GRANTED",
             message=f"granted by {RULE_NAME}",
             uris=(own,),
-            duration_seconds=int((not_after - now).total_seconds()),
+            duration_seconds=duration,
             not_after=not_after,
             granted_by=RULE_NAME,
             flags=tuple(flags),

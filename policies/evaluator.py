@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from policies.ca_validity import cap_to_ca
 from policies.context import EvaluationContext, LabelsUnavailable, NamespaceLabels
 from policies.documents import Mode, Policy, Rule
 from policies.durations import format_duration
@@ -286,8 +287,14 @@ def _limit_and_issue(
     not_after = ctx.now + timedelta(seconds=duration)
     ca_not_after = ctx.ca_not_after
     if ca_not_after is not None and not_after > ca_not_after:
-        effective_min = max(bounded.low, grant.rule.duration.minimum)
-        capped = _cap_to_ca(policy_set.settings.ca_on_exceed, ctx, duration, effective_min, policy_set)
+        capped = cap_to_ca(
+            ctx.now,
+            ca_not_after,
+            duration,
+            minimum=max(bounded.low, grant.rule.duration.minimum),
+            on_exceed=policy_set.settings.ca_on_exceed,
+            revision=policy_set.revision,
+        )
         if isinstance(capped, Decision):
             return capped
         duration = capped
@@ -323,31 +330,6 @@ def _refuse(reason: str, message: str, matched: str | None, policy_set: PolicySe
         policy_set_revision=policy_set.revision,
         details=details,
     )
-
-
-def _cap_to_ca(
-    on_exceed: str, ctx: EvaluationContext, duration: int, effective_min: int, policy_set: PolicySet
-) -> int | Decision:
-    """Step 6: the lifetime left before the CA's notAfter, or why the request cannot be served."""
-    assert ctx.ca_not_after is not None
-    remaining = int((ctx.ca_not_after - ctx.now).total_seconds())
-
-    def unavailable(message: str, **details: object) -> Decision:
-        return deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", message, revision=policy_set.revision, **details)
-
-    if remaining <= 0:
-        return unavailable("the signing CA has expired", alert=True)
-    if on_exceed == "Deny":
-        return unavailable(
-            f"{format_duration(duration)} would outlive the CA ({format_duration(remaining)} left; "
-            "settings.caValidity.onExceed: Deny)"
-        )
-    if remaining < max(effective_min, 1):
-        return unavailable(
-            f"the CA has {format_duration(remaining)} left, below the minimum {format_duration(effective_min)}",
-            alert=True,
-        )
-    return remaining
 
 
 def _audit(

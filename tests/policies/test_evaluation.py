@@ -7,12 +7,13 @@ from datetime import timedelta
 
 import pytest
 
+from policies.builtin import OwnIdentityOnly
 from policies.evaluator import evaluate, matched_rule
-from policies.model import IssuanceRequest, Outcome, Verdict
+from policies.model import Decision, IssuanceRequest, Outcome, Verdict
 from policies.precheck import deny
 from policies.records import client_message, decision_record
 
-from .conftest import CA_NOT_AFTER, NOW, SETTINGS, build, caller, own_id, policy, request
+from .conftest import CA_NOT_AFTER, NOW, SETTINGS, TD, build, caller, own_id, policy, request
 
 OWN = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
 BASELINE = policy(
@@ -133,6 +134,26 @@ def test_ca_validity_deny_and_below_minimum() -> None:
     )
     expired = decide(build(BASELINE), ca=NOW - timedelta(seconds=1))
     assert expired.reason == "CA_VALIDITY_INSUFFICIENT"
+
+
+@pytest.mark.parametrize("left", [-1.0, 0.0, 0.5, 0.999, 1.0, 1.5, 59.9, 3600.0])
+def test_the_builtin_rule_and_the_engine_cap_at_the_ca_alike(left: float) -> None:
+    """One helper for both: with 0.5 s of CA validity left the built-in rule used to ALLOW with duration 0."""
+    ca = NOW + timedelta(seconds=left)
+    builtin = OwnIdentityOnly(TD, 86400).decide(caller(), request(own_id(), validity=86400), now=NOW, ca_not_after=ca)
+    engine = decide(build(BASELINE), req=request(own_id(), validity=86400), ca=ca)
+
+    def shape(d: Decision) -> tuple[object, ...]:
+        return d.verdict, d.reason, d.outcome, d.duration_seconds, d.not_after, d.flags
+
+    assert shape(builtin) == shape(engine)
+    if left < 1:
+        assert (builtin.reason, builtin.outcome) == ("CA_VALIDITY_INSUFFICIENT", Outcome.UNAVAILABLE)
+    else:
+        assert (
+            builtin.allowed and builtin.duration_seconds == int(left) and builtin.flags == ("NOT_AFTER_CAPPED_BY_CA",)
+        )
+        assert builtin.not_after is not None and builtin.not_after <= ca
 
 
 def test_istio_compatible_default_grants_own_identity_only() -> None:
