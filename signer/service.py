@@ -214,9 +214,13 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         if target.workload is None:
             raise CsrRejected("IMPERSONATED_IDENTITY_MALFORMED", "not spiffe://<td>/ns/<ns>/sa/<sa>")
         if target.trust_domain != td:
-            raise NotPermitted("IMPERSONATION_FOREIGN_TRUST_DOMAIN", f"trust domain {target.trust_domain!r} is not ours")
+            raise NotPermitted(
+                "IMPERSONATION_FOREIGN_TRUST_DOMAIN", f"trust domain {target.trust_domain!r} is not ours"
+            )
         if self._node_authorizer is None:
-            raise NotPermitted("IMPERSONATION_NO_NODE_AUTHORIZER", "node authorization needs the in-cluster pod informer")
+            raise NotPermitted(
+                "IMPERSONATION_NO_NODE_AUTHORIZER", "node authorization needs the in-cluster pod informer"
+            )
         namespace, service_account = target.workload
         await self._node_authorizer.authorize(workload, namespace, service_account)
         return Caller(td, namespace, service_account, node_principal=workload.principal)
