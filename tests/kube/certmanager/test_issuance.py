@@ -106,20 +106,14 @@ def test_namespaced_issuer_and_certificate_request_shape(
 
 
 def test_istio_own_client_with_a_token_request_token(
-    make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory, tmp_path
+    istio_peer, make_namespace, make_service_account, mint_token, ca_cluster_issuer, signer_factory, tmp_path
 ):
     """Istio's CA client (tests/istio_peer: its CSR generator, gRPC client, TLS rules and response checks) is the
     independent client: it gets a chain signed by cert-manager and rooted in the pinned root."""
     import json
     import subprocess
 
-    from tests.support.processes import REPO
-
-    built = subprocess.run(
-        ["bash", str(REPO / "tests" / "istio_peer" / "build.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert built.returncode == 0, built.stderr
-    peer = built.stdout.strip().splitlines()[-1]
+    peer = istio_peer
     signer = signer_factory(make_namespace("istio-system"), ca_cluster_issuer)
     ns = make_namespace("workload")
     sa = make_service_account(ns, "web")
