@@ -171,6 +171,7 @@ def test_finished_workload_pod_no_longer_counts(server, mesh: Mesh) -> None:  # 
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED)
     mesh.core.patch_namespaced_pod_status(failed.metadata.name, mesh.orders, {"status": {"phase": "Failed"}})
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
+    eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
 
 
 def test_pod_arriving_on_the_node_later_is_allowed_without_restart(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
