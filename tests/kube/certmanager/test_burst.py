@@ -140,7 +140,8 @@ def test_apiserver_restart_mid_burst_answers_every_request(
         time.sleep(0.5)
     assert _wait_empty(kube_api, cr_ns, timeout=60) == []
 
-    # the request that waited across the restart
+    # the request that waited across the restart: still waiting, then answered once cert-manager signs
+    assert not result, f"the waiting request returned before its approval: {result}"
     name = pending[0]["metadata"]["name"]
     approve_certificate_request(pending_ns, name)
     co = client.CustomObjectsApi(kube_api)
@@ -155,10 +156,10 @@ def test_apiserver_restart_mid_burst_answers_every_request(
     caller.join(20)
     assert result, "the waiting RPC did not return after its certificate was issued"
     code, details, answered = result[0]
+    assert code == grpc.StatusCode.OK, details
     print(f"waiting request answered {answered - signed:.1f}s after cert-manager signed: {code.name}")
     assert answered - signed < 10, "the resumed watch did not deliver the signed request promptly"
     assert 'meshsigner_kube_watch_restarts_total{reason="error",resource="certificaterequests"}' in (
         waiting.server.metrics()
     )
     assert _wait_empty(kube_api, pending_ns, timeout=15) == []
-    assert code == grpc.StatusCode.OK, details

@@ -69,14 +69,14 @@ def test_runtime_config_map_switch_and_root_rotation(
     assert [c.subject for c in bundle] == [first.ca.cert.subject, second.ca.cert.subject]
 
     roots.write_bytes(b"garbage")  # a broken bundle is refused; the last good one stays
-    time.sleep(1.5)
+    _until(lambda: signer.server.metric("meshsigner_root_bundle_rejections_total") >= 1, "the garbage bundle refused")
     code, chain, details = create(stub, csr, token)
     assert code == grpc.StatusCode.OK, details
     assert len(x509.load_pem_x509_certificates(chain[-1].encode())) == 2
 
     config_map.data = {"issuer-name": second.name}  # incomplete: logged, the current issuer kept
     core.replace_namespaced_config_map("issuer-config", cr_ns, config_map)
-    time.sleep(0.5)
+    _until(lambda: "runtime issuer ConfigMap needs non-empty" in signer.server.log(), "the incomplete ConfigMap seen")
     code, chain, _ = create(stub, csr, token)
     assert code == grpc.StatusCode.OK and _issuer_of(chain) == second.ca.cert.subject
 
