@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -418,5 +419,14 @@ def test_request_outcomes():
     assert request_outcome("CERTIFICATE_REQUEST_FAILED") == request_outcome("SOMETHING_ELSE") == "failed"
 
 
-def test_loop_is_not_needed_for_pure_parts():
-    assert asyncio.iscoroutinefunction(TokenBucket(1, 1).acquire)
+def test_token_bucket_paces_acquirers():
+    """With qps 100 and burst 2, five acquisitions take at least (5 - 2) / 100 s: the bucket really waits."""
+    bucket = TokenBucket(100, 2)
+
+    async def five() -> float:
+        started = time.monotonic()
+        for _ in range(5):
+            await bucket.acquire()
+        return time.monotonic() - started
+
+    assert asyncio.run(five()) >= 0.029

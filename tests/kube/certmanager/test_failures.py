@@ -92,9 +92,14 @@ def test_client_cancel_deletes_the_request(
     signer = signer_factory(cr_ns, ca_cluster_issuer, approve=False)
     csr, token = _workload(make_namespace, make_service_account, mint_token)
     request = istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600, metadata=struct_pb2.Struct())
-    with pytest.raises(grpc.RpcError) as failed:
-        signer.stub().CreateCertificate(request, metadata=[("authorization", f"Bearer {token}")], timeout=1.5)
-    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    call = signer.stub().CreateCertificate.future(request, metadata=[("authorization", f"Bearer {token}")])
+    deadline = time.monotonic() + 15  # cancel only once the workload's CertificateRequest exists
+    while not [cr for cr in list_requests(kube_api, cr_ns) if purpose(cr) == "workload"]:
+        assert time.monotonic() < deadline, "no CertificateRequest was created"
+        time.sleep(0.05)
+    call.cancel()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
     assert _wait_empty(kube_api, cr_ns, timeout=5) == [], "the cancelled RPC's CertificateRequest was left behind"
     assert 'outcome="cancelled",purpose="workload"} 1.0' in signer.server.metrics()
 
