@@ -265,6 +265,12 @@ class Obj(Spec):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             child_path = f"{path}.{key}" if path else str(key)
+            if key is not None and key_node.tag != _STR_TAG:
+                # A tagged or non-string key (!x max, 1, true) is never a field name; rejecting it also keeps the
+                # result the same under PyYAML and libyaml, which tokenise odd tags differently.
+                report.error(child_path, f"field names must be plain strings, got {describe_node(key_node)}", key_node)
+                ok = False
+                continue
             if key not in self.fields:
                 close = difflib.get_close_matches(str(key), self.fields, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(self.fields))

@@ -64,6 +64,19 @@ def test_duplicate_keys_are_rejected() -> None:
     assert "doc0.yaml:7:3: spec.mode: duplicate key" in errors_of(text)
 
 
+def test_tagged_or_non_string_keys_are_not_field_names() -> None:
+    """'!x mode: Audit' used to be read as the field 'mode' (the key's tag was never checked)."""
+    assert errors_of(policy("p", "  subjects: {namespaces: ['*']}\n  !x mode: Audit\n")) == [
+        "doc0.yaml:6:3: spec.mode: field names must be plain strings, got a !x value"
+    ]
+    assert errors_of(policy("p", "  subjects: {namespaces: ['*']}\n  1: Audit\n")) == [
+        "doc0.yaml:6:3: spec.1: field names must be plain strings, got an integer"
+    ]
+    assert (
+        build(policy("p", "  subjects: {namespaces: ['*']}\n  !!str mode: Audit\n")).policies[0].mode.value == "Audit"
+    )
+
+
 def test_unquoted_yaml_booleans_are_not_strings() -> None:
     text = policy("p", "  subjects: {namespaces: [no]}\n")
     assert errors_of(text) == [
