@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from policies import reloading
 from policies.model import Outcome, Verdict
 from policies.reloading import PolicyStore
 
@@ -265,6 +269,44 @@ async def test_watch_debounces_a_burst_of_writes(policy_dir: Path) -> None:
         (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
         await wait_for(lambda: metric(registry, "policy_reload_total", result="success") == 2)
         assert metric(registry, "policy_reload_total", result="error") is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+async def test_watch_builds_the_new_set_off_the_event_loop(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large set takes hundreds of milliseconds to build; the event loop must keep serving meanwhile."""
+    store, _ = store_for(policy_dir, poll_interval=0.02, debounce=0.05)
+    first = store.revision
+    loop_thread = threading.current_thread()
+    threads: dict[str, threading.Thread] = {}
+    real_build, real_install = reloading.build_policy_set, store._install
+
+    def slow_build(*args: Any, **kwargs: Any) -> Any:
+        threads["build"] = threading.current_thread()
+        time.sleep(0.4)
+        return real_build(*args, **kwargs)
+
+    def install(*args: Any) -> bool:
+        threads["install"] = threading.current_thread()
+        return real_install(*args)
+
+    monkeypatch.setattr(reloading, "build_policy_set", slow_build)
+    monkeypatch.setattr(store, "_install", install)
+    stop = asyncio.Event()
+    task = asyncio.create_task(store.watch(stop))
+    try:
+        (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
+        longest, last = 0.0, time.monotonic()
+        deadline = last + 5
+        while store.revision == first:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+            assert now < deadline, "timed out"
+        assert threads["build"] is not loop_thread and threads["install"] is loop_thread
+        assert longest < 0.2, f"the event loop was blocked for {longest:.2f}s"
+        assert decide(store).reason == "DENIED_BY_RULE"
     finally:
         stop.set()
         await asyncio.wait_for(task, 2)
