@@ -20,10 +20,14 @@ LABEL_PREFIX = "nsLabel:"
 _STAR = "\x00"
 _TOKEN = re.compile(r"\{([^{}]*)\}")
 _DNS_VALUE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+# Only these may fill several DNS labels; any other value must be one label, or it could reach into another
+# name's zone (service account "api.payments" in {serviceAccount}.svc would claim the payments service).
+_MULTI_LABEL_DNS_VARIABLES = frozenset({"trustDomain", "clusterDomain"})
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _SPIFFE_PREFIX = "spiffe://"
 
 Lookup = Callable[[str], "str | None"]
+ValueCheck = Callable[[str, str], bool]  # (variable name, value) -> usable
 _RENDER_CACHE_LIMIT = 4096
 _MISSING = object()
 Rendered = tuple[tuple[str, ...], ...]
@@ -61,12 +65,12 @@ def _parse(text: str, trusted_label_keys: frozenset[str]) -> tuple[tuple[bool, s
     return tuple(parts)
 
 
-def _render(parts: tuple[tuple[bool, str], ...], lookup: Lookup, value_ok: Callable[[str], bool]) -> str | None:
+def _render(parts: tuple[tuple[bool, str], ...], lookup: Lookup, value_ok: ValueCheck) -> str | None:
     out: list[str] = []
     for is_variable, text in parts:
         if is_variable:
             value = lookup(text)
-            if not value or not value_ok(value):
+            if not value or not value_ok(text, value):
                 return None
             out.append(value)
         else:
@@ -99,7 +103,7 @@ def _cached_render(
     names: tuple[str, ...],
     parts: tuple[tuple[bool, str], ...],
     lookup: Lookup,
-    value_ok: Callable[[str], bool],
+    value_ok: ValueCheck,
     separator: str,
 ) -> Rendered | None:
     """Render and split, remembering the result per tuple of variable values: callers repeat (renewals)."""
@@ -114,12 +118,14 @@ def _cached_render(
     return cached  # type: ignore[return-value]
 
 
-def _path_value_ok(value: str) -> bool:
+def _path_value_ok(name: str, value: str) -> bool:
     return "/" not in value and _STAR not in value and "*" not in value
 
 
-def _dns_value_ok(value: str) -> bool:
-    return _DNS_VALUE.fullmatch(value) is not None
+def _dns_value_ok(name: str, value: str) -> bool:
+    if name in _MULTI_LABEL_DNS_VARIABLES:
+        return _DNS_VALUE.fullmatch(value) is not None
+    return _DNS_LABEL.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +157,7 @@ class IdentityTemplate:
         if GLOBSTAR in path:
             raise TemplateError(f'"**" may only be the whole last path segment of {text!r}')
         parts = _parse(path, trusted_label_keys) if path else ()
-        sample = _render(parts, lambda _: "x", lambda _: True) or ""
+        sample = _render(parts, lambda _: "x", lambda _name, _value: True) or ""
         sample_text = f"{_SPIFFE_PREFIX}{trust_domain or primary_trust_domain}{slash}{sample.replace(_STAR, 'x')}"
         if globstar:
             sample_text += "/x" if path else "x"
@@ -252,7 +258,7 @@ class DnsTemplate:
     def compile(cls, text: str, trusted_label_keys: frozenset[str]) -> DnsTemplate:
         """Raises TemplateError unless ``text`` can render a valid DNS name."""
         parts = _parse(text, trusted_label_keys)
-        sample = _render(parts, lambda _: "x", lambda _: True) or ""
+        sample = _render(parts, lambda _: "x", lambda _name, _value: True) or ""
         if not valid_dns_name(sample.replace(_STAR, "x"), wildcard_ok=False):
             raise TemplateError(f"{text!r} can never render a valid lowercase DNS name")
         names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))

@@ -248,6 +248,42 @@ def test_a_wildcard_name_covering_a_denied_name_is_denied() -> None:
     assert decide(build(wild), who=api, req=request(own_id("payments", "api"), dns=("*.payments.svc",))).allowed
 
 
+def test_dns_template_values_fill_one_label_except_the_domains() -> None:
+    """Service account "api.payments" in orders must not get api.payments.svc (the payments service's name)."""
+    names = (
+        "['{serviceAccount}.svc', '{podName}.{namespace}.svc', 'api.{namespace}.svc.{clusterDomain}', "
+        "'{nsLabel:mesh.example.org/tier}.tiers.example']"
+    )
+    grants = policy(
+        "dns",
+        f"  subjects: {{namespaces: ['*']}}\n  rules:\n    - name: r\n      effect: Allow\n"
+        f"      identities: ['{OWN}']\n      dnsNames: {names}\n",
+    )
+    policy_set = build(grants)
+
+    def ask(who, name, labels=None):  # type: ignore[no-untyped-def]
+        return decide(policy_set, who=who, req=request(who.spiffe_id, dns=(name,)), labels=labels or (lambda ns: {}))
+
+    dotted = ask(caller("orders", "api.payments"), "api.payments.svc")
+    assert (dotted.reason, dotted.details["subReason"]) == ("NO_MATCHING_RULE", "DNS_NAME_NOT_ALLOWED")
+    assert ask(caller("orders", "api"), "api.svc").allowed
+    assert ask(caller("orders", "api"), "api.orders.svc.cluster.local").allowed  # {clusterDomain} spans labels
+    assert not ask(caller(pod_name="web.payments"), "web.payments.orders.svc").allowed
+    assert ask(caller(pod_name="web-1"), "web-1.orders.svc").allowed
+    tier = {"orders": {"mesh.example.org/tier": "gold.silver"}}.get
+    assert not ask(caller(), "gold.silver.tiers.example", tier).allowed
+    assert ask(caller(), "gold.tiers.example", {"orders": {"mesh.example.org/tier": "gold"}}.get).allowed
+
+    # In a Deny rule a value that cannot be one label makes the rule match (deny when unsure).
+    deny = policy("internal", "  rules:\n    - {name: no-internal, effect: Deny, dnsNames: ['{serviceAccount}.internal']}\n")
+    with_deny = build(grants, deny)
+    refused = decide(with_deny, who=caller("orders", "a.b"), req=request(own_id("orders", "a.b"), dns=("a.b.svc",)))
+    assert refused.deny_rules == ("internal/no-internal",)
+    assert decide(
+        with_deny, who=caller("orders", "api"), req=request(own_id("orders", "api"), dns=("api.svc",))
+    ).allowed
+
+
 def test_deny_rule_conditions_and() -> None:
     deny = policy(
         "denies",
