@@ -15,6 +15,9 @@ from policies.durations import format_duration
 from policies.subjects import Subjects
 from policies.templates import DnsTemplate, IdentityTemplate
 
+# Names reports use for rules that come from no IdentityPolicy: the built-in own-identity rule ("builtin/...")
+# and the settings ceiling ("settings"). A policy of that name would be indistinguishable from them.
+RESERVED_POLICY_NAMES = frozenset({"builtin", "settings"})
 DEFAULT_KEY_ALGORITHMS = ("ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072", "RSA-4096", "RSA-8192")
 DEFAULT_USAGES = ("digitalSignature", "keyEncipherment", "serverAuth", "clientAuth")
 KNOWN_KEY_ALGORITHMS = frozenset(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.compiler import compile_policy, compile_settings
-from policies.documents import Policy, Settings
+from policies.documents import RESERVED_POLICY_NAMES, Policy, Settings
 from policies.kinds import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
@@ -119,6 +119,12 @@ def build_policy_set(
             continue
         before = len(report.problems)
         name = fields["metadata"]["name"]
+        if name in RESERVED_POLICY_NAMES:
+            report.error(
+                "metadata.name",
+                f"{name!r} is reserved: reports use it for the built-in own-identity rule (builtin/own-identity) "
+                "and the settings ceiling (settings); choose another name",
+            )
         if name in first_seen:
             report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
         first_seen.setdefault(name, source)

@@ -107,6 +107,15 @@ def test_unquoted_yaml_booleans_are_not_strings() -> None:
     ]
 
 
+@pytest.mark.parametrize("name", ["builtin", "settings"])
+def test_reserved_policy_names(name: str) -> None:
+    """builtin/own-identity and the settings ceiling are reported under these names; a policy may not take them."""
+    text = policy(name, "  subjects: {namespaces: ['*']}\n  limits: {duration: {max: 1h}}\n")
+    (found,) = errors_of(text)
+    assert found.startswith(f"doc0.yaml:3:12: metadata.name: '{name}' is reserved")
+    assert build(policy(f"{name}-team", "  subjects: {namespaces: ['*']}\n")).policies[0].name == f"{name}-team"
+
+
 def test_duplicate_policy_and_rule_names() -> None:
     rule = f"    - name: r\n      effect: Allow\n      identities: ['{OWN}']\n"
     text = policy("p", f"  subjects: {{namespaces: ['*']}}\n  rules:\n{rule}{rule}")
