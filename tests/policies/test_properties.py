@@ -295,3 +295,77 @@ def test_a_granted_wildcard_name_never_covers_a_name_a_deny_rule_denies(
         covered = label + wildcard[1:]
         decision = decide(policy_set, who, IssuanceRequest(uris=own, dns_names=(covered,), validity_seconds=3600))
         assert decision.reason != "DENIED_BY_RULE", (wildcard, covered, denied)
+
+
+OWN_TEMPLATE = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+DENY_IDENTITIES = [
+    OWN_TEMPLATE,
+    OWN_TEMPLATE + "/shard/*",
+    OWN_TEMPLATE + "/pod/{podName}",
+    "spiffe://{trustDomain}/ns/{namespace}/**",
+    "spiffe://{trustDomain}/ns/*/sa/web",
+    "spiffe://old.local/ns/*/sa/*",
+    "spiffe://{trustDomain}/ns/{namespace}/sa/{nsLabel:mesh.example.org/tier}",
+]
+DENY_DNS = ["*.{namespace}.svc", "admin.payments.svc", "{podName}.{namespace}.svc", "{serviceAccount}.svc", "*.svc"]
+
+
+@st.composite
+def any_deny_rules(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"name": name, "effect": "Deny"}
+    if draw(st.booleans()):
+        rule["subjects"] = draw(subjects())
+    if draw(st.booleans()):
+        rule["identities"] = draw(st.lists(st.sampled_from(DENY_IDENTITIES), min_size=1, max_size=2, unique=True))
+    if draw(st.booleans()):
+        rule["dnsNames"] = draw(st.lists(st.sampled_from(DENY_DNS), min_size=1, max_size=2, unique=True))
+    if draw(st.booleans()):
+        rule["key"] = {"algorithms": draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3, unique=True))}
+    if draw(st.booleans()):
+        rule["expiresAt"] = draw(st.sampled_from(["2026-05-01T00:00:00Z", "2026-07-01T00:00:00Z"]))
+        rule["ticket"] = "SEC-1"
+    return rule
+
+
+@PROPERTY_SETTINGS
+@given(
+    inputs=requests(),
+    rules=st.lists(st.integers(0, 999), min_size=1, max_size=4, unique=True).flatmap(
+        lambda ids: st.tuples(*(any_deny_rules(f"deny-{i}") for i in ids))
+    ),
+    pod=st.sampled_from([None, "web-1", "a.b"]),
+    tier=st.sampled_from([None, "gold", "web", "a/b"]),
+    extra_dns=st.lists(
+        st.sampled_from(["*.payments.svc", "admin.payments.svc", "web-1.orders.svc", "x.svc"]), max_size=2
+    ),
+)
+def test_deny_fast_path_and_explain_agree(
+    inputs: tuple[Caller, IssuanceRequest],
+    rules: tuple[dict[str, Any], ...],
+    pod: str | None,
+    tier: str | None,
+    extra_dns: list[str],
+) -> None:
+    """The evaluator decides Deny rules with ``denies``; explain shows ``check_deny``. They must never disagree."""
+    from policies.evaluator import prepare
+    from policies.rules import check_deny, denies
+
+    caller, request = inputs
+    caller = dataclasses.replace(caller, pod_name=pod)
+    request = dataclasses.replace(request, dns_names=(*request.dns_names, *extra_dns))
+    settings_document = next(d for d in REFERENCE_DOCUMENTS if d["kind"] == "PolicySettings")
+    denies_policy = {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": "denies"},
+        "spec": {"subjects": {"namespaces": ["*"]}, "rules": list(rules)},
+    }
+    policy_set = build([settings_document, denies_policy])
+    labels = {} if tier is None else {"mesh.example.org/tier": tier}
+    ctx = prepare(policy_set, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=lambda ns: labels)
+    if isinstance(ctx, Decision):
+        return
+    for rule in policy_set.policies[0].deny_rules:
+        explained = check_deny(rule, ctx)
+        assert denies(rule, ctx) == explained.ok, (rule.name, [c for c in explained.checks if not c.held])
+        assert explained.ok == all(c.held for c in explained.checks)
