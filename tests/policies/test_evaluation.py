@@ -275,7 +275,9 @@ def test_dns_template_values_fill_one_label_except_the_domains() -> None:
     assert ask(caller(), "gold.tiers.example", {"orders": {"mesh.example.org/tier": "gold"}}.get).allowed
 
     # In a Deny rule a value that cannot be one label makes the rule match (deny when unsure).
-    deny = policy("internal", "  rules:\n    - {name: no-internal, effect: Deny, dnsNames: ['{serviceAccount}.internal']}\n")
+    deny = policy(
+        "internal", "  rules:\n    - {name: no-internal, effect: Deny, dnsNames: ['{serviceAccount}.internal']}\n"
+    )
     with_deny = build(grants, deny)
     refused = decide(with_deny, who=caller("orders", "a.b"), req=request(own_id("orders", "a.b"), dns=("a.b.svc",)))
     assert refused.deny_rules == ("internal/no-internal",)
