@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policies.evaluator import evaluate
@@ -369,3 +370,119 @@ def test_deny_fast_path_and_explain_agree(
         explained = check_deny(rule, ctx)
         assert denies(rule, ctx) == explained.ok, (rule.name, [c for c in explained.checks if not c.held])
         assert explained.ok == all(c.held for c in explained.checks)
+
+
+@st.composite
+def limits_only_audits(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    duration: dict[str, Any] = {}
+    if draw(st.booleans()):
+        duration["max"] = draw(st.sampled_from(["1h", "12h", "24h", "48h"]))
+        duration["onExceed"] = draw(st.sampled_from(["Clamp", "Deny"]))
+    if draw(st.booleans()):
+        duration["min"] = draw(st.sampled_from(["10m", "2h", "13h"]))
+        duration["onBelow"] = draw(st.sampled_from(["Deny", "Raise"]))
+    limits: dict[str, Any] = {"duration": duration} if duration else {}
+    if draw(st.booleans()) or not limits:
+        limits["key"] = draw(
+            st.sampled_from(
+                [{"minRSABits": 3072}, {"algorithms": ["ECDSA-P256", "RSA-2048"]}, {"algorithms": ["ECDSA-P384"]}]
+            )
+        )
+    return {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "mode": "Audit",
+            "priority": draw(st.integers(-5, 50)),
+            "subjects": draw(subjects()),
+            "limits": limits,
+        },
+    }
+
+
+@st.composite
+def granting_audits(draw: st.DrawFn) -> dict[str, Any]:
+    """An Audit policy whose own Allow rule often grants first in its shadow (high priority, everyone, long)."""
+    rule: dict[str, Any] = {
+        "name": "audit-grant",
+        "effect": "Allow",
+        "identities": ["spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"],
+        "duration": {"max": draw(st.sampled_from(["2h", "24h", "7d"])), "onExceed": "Clamp"},
+    }
+    rules = [rule]
+    if draw(st.booleans()):
+        rules.append(draw(deny_rules("audit-deny")))
+    subjects_ = {"namespaces": ["*"]} if draw(st.integers(0, 3)) else draw(subjects())
+    spec = {"mode": "Audit", "priority": draw(st.sampled_from([100, 100, -5])), "subjects": subjects_, "rules": rules}
+    return {"apiVersion": "meshsigner.io/v1alpha1", "kind": "IdentityPolicy", "metadata": {"name": "x"}, "spec": spec}
+
+
+# A granting Audit policy ordered before a limits-only one whose finding depends on the enforced grant: sharing
+# one "remembered grant" between them made tighten-to-12h report 7200s (the audit rule's grant) instead of 43200s.
+SHORT_GRANT_AUDIT = {
+    "apiVersion": "meshsigner.io/v1alpha1",
+    "kind": "IdentityPolicy",
+    "metadata": {"name": "x"},
+    "spec": {
+        "mode": "Audit",
+        "priority": 100,
+        "subjects": {"namespaces": ["*"]},
+        "rules": [
+            {
+                "name": "audit-grant",
+                "effect": "Allow",
+                "identities": ["spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"],
+                "duration": {"max": "2h", "onExceed": "Clamp"},
+            }
+        ],
+    },
+}
+ORDERS_WEB_DAY = (
+    Caller(TD, "orders", "web"),
+    IssuanceRequest(uris=(f"spiffe://{TD}/ns/orders/sa/web",), validity_seconds=86400),
+)
+KEY_LIMIT_AUDIT = {
+    "apiVersion": "meshsigner.io/v1alpha1",
+    "kind": "IdentityPolicy",
+    "metadata": {"name": "limits-0"},
+    "spec": {"mode": "Audit", "subjects": {"namespaces": ["*"]}, "limits": {"key": {"minRSABits": 3072}}},
+}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inputs=requests(),
+    audits=st.integers(1, 3).flatmap(lambda n: st.tuples(*(limits_only_audits(f"limits-{i}") for i in range(n)))),
+    with_rules=st.one_of(st.none(), audit_policies(), granting_audits(), granting_audits()),
+    ca=st.sampled_from(
+        [CA_NOT_AFTER, NOW + timedelta(hours=12), NOW + timedelta(minutes=30), NOW + timedelta(seconds=1)]
+    ),
+)
+@example(inputs=ORDERS_WEB_DAY, audits=(KEY_LIMIT_AUDIT,), with_rules=SHORT_GRANT_AUDIT, ca=CA_NOT_AFTER)
+def test_limits_only_audit_findings_equal_those_of_the_full_shadow_decision(
+    inputs: tuple[Caller, IssuanceRequest],
+    audits: tuple[dict[str, Any], ...],
+    with_rules: dict[str, Any] | None,
+    ca: datetime,
+) -> None:
+    """The shortcut for limits-only Audit policies (no re-walk, no sort, the bound reused) must report exactly
+    what the full shadow decision over the sorted entries reports."""
+    from policies.evaluator import _findings, decide_over, prepare, select
+
+    caller, request = inputs
+    extra = [dict(with_rules, metadata={"name": "audit-rules"})] if with_rules is not None else []
+    policy_set = build([*REFERENCE_DOCUMENTS, *audits, *extra])
+    decision = evaluate(policy_set, caller, request, now=NOW, ca_not_after=ca)
+
+    ctx = prepare(policy_set, caller, request, now=NOW, ca_not_after=ca, namespace_labels=None)
+    if isinstance(ctx, Decision):
+        assert not decision.audit_findings
+        return
+    selection = select(policy_set, ctx)
+    enforced = decide_over(policy_set, ctx, selection.enforced)
+    expected = list(selection.audit_errors)
+    for entry in selection.audited:
+        shadow_entries = tuple(sorted((*selection.enforced, entry), key=lambda e: e.policy.order))
+        expected.extend(_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
+    assert decision.audit_findings == tuple(expected)
