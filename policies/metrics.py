@@ -42,7 +42,10 @@ class PolicyMetrics:
             registry=registry,
         )
         self.reloads = Counter("policy_reload_total", "Policy set reloads by result.", ("result",), registry=registry)
+        # labels() takes a lock and builds a key on every call; the children are kept instead. Both are bounded by
+        # the label sets the policy sets produce, like the metric itself.
         self._decision_children: dict[tuple[str, ...], Any] = {}
+        self._finding_children: dict[tuple[str, ...], Any] = {}
         self.last_reload_success = Gauge(
             "policy_last_reload_success_timestamp_seconds",
             "Unix time of the last successful policy set load.",
@@ -52,12 +55,16 @@ class PolicyMetrics:
     def observe_decision(self, decision: Decision, seconds: float, *, policy: str, rule: str, mode: str) -> None:
         labels = (decision.verdict.value, decision.reason, policy, rule, mode)
         counter = self._decision_children.get(labels)
-        if counter is None:  # labels() takes a lock and builds a key each time; keep the children
+        if counter is None:
             counter = self._decision_children[labels] = self.decisions.labels(*labels)
         counter.inc()
         self.evaluation_seconds.observe(seconds)
         for finding in decision.audit_findings:
-            self.audit_findings.labels(finding.policy, finding.rule or "", finding.finding).inc()
+            key = (finding.policy, finding.rule or "", finding.finding)
+            found = self._finding_children.get(key)
+            if found is None:
+                found = self._finding_children[key] = self.audit_findings.labels(*key)
+            found.inc()
 
     def reloaded(self, revision: str | None, previous: str | None) -> None:
         self.reloads.labels("success").inc()

@@ -173,6 +173,29 @@ def test_metrics_of_decisions_and_audit_findings(policy_dir: Path) -> None:
     assert metric(registry, "policy_last_reload_success_timestamp_seconds") > 0
 
 
+def test_metric_children_are_looked_up_once_per_label_set(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labels() takes a lock and builds a key; the store keeps the children of both decision counters."""
+    store, registry = store_for(policy_dir)
+    calls: list[tuple[str, ...]] = []
+    metrics = store._metrics
+    for counter in (metrics.decisions, metrics.audit_findings):
+        real = counter.labels
+
+        def counting(*labels: str, _real: Any = real) -> Any:
+            calls.append(labels)
+            return _real(*labels)
+
+        monkeypatch.setattr(counter, "labels", counting)
+    for _ in range(3):
+        decide(store, validity=86400)  # granted, with an AUDIT_WOULD_CLAMP finding
+    assert calls == [
+        ("Allow", "GRANTED", "mesh-baseline", "own-identity", "Enforce"),
+        ("tighten-to-12h", "limits", "AUDIT_WOULD_CLAMP"),
+    ]
+    finding = dict(policy="tighten-to-12h", rule="limits", finding="AUDIT_WOULD_CLAMP")
+    assert metric(registry, "policy_audit_findings_total", **finding) == 3
+
+
 def test_namespace_labels_come_from_the_provider(policy_dir: Path) -> None:
     (policy_dir / "tiered.yaml").write_text(
         DENY_ORDERS.replace("namespaces: [orders]", "namespaceSelector: {matchLabels: {mesh.example.org/tier: frozen}}")
