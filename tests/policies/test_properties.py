@@ -126,6 +126,19 @@ def audit_policies(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+GRANTABLE = (
+    "spiffe://cluster.local/ns/orders/sa/web",
+    "spiffe://cluster.local/ns/payments/sa/api",
+    "spiffe://cluster.local/ns/payments/sa/api/shard/1",
+)
+
+
+def test_the_fuzz_property_reaches_its_allowed_branch() -> None:
+    """The property below only asserts on allowed requests: the reference set must grant these to their owners."""
+    for caller, uri in ((Caller(TD, "orders", "web"), GRANTABLE[0]), (Caller(TD, "payments", "api"), GRANTABLE[2])):
+        assert decide(REFERENCE, caller, IssuanceRequest(uris=(uri,), validity_seconds=3600)).allowed, uri
+
+
 @PROPERTY_SETTINGS
 @given(
     caller=st.sampled_from([Caller(TD, "orders", "web"), Caller(TD, "payments", "api")]),
@@ -138,8 +151,11 @@ def audit_policies(draw: st.DrawFn) -> dict[str, Any]:
             st.integers(0, 45),
             st.sampled_from(["/", ".", "..", "%2e", "*", "A", " ", "\x00", "?", "#", "/shard/1"]),
         ),
+        st.sampled_from(GRANTABLE),  # without these the allowed branch below is almost never reached
     ),
 )
+@example(caller=Caller(TD, "payments", "api"), uri="spiffe://cluster.local/ns/payments/sa/api/shard/1")
+@example(caller=Caller(TD, "orders", "web"), uri="spiffe://cluster.local/ns/orders/sa/web")
 def test_fuzzed_uris_are_only_allowed_when_byte_equal_to_a_rendered_template(caller: Caller, uri: str) -> None:
     decision = decide(REFERENCE, caller, IssuanceRequest(uris=(uri,), validity_seconds=3600))
     if not decision.allowed:

@@ -282,7 +282,8 @@ async def test_watch_reloads_changes_and_survives_bad_ones(policy_dir: Path) -> 
 
 
 async def test_watch_debounces_a_burst_of_writes(policy_dir: Path) -> None:
-    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=0.3)
+    # a debounce far longer than the burst, so a slow machine cannot pause long enough to load a half-written set
+    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=2.0)
     stop = asyncio.Event()
     task = asyncio.create_task(store.watch(stop))
     try:
