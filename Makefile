@@ -24,14 +24,17 @@ test: venv
 	bash tests/cluster/build.sh
 	bash tests/istio_peer/build.sh >/dev/null   # Istio's CA client (conformance peer), cached like the plane
 	bash tests/helm/build-helm.sh >/dev/null    # helm for the chart tests, cached too
-	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
 	MESHSIGNER_SKIP_CLUSTER_TESTS=1 $(PY) -m pytest -q -m 'not cluster' $(PYTEST_ARGS)
 
+# ruff, mypy (strict on signer/, policies/, bridge/; default on tests/) and the import contract (pyproject.toml).
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 proto: venv
 	$(PY) -m proto.generate
