@@ -6,15 +6,25 @@ Two deciders exist: ``OwnIdentityOnly`` (istio-csr's behaviour, without ``--poli
 """
 
 from policies.builtin import OwnIdentityOnly
+from policies.client_messages import client_message
 from policies.commands import add_policy_commands
-from policies.evaluator import evaluate, matched_rule
+from policies.decider import (
+    AuditFinding,
+    Caller,
+    Decision,
+    IdentityDecider,
+    IssuanceRequest,
+    Outcome,
+    Verdict,
+    matched_rule,
+)
+from policies.decision_records import decision_record, new_decision_id
+from policies.evaluator import evaluate
 from policies.explain import Explanation, explain, render_text
 from policies.loader import build_policy_set, load_policy_set
-from policies.model import AuditFinding, Caller, Decision, IdentityDecider, IssuanceRequest, Outcome, Verdict
 from policies.policy_set import PolicySet
+from policies.policy_store import PolicyStore
 from policies.problems import PolicySetInvalid, Problem
-from policies.records import client_message, decision_record, new_decision_id
-from policies.reloading import PolicyStore
 
 __all__ = [
     "AuditFinding",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from policies.documents import (
+from policies.compiled import (
     DEFAULT_KEY_ALGORITHMS,
     DEFAULT_USAGES,
     KNOWN_KEY_ALGORITHMS,
@@ -28,7 +28,7 @@ from policies.documents import (
 )
 from policies.durations import describe_duration as show
 from policies.globs import NameGlob
-from policies.schema import Reporter
+from policies.schema_readers import Reporter
 from policies.subject_compiler import compile_subjects
 from policies.subjects import Subjects
 from policies.templates import DnsTemplate, IdentityTemplate, TemplateError

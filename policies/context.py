@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from policies.model import Caller, IssuanceRequest
+from policies.decider import Caller, IssuanceRequest
 from policies.spiffe import SpiffeID
 from policies.templates import LABEL_PREFIX, valid_dns_name
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from policies.ca_validity import cap_to_ca
+from policies.compiled import Mode, Policy, Rule
 from policies.context import EvaluationContext, LabelsUnavailable, NamespaceLabels
-from policies.documents import Mode, Policy, Rule
+from policies.decider import AuditFinding, Caller, Decision, IssuanceRequest, Outcome, Verdict, deny
 from policies.durations import format_duration
-from policies.model import AuditFinding, Caller, Decision, IssuanceRequest, Outcome, Verdict
 from policies.policy_set import Applicable, PolicySet
-from policies.precheck import deny, precheck
-from policies.rules import RuleResult, check_allow, count_failures, denies
+from policies.precheck import precheck
+from policies.rule_checks import RuleResult, check_allow, count_failures, denies
 
 GRANTED = "GRANTED"
 
@@ -424,13 +424,3 @@ def _rule_of(policy: Policy, shadow: Decision) -> str | None:
         if name.startswith(prefix):
             return name[len(prefix) :]
     return "limits" if policy.limits is not None and not policy.rules else None
-
-
-def matched_rule(decision: Decision) -> str | None:
-    """The rule a report names: the granting rule, the first Deny rule, the binding limit or the closest rule."""
-    if decision.granted_by:
-        return decision.granted_by
-    if decision.deny_rules:
-        return decision.deny_rules[0]
-    matched = decision.details.get("matched")
-    return str(matched) if matched else None

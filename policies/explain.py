@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from policies.compiled import Effect, Mode, Policy, Rule
 from policies.context import Check, EvaluationContext, LabelsUnavailable, NamespaceLabels
-from policies.documents import Effect, Mode, Policy, Rule
+from policies.decider import Caller, Decision, IssuanceRequest, matched_rule
 from policies.durations import format_duration
-from policies.evaluator import evaluate, matched_rule, prepare
-from policies.model import Caller, Decision, IssuanceRequest
+from policies.evaluator import evaluate, prepare
 from policies.policy_set import PolicySet
-from policies.rules import check_allow, check_deny
+from policies.rule_checks import check_allow, check_deny
 
 
 @dataclass(frozen=True, slots=True)

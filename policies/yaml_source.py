@@ -1,6 +1,6 @@
 """Reads YAML documents as position-carrying node trees, so every later error can name ``file:line:col``.
 
-PyYAML's composer keeps a mark on every node; the strict schema (``schema.py``) walks those nodes instead of
+PyYAML's composer keeps a mark on every node; the strict schema (``schema_readers.py``) walks those nodes instead of
 the plain Python values, which also lets it reject duplicate keys that ``yaml.safe_load`` would silently merge.
 """
 

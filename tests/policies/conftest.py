@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from policies.decider import Caller, IssuanceRequest
 from policies.loader import build_policy_set, load_policy_set
-from policies.model import Caller, IssuanceRequest
 from policies.policy_set import PolicySet
 
 FIXTURES = Path(__file__).parent / "fixtures"

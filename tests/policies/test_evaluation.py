@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 
 from policies.builtin import OwnIdentityOnly
-from policies.evaluator import evaluate, matched_rule
-from policies.model import Decision, IssuanceRequest, Outcome, Verdict
-from policies.precheck import deny
-from policies.records import client_message, decision_record
+from policies.client_messages import client_message
+from policies.decider import Decision, IssuanceRequest, Outcome, Verdict, deny, matched_rule
+from policies.decision_records import decision_record
+from policies.evaluator import evaluate
 
 from .conftest import CA_NOT_AFTER, NOW, SETTINGS, TD, build, caller, own_id, policy, request
 

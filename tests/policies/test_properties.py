@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from policies.decider import Caller, Decision, IssuanceRequest
 from policies.evaluator import evaluate
 from policies.loader import build_policy_set
-from policies.model import Caller, Decision, IssuanceRequest
 from policies.policy_set import PolicySet
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 
@@ -238,7 +238,7 @@ def test_adding_a_deny_rule_never_turns_a_deny_into_an_allow(
 def test_closest_rule_ranking_counts_the_failures_explain_shows(inputs: tuple[Caller, IssuanceRequest]) -> None:
     """Step 7 ranks rules by a fast count; it must equal the failures the explanation lists."""
     from policies.evaluator import prepare
-    from policies.rules import check_allow, count_failures
+    from policies.rule_checks import check_allow, count_failures
 
     caller, request = inputs
     ctx = prepare(REFERENCE, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=None)
@@ -365,7 +365,7 @@ def test_deny_fast_path_and_explain_agree(
 ) -> None:
     """The evaluator decides Deny rules with ``denies``; explain shows ``check_deny``. They must never disagree."""
     from policies.evaluator import prepare
-    from policies.rules import check_deny, denies
+    from policies.rule_checks import check_deny, denies
 
     caller, request = inputs
     caller = dataclasses.replace(caller, pod_name=pod)

@@ -109,6 +109,28 @@ class Decision:
         return self.verdict is Verdict.ALLOW
 
 
+def deny(outcome: Outcome, reason: str, message: str, *, revision: str | None = None, **details: object) -> Decision:
+    """A DENY decision; ``revision`` is the policy set it was decided against (no copy needed to add it)."""
+    return Decision(
+        verdict=Verdict.DENY,
+        outcome=outcome,
+        reason=reason,
+        message=message,
+        policy_set_revision=revision,
+        details=dict(details),
+    )
+
+
+def matched_rule(decision: Decision) -> str | None:
+    """The rule a report names: the granting rule, the first Deny rule, the binding limit or the closest rule."""
+    if decision.granted_by:
+        return decision.granted_by
+    if decision.deny_rules:
+        return decision.deny_rules[0]
+    matched = decision.details.get("matched")
+    return str(matched) if matched else None
+
+
 class IdentityDecider(Protocol):
     """Decides which identities and lifetime a caller may have. Implemented by the built-in istio-csr rule and
     by the YAML policy engine."""

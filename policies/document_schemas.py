@@ -1,6 +1,6 @@
 """The documents of ``meshsigner.io/v1alpha1``: every field of PolicySettings, IdentityPolicy and PolicyTest.
 
-Built from the strict readers of ``schema.py``; ``read_document`` picks the schema by ``kind``.
+Built from the strict readers of ``schema_readers.py``; ``read_document`` picks the schema by ``kind``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from policies.schema import (
+from policies.schema_readers import (
     INVALID,
     Bool,
     Duration,

@@ -11,8 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from policies.evaluator import matched_rule
-from policies.model import Caller, Decision, IssuanceRequest
+from policies.decider import Caller, Decision, IssuanceRequest, matched_rule
 
 RECORD_VERSION = 1
 
@@ -97,19 +96,3 @@ def reason_codes(decision: Decision) -> list[str]:
         codes.append(str(sub))
     codes.extend(decision.flags)
     return codes
-
-
-def client_message(decision: Decision, *, minimal: bool = False) -> str:
-    """The gRPC status message: ``denied: <CODE>: <text> [<policy>/<rule>] (policy set <rev>)``.
-
-    ``minimal`` (settings.clientMessages: Minimal) keeps only ``denied: <CODE>``.
-    """
-    if decision.allowed:
-        return "granted"
-    if minimal:
-        return f"denied: {decision.reason}"
-    rule = matched_rule(decision)
-    where = f" [{rule}]" if rule else ""
-    revision = decision.policy_set_revision
-    version = f" (policy set {revision.removeprefix('sha256:')[:12]})" if revision else ""
-    return f"denied: {decision.reason}: {decision.message}{where}{version}"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.compiled import Rule
 from policies.context import Check, EvaluationContext
-from policies.documents import Rule
 from policies.durations import format_duration
 
 

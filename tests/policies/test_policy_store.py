@@ -13,9 +13,9 @@ import pytest
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from policies import reloading
-from policies.model import Outcome, Verdict
-from policies.reloading import PolicyStore
+from policies import policy_store as reloading
+from policies.decider import Outcome, Verdict
+from policies.policy_store import PolicyStore
 
 from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, TD, caller, own_id, request
 
@@ -246,7 +246,7 @@ def test_an_exception_during_evaluation_is_a_retryable_denial(
     def overflow(*args: object, **kwargs: object) -> None:
         raise OverflowError("date value out of range")
 
-    monkeypatch.setattr("policies.reloading.evaluate", overflow)
+    monkeypatch.setattr("policies.policy_store.evaluate", overflow)
     assert decide(store, "payments", "api").reason == "EVALUATION_ERROR"
 
 

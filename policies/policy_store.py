@@ -19,16 +19,15 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from policies.client_messages import client_message
 from policies.context import NamespaceLabels
-from policies.evaluator import evaluate, matched_rule
+from policies.decider import Caller, Decision, IssuanceRequest, Outcome, deny, matched_rule
+from policies.evaluator import evaluate
 from policies.explain import Explanation, explain
 from policies.loader import build_policy_set, policy_files, read_sources
 from policies.metrics import PolicyMetrics
-from policies.model import Caller, Decision, IssuanceRequest, Outcome
 from policies.policy_set import PolicySet
-from policies.precheck import deny
 from policies.problems import PolicySetInvalid, Problem, Severity
-from policies.records import client_message
 
 
 class PolicyStore:
