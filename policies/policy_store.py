@@ -180,11 +180,9 @@ class PolicyStore:
         self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
         if decision.details.get("alert"):
             logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
-        if not decision.allowed:
-            # Every Decision is built fresh per evaluation, so filling its own details dict here shares nothing
-            # and saves copying the frozen Decision on the request path.
-            decision.details["clientMessage"] = self.client_message(decision)
-        return decision
+        if decision.allowed:
+            return decision
+        return decision.with_details(clientMessage=self.client_message(decision))
 
     def client_message(self, decision: Decision) -> str:
         """The gRPC status message for ``decision`` as settings.clientMessages asks (Detailed or Minimal)."""

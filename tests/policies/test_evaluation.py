@@ -513,3 +513,27 @@ def test_client_messages(reference_set) -> None:  # type: ignore[no-untyped-def]
 def test_huge_durations_are_clamped_without_overflow(reference_set, validity: int) -> None:  # type: ignore[no-untyped-def]
     decision = decide(reference_set, req=request(own_id(), validity=validity))
     assert decision.allowed and decision.duration_seconds == 86400
+
+
+def test_derived_decisions_copy_every_other_field_and_leave_the_original_alone() -> None:
+    """with_audit_findings/with_details build a new Decision field by field; a field they forget would vanish."""
+    from dataclasses import fields, replace
+    from datetime import UTC, datetime
+
+    from policies.decider import AuditFinding
+
+    full = Decision(
+        Verdict.ALLOW, Outcome.OK, "GRANTED", "granted by a/b", uris=("spiffe://td/ns/a/sa/b",), dns_names=("b.a",),
+        duration_seconds=60, not_after=datetime(2026, 1, 1, tzinfo=UTC), granted_by="a/b",
+        flags=("DURATION_CLAMPED",), deny_rules=("a/d",), limits_applied=("a/limits",),
+        audit_findings=(AuditFinding("x", None, "AUDIT_WOULD_DENY"),), policy_set_revision="sha256:1",
+        details={"matched": "a/b"},
+    )  # fmt: skip
+    defaults = Decision(Verdict.DENY, Outcome.UNAVAILABLE, "", "")
+    assert all(getattr(full, f.name) != getattr(defaults, f.name) for f in fields(Decision)), "set every field"
+    finding = (AuditFinding("y", "r", "AUDIT_WOULD_CLAMP", "m"),)
+    assert full.with_audit_findings(finding) == replace(full, audit_findings=finding)
+    assert full.with_details(clientMessage="denied") == replace(
+        full, details={"matched": "a/b", "clientMessage": "denied"}
+    )
+    assert full.details == {"matched": "a/b"} and full.audit_findings[0].policy == "x"
