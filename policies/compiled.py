@@ -128,7 +128,7 @@ class Rule:
 
     @property
     def needs_labels(self) -> bool:
-        templates = (*self.identities, *self.dns_names)
+        templates: tuple[IdentityTemplate | DnsTemplate, ...] = (*self.identities, *self.dns_names)
         return any(v.startswith("nsLabel:") for t in templates for v in t.variables) or (
             self.subjects is not None and self.subjects.needs_labels
         )

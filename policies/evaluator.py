@@ -167,17 +167,17 @@ def _first_grant(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[A
 
 def _grants(rule: Rule, ctx: EvaluationContext) -> RuleResult:
     """check_allow, memoised for the decision (the Audit shadow asks again)."""
-    result = ctx.memo.get(id(rule))
+    result = ctx.allow_results.get(id(rule))
     if result is None:
-        result = ctx.memo[id(rule)] = check_allow(rule, ctx, static_subjects_checked=True)
-    return result  # type: ignore[return-value]
+        result = ctx.allow_results[id(rule)] = check_allow(rule, ctx, static_subjects_checked=True)
+    return result
 
 
 def _denies(rule: Rule, ctx: EvaluationContext) -> bool:
-    result = ctx.memo.get(id(rule))
+    result = ctx.deny_matches.get(id(rule))
     if result is None:
-        result = ctx.memo[id(rule)] = denies(rule, ctx, static_subjects_checked=True)
-    return result  # type: ignore[return-value]
+        result = ctx.deny_matches[id(rule)] = denies(rule, ctx, static_subjects_checked=True)
+    return result
 
 
 def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]) -> Decision:
@@ -260,7 +260,8 @@ def _bounded(
     if low > high:
         message = f"the limits leave no duration: min {format_duration(low)} > max {format_duration(high)}"
         return _refuse("DURATION_RANGE_EMPTY", message, None, policy_set)
-    flags, bound_by = grant.flags, ()
+    flags = grant.flags
+    bound_by: tuple[str, ...] = ()
     if duration > high:
         binding = [b for b in bounds if b.duration_max == high]
         denier = next((b for b in binding if b.on_exceed == "Deny"), None)
@@ -381,10 +382,10 @@ def _audit(
             shadow = decide_over(policy_set, ctx, shadow_entries)
         except LabelsUnavailable as exc:
             return [AuditFinding(policy.name, None, "AUDIT_EVALUATION_ERROR", str(exc))]
-    return _findings(policy, decision, shadow)
+    return shadow_findings(policy, decision, shadow)
 
 
-def _findings(policy: Policy, decision: Decision, shadow: Decision) -> list[AuditFinding]:
+def shadow_findings(policy: Policy, decision: Decision, shadow: Decision) -> list[AuditFinding]:
     """What ``policy`` would change: the enforced ``decision`` against the ``shadow`` decision with it enforced."""
     rule = _rule_of(policy, shadow)
     if decision.allowed and not shadow.allowed:

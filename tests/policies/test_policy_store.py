@@ -13,7 +13,9 @@ import pytest
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from policies.decider import Outcome, Verdict
+from clocks import Clock
+from policies.context import NamespaceLabels
+from policies.decider import Decision, Outcome, Verdict
 from policies.loader import build_policy_set
 from policies.policy_store import PolicyStore
 from tests.support.clock import ManualClock
@@ -37,12 +39,28 @@ def policy_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def store_for(directory: Path, **kwargs: object) -> tuple[PolicyStore, CollectorRegistry]:
+def store_for(
+    directory: Path,
+    *,
+    namespace_labels: NamespaceLabels | None = None,
+    poll_interval: float = 1.0,
+    debounce: float = 0.5,
+    clock: Clock | None = None,
+) -> tuple[PolicyStore, CollectorRegistry]:
     registry = CollectorRegistry()
-    return PolicyStore(directory, trust_domain=TD, registry=registry, **kwargs), registry  # type: ignore[arg-type]
+    store = PolicyStore(
+        directory,
+        trust_domain=TD,
+        registry=registry,
+        namespace_labels=namespace_labels,
+        poll_interval=poll_interval,
+        debounce=debounce,
+        clock=clock,
+    )
+    return store, registry
 
 
-def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600):  # type: ignore[no-untyped-def]
+def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600) -> Decision:
     return store.decide(
         caller(namespace, account),
         request(own_id(namespace, account), validity=validity),
@@ -84,6 +102,7 @@ def test_empty_directory_is_not_a_valid_set(tmp_path: Path) -> None:
 def test_bad_yaml_keeps_the_last_good_set(policy_dir: Path) -> None:
     store, registry = store_for(policy_dir)
     good_revision = store.revision
+    assert good_revision is not None
     before = decide(store, validity=86400)
     (policy_dir / "mesh-baseline.yaml").write_text("apiVersion: [unclosed\n")
     assert not store.reload()
@@ -152,7 +171,7 @@ def test_a_reload_that_loses_the_settings_document_keeps_the_last_good_set(tmp_p
 def test_a_set_without_settings_loads_at_start_with_a_warning(tmp_path: Path) -> None:
     (tmp_path / "own.yaml").write_text(OWN_IDENTITY)
     store, _ = store_for(tmp_path)
-    assert store.ready and not store.policy_set.has_settings_document  # type: ignore[union-attr]
+    assert store.ready and store.policy_set is not None and not store.policy_set.has_settings_document
     (warning,) = store.status()["warnings"]
     assert warning.startswith(f"{tmp_path}/own.yaml:1:1: warning: the set has no PolicySettings document")
     (tmp_path / "other.yaml").write_text(OWN_IDENTITY.replace("name: own}", "name: other}"))
@@ -171,7 +190,7 @@ def test_metrics_of_decisions_and_audit_findings(policy_dir: Path) -> None:
     assert metric(registry, "policy_audit_findings_total", **finding) == 1
     assert metric(registry, "policy_evaluation_seconds_count") == 2
     assert metric(registry, "policy_reload_total", result="success") == 1
-    assert metric(registry, "policy_last_reload_success_timestamp_seconds") > 0
+    assert metric(registry, "policy_last_reload_success_timestamp_seconds") == store.status()["activeSince"]
 
 
 def test_namespace_labels_come_from_the_provider(policy_dir: Path) -> None:
@@ -212,7 +231,7 @@ def test_an_exception_during_evaluation_is_a_retryable_denial(
         Outcome.UNAVAILABLE,
     )
     assert decision.policy_set_revision == store.revision
-    assert decision.details["clientMessage"].startswith("denied: EVALUATION_ERROR")
+    assert str(decision.details["clientMessage"]).startswith("denied: EVALUATION_ERROR")
     assert any("evaluation failed for orders/web" in line and "informer exploded" in line for line in logged)
     assert (
         metric(

@@ -484,7 +484,7 @@ def test_limits_only_audit_findings_equal_those_of_the_full_shadow_decision(
 ) -> None:
     """The shortcut for limits-only Audit policies (no re-walk, no sort, the bound reused) must report exactly
     what the full shadow decision over the sorted entries reports."""
-    from policies.evaluator import _findings, decide_over, prepare, select
+    from policies.evaluator import decide_over, prepare, select, shadow_findings
 
     caller, request = inputs
     extra = [dict(with_rules, metadata={"name": "audit-rules"})] if with_rules is not None else []
@@ -500,5 +500,5 @@ def test_limits_only_audit_findings_equal_those_of_the_full_shadow_decision(
     expected = list(selection.audit_errors)
     for entry in selection.audited:
         shadow_entries = tuple(sorted((*selection.enforced, entry), key=lambda e: e.policy.order))
-        expected.extend(_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
+        expected.extend(shadow_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
     assert decision.audit_findings == tuple(expected)
