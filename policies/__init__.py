@@ -2,7 +2,20 @@
 
 The signer parses a request and authenticates the caller; an ``IdentityDecider`` answers with a ``Decision``.
 Two deciders exist: ``OwnIdentityOnly`` (istio-csr's behaviour, without ``--policy-dir``) and ``PolicyStore``
-(the YAML policies of a directory, hot-reloaded). Nothing here imports ``signer`` or ``bridge``.
+(the YAML policies of a directory, hot-reloaded). Nothing here imports ``signer`` or ``bridge``; the signer
+imports the names below from this package, not from the modules.
+
+Where things live:
+
+- ``decider``: the contract with the signer (Caller, IssuanceRequest, Decision, IdentityDecider).
+- ``builtin``: the istio-csr rule. ``policy_store`` + ``directory_watch``: the YAML decider and its hot reload.
+- ``yaml_source`` → ``schema_readers`` → ``document_schemas``: YAML text to checked documents, with positions.
+- ``compiler``/``subject_compiler`` → ``compiled``: checked documents to the immutable set the evaluator reads;
+  ``loader`` runs the whole load, ``policy_set`` indexes the result.
+- ``precheck`` → ``evaluator`` (with ``rule_checks``, ``context``, ``ca_validity``): one decision.
+- ``explain``, ``decision_records``, ``client_messages``, ``metrics``: what a decision reports.
+- ``commands`` (``meshsigner policy lint|test|explain``), with ``policy_test_runner`` and ``expectations``.
+- ``durations``, ``globs``, ``templates``, ``spiffe``, ``problems``: shared building blocks.
 """
 
 from policies.builtin import OwnIdentityOnly
@@ -19,6 +32,7 @@ from policies.decider import (
     matched_rule,
 )
 from policies.decision_records import decision_record, new_decision_id
+from policies.durations import format_duration, parse_duration, parse_duration_seconds
 from policies.evaluator import evaluate
 from policies.explain import Explanation, explain, render_text
 from policies.loader import build_policy_set, load_policy_set
@@ -46,8 +60,11 @@ __all__ = [
     "decision_record",
     "evaluate",
     "explain",
+    "format_duration",
     "load_policy_set",
     "matched_rule",
     "new_decision_id",
+    "parse_duration",
+    "parse_duration_seconds",
     "render_text",
 ]
