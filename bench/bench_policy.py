@@ -29,11 +29,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policies.builtin import OwnIdentityOnly
-from policies.evaluator import evaluate
-from policies.loader import load_policy_set
-from policies.model import Caller, IssuanceRequest
-from policies.reloading import PolicyStore
+from policies import Caller, IssuanceRequest, OwnIdentityOnly, PolicyStore, evaluate, load_policy_set
 
 TD = "cluster.local"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

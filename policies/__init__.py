@@ -2,19 +2,43 @@
 
 The signer parses a request and authenticates the caller; an ``IdentityDecider`` answers with a ``Decision``.
 Two deciders exist: ``OwnIdentityOnly`` (istio-csr's behaviour, without ``--policy-dir``) and ``PolicyStore``
-(the YAML policies of a directory, hot-reloaded). Nothing here imports ``signer`` or ``bridge``.
+(the YAML policies of a directory, hot-reloaded). Nothing here imports ``signer`` or ``bridge``; the signer
+imports the names below from this package, not from the modules.
+
+Where things live:
+
+- ``decider``: the contract with the signer (Caller, IssuanceRequest, Decision, IdentityDecider).
+- ``builtin``: the istio-csr rule. ``policy_store`` + ``directory_watch``: the YAML decider and its hot reload.
+- ``yaml_source`` → ``schema_readers`` → ``document_schemas``: YAML text to checked documents, with positions.
+- ``compiler``/``subject_compiler`` → ``compiled``: checked documents to the immutable set the evaluator reads;
+  ``loader`` runs the whole load, ``policy_set`` indexes the result.
+- ``precheck`` → ``evaluator`` (with ``rule_checks``, ``context``, ``ca_validity``): one decision.
+- ``explain``, ``decision_records``, ``client_messages``, ``metrics``: what a decision reports.
+- ``commands`` (``meshsigner policy lint|test|explain``), with ``policy_test_runner`` and ``expectations``.
+- ``durations``, ``globs``, ``templates``, ``spiffe``, ``problems``: shared building blocks.
 """
 
 from policies.builtin import OwnIdentityOnly
+from policies.client_messages import client_message
 from policies.commands import add_policy_commands
-from policies.evaluator import evaluate, matched_rule
+from policies.decider import (
+    AuditFinding,
+    Caller,
+    Decision,
+    IdentityDecider,
+    IssuanceRequest,
+    Outcome,
+    Verdict,
+    matched_rule,
+)
+from policies.decision_records import decision_record, new_decision_id
+from policies.durations import format_duration, parse_duration, parse_duration_seconds
+from policies.evaluator import evaluate
 from policies.explain import Explanation, explain, render_text
 from policies.loader import build_policy_set, load_policy_set
-from policies.model import AuditFinding, Caller, Decision, IdentityDecider, IssuanceRequest, Outcome, Verdict
 from policies.policy_set import PolicySet
+from policies.policy_store import PolicyStore
 from policies.problems import PolicySetInvalid, Problem
-from policies.records import client_message, decision_record, new_decision_id
-from policies.reloading import PolicyStore
 
 __all__ = [
     "AuditFinding",
@@ -36,8 +60,11 @@ __all__ = [
     "decision_record",
     "evaluate",
     "explain",
+    "format_duration",
     "load_policy_set",
     "matched_rule",
     "new_decision_id",
+    "parse_duration",
+    "parse_duration_seconds",
     "render_text",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from policies.ca_validity import cap_to_ca
-from policies.model import Caller, Decision, IssuanceRequest, Outcome, Verdict
-from policies.precheck import PrecheckSettings, deny, precheck
+from policies.decider import Caller, Decision, IssuanceRequest, Outcome, Verdict, deny
+from policies.precheck import PrecheckSettings, precheck
 
 ALLOWED_KEYS = frozenset({"ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072", "RSA-4096"})
 ALLOWED_USAGES = frozenset({"digitalSignature", "keyEncipherment", "serverAuth", "clientAuth"})

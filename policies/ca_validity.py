@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from policies.decider import Decision, Outcome, deny
 from policies.durations import format_duration
-from policies.model import Decision, Outcome
-from policies.precheck import deny
 
 REASON = "CA_VALIDITY_INSUFFICIENT"
 

@@ -13,12 +13,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from policies.decider import Caller, IssuanceRequest
 from policies.explain import explain, render_text
-from policies.fixtures import run_test_files
 from policies.loader import load_policy_set
-from policies.model import Caller, IssuanceRequest
+from policies.policy_test_runner import run_policy_tests
 from policies.problems import PolicySetInvalid, Severity
-from policies.schema import parse_time
+from policies.schema_readers import parse_time
 
 
 def add_policy_commands(subparsers: Any) -> None:
@@ -79,7 +79,7 @@ def lint_command(args: argparse.Namespace) -> int:
 
 
 def test_command(args: argparse.Namespace) -> int:
-    run = run_test_files(args.files)
+    run = run_policy_tests(args.files)
     for result in run.results:
         if result.passed:
             if args.verbose:

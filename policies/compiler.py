@@ -10,9 +10,9 @@ carries its ``file:line:col``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
-from policies.documents import (
+from policies.compiled import (
     DEFAULT_KEY_ALGORITHMS,
     DEFAULT_USAGES,
     KNOWN_KEY_ALGORITHMS,
@@ -28,7 +28,7 @@ from policies.documents import (
 )
 from policies.durations import describe_duration as show
 from policies.globs import NameGlob
-from policies.schema import Reporter
+from policies.schema_readers import Reporter
 from policies.subject_compiler import compile_subjects
 from policies.subjects import Subjects
 from policies.templates import DnsTemplate, IdentityTemplate, TemplateError
@@ -91,6 +91,10 @@ def compile_settings(
     )
 
 
+@overload
+def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: KeyPolicy) -> KeyPolicy: ...
+@overload
+def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: KeyPolicy | None) -> KeyPolicy | None: ...
 def _key(spec: dict[str, Any] | None, path: str, report: Reporter, fallback: KeyPolicy | None) -> KeyPolicy | None:
     """A ``key`` block; a field it omits is inherited from ``fallback`` (a block with only ``minRSABits`` keeps
     the fallback's algorithm list instead of allowing every algorithm)."""
@@ -281,7 +285,7 @@ def _rule(
     # Allow rules inherit what their key block omits from the settings; for a Deny rule the block only lists
     # the algorithms that trigger it.
     key = _key(spec.get("key"), f"{path}.key", report, settings.key if effect is Effect.ALLOW else None)
-    usages = frozenset()
+    usages: frozenset[str] = frozenset()
     if effect is Effect.ALLOW:
         rule_duration = _duration_block(spec.get("duration"), f"{path}.duration", report, settings)
         duration = _resolve_duration(rule_duration, policy_duration, settings, f"{path}.duration", report)

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from policies.model import Caller, IssuanceRequest
+from policies.decider import Caller, IssuanceRequest
 from policies.spiffe import SpiffeID
 from policies.templates import LABEL_PREFIX, valid_dns_name
+
+if TYPE_CHECKING:  # rule_checks reads this context, so the import would be circular at run time
+    from policies.rule_checks import RuleResult
 
 NamespaceLabels = Callable[[str], "Mapping[str, str] | None"]
 
@@ -53,10 +57,11 @@ class EvaluationContext:
     __slots__ = (
         "_label_cache",
         "_labels",
+        "allow_results",
         "ca_not_after",
         "caller",
+        "deny_matches",
         "dns_labels",
-        "memo",
         "now",
         "primary_trust_domain",
         "principal",
@@ -105,8 +110,9 @@ class EvaluationContext:
         )
         self._labels = namespace_labels
         self._label_cache: Mapping[str, str] | None = None
-        # Rule results by id(rule), reused by the Audit shadow: a rule's answer cannot change within a decision.
-        self.memo: dict[int, object] = {}
+        # Rule answers by id(rule), reused by the Audit shadow: a rule's answer cannot change within a decision.
+        self.allow_results: dict[int, RuleResult] = {}
+        self.deny_matches: dict[int, bool] = {}
 
     def labels(self) -> Mapping[str, str]:
         """The caller namespace's labels; raises LabelsUnavailable when the provider has not synced."""

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from policies.compiled import Effect, Limits, Mode, Policy, Rule
 from policies.context import Check, EvaluationContext, LabelsUnavailable, NamespaceLabels
-from policies.documents import Effect, Mode, Policy, Rule
+from policies.decider import Caller, Decision, IssuanceRequest, matched_rule
 from policies.durations import format_duration
-from policies.evaluator import evaluate, matched_rule, prepare
-from policies.model import Caller, Decision, IssuanceRequest
+from policies.evaluator import evaluate, prepare
 from policies.policy_set import PolicySet
-from policies.rules import check_allow, check_deny
+from policies.rule_checks import check_allow, check_deny
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,24 +84,25 @@ def _trace_policy(policy: Policy, ctx: EvaluationContext) -> dict[str, Any]:
         subject_checks = policy.subjects.check(ctx, "", exhaustive=True)
     except LabelsUnavailable as exc:
         return {**entry, "applies": False, "why": f"evaluation error: {exc}"}
-    applies = all(c.held for c in subject_checks)
-    entry.update(applies=applies, subjects=[c.as_dict() for c in subject_checks])
-    if not applies:
-        failed = next(c for c in subject_checks if not c.held)
-        entry["why"] = f"{failed.condition}: expected {failed.expected}, actual {failed.actual}"
-        return entry
-    entry["rules"] = [_trace_rule(rule, ctx) for rule in policy.rules]
-    if policy.limits is not None:
-        limits = policy.limits
-        described = []
-        if limits.duration_min is not None:
-            described.append(f"min {format_duration(limits.duration_min)} (onBelow {limits.on_below})")
-        if limits.duration_max is not None:
-            described.append(f"max {format_duration(limits.duration_max)} (onExceed {limits.on_exceed})")
-        if limits.key is not None:
-            described.append(f"key {limits.key.describe()}")
-        entry["limits"] = "; ".join(described)
-    return entry
+    subjects = [c.as_dict() for c in subject_checks]
+    failed = next((c for c in subject_checks if not c.held), None)
+    if failed is not None:
+        why = f"{failed.condition}: expected {failed.expected}, actual {failed.actual}"
+        return {**entry, "applies": False, "subjects": subjects, "why": why}
+    rules = [_trace_rule(rule, ctx) for rule in policy.rules]
+    limits = {"limits": _describe_limits(policy.limits)} if policy.limits is not None else {}
+    return {**entry, "applies": True, "subjects": subjects, "rules": rules, **limits}
+
+
+def _describe_limits(limits: Limits) -> str:
+    described = []
+    if limits.duration_min is not None:
+        described.append(f"min {format_duration(limits.duration_min)} (onBelow {limits.on_below})")
+    if limits.duration_max is not None:
+        described.append(f"max {format_duration(limits.duration_max)} (onExceed {limits.on_exceed})")
+    if limits.key is not None:
+        described.append(f"key {limits.key.describe()}")
+    return "; ".join(described)
 
 
 def _trace_rule(rule: Rule, ctx: EvaluationContext) -> dict[str, Any]:
@@ -117,11 +118,9 @@ def _trace_rule(rule: Rule, ctx: EvaluationContext) -> dict[str, Any]:
         outcome = "grants" if result.ok else "does not grant"
     else:
         outcome = "matches (denies)" if result.ok else "does not match"
-    entry["result"] = outcome
-    if rule.effect is Effect.ALLOW and result.ok and result.duration is not None:
-        entry["durationSeconds"] = result.duration
-    entry["conditions"] = [_check(c) for c in result.checks]
-    return entry
+    granted = rule.effect is Effect.ALLOW and result.ok and result.duration is not None
+    duration = {"durationSeconds": result.duration} if granted else {}
+    return {**entry, "result": outcome, **duration, "conditions": [_check(c) for c in result.checks]}
 
 
 def _check(check: Check) -> dict[str, object]:

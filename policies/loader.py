@@ -15,12 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from policies.compiled import RESERVED_POLICY_NAMES, Policy, Settings
 from policies.compiler import compile_policy, compile_settings
-from policies.documents import RESERVED_POLICY_NAMES, Policy, Settings
-from policies.kinds import read_document
+from policies.document_schemas import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
-from policies.schema import Reporter
+from policies.schema_readers import Reporter
 from policies.yaml_source import parse_documents
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")

@@ -5,12 +5,11 @@ Labels carry policy and rule names but never identities, so cardinality stays bo
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from policies.model import Decision
+from policies.decider import Decision
 
 _LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
 
@@ -66,9 +65,10 @@ class PolicyMetrics:
                 found = self._finding_children[key] = self.audit_findings.labels(*key)
             found.inc()
 
-    def reloaded(self, revision: str | None, previous: str | None) -> None:
+    def reloaded(self, revision: str | None, previous: str | None, *, at: float) -> None:
+        """A set was installed at ``at`` (Unix time) in place of ``previous``."""
         self.reloads.labels("success").inc()
-        self.last_reload_success.set(time.time())
+        self.last_reload_success.set(at)
         if previous is not None and previous != revision:
             self.set_info.remove(previous)
         if revision is not None:

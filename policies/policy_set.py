@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from policies.compiled import Limits, Mode, Policy, Rule, Settings
 from policies.compiler import istio_compatible_rule
 from policies.context import EvaluationContext
-from policies.documents import Limits, Mode, Policy, Rule, Settings
 from policies.precheck import PrecheckSettings
 from policies.problems import Problem
 

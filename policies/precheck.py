@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from policies.model import Caller, Decision, IssuanceRequest, Outcome, Verdict
+from policies.decider import Caller, Decision, IssuanceRequest, Outcome, deny
 from policies.spiffe import InvalidSpiffeID, SpiffeID, parse_spiffe_id
 
 
@@ -19,18 +19,6 @@ class PrecheckSettings:
     max_uris: int = 1
     stamp_caller_identity_when_missing: bool = False  # san.onMissingURI: UseCallerIdentity
     revision: str | None = None  # the policy set's revision, stamped on the decisions precheck refuses
-
-
-def deny(outcome: Outcome, reason: str, message: str, *, revision: str | None = None, **details: object) -> Decision:
-    """A DENY decision; ``revision`` is the policy set it was decided against (no copy needed to add it)."""
-    return Decision(
-        verdict=Verdict.DENY,
-        outcome=outcome,
-        reason=reason,
-        message=message,
-        policy_set_revision=revision,
-        details=dict(details),
-    )
 
 
 def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSettings) -> tuple[SpiffeID, ...] | Decision:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.documents import Settings
+from policies.compiled import Settings
 from policies.globs import GLOBSTAR, PathGlob
-from policies.schema import Reporter
+from policies.schema_readers import Reporter
 from policies.subjects import NAME_LABEL, LabelRequirement, LabelSelector, SubjectPattern, Subjects
 
 

@@ -29,7 +29,6 @@ _SPIFFE_PREFIX = "spiffe://"
 Lookup = Callable[[str], "str | None"]
 ValueCheck = Callable[[str, str], bool]  # (variable name, value) -> usable
 _RENDER_CACHE_LIMIT = 4096
-_MISSING = object()
 Rendered = tuple[tuple[str, ...], ...]
 
 
@@ -108,14 +107,16 @@ def _cached_render(
 ) -> Rendered | None:
     """Render and split, remembering the result per tuple of variable values: callers repeat (renewals)."""
     key = tuple(lookup(name) for name in names)
-    cached = cache.get(key, _MISSING)
-    if cached is _MISSING:
-        rendered = _render(parts, lookup, value_ok)
-        cached = None if rendered is None else _split(rendered, separator)
-        if len(cache) >= _RENDER_CACHE_LIMIT:
-            cache.clear()
-        cache[key] = cached
-    return cached  # type: ignore[return-value]
+    try:
+        return cache[key]  # None is a cached answer too ("renders no valid name"), hence no .get()
+    except KeyError:
+        pass
+    rendered = _render(parts, lookup, value_ok)
+    cached = None if rendered is None else _split(rendered, separator)
+    if len(cache) >= _RENDER_CACHE_LIMIT:
+        cache.clear()
+    cache[key] = cached
+    return cached
 
 
 def _path_value_ok(name: str, value: str) -> bool:

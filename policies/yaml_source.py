@@ -1,6 +1,6 @@
 """Reads YAML documents as position-carrying node trees, so every later error can name ``file:line:col``.
 
-PyYAML's composer keeps a mark on every node; the strict schema (``schema.py``) walks those nodes instead of
+PyYAML's composer keeps a mark on every node; the strict schema (``schema_readers.py``) walks those nodes instead of
 the plain Python values, which also lets it reject duplicate keys that ``yaml.safe_load`` would silently merge.
 """
 
@@ -13,7 +13,7 @@ import yaml
 from policies.problems import Problem
 
 # libyaml's parser when PyYAML was built with it (about 5x faster on a large set); both keep a mark on every node.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class SourceDocument:
 def parse_documents(text: str, file: str) -> tuple[list[SourceDocument], list[Problem]]:
     """Split ``text`` into YAML documents. Empty documents are skipped; a syntax error is one located problem."""
     try:
-        nodes = list(yaml.compose_all(text, Loader=_LOADER))
+        nodes = list(yaml.compose_all(text, Loader=YAML_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from policies.model import IssuanceRequest
+from policies import IssuanceRequest
 from signer.errors import CsrRejected
 
 MAX_CSR_BYTES = 64 * 1024

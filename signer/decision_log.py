@@ -9,8 +9,7 @@ from typing import IO
 
 from loguru import logger
 
-from policies.model import Caller, Decision, IssuanceRequest
-from policies.records import decision_record
+from policies import Caller, Decision, IssuanceRequest, decision_record
 
 
 class DecisionLog:

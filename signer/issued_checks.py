@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from bridge.errors import IssuerFailed
-from policies.model import Decision
+from policies import Decision
 
 NOT_AFTER_TOLERANCE = timedelta(seconds=5)  # issuers round to whole seconds
 

@@ -17,9 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
-from policies.builtin import OwnIdentityOnly
-from policies.model import IdentityDecider
-from policies.reloading import PolicyStore
+from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
 from signer.decision_log import DecisionLog

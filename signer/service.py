@@ -20,7 +20,7 @@ from loguru import logger
 
 from bridge.errors import BackendError
 from bridge.signing import SigningBackend, SigningRequest
-from policies.model import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
+from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from policies.decider import Caller, IssuanceRequest
 from policies.loader import build_policy_set, load_policy_set
-from policies.model import Caller, IssuanceRequest
 from policies.policy_set import PolicySet
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -29,8 +29,15 @@ spec:
 """
 
 
-def caller(namespace: str = "orders", service_account: str = "web", **kwargs: object) -> Caller:
-    return Caller(TD, namespace, service_account, **kwargs)  # type: ignore[arg-type]
+def caller(
+    namespace: str = "orders",
+    service_account: str = "web",
+    *,
+    pod_name: str | None = None,
+    pod_uid: str | None = None,
+    node_principal: str | None = None,
+) -> Caller:
+    return Caller(TD, namespace, service_account, pod_name, pod_uid, node_principal)
 
 
 def own_id(namespace: str = "orders", service_account: str = "web") -> str:

@@ -135,8 +135,8 @@ def test_explain_with_an_invalid_set(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_expectations_are_checked_field_by_field() -> None:
-    from policies.fixtures import compare
-    from policies.model import Decision, Outcome, Verdict
+    from policies.decider import Decision, Outcome, Verdict
+    from policies.expectations import expectation_mismatches as compare
 
     clamped = Decision(
         Verdict.ALLOW, Outcome.OK, "GRANTED", "granted by a/b", duration_seconds=60, granted_by="a/b",

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from policies.builtin import OwnIdentityOnly
-from policies.evaluator import evaluate, matched_rule
-from policies.model import Decision, IssuanceRequest, Outcome, Verdict
-from policies.precheck import deny
-from policies.records import client_message, decision_record
+from policies.client_messages import client_message
+from policies.context import NamespaceLabels
+from policies.decider import Caller, Decision, IssuanceRequest, Outcome, Verdict, deny, matched_rule
+from policies.decision_records import decision_record
+from policies.evaluator import evaluate
+from policies.policy_set import PolicySet
 
 from .conftest import CA_NOT_AFTER, NOW, SETTINGS, TD, build, caller, own_id, policy, request
 
@@ -23,7 +25,15 @@ BASELINE = policy(
 )
 
 
-def decide(policy_set, who=None, req=None, *, now=NOW, ca=CA_NOT_AFTER, labels=None):  # type: ignore[no-untyped-def]
+def decide(
+    policy_set: PolicySet,
+    who: Caller | None = None,
+    req: IssuanceRequest | None = None,
+    *,
+    now: datetime = NOW,
+    ca: datetime | None = CA_NOT_AFTER,
+    labels: NamespaceLabels | None = None,
+) -> Decision:
     return evaluate(
         policy_set, who or caller(), req or request(own_id()), now=now, ca_not_after=ca, namespace_labels=labels
     )
@@ -261,7 +271,7 @@ def test_dns_template_values_fill_one_label_except_the_domains() -> None:
     )
     policy_set = build(grants)
 
-    def ask(who, name, labels=None):  # type: ignore[no-untyped-def]
+    def ask(who: Caller, name: str, labels: NamespaceLabels | None = None) -> Decision:
         return decide(policy_set, who=who, req=request(who.spiffe_id, dns=(name,)), labels=labels or (lambda ns: {}))
 
     dotted = ask(caller("orders", "api.payments"), "api.payments.svc")
@@ -439,7 +449,7 @@ def test_usages_must_be_a_subset() -> None:
     assert decide(policy_set, req=signing).details["subReason"] == "USAGE_NOT_ALLOWED"
 
 
-def test_impersonation_by_a_listed_node_account(reference_set) -> None:  # type: ignore[no-untyped-def]
+def test_impersonation_by_a_listed_node_account(reference_set: PolicySet) -> None:
     ztunnel = caller(node_principal="istio-system/ztunnel")
     assert decide(reference_set, who=ztunnel).allowed
     spoof = decide(reference_set, who=caller(node_principal="orders/other"))
@@ -447,7 +457,7 @@ def test_impersonation_by_a_listed_node_account(reference_set) -> None:  # type:
     assert decide(reference_set, who=caller(node_principal="orders/web")).allowed  # its own identity
 
 
-def test_unknown_caller_gets_a_clear_no_applicable_rule(reference_set) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_caller_gets_a_clear_no_applicable_rule(reference_set: PolicySet) -> None:
     decision = decide(reference_set, who=caller("kube-public", "x"), req=request(own_id("kube-public", "x")))
     assert decision.allowed  # the baseline applies everywhere but kube-system
     outside = build(
@@ -461,7 +471,7 @@ def test_unknown_caller_gets_a_clear_no_applicable_rule(reference_set) -> None: 
     assert "orders/web" in decision.message
 
 
-def test_decision_record_is_json_and_complete(reference_set) -> None:  # type: ignore[no-untyped-def]
+def test_decision_record_is_json_and_complete(reference_set: PolicySet) -> None:
     req = request(own_id(), validity=86400)
     decision = decide(reference_set, req=req)
     record = decision_record("d-1", caller(), req, decision, at=NOW)
@@ -480,7 +490,7 @@ def test_decision_record_is_json_and_complete(reference_set) -> None:  # type: i
     assert record["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
 
 
-def test_refusals_carry_the_revision_they_were_decided_against(reference_set) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_carry_the_revision_they_were_decided_against(reference_set: PolicySet) -> None:
     refused = deny(Outcome.UNAVAILABLE, "CA_VALIDITY_INSUFFICIENT", "m", revision="sha256:abc", alert=True)
     assert (refused.policy_set_revision, refused.details) == ("sha256:abc", {"alert": True})
     step0 = [
@@ -500,7 +510,7 @@ def test_refusals_carry_the_revision_they_were_decided_against(reference_set) ->
     assert (expired_ca.reason, expired_ca.policy_set_revision) == ("CA_VALIDITY_INSUFFICIENT", reference_set.revision)
 
 
-def test_client_messages(reference_set) -> None:  # type: ignore[no-untyped-def]
+def test_client_messages(reference_set: PolicySet) -> None:
     denied = decide(reference_set, who=caller("prod-x", "default"), req=request(own_id("prod-x", "default")))
     detailed = client_message(denied)
     assert detailed.startswith("denied: DENIED_BY_RULE: Workloads in prod-* namespaces")
@@ -510,6 +520,30 @@ def test_client_messages(reference_set) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("validity", [2**63 - 1, 10**12])
-def test_huge_durations_are_clamped_without_overflow(reference_set, validity: int) -> None:  # type: ignore[no-untyped-def]
+def test_huge_durations_are_clamped_without_overflow(reference_set: PolicySet, validity: int) -> None:
     decision = decide(reference_set, req=request(own_id(), validity=validity))
     assert decision.allowed and decision.duration_seconds == 86400
+
+
+def test_derived_decisions_copy_every_other_field_and_leave_the_original_alone() -> None:
+    """with_audit_findings/with_details build a new Decision field by field; a field they forget would vanish."""
+    from dataclasses import fields, replace
+    from datetime import UTC, datetime
+
+    from policies.decider import AuditFinding
+
+    full = Decision(
+        Verdict.ALLOW, Outcome.OK, "GRANTED", "granted by a/b", uris=("spiffe://td/ns/a/sa/b",), dns_names=("b.a",),
+        duration_seconds=60, not_after=datetime(2026, 1, 1, tzinfo=UTC), granted_by="a/b",
+        flags=("DURATION_CLAMPED",), deny_rules=("a/d",), limits_applied=("a/limits",),
+        audit_findings=(AuditFinding("x", None, "AUDIT_WOULD_DENY"),), policy_set_revision="sha256:1",
+        details={"matched": "a/b"},
+    )  # fmt: skip
+    defaults = Decision(Verdict.DENY, Outcome.UNAVAILABLE, "", "")
+    assert all(getattr(full, f.name) != getattr(defaults, f.name) for f in fields(Decision)), "set every field"
+    finding = (AuditFinding("y", "r", "AUDIT_WOULD_CLAMP", "m"),)
+    assert full.with_audit_findings(finding) == replace(full, audit_findings=finding)
+    assert full.with_details(clientMessage="denied") == replace(
+        full, details={"matched": "a/b", "clientMessage": "denied"}
+    )
+    assert full.details == {"matched": "a/b"} and full.audit_findings[0].policy == "x"

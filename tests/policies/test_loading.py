@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -86,7 +88,7 @@ def test_both_yaml_parsers_give_the_same_set_and_reject_tagged_keys(
     """libyaml parses a large set about 5x faster; PyYAML is the fallback. Both must mean the same thing."""
     if not hasattr(yaml, loader):
         pytest.skip(f"PyYAML was built without {loader}")
-    monkeypatch.setattr(yaml_source, "_LOADER", getattr(yaml, loader))
+    monkeypatch.setattr(yaml_source, "YAML_LOADER", getattr(yaml, loader))
     expected = load_policy_set([SECTION_2_1], trust_domain=TD).revision
     sources = [(path.name, path.read_text()) for path in sorted(SECTION_2_1.glob("*.yaml"))]
     assert build_policy_set(sources, trust_domain=TD).revision == expected
@@ -97,7 +99,7 @@ def test_both_yaml_parsers_give_the_same_set_and_reject_tagged_keys(
 
 
 def test_libyaml_is_used_when_pyyaml_has_it() -> None:
-    assert yaml_source._LOADER is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    assert yaml_source.YAML_LOADER is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def test_unquoted_yaml_booleans_are_not_strings() -> None:
@@ -160,8 +162,8 @@ def test_durations_longer_than_ten_years_are_located_load_errors() -> None:
     ]
     huge = "9" * 400 + "s"
     text = policy("p", f"  subjects: {{namespaces: ['*']}}\n  limits: {{duration: {{max: {huge}}}}}\n")
-    (found,) = errors_of(text)
-    assert found.startswith("doc0.yaml:6:28: spec.limits.duration.max: duration '999") and "is too long" in found
+    (too_long,) = errors_of(text)
+    assert too_long.startswith("doc0.yaml:6:28: spec.limits.duration.max: duration '999") and "is too long" in too_long
     assert build(settings=SETTINGS + "  duration: {max: 3650d, default: 3650d}\n").settings.duration_max == 315360000
 
 
@@ -278,7 +280,7 @@ def test_settings_must_be_unique_and_match_the_server_trust_domain() -> None:
     assert "differs from the server's trust domain 'cluster.local'" in str(caught.value.errors[0])
 
 
-def test_empty_input_is_not_a_valid_set(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_empty_input_is_not_a_valid_set(tmp_path: Path) -> None:
     with pytest.raises(PolicySetInvalid, match=r"no \*.yaml or \*.yml policy files found"):
         load_policy_set([tmp_path])
     (tmp_path / "empty.yaml").write_text("# nothing\n")
@@ -308,7 +310,7 @@ def test_revision_ignores_order_comments_and_file_names() -> None:
     assert first.revision != changed.revision
 
 
-def test_policy_test_documents_in_a_policy_directory_are_ignored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_policy_test_documents_in_a_policy_directory_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "settings.yaml").write_text(SETTINGS)
     (tmp_path / "tests.yaml").write_text(
         "apiVersion: meshsigner.io/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec: {policies: ['*.yaml']}\n"

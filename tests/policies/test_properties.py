@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from policies.decider import Caller, Decision, IssuanceRequest
 from policies.evaluator import evaluate
 from policies.loader import build_policy_set
-from policies.model import Caller, Decision, IssuanceRequest
 from policies.policy_set import PolicySet
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 
@@ -238,7 +238,7 @@ def test_adding_a_deny_rule_never_turns_a_deny_into_an_allow(
 def test_closest_rule_ranking_counts_the_failures_explain_shows(inputs: tuple[Caller, IssuanceRequest]) -> None:
     """Step 7 ranks rules by a fast count; it must equal the failures the explanation lists."""
     from policies.evaluator import prepare
-    from policies.rules import check_allow, count_failures
+    from policies.rule_checks import check_allow, count_failures
 
     caller, request = inputs
     ctx = prepare(REFERENCE, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=None)
@@ -365,7 +365,7 @@ def test_deny_fast_path_and_explain_agree(
 ) -> None:
     """The evaluator decides Deny rules with ``denies``; explain shows ``check_deny``. They must never disagree."""
     from policies.evaluator import prepare
-    from policies.rules import check_deny, denies
+    from policies.rule_checks import check_deny, denies
 
     caller, request = inputs
     caller = dataclasses.replace(caller, pod_name=pod)
@@ -484,7 +484,7 @@ def test_limits_only_audit_findings_equal_those_of_the_full_shadow_decision(
 ) -> None:
     """The shortcut for limits-only Audit policies (no re-walk, no sort, the bound reused) must report exactly
     what the full shadow decision over the sorted entries reports."""
-    from policies.evaluator import _findings, decide_over, prepare, select
+    from policies.evaluator import decide_over, prepare, select, shadow_findings
 
     caller, request = inputs
     extra = [dict(with_rules, metadata={"name": "audit-rules"})] if with_rules is not None else []
@@ -500,5 +500,5 @@ def test_limits_only_audit_findings_equal_those_of_the_full_shadow_decision(
     expected = list(selection.audit_errors)
     for entry in selection.audited:
         shadow_entries = tuple(sorted((*selection.enforced, entry), key=lambda e: e.policy.order))
-        expected.extend(_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
+        expected.extend(shadow_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
     assert decision.audit_findings == tuple(expected)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bridge.errors import IssuerFailed
-from policies.model import Decision, Outcome, Verdict
+from policies import Decision, Outcome, Verdict
 from signer.issued_checks import check_issued, check_lifetime
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"

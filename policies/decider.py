@@ -8,6 +8,7 @@ Nothing here knows about gRPC; ``Decision.outcome`` names the outcome class the 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -102,11 +103,62 @@ class Decision:
     limits_applied: tuple[str, ...] = ()
     audit_findings: tuple[AuditFinding, ...] = ()
     policy_set_revision: str | None = None
-    details: dict[str, object] = field(default_factory=dict)
+    details: Mapping[str, object] = field(default_factory=dict)  # read-only: build a new Decision to add one
 
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
+
+    def with_audit_findings(self, findings: tuple[AuditFinding, ...]) -> Decision:
+        """This decision with Step 8's findings: a new Decision, the same otherwise."""
+        return self._derive(findings, self.details)
+
+    def with_details(self, **extra: object) -> Decision:
+        """This decision with more ``details`` entries: a new Decision, the same otherwise."""
+        return self._derive(self.audit_findings, {**self.details, **extra})
+
+    def _derive(self, audit_findings: tuple[AuditFinding, ...], details: Mapping[str, object]) -> Decision:
+        # Positional on purpose: on the request path this is about 2.5x cheaper than dataclasses.replace.
+        # tests/policies/test_evaluation.py checks that it copies every field.
+        return Decision(
+            self.verdict,
+            self.outcome,
+            self.reason,
+            self.message,
+            self.uris,
+            self.dns_names,
+            self.duration_seconds,
+            self.not_after,
+            self.granted_by,
+            self.flags,
+            self.deny_rules,
+            self.limits_applied,
+            audit_findings,
+            self.policy_set_revision,
+            details,
+        )
+
+
+def deny(outcome: Outcome, reason: str, message: str, *, revision: str | None = None, **details: object) -> Decision:
+    """A DENY decision; ``revision`` is the policy set it was decided against (no copy needed to add it)."""
+    return Decision(
+        verdict=Verdict.DENY,
+        outcome=outcome,
+        reason=reason,
+        message=message,
+        policy_set_revision=revision,
+        details=dict(details),
+    )
+
+
+def matched_rule(decision: Decision) -> str | None:
+    """The rule a report names: the granting rule, the first Deny rule, the binding limit or the closest rule."""
+    if decision.granted_by:
+        return decision.granted_by
+    if decision.deny_rules:
+        return decision.deny_rules[0]
+    matched = decision.details.get("matched")
+    return str(matched) if matched else None
 
 
 class IdentityDecider(Protocol):

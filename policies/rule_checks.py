@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.compiled import Rule
 from policies.context import Check, EvaluationContext
-from policies.documents import Rule
 from policies.durations import format_duration
 
 
@@ -92,6 +92,7 @@ def _duration(
     span = rule.duration
     assert span is not None  # Allow rules always have a resolved range
     requested = ctx.request.validity_seconds
+    flags: tuple[str, ...]
     if requested <= 0:  # nonPositive: UseDefault (Deny was answered before any rule)
         granted, flags, defaulted = min(max(span.default, span.minimum), span.maximum), ("DURATION_DEFAULTED",), True
     elif requested < span.minimum:
@@ -119,7 +120,7 @@ def _duration(
     if exhaustive:
         actual = f"{requested}s" if requested <= 0 else format_duration(requested)
         if granted != requested:
-            actual += f" -> {format_duration(granted)} ({flags[0]})"
+            actual += f" -> {format_duration(granted)} ({', '.join(flags)})"  # the one flag that moved it
         results.append(Check("duration", True, _range(rule), actual))
     return granted, flags, defaulted
 

@@ -128,7 +128,7 @@ class Rule:
 
     @property
     def needs_labels(self) -> bool:
-        templates = (*self.identities, *self.dns_names)
+        templates: tuple[IdentityTemplate | DnsTemplate, ...] = (*self.identities, *self.dns_names)
         return any(v.startswith("nsLabel:") for t in templates for v in t.variables) or (
             self.subjects is not None and self.subjects.needs_labels
         )
@@ -163,13 +163,15 @@ class Policy:
     ticket: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     source: str = ""
-    allow_rules: tuple[Rule, ...] = field(init=False)
-    deny_rules: tuple[Rule, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        # Split once: the evaluator walks these on every decision.
-        object.__setattr__(self, "allow_rules", tuple(r for r in self.rules if r.effect is Effect.ALLOW))
-        object.__setattr__(self, "deny_rules", tuple(r for r in self.rules if r.effect is Effect.DENY))
+    @property
+    def allow_rules(self) -> tuple[Rule, ...]:
+        """Read when a policy set indexes the policy for a caller (cached there), not per decision."""
+        return tuple(r for r in self.rules if r.effect is Effect.ALLOW)
+
+    @property
+    def deny_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.effect is Effect.DENY)
 
     @property
     def needs_labels(self) -> bool:

@@ -11,8 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from policies.evaluator import matched_rule
-from policies.model import Caller, Decision, IssuanceRequest
+from policies.decider import Caller, Decision, IssuanceRequest, matched_rule
 
 RECORD_VERSION = 1
 
@@ -34,7 +33,18 @@ def decision_record(
     """A JSON-serialisable record. ``issued_not_after`` is the certificate's real notAfter when the signer has it;
     ``at`` the decision time; ``trace`` an explain trace when explain logging is on."""
     not_after = issued_not_after or decision.not_after
-    record: dict[str, Any] = {
+    issued = (
+        {
+            "uris": list(decision.uris),
+            "dnsNames": list(decision.dns_names),
+            "durationSeconds": decision.duration_seconds,
+            "notAfter": not_after.isoformat() if not_after else None,
+        }
+        if decision.allowed
+        else None
+    )
+    closest = decision.details.get("closest")
+    return {
         "recordVersion": RECORD_VERSION,
         "decisionId": decision_id,
         "caller": {
@@ -66,27 +76,16 @@ def decision_record(
         "grantedBy": decision.granted_by,
         "denyRules": list(decision.deny_rules),
         "limitsApplied": list(decision.limits_applied),
-        "issued": None,
+        "issued": issued,
         "auditFindings": [
             {"policy": f.policy, "rule": f.rule, "finding": f.finding, "message": f.message}
             for f in decision.audit_findings
         ],
         "policySetRevision": decision.policy_set_revision,
+        **({"time": at.isoformat()} if at is not None else {}),
+        **({"closestRule": closest} if closest else {}),
+        **({"trace": trace} if trace is not None else {}),
     }
-    if at is not None:
-        record["time"] = at.isoformat()
-    if decision.allowed:
-        record["issued"] = {
-            "uris": list(decision.uris),
-            "dnsNames": list(decision.dns_names),
-            "durationSeconds": decision.duration_seconds,
-            "notAfter": not_after.isoformat() if not_after else None,
-        }
-    if decision.details.get("closest"):
-        record["closestRule"] = decision.details["closest"]
-    if trace is not None:
-        record["trace"] = trace
-    return record
 
 
 def reason_codes(decision: Decision) -> list[str]:
@@ -97,19 +96,3 @@ def reason_codes(decision: Decision) -> list[str]:
         codes.append(str(sub))
     codes.extend(decision.flags)
     return codes
-
-
-def client_message(decision: Decision, *, minimal: bool = False) -> str:
-    """The gRPC status message: ``denied: <CODE>: <text> [<policy>/<rule>] (policy set <rev>)``.
-
-    ``minimal`` (settings.clientMessages: Minimal) keeps only ``denied: <CODE>``.
-    """
-    if decision.allowed:
-        return "granted"
-    if minimal:
-        return f"denied: {decision.reason}"
-    rule = matched_rule(decision)
-    where = f" [{rule}]" if rule else ""
-    revision = decision.policy_set_revision
-    version = f" (policy set {revision.removeprefix('sha256:')[:12]})" if revision else ""
-    return f"denied: {decision.reason}: {decision.message}{where}{version}"

@@ -2,15 +2,13 @@
 
 The store is an ``IdentityDecider``. It loads every ``*.yaml``/``*.yml`` file of its directory as one set; a reload
 is all-or-nothing, so any error keeps the last good set serving (a skipped document could drop a Deny rule and
-fail open). ``watch`` polls the directory's content every ``poll_interval`` seconds and reloads once a change has
-been stable for ``debounce`` seconds, which also covers ConfigMap mounts whose symlinks are swapped atomically.
+fail open). ``watch`` reloads once a change of the directory has been stable (``directory_watch.py``).
 With no valid set the store is not ready and denies every request with POLICY_SET_UNAVAILABLE (retryable).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,16 +17,17 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from clocks import Clock, SystemClock
+from policies.client_messages import client_message
 from policies.context import NamespaceLabels
-from policies.evaluator import evaluate, matched_rule
+from policies.decider import Caller, Decision, IssuanceRequest, Outcome, deny, matched_rule
+from policies.directory_watch import DirectorySnapshot, read_snapshot, stable_changes
+from policies.evaluator import evaluate
 from policies.explain import Explanation, explain
-from policies.loader import build_policy_set, policy_files, read_sources
+from policies.loader import build_policy_set
 from policies.metrics import PolicyMetrics
-from policies.model import Caller, Decision, IssuanceRequest, Outcome
 from policies.policy_set import PolicySet
-from policies.precheck import deny
 from policies.problems import PolicySetInvalid, Problem, Severity
-from policies.records import client_message
 
 
 class PolicyStore:
@@ -41,6 +40,7 @@ class PolicyStore:
         namespace_labels: returns a namespace's labels, or None while the informer has not synced.
         poll_interval: seconds between content checks in ``watch``.
         debounce: seconds a change must be stable before it is loaded.
+        clock: times the polls and the debounce, and stamps ``activeSince`` (the system clock when None).
     """
 
     def __init__(
@@ -52,6 +52,7 @@ class PolicyStore:
         namespace_labels: NamespaceLabels | None = None,
         poll_interval: float = 1.0,
         debounce: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
         self._directory = Path(directory)
         self._trust_domain = trust_domain
@@ -59,6 +60,7 @@ class PolicyStore:
         self._namespace_labels = namespace_labels
         self._poll_interval = poll_interval
         self._debounce = debounce
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._active: PolicySet | None = None
         self._active_since: float | None = None
         self._last_problems: list[Problem] = []
@@ -88,18 +90,16 @@ class PolicyStore:
 
     def reload(self) -> bool:
         """Load the directory now. Returns True when a valid set is active afterwards and it is the new one."""
-        sources, read_problems = read_sources(policy_files([self._directory]))
-        return self._load(sources, read_problems, _digest(sources, read_problems))
+        snapshot = read_snapshot(self._directory)
+        return self._install(self._build(snapshot), snapshot.digest)
 
-    def _load(self, sources: list[tuple[str, str]], read_problems: list[Problem], digest: str) -> bool:
-        return self._install(self._build(sources, read_problems), digest)
-
-    def _build(self, sources: list[tuple[str, str]], read_problems: list[Problem]) -> PolicySet | PolicySetInvalid:
+    def _build(self, snapshot: DirectorySnapshot) -> PolicySet | PolicySetInvalid:
         """Parse, validate and compile a new set. Touches no state of the store."""
-        if not sources and not read_problems:
+        read_problems = list(snapshot.problems)
+        if not snapshot.sources and not read_problems:
             read_problems = [Problem(str(self._directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
         try:
-            return build_policy_set(sources, trust_domain=self._trust_domain, problems=read_problems)
+            return build_policy_set(snapshot.sources, trust_domain=self._trust_domain, problems=read_problems)
         except PolicySetInvalid as exc:
             return exc
         except Exception as exc:  # a loader bug must not end the watch nor replace the last good set
@@ -122,9 +122,9 @@ class PolicyStore:
         new_set = built
         previous = self.revision
         self._active = new_set
-        self._active_since = time.time()
+        self._active_since = self._clock.now().timestamp()
         self._last_problems = list(new_set.warnings)
-        self._metrics.reloaded(new_set.revision, previous)
+        self._metrics.reloaded(new_set.revision, previous, at=self._active_since)
         for warning in new_set.warnings:
             logger.warning("policy: {}", warning)
         logger.info(
@@ -181,11 +181,9 @@ class PolicyStore:
         self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
         if decision.details.get("alert"):
             logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
-        if not decision.allowed:
-            # Every Decision is built fresh per evaluation, so filling its own details dict here shares nothing
-            # and saves copying the frozen Decision on the request path.
-            decision.details["clientMessage"] = self.client_message(decision)
-        return decision
+        if decision.allowed:
+            return decision
+        return decision.with_details(clientMessage=self.client_message(decision))
 
     def client_message(self, decision: Decision) -> str:
         """The gRPC status message for ``decision`` as settings.clientMessages asks (Detailed or Minimal)."""
@@ -230,43 +228,21 @@ class PolicyStore:
         }
 
     async def watch(self, stop_event: asyncio.Event) -> None:
-        """Poll the directory until ``stop_event`` is set; reload a changed set once it is stable.
+        """Reload a changed directory once the change is stable, until ``stop_event`` is set.
 
-        Reading and building the new set (parse, validate, compile: hundreds of milliseconds for a large set) run
-        in a worker thread; only the swap runs on the event loop, so requests keep being served meanwhile.
+        Building the new set (parse, validate, compile: hundreds of milliseconds for a large set) runs in a worker
+        thread; only the swap runs on the event loop, so requests keep being served meanwhile. A content that
+        already failed is not rebuilt until it changes again.
         """
-        seen = self._attempted_digest
-        changed_at: float | None = None
-        while not stop_event.is_set():
-            try:
-                await asyncio.wait_for(stop_event.wait(), timeout=self._poll_interval)
-                return
-            except TimeoutError:
-                pass
-            try:
-                sources, read_problems = await asyncio.to_thread(_read_directory, self._directory)
-            except Exception:  # keep watching: the next poll may read it fine
-                logger.exception("policy: cannot scan {}", self._directory)
-                continue
-            digest = _digest(sources, read_problems)
-            if digest != seen:
-                seen, changed_at = digest, time.monotonic()
-            if changed_at is None or time.monotonic() - changed_at < self._debounce:
-                continue
-            changed_at = None
-            if digest != self._attempted_digest:
-                built = await asyncio.to_thread(self._build, sources, read_problems)
-                self._install(built, digest)
-
-
-def _read_directory(directory: Path) -> tuple[list[tuple[str, str]], list[Problem]]:
-    return read_sources(policy_files([directory]))
-
-
-def _digest(sources: list[tuple[str, str]], problems: list[Problem] | None = None) -> str:
-    hasher = hashlib.sha256()
-    for name, text in sources:
-        hasher.update(name.encode() + b"\0" + text.encode() + b"\0")
-    for problem in problems or ():
-        hasher.update(str(problem).encode())
-    return hasher.hexdigest()
+        changes = stable_changes(
+            self._directory,
+            clock=self._clock,
+            stop=stop_event,
+            known_digest=self._attempted_digest,
+            poll_interval=self._poll_interval,
+            debounce=self._debounce,
+        )
+        async for snapshot in changes:
+            if snapshot.digest != self._attempted_digest:
+                built = await asyncio.to_thread(self._build, snapshot)
+                self._install(built, snapshot.digest)

@@ -1,4 +1,6 @@
-"""Runs ``kind: PolicyTest`` documents: the offline fixtures of ``meshsigner policy test``.
+"""Runs ``kind: PolicyTest`` documents for ``meshsigner policy test``: policy authors' fixtures, run in their CI.
+
+This is shipped code behind a CLI command, not a helper of this repository's own test suite.
 
 Each document names its policies by globs relative to the test file, a clock, the CA's notAfter and cases of
 (caller, request, expect). Expectations are checked field by field; a failing case carries the full explain
@@ -10,20 +12,20 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from policies.evaluator import evaluate, matched_rule
+from policies.decider import Caller, IssuanceRequest, Outcome, deny, matched_rule
+from policies.document_schemas import read_document
+from policies.evaluator import evaluate
+from policies.expectations import expectation_mismatches
 from policies.explain import explain, render_text
-from policies.kinds import read_document
 from policies.loader import load_policy_set, policy_files
-from policies.model import Caller, Decision, IssuanceRequest, Outcome
 from policies.policy_set import PolicySet
-from policies.precheck import deny
 from policies.problems import PolicySetInvalid
-from policies.schema import Reporter
+from policies.schema_readers import Reporter
 from policies.spiffe import workload_spiffe_id
 from policies.yaml_source import parse_documents
 
@@ -48,11 +50,13 @@ class CaseResult:
         return f"{self.file}: {self.test} / {self.case}"
 
 
-@dataclass
-class TestRun:
-    results: list[CaseResult] = field(default_factory=list)
-    rules: set[str] = field(default_factory=set)  # every rule of the sets under test
-    exercised: set[str] = field(default_factory=set)  # rules that decided at least one case
+@dataclass(frozen=True, slots=True)
+class PolicyTestRun:
+    """Every case result of a run, the rules of the sets under test and the rules that decided a case."""
+
+    results: tuple[CaseResult, ...]
+    rules: frozenset[str]  # every rule of the sets under test
+    exercised: frozenset[str]  # rules that decided at least one case
 
     @property
     def passed(self) -> int:
@@ -63,31 +67,45 @@ class TestRun:
         return len(self.results) - self.passed
 
 
-def run_test_files(paths: Iterable[str | Path]) -> TestRun:
-    run = TestRun()
-    for path in paths:
-        _run_file(Path(path), run)
-    return run
+@dataclass(frozen=True, slots=True)
+class _DocumentRun:
+    """What one PolicyTest document (or a file that could not be read as one) contributes to the run."""
+
+    results: tuple[CaseResult, ...]
+    rules: frozenset[str] = frozenset()
+    exercised: frozenset[str] = frozenset()
 
 
-def _run_file(path: Path, run: TestRun) -> None:
+def run_policy_tests(paths: Iterable[str | Path]) -> PolicyTestRun:
+    """Run every PolicyTest document of ``paths``, in order."""
+    parts = [part for path in paths for part in _run_file(Path(path))]
+    return PolicyTestRun(
+        results=tuple(result for part in parts for result in part.results),
+        rules=frozenset(rule for part in parts for rule in part.rules),
+        exercised=frozenset(rule for part in parts for rule in part.exercised),
+    )
+
+
+def _run_file(path: Path) -> list[_DocumentRun]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        run.results.append(CaseResult(str(path), "-", "read", (f"cannot read: {exc}",)))
-        return
+        return [_DocumentRun((CaseResult(str(path), "-", "read", (f"cannot read: {exc}",)),))]
     documents, problems = parse_documents(text, str(path))
+    parts: list[_DocumentRun] = []
     if problems:
-        run.results.append(CaseResult(str(path), "-", "parse", tuple(str(p) for p in problems)))
+        parts.append(_DocumentRun((CaseResult(str(path), "-", "parse", tuple(str(p) for p in problems)),)))
     for document in documents:
         report = Reporter(str(path))
         result = read_document(document.node, report)
         if result is None or result[0] != "PolicyTest":
             found = result[0] if result is not None else "an invalid document"
             messages = [str(p) for p in report.problems] or [f"expected kind PolicyTest, found {found}"]
-            run.results.append(CaseResult(str(path), f"document {document.index}", "schema", tuple(messages)))
+            failed = CaseResult(str(path), f"document {document.index}", "schema", tuple(messages))
+            parts.append(_DocumentRun((failed,)))
             continue
-        _run_document(path, result[1], run)
+        parts.append(_run_document(path, result[1]))
+    return parts
 
 
 def _resolve_policies(base: Path, patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -101,7 +119,7 @@ def _resolve_policies(base: Path, patterns: Sequence[str]) -> tuple[list[Path], 
     return list(dict.fromkeys(files)), missing
 
 
-def _run_document(path: Path, fields: dict[str, Any], run: TestRun) -> None:
+def _run_document(path: Path, fields: dict[str, Any]) -> _DocumentRun:
     name = fields["metadata"]["name"]
     spec = fields["spec"]
     files, missing = _resolve_policies(path.parent, spec["policies"])
@@ -124,12 +142,14 @@ def _run_document(path: Path, fields: dict[str, Any], run: TestRun) -> None:
             if not any(wanted in e for e in load_errors)
         ]
         shown = "load errors:\n" + "\n".join(load_errors)
-        run.results.append(CaseResult(str(path), name, "load errors", tuple(mismatches), shown))
-        return
-    if policy_set is not None:
-        run.rules.update(r.qualified_name for p in policy_set.policies for r in p.rules)
-    for case in spec.get("cases", []):
-        run.results.append(_run_case(path, name, spec, case, policy_set, load_errors, run))
+        return _DocumentRun((CaseResult(str(path), name, "load errors", tuple(mismatches), shown),))
+    rules = frozenset(r.qualified_name for p in policy_set.policies for r in p.rules) if policy_set else frozenset()
+    cases = [_run_case(path, name, spec, case, policy_set, load_errors) for case in spec.get("cases", [])]
+    return _DocumentRun(
+        results=tuple(result for result, _ in cases),
+        rules=rules,
+        exercised=frozenset(rule for _, deciding in cases for rule in deciding),
+    )
 
 
 def _run_case(
@@ -139,8 +159,8 @@ def _run_case(
     case: dict[str, Any],
     policy_set: PolicySet | None,
     load_errors: list[str],
-    run: TestRun,
-) -> CaseResult:
+) -> tuple[CaseResult, tuple[str, ...]]:
+    """The case's result and the rules that decided it (the granting or Deny rules; none for other refusals)."""
     trust_domain = policy_set.settings.trust_domain if policy_set else spec.get("trustDomain", DEFAULT_TRUST_DOMAIN)
     caller, request = case_inputs(case, trust_domain)
     now = case.get("clock", spec.get("clock")) or datetime.now(UTC)
@@ -151,14 +171,14 @@ def _run_case(
     else:
         decision = evaluate(policy_set, caller, request, now=now, ca_not_after=ca_not_after)
         explanation = ""
-    mismatches = tuple(compare(case["expect"], decision))
+    mismatches = tuple(expectation_mismatches(case["expect"], decision))
     matched = matched_rule(decision)
+    deciding: tuple[str, ...] = ()
     if matched and (decision.granted_by or decision.deny_rules):
-        run.exercised.add(matched)
-        run.exercised.update(decision.deny_rules)
+        deciding = (matched, *decision.deny_rules)
     if mismatches and policy_set is not None:
         explanation = render_text(explain(policy_set, caller, request, now=now, ca_not_after=ca_not_after))
-    return CaseResult(str(path), test, case["name"], mismatches, explanation, matched)
+    return CaseResult(str(path), test, case["name"], mismatches, explanation, matched), deciding
 
 
 def case_inputs(case: dict[str, Any], trust_domain: str) -> tuple[Caller, IssuanceRequest]:
@@ -190,63 +210,3 @@ def case_inputs(case: dict[str, Any], trust_domain: str) -> tuple[Caller, Issuan
         impersonated_identity=target,
     )
     return caller, request
-
-
-def compare(expect: dict[str, Any], decision: Decision) -> list[str]:
-    """Every way ``decision`` differs from ``expect``; empty when it meets every expectation."""
-    problems: list[str] = []
-    codes = {decision.reason, *decision.flags}
-    sub = decision.details.get("subReason")
-    if sub:
-        codes.add(str(sub))
-
-    def differs(key: str, actual: object) -> None:
-        if key in expect and expect[key] != actual:
-            problems.append(f"{key}: expected {expect[key]!r}, got {actual!r}")
-
-    wanted = expect["decision"].capitalize()
-    if wanted != decision.verdict.value:
-        problems.append(f"decision: expected {wanted}, got {decision.verdict.value} ({decision.reason})")
-    if "reason" in expect and expect["reason"] not in codes:
-        problems.append(f"reason: expected {expect['reason']}, got {', '.join(sorted(codes))}")
-    for code in expect.get("reasons", ()):
-        if code not in codes:
-            problems.append(f"reasons: {code} missing from {', '.join(sorted(codes))}")
-    differs("subReason", sub)
-    differs("outcome", decision.outcome.value)
-    if (
-        "matched" in expect
-        and expect["matched"] != matched_rule(decision)
-        and expect["matched"] not in decision.deny_rules
-    ):
-        problems.append(f"matched: expected {expect['matched']}, got {matched_rule(decision)}")
-    if "denyRules" in expect and list(expect["denyRules"]) != list(decision.deny_rules):
-        problems.append(f"denyRules: expected {expect['denyRules']}, got {list(decision.deny_rules)}")
-    differs("durationSeconds", decision.duration_seconds)
-    differs("notAfter", decision.not_after)
-    if "flags" in expect and sorted(expect["flags"]) != sorted(decision.flags):
-        problems.append(f"flags: expected {expect['flags']}, got {list(decision.flags)}")
-    if "uris" in expect and list(expect["uris"]) != list(decision.uris):
-        problems.append(f"uris: expected {expect['uris']}, got {list(decision.uris)}")
-    if "dnsNames" in expect and list(expect["dnsNames"]) != list(decision.dns_names):
-        problems.append(f"dnsNames: expected {expect['dnsNames']}, got {list(decision.dns_names)}")
-    if "auditFindings" in expect:
-        problems.extend(_compare_findings(expect["auditFindings"], decision))
-    if "message" in expect and expect["message"] not in decision.message:
-        problems.append(f"message: {expect['message']!r} not in {decision.message!r}")
-    return problems
-
-
-def _compare_findings(wanted: list[str], decision: Decision) -> list[str]:
-    """Entries are ``CODE``, ``policy:CODE`` or ``policy/rule:CODE``; an empty list expects no findings."""
-    present = set()
-    for finding in decision.audit_findings:
-        present.add(finding.finding)
-        present.add(f"{finding.policy}:{finding.finding}")
-        if finding.rule:
-            present.add(f"{finding.policy}/{finding.rule}:{finding.finding}")
-            present.add(f"/{finding.rule}:{finding.finding}")
-    shown = [f"{f.policy}/{f.rule or '-'}:{f.finding}" for f in decision.audit_findings]
-    if not wanted and decision.audit_findings:
-        return [f"auditFindings: expected none, got {shown}"]
-    return [f"auditFindings: {entry} missing from {shown}" for entry in wanted if entry not in present]

@@ -1,6 +1,6 @@
 """The documents of ``meshsigner.io/v1alpha1``: every field of PolicySettings, IdentityPolicy and PolicyTest.
 
-Built from the strict readers of ``schema.py``; ``read_document`` picks the schema by ``kind``.
+Built from the strict readers of ``schema_readers.py``; ``read_document`` picks the schema by ``kind``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from policies.schema import (
+from policies.schema_readers import (
     INVALID,
     Bool,
     Duration,
@@ -291,11 +291,14 @@ def read_document(node: yaml.Node, report: Reporter) -> tuple[str, dict[str, Any
     spec_node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "spec"), None)
     head = envelope.read(node, "", report)
     if head is INVALID:
-        if spec_node is not None and _kind_of(node) in KIND_SPECS:
-            KIND_SPECS[_kind_of(node)].read(spec_node, "spec", report)
-        if _kind_of(node) not in KIND_SPECS and not report.problems:
+        kind = _kind_of(node)
+        known = kind is not None and kind in KIND_SPECS
+        if spec_node is not None and kind is not None and known:
+            KIND_SPECS[kind].read(spec_node, "spec", report)
+        if not known and not report.problems:
             report.error("kind", f"must be one of {kinds}", node)
         return None
+    assert spec_node is not None  # spec is a required envelope field: a valid head has one
     spec = KIND_SPECS[head["kind"]].read(spec_node, "spec", report)
     if spec is INVALID:
         return None

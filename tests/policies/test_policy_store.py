@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,12 @@ import pytest
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from policies import reloading
-from policies.model import Outcome, Verdict
-from policies.reloading import PolicyStore
+from clocks import Clock
+from policies.context import NamespaceLabels
+from policies.decider import Decision, Outcome, Verdict
+from policies.loader import build_policy_set
+from policies.policy_store import PolicyStore
+from tests.support.clock import ManualClock
 
 from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, TD, caller, own_id, request
 
@@ -36,12 +39,28 @@ def policy_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def store_for(directory: Path, **kwargs: object) -> tuple[PolicyStore, CollectorRegistry]:
+def store_for(
+    directory: Path,
+    *,
+    namespace_labels: NamespaceLabels | None = None,
+    poll_interval: float = 1.0,
+    debounce: float = 0.5,
+    clock: Clock | None = None,
+) -> tuple[PolicyStore, CollectorRegistry]:
     registry = CollectorRegistry()
-    return PolicyStore(directory, trust_domain=TD, registry=registry, **kwargs), registry  # type: ignore[arg-type]
+    store = PolicyStore(
+        directory,
+        trust_domain=TD,
+        registry=registry,
+        namespace_labels=namespace_labels,
+        poll_interval=poll_interval,
+        debounce=debounce,
+        clock=clock,
+    )
+    return store, registry
 
 
-def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600):  # type: ignore[no-untyped-def]
+def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600) -> Decision:
     return store.decide(
         caller(namespace, account),
         request(own_id(namespace, account), validity=validity),
@@ -83,6 +102,7 @@ def test_empty_directory_is_not_a_valid_set(tmp_path: Path) -> None:
 def test_bad_yaml_keeps_the_last_good_set(policy_dir: Path) -> None:
     store, registry = store_for(policy_dir)
     good_revision = store.revision
+    assert good_revision is not None
     before = decide(store, validity=86400)
     (policy_dir / "mesh-baseline.yaml").write_text("apiVersion: [unclosed\n")
     assert not store.reload()
@@ -151,7 +171,7 @@ def test_a_reload_that_loses_the_settings_document_keeps_the_last_good_set(tmp_p
 def test_a_set_without_settings_loads_at_start_with_a_warning(tmp_path: Path) -> None:
     (tmp_path / "own.yaml").write_text(OWN_IDENTITY)
     store, _ = store_for(tmp_path)
-    assert store.ready and not store.policy_set.has_settings_document  # type: ignore[union-attr]
+    assert store.ready and store.policy_set is not None and not store.policy_set.has_settings_document
     (warning,) = store.status()["warnings"]
     assert warning.startswith(f"{tmp_path}/own.yaml:1:1: warning: the set has no PolicySettings document")
     (tmp_path / "other.yaml").write_text(OWN_IDENTITY.replace("name: own}", "name: other}"))
@@ -170,30 +190,7 @@ def test_metrics_of_decisions_and_audit_findings(policy_dir: Path) -> None:
     assert metric(registry, "policy_audit_findings_total", **finding) == 1
     assert metric(registry, "policy_evaluation_seconds_count") == 2
     assert metric(registry, "policy_reload_total", result="success") == 1
-    assert metric(registry, "policy_last_reload_success_timestamp_seconds") > 0
-
-
-def test_metric_children_are_looked_up_once_per_label_set(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """labels() takes a lock and builds a key; the store keeps the children of both decision counters."""
-    store, registry = store_for(policy_dir)
-    calls: list[tuple[str, ...]] = []
-    metrics = store._metrics
-    for counter in (metrics.decisions, metrics.audit_findings):
-        real = counter.labels
-
-        def counting(*labels: str, _real: Any = real) -> Any:
-            calls.append(labels)
-            return _real(*labels)
-
-        monkeypatch.setattr(counter, "labels", counting)
-    for _ in range(3):
-        decide(store, validity=86400)  # granted, with an AUDIT_WOULD_CLAMP finding
-    assert calls == [
-        ("Allow", "GRANTED", "mesh-baseline", "own-identity", "Enforce"),
-        ("tighten-to-12h", "limits", "AUDIT_WOULD_CLAMP"),
-    ]
-    finding = dict(policy="tighten-to-12h", rule="limits", finding="AUDIT_WOULD_CLAMP")
-    assert metric(registry, "policy_audit_findings_total", **finding) == 3
+    assert metric(registry, "policy_last_reload_success_timestamp_seconds") == store.status()["activeSince"]
 
 
 def test_namespace_labels_come_from_the_provider(policy_dir: Path) -> None:
@@ -234,7 +231,7 @@ def test_an_exception_during_evaluation_is_a_retryable_denial(
         Outcome.UNAVAILABLE,
     )
     assert decision.policy_set_revision == store.revision
-    assert decision.details["clientMessage"].startswith("denied: EVALUATION_ERROR")
+    assert str(decision.details["clientMessage"]).startswith("denied: EVALUATION_ERROR")
     assert any("evaluation failed for orders/web" in line and "informer exploded" in line for line in logged)
     assert (
         metric(
@@ -246,91 +243,129 @@ def test_an_exception_during_evaluation_is_a_retryable_denial(
     def overflow(*args: object, **kwargs: object) -> None:
         raise OverflowError("date value out of range")
 
-    monkeypatch.setattr("policies.reloading.evaluate", overflow)
+    monkeypatch.setattr("policies.policy_store.evaluate", overflow)
     assert decide(store, "payments", "api").reason == "EVALUATION_ERROR"
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (in real time, for a worker thread) until ``condition`` holds; ``timeout`` only bounds a hang."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
 
 
+class Watching:
+    """A store's watch loop on a ManualClock: ``poll`` lets one poll interval pass and waits until the loop has
+    handled it (read the directory, built and installed a stable change) and is sleeping again."""
+
+    def __init__(self, store: PolicyStore, clock: ManualClock, poll_interval: float) -> None:
+        self.store, self.clock, self.poll_interval = store, clock, poll_interval
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watching:
+        self.task = asyncio.create_task(self.store.watch(self.stop))
+        await wait_for(lambda: self.clock.sleeper_count == 1)
+        return self
+
+    async def poll(self, times: int = 1) -> None:
+        for _ in range(times):
+            await self.clock.advance(self.poll_interval)
+            await wait_for(lambda: self.clock.sleeper_count == 1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+        assert self.task.exception() is None
+
+
+def watched_store(directory: Path, *, debounce: float = 0.5) -> tuple[Watching, CollectorRegistry]:
+    clock = ManualClock()
+    store, registry = store_for(directory, poll_interval=1.0, debounce=debounce, clock=clock)
+    return Watching(store, clock, 1.0), registry
+
+
 async def test_watch_reloads_changes_and_survives_bad_ones(policy_dir: Path) -> None:
-    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=0.05)
+    watching, registry = watched_store(policy_dir)
+    store = watching.store
     first = store.revision
-    stop = asyncio.Event()
-    task = asyncio.create_task(store.watch(stop))
-    try:
+    async with watching:
         (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
-        await wait_for(lambda: store.revision != first)
-        assert decide(store).reason == "DENIED_BY_RULE"
+        await watching.poll()  # seen, not yet stable
+        assert store.revision == first
+        await watching.poll()  # stable for a poll interval, longer than the debounce: loaded
+        assert store.revision != first and decide(store).reason == "DENIED_BY_RULE"
         frozen = store.revision
         (policy_dir / "freeze.yaml").write_text(DENY_ORDERS + "  bogus: 1\n")
-        await wait_for(lambda: metric(registry, "policy_reload_total", result="error") == 1)
+        await watching.poll(2)
+        assert metric(registry, "policy_reload_total", result="error") == 1
         assert store.revision == frozen and decide(store).reason == "DENIED_BY_RULE"
-        await asyncio.sleep(0.2)  # an unchanged bad file is not retried
+        await watching.poll(3)  # an unchanged bad file is not retried
         assert metric(registry, "policy_reload_total", result="error") == 1
         (policy_dir / "freeze.yaml").unlink()
-        await wait_for(lambda: store.revision == first)
-        assert decide(store).allowed
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 2)
-    assert task.done() and task.exception() is None
+        await watching.poll(2)
+        assert store.revision == first and decide(store).allowed
+        assert store.status()["activeSince"] == watching.clock.now().timestamp()
 
 
 async def test_watch_debounces_a_burst_of_writes(policy_dir: Path) -> None:
-    # a debounce far longer than the burst, so a slow machine cannot pause long enough to load a half-written set
-    store, registry = store_for(policy_dir, poll_interval=0.02, debounce=2.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(store.watch(stop))
-    try:
-        for step in range(5):  # a half-written set must never be loaded
-            (policy_dir / "freeze.yaml").write_text(DENY_ORDERS[: 40 * (step + 1)])
-            await asyncio.sleep(0.05)
+    watching, registry = watched_store(policy_dir, debounce=2.0)
+    async with watching:
+        for step in range(1, 5):  # a half-written set must never be loaded
+            (policy_dir / "freeze.yaml").write_text(DENY_ORDERS[: len(DENY_ORDERS) * step // 5])
+            await watching.poll()
         (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
-        await wait_for(lambda: metric(registry, "policy_reload_total", result="success") == 2)
+        await watching.poll(2)  # changed one and then two poll intervals ago: not yet stable for 2s
+        assert metric(registry, "policy_reload_total", result="success") == 1
+        await watching.poll()
+        assert metric(registry, "policy_reload_total", result="success") == 2
         assert metric(registry, "policy_reload_total", result="error") is None
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 2)
+        assert decide(watching.store).reason == "DENIED_BY_RULE"
+
+
+async def test_watch_stops_when_asked_without_waiting_for_the_clock(policy_dir: Path) -> None:
+    watching, _ = watched_store(policy_dir)
+    async with watching:
+        pass  # __aexit__ sets stop and the loop ends although the ManualClock never advances
 
 
 async def test_watch_builds_the_new_set_off_the_event_loop(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large set takes hundreds of milliseconds to build; the event loop must keep serving meanwhile."""
-    store, _ = store_for(policy_dir, poll_interval=0.02, debounce=0.05)
+    """A large set takes hundreds of milliseconds to build; the event loop must keep serving meanwhile, and only
+    the swap of the active set may run on it."""
+    watching, _ = watched_store(policy_dir)
+    store = watching.store
     first = store.revision
     loop_thread = threading.current_thread()
-    threads: dict[str, threading.Thread] = {}
-    real_build, real_install = reloading.build_policy_set, store._install
+    building, release = threading.Event(), threading.Event()
+    build_threads: list[threading.Thread] = []
+    real_build = build_policy_set
 
-    def slow_build(*args: Any, **kwargs: Any) -> Any:
-        threads["build"] = threading.current_thread()
-        time.sleep(0.4)
+    def blocking_build(*args: Any, **kwargs: Any) -> Any:
+        build_threads.append(threading.current_thread())
+        building.set()
+        release.wait(10)  # if this ran on the loop, the test below could not run until it timed out
         return real_build(*args, **kwargs)
 
-    def install(*args: Any) -> bool:
-        threads["install"] = threading.current_thread()
-        return real_install(*args)
-
-    monkeypatch.setattr(reloading, "build_policy_set", slow_build)
-    monkeypatch.setattr(store, "_install", install)
-    stop = asyncio.Event()
-    task = asyncio.create_task(store.watch(stop))
+    monkeypatch.setattr("policies.policy_store.build_policy_set", blocking_build)
+    installed_on: list[int | None] = []
+    handler = logger.add(
+        lambda message: installed_on.append(message.record["thread"].id),
+        filter=lambda record: " active: " in record["message"],
+    )
     try:
-        (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
-        longest, last = 0.0, time.monotonic()
-        deadline = last + 5
-        while store.revision == first:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            longest, last = max(longest, now - last), now
-            assert now < deadline, "timed out"
-        assert threads["build"] is not loop_thread and threads["install"] is loop_thread
-        assert longest < 0.2, f"the event loop was blocked for {longest:.2f}s"
+        async with watching:
+            (policy_dir / "freeze.yaml").write_text(DENY_ORDERS)
+            await watching.poll()
+            await watching.clock.advance(watching.poll_interval)  # stable now: the build starts
+            await wait_for(building.is_set)
+            assert decide(store).allowed and store.revision == first  # still serving the old set meanwhile
+            release.set()
+            await wait_for(lambda: store.revision != first)
+            await wait_for(lambda: watching.clock.sleeper_count == 1)
+        assert build_threads and all(thread is not loop_thread for thread in build_threads)
+        assert installed_on == [loop_thread.ident]
         assert decide(store).reason == "DENIED_BY_RULE"
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 2)
+        logger.remove(handler)
