@@ -122,16 +122,23 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     async def CreateCertificate(  # the gRPC method name
         self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
     ) -> istio_ca_pb2.IstioCertificateResponse:
-        started = time.perf_counter()
         request_id = os.urandom(8).hex()
+        # every log line written while serving this call (here, in the authenticators, the backends) carries its id
+        with logger.contextualize(request_id=request_id):
+            return await self._serve(request, context, request_id)
+
+    async def _serve(
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext, request_id: str
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        started = time.perf_counter()
         try:
             async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
                 chain = await self._issue(request, context.invocation_metadata() or (), request_id)
         except (RequestRejected, BackendError, TimeoutError) as error:
-            code, reason = self._refusal(error, request_id)
+            code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason
         except Exception:
-            logger.bind(request_id=request_id, event="csr_internal_error").exception("unexpected failure")
+            logger.bind(event="csr_internal_error").exception("unexpected failure")
             code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
             message = reason
         else:
@@ -143,7 +150,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         await context.abort(code, f"{message} (request {request_id})")
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    def _refusal(self, error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    def _refusal(self, error: Exception) -> tuple[grpc.StatusCode, str]:
         if isinstance(error, TimeoutError):
             code, reason, detail = grpc.StatusCode.UNAVAILABLE, "DEADLINE_EXCEEDED", "server-side request timeout"
         else:
@@ -151,9 +158,9 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             reason, detail = getattr(error, "reason", "UNKNOWN"), getattr(error, "detail", "")
         allowed, suppressed = self._log_limit.allow(reason)
         if allowed:
-            logger.bind(
-                event="csr_refused", request_id=request_id, code=code.name, reason=reason, suppressed=suppressed
-            ).warning("refused: {}", detail)
+            logger.bind(event="csr_refused", code=code.name, reason=reason, suppressed=suppressed).warning(
+                "refused: {}", detail
+            )
         return code, reason
 
     async def _issue(
