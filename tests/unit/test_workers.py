@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from signer.serve import per_process_settings, worker_command
+from signer.worker_processes import per_process_settings, worker_command
 from signer.settings import parse_serve_args
 
 BASE = ["--signer=local", "--local-ca-dir=/tmp/ca", "--authenticator=tokenreview"]
