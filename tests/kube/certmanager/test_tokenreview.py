@@ -32,7 +32,11 @@ def kube(kube_plane):  # type: ignore[no-untyped-def]
 
 def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticator:  # type: ignore[no-untyped-def]
     return TokenReviewAuthenticator(
-        kube, audiences=("istio-ca",), metrics=AuthMetrics(kube.registry), cache_seconds=cache_seconds, clock=SystemClock()
+        kube,
+        audiences=("istio-ca",),
+        metrics=AuthMetrics(kube.registry),
+        cache_seconds=cache_seconds,
+        clock=SystemClock(),
     )
 
 
