@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from loguru import logger
@@ -53,6 +53,7 @@ class NodeAuthorizer(Protocol):
     async def authorize(self, node: WorkloadIdentity, namespace: str, service_account: str) -> None: ...
 
 
+Context = grpc.aio.ServicerContext[istio_ca_pb2.IstioCertificateRequest, istio_ca_pb2.IstioCertificateResponse]
 DecisionRecorder = Callable[[str, Caller, IssuanceRequest, Decision, datetime | None], None]
 
 
@@ -120,7 +121,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             self._slots.release()
 
     async def CreateCertificate(  # the gRPC method name
-        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: Context
     ) -> istio_ca_pb2.IstioCertificateResponse:
         request_id = os.urandom(8).hex()
         # every log line written while serving this call (here, in the authenticators, the backends) carries its id
@@ -128,12 +129,12 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             return await self._serve(request, context, request_id)
 
     async def _serve(
-        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext, request_id: str
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: Context, request_id: str
     ) -> istio_ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
         try:
             async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
-                chain = await self._issue(request, context.invocation_metadata() or (), request_id)
+                chain = await self._issue(request, tuple(context.invocation_metadata() or ()), request_id)
         except (RequestRejected, BackendError, TimeoutError) as error:
             code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason
@@ -166,7 +167,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     async def _issue(
         self,
         request: istio_ca_pb2.IstioCertificateRequest,
-        metadata: Sequence[tuple[str, Any]],
+        metadata: Sequence[tuple[str, str | bytes]],
         request_id: str,
     ) -> list[str]:
         check_cluster_id(metadata, self._config.cluster_id)

@@ -82,7 +82,13 @@ class ServingCertificate:
         if self._current is None:
             raise RuntimeError("obtain() the serving certificate first")
         initial = grpc.ssl_server_certificate_configuration([(self._current.key_pem, self._current.chain_pem)])
-        return grpc.dynamic_ssl_server_credentials(initial, self._fetch, require_client_authentication=False)
+        # gRPC documents None from the fetch callback as "no new configuration"; its type stubs omit that case
+        fetch = self._fetch
+        return grpc.dynamic_ssl_server_credentials(
+            initial,
+            fetch,  # type: ignore[arg-type]
+            require_client_authentication=False,
+        )
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Called by gRPC's C core on its own threads at each handshake: hand over a renewed config once.

@@ -63,7 +63,7 @@ def shared_metrics_directory(settings: ServeSettings) -> Iterator[None]:
     # prometheus-client reads the variable once, at import, and this process imported it already (the policy
     # engine uses it): switch its value storage to the directory before the first metric is created. The workers
     # import it afresh with the variable set.
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # prometheus-client: untyped
     try:
         yield
     finally:
@@ -94,7 +94,8 @@ class WorkerProcesses:
                 process.wait()
         if metrics_are_shared():
             for process in self._processes:
-                multiprocess.mark_process_dead(process.pid)  # drop its live gauges (in flight) from the sums
+                # drop its live gauges (calls in flight) from the sums
+                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]  # prometheus-client: untyped
 
 
 def metrics_exposition(registry: CollectorRegistry) -> CollectorRegistry:
@@ -103,5 +104,5 @@ def metrics_exposition(registry: CollectorRegistry) -> CollectorRegistry:
     if not metrics_are_shared():
         return registry
     every_process = CollectorRegistry()
-    multiprocess.MultiProcessCollector(every_process)
+    multiprocess.MultiProcessCollector(every_process)  # type: ignore[no-untyped-call]  # prometheus-client: untyped
     return every_process

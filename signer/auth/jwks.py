@@ -24,16 +24,20 @@ from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.timers import sleep_unless_stopped
 
-ALGORITHMS = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+ALGORITHMS: dict[str, type[rsa.RSAPublicKey] | type[ec.EllipticCurvePublicKey]] = {
+    "RS256": rsa.RSAPublicKey,
+    "ES256": ec.EllipticCurvePublicKey,
+}
 LEEWAY_SECONDS = 30
 CACHE_ENTRIES = 20_000
 WATCH_INTERVAL_SECONDS = 1.0
 
 
-def load_jwks(data: bytes) -> dict[str, Any]:
+def load_jwks(data: bytes) -> dict[str, PublicKey]:
     """kid → public key. Raises ValueError for anything unusable (so the caller keeps its last good set)."""
     document = json.loads(data)
-    keys: dict[str, Any] = {}
+    keys: dict[str, PublicKey] = {}
     for index, entry in enumerate(document.get("keys", [])):
         try:
             jwk = jwt.PyJWK.from_dict(entry)
@@ -55,7 +59,7 @@ class JwksAuthenticator:
         self._path = Path(jwks_file)
         self._issuer = issuer
         self._audiences = list(audiences)
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, PublicKey] = {}
         self._stamp: tuple[int, int] | None = None
         self._cache = TokenCache(clock=clock, max_entries=CACHE_ENTRIES)
         self.reload()
@@ -109,9 +113,9 @@ class JwksAuthenticator:
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("TOKEN_MALFORMED", str(exc)) from None
         algorithm = header.get("alg")
-        key_type = ALGORITHMS.get(algorithm) if isinstance(algorithm, str) else None
-        if key_type is None:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise AuthenticationFailed("TOKEN_ALGORITHM", f"algorithm {algorithm!r:.20} not accepted")
+        key_type = ALGORITHMS[algorithm]
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None and kid is None and len(self._keys) == 1:

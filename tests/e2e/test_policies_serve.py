@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,16 +11,18 @@ import grpc
 import pytest
 from cryptography import x509
 
+from proto import istio_ca_pb2_grpc
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
 from tests.support.decision_records import DecisionRecords
-from tests.support.processes import local_signer_flags, readyz, start_server
+from tests.support.processes import ServerProcess, local_signer_flags, readyz, start_server
+from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies" / "fixtures" / "policies"
 
 
-def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ignore[no-untyped-def]
+def _flags(base: Path, token_issuer: TokenIssuer, policy_dir: Path) -> list[str]:
     return [
         *local_signer_flags(base, token_issuer),
         f"--policy-dir={policy_dir}",
@@ -28,7 +31,7 @@ def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ig
     ]
 
 
-def _stub(server, base: Path):  # type: ignore[no-untyped-def]
+def _stub(server: ServerProcess, base: Path) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
     return server.stub((base / "ca" / "root-cert.pem").read_bytes())
 
 
@@ -36,7 +39,7 @@ def _records(base: Path) -> DecisionRecords:
     return DecisionRecords(base / "decisions.jsonl")
 
 
-def _listening(server) -> bool:  # type: ignore[no-untyped-def]
+def _listening(server: ServerProcess) -> bool:
     try:
         return "not listening" not in readyz(server.readiness_port)[1]
     except OSError:
@@ -49,7 +52,9 @@ def _lifetime(chain: list[str]) -> float:
 
 
 @pytest.fixture(scope="module")
-def policy_server(tmp_path_factory, token_issuer):  # type: ignore[no-untyped-def]
+def policy_server(
+    tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer
+) -> Iterator[tuple[ServerProcess, Path, Path]]:
     base = tmp_path_factory.mktemp("policy-serve")
     policy_dir = base / "policies"
     shutil.copytree(POLICIES, policy_dir)

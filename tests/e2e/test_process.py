@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -13,6 +14,7 @@ from cryptography import x509
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
 from tests.support.processes import REPO, SERVER_NAME, local_signer_flags, readyz, start_server
+from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
@@ -26,6 +28,7 @@ def _serving_serial(port: int, root: bytes) -> int:
         context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
+    assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
 
@@ -82,13 +85,14 @@ def test_missing_jwks_fails_start_clearly(tmp_path, token_issuer):
     assert result.returncode == 2 and "--jwks-file" in result.stderr
 
 
-def test_two_workers_share_the_port_and_one_metrics_endpoint(tmp_path, token_issuer):
+def test_two_workers_share_the_port_and_one_metrics_endpoint(tmp_path: Path, token_issuer: TokenIssuer) -> None:
     scratch = tmp_path / "tmp"  # where the first process makes its private metrics directory
     scratch.mkdir()
     flags = [*local_signer_flags(tmp_path, token_issuer), "--workers=2"]
     server = start_server(flags, tmp_path / "log", env={"TMPDIR": str(scratch)})
     try:
-        assert [path.name for path in scratch.iterdir()][0].startswith("meshsigner-metrics-")
+        made = [path.name for path in scratch.iterdir()]
+        assert len(made) == 1 and made[0].startswith("meshsigner-metrics-")
         root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
         serials: set[int] = set()
 

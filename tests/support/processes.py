@@ -14,13 +14,14 @@ from pathlib import Path
 import grpc
 
 from proto import istio_ca_pb2_grpc
+from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"  # istio-csr's default serving DNS name
 
 
-def local_signer_flags(base: Path, token_issuer) -> list[str]:  # type: ignore[no-untyped-def]
+def local_signer_flags(base: Path, token_issuer: TokenIssuer) -> list[str]:
     """serve on the local CA in ``base/ca`` with offline JWKS authentication of ``token_issuer``'s tokens."""
     return [
         "--signer=local",
@@ -103,7 +104,9 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+def start_server(
+    flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True
+) -> ServerProcess:
     grpc_port, readiness_port, metrics_port = free_port(), free_port(), free_port()
     command = [
         sys.executable, "-m", "signer.cli", "serve",

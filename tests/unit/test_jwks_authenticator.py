@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.support.waiting import until_true
 
 
 @pytest.fixture(scope="module")
-def issuers():  # type: ignore[no-untyped-def]
+def issuers() -> tuple[TokenIssuer, TokenIssuer]:
     return TokenIssuer(), TokenIssuer()
 
 
@@ -24,7 +25,7 @@ def _clock() -> ManualClock:
     return ManualClock(start=datetime.now(UTC))
 
 
-def _bump(path) -> None:  # type: ignore[no-untyped-def]
+def _bump(path: Path) -> None:
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 

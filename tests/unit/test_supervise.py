@@ -11,7 +11,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from bridge.errors import BackendUnavailable
-from signer.task_supervisor import TaskSupervisor
+from signer.task_supervisor import TaskFactory, TaskSupervisor
 from tests.support.clock import ManualClock
 from tests.support.waiting import until_true
 
@@ -38,7 +38,7 @@ def log() -> Iterator[list[str]]:
     logger.remove(sink)
 
 
-def failing_then_waiting(run: Run, error: Exception | None, attempts: list[int]):  # type: ignore[no-untyped-def]
+def failing_then_waiting(run: Run, error: Exception | None, attempts: list[int]) -> TaskFactory:
     """A task that fails its first attempt (raises ``error``, or returns when None), then runs until stop."""
 
     async def task() -> None:
