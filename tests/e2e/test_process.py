@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import ssl
 import subprocess
@@ -116,3 +118,24 @@ def test_two_workers_share_the_port_and_one_metrics_endpoint(tmp_path: Path, tok
         exit_code = server.stop()
     assert exit_code == 0, "the workers did not stop cleanly"
     assert list(scratch.iterdir()) == [], "the metrics directory outlived the server"
+
+
+def test_the_log_lines_of_a_call_carry_its_request_id(tmp_path: Path, token_issuer: TokenIssuer) -> None:
+    server = start_server([*local_signer_flags(tmp_path, token_issuer), "--log-format=json"], tmp_path / "log")
+    try:
+        stub = server.stub((tmp_path / "ca" / "root-cert.pem").read_bytes())
+        other = "spiffe://cluster.local/ns/payments/sa/api"  # not the caller's own identity: refused
+        code, _, details = create(stub, make_csr([other]), token_issuer.token())
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        found = re.search(r"\(request ([0-9a-f]{16})\)", details)
+        assert found, details
+        request_id = found.group(1)
+
+        def events_of_the_call() -> dict[str, dict[str, object]]:
+            records = [json.loads(line)["record"] for line in server.log().splitlines() if line.startswith("{")]
+            return {r["extra"].get("event"): r["extra"] for r in records if r["extra"].get("request_id") == request_id}
+
+        # the refusal (request path) and the decision record (written by the decision-log thread)
+        wait_for(lambda: {"csr_refused", "decision"} <= events_of_the_call().keys(), "both lines of the call")
+    finally:
+        server.stop()
