@@ -242,6 +242,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             metrics=metrics,
             record_decision=decision_log,
             node_authorizer=node_authorizer,
+            clock=clock,
         )
         server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
         await server.start()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import grpc
@@ -20,6 +20,7 @@ from loguru import logger
 
 from bridge.errors import BackendError
 from bridge.signing import SigningBackend, SigningRequest
+from clocks import Clock
 from policies.model import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
@@ -89,6 +90,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics: ServerMetrics,
         record_decision: DecisionRecorder | None = None,
         node_authorizer: NodeAuthorizer | None = None,
+        clock: Clock,
     ) -> None:
         self._config = config
         self._authenticator = authenticator
@@ -97,6 +99,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._metrics = metrics
         self._record_decision = record_decision
         self._node_authorizer = node_authorizer
+        self._clock = clock  # the time decisions are made at (certificate validity)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         # labelled children looked up once: the success path runs thousands of times a second
         self._issued = metrics.requests.labels(code="OK", reason="ISSUED")
@@ -180,7 +183,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             cert_signer=_metadata_string(request, "CertSigner"),
         )
         caller = await self._caller(workload, impersonated)
-        now = datetime.now(UTC)
+        now = self._clock.now()
         decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)
         if not decision.allowed:
             self._record(request_id, caller, parsed, decision)
