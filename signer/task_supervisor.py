@@ -79,7 +79,7 @@ class TaskSupervisor:
         delay = self._backoff_start
         while not self._stop.is_set():
             started = self._clock.monotonic()
-            reason = self._run_once_reason(name, await _outcome(factory))
+            reason = self._report_ending(name, await _outcome(factory))
             if reason is None:
                 return
             self.restarts.labels(task=name, reason=reason).inc()
@@ -94,7 +94,7 @@ class TaskSupervisor:
             logger.bind(event="task_restarted", task=name).info("restarting {}", name)
             delay = min(delay * 2, self._backoff_max)
 
-    def _run_once_reason(self, name: str, error: BaseException | None) -> str | None:
+    def _report_ending(self, name: str, error: BaseException | None) -> str | None:
         """Log how the task ended; the restart reason, or None when it ended because of shutdown."""
         bound = logger.bind(event="task_failed", task=name)
         if error is None:
