@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from policies.commands import add_policy_commands
 from signer.settings import SettingsError, add_flags, resolve
 
 
@@ -48,12 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run on the embedded default (local CA, dev tokens) and issue once")
     add_dev_arguments(dev)
     dev.set_defaults(func=_dev)
-    try:
-        from policies.commands import add_policy_commands
-    except ImportError:  # the policy tools are optional until the engine lands
-        pass
-    else:
-        add_policy_commands(commands)
+    add_policy_commands(commands)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Prometheus metrics of the front door, registered on a registry the caller owns (no global registry)."""
+"""Prometheus metrics of the front door, registered on a registry the caller owns (no global registry).
+
+With ``--workers`` above 1 the processes' samples are summed by the first process (signer/worker_processes.py);
+each gauge says how: calls in flight add up over the live processes, the serving-certificate expiry is the
+earliest of theirs.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +39,21 @@ class ServerMetrics:
             buckets=(600, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400),
             registry=registry,
         )
-        self.in_flight = Gauge("meshsigner_csr_in_flight", "CreateCertificate calls being served", registry=registry)
+        self.in_flight = Gauge(
+            "meshsigner_csr_in_flight",
+            "CreateCertificate calls being served",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.serving_certificate_expiry = Gauge(
             "meshsigner_serving_certificate_not_after_seconds",
-            "notAfter of the gRPC serving certificate (Unix time)",
+            "notAfter of the gRPC serving certificate (Unix time; the earliest over the worker processes)",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.decision_records_dropped = Counter(
+            "meshsigner_decision_records_dropped_total",
+            "Decision records not written because the writer fell too far behind",
             registry=registry,
         )
 

@@ -102,7 +102,7 @@ async def request_certificate(
     key = new_workload_key(key_type)
     csr = build_csr(key, spiffe_id)
     async with secure_channel(address, root_pem, server_name) as channel:
-        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
+        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
         response = await stub.CreateCertificate(
             certificate_request(csr, validity_seconds, impersonate=impersonate),
             metadata=request_metadata(token, cluster_id),

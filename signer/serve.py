@@ -1,69 +1,60 @@
-"""``meshsigner serve``: the one place that builds every piece, starts the tasks and owns the shutdown order."""
+"""``meshsigner serve``: the one place that builds every piece and connects them.
+
+Lifecycle lives beside it: signer/task_supervisor.py keeps the long-running tasks running, signer/readiness.py
+says whether the server can issue, signer/serving_tls.py obtains and renews the listener's certificate,
+signer/worker_processes.py runs ``--workers``, signer/process_signals.py turns SIGINT/SIGTERM into a clean stop.
+The in-cluster pieces are built by signer/serve_in_cluster.py, imported only when the configuration needs the
+Kubernetes API.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import subprocess
-import sys
-from collections.abc import Coroutine
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from bridge.errors import BackendUnavailable
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
+from clocks import Clock, SystemClock
 from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
 from signer.decision_log import DecisionLog
-from signer.errors import StartupError
+from signer.errors import StartupError, TemporarilyUnavailable
 from signer.grpc_server import build_server, set_serving
 from signer.logs import configure_logging, logs_info
 from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
+from signer.process_signals import stop_on_signals
+from signer.readiness import Readiness, ReadinessCheck
 from signer.service import CertificateService, NodeAuthorizer, ServiceConfig
 from signer.serving_tls import ServingCertificate
-from signer.settings import TLS_CIPHER_SUITES, Settings
+from signer.settings import TLS_CIPHER_SUITES, ServeSettings
+from signer.task_supervisor import TaskSupervisor
+from signer.worker_processes import (
+    WorkerProcesses,
+    metrics_exposition,
+    per_process_settings,
+    shared_metrics_directory,
+)
 
 if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported only when configured
     from bridge.kube import KubeClient
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from signer.cluster_parts import CertManagerParts
+    from signer.serve_in_cluster import CertManagerParts
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-EXIT_TASK_FAILED = 1
+EXIT_CANNOT_START = 2
+# Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
+OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailable)
 
 
-def supervise(task: asyncio.Task[None], stop: asyncio.Event, failures: list[str]) -> asyncio.Task[None]:
-    """A long-lived task (a watch, a reload loop) runs until ``stop``. If it raises, or returns before ``stop`` is
-    set, the caches or files it keeps current go stale without a word: log it, record it in ``failures`` and set
-    ``stop``, so the process exits non-zero (and is restarted) rather than serving stale state."""
-
-    def done(finished: asyncio.Task[None]) -> None:
-        if finished.cancelled():
-            return
-        error = finished.exception()
-        if error is None and stop.is_set():
-            return
-        failures.append(finished.get_name())
-        bound = logger.bind(event="task_failed", task=finished.get_name())
-        if error is not None:
-            bound.opt(exception=error).error("{} failed; stopping the process", finished.get_name())
-        else:
-            bound.error("{} ended unexpectedly; stopping the process", finished.get_name())
-        stop.set()
-
-    task.add_done_callback(done)
-    return task
-
-
-def needs_kube(settings: Settings) -> bool:
+def needs_kube(settings: ServeSettings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
@@ -71,7 +62,7 @@ def needs_kube(settings: Settings) -> bool:
 
 
 def build_backend(
-    settings: Settings, kube: KubeClient | None, registry: CollectorRegistry
+    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
 ) -> tuple[SigningBackend, CertManagerParts | None]:
     if settings.signer == "local":
         try:
@@ -80,30 +71,32 @@ def build_backend(
             raise StartupError(f"--local-ca-dir: {exc}") from exc
     if settings.signer == "cert-manager":
         assert kube is not None
-        from signer.cluster_parts import build_cert_manager
+        from signer.serve_in_cluster import build_cert_manager
 
         parts = build_cert_manager(settings, kube, registry)
         return parts.backend, parts
     raise StartupError(f"--signer {settings.signer} is not available in this build yet; use local or cert-manager")
 
 
-def build_authenticator(settings: Settings, kube: KubeClient | None, registry: CollectorRegistry) -> Authenticator:
+def build_authenticator(
+    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry, clock: Clock
+) -> Authenticator:
     if settings.authenticator == "jwks":
         authenticator = JwksAuthenticator(
-            settings.jwks_file, issuer=settings.token_issuer, audiences=settings.token_audiences
+            settings.jwks_file, issuer=settings.token_issuer, audiences=settings.token_audiences, clock=clock
         )
         if not authenticator.ready:
             raise StartupError(f"--jwks-file {settings.jwks_file}: no usable keys (see the log above)")
         return authenticator
     if settings.authenticator == "tokenreview":
         assert kube is not None
-        from signer.cluster_parts import build_token_review
+        from signer.serve_in_cluster import build_token_review
 
-        return build_token_review(settings, kube, registry)
+        return build_token_review(settings, kube, registry, clock)
     raise StartupError(f"--authenticator {settings.authenticator} is not available in this build")
 
 
-def apply_serving_tls_options(settings: Settings) -> None:
+def apply_serving_tls_options(settings: ServeSettings) -> None:
     """What of istio-csr's --serving-tls-* gRPC Python can honour: it exposes no TLS version, cipher or curve
     options on server credentials, so the flags are validated (settings.py) and what cannot apply is logged."""
     if settings.serving_tls_cipher_suites:
@@ -123,25 +116,8 @@ def apply_serving_tls_options(settings: Settings) -> None:
         )
 
 
-async def obtain_serving_certificate(serving: ServingCertificate, stop: asyncio.Event) -> bool:
-    """Retry until the issuer signs the serving certificate (or stop); False when stopped first."""
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            await serving.obtain()
-            return True
-        except Exception as exc:  # any backend trouble (API down, issuer not ready): keep trying
-            logger.bind(event="serving_certificate_pending").warning(
-                "serving certificate not issued yet ({}); retrying in {:.1f}s", exc, delay
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, 5.0)
-    return False
-
-
 def build_node_authorization(
-    settings: Settings, kube: KubeClient | None
+    settings: ServeSettings, kube: KubeClient | None
 ) -> tuple[PodCache | None, NodeAuthorizer | None]:
     """The pod cache and node authorizer when node accounts are trusted (ztunnel impersonation) and the API is
     reachable; without the API every impersonation is PERMISSION_DENIED, which is said once at start."""
@@ -155,13 +131,13 @@ def build_node_authorization(
             ",".join(settings.ca_trusted_node_accounts),
         )
         return None, None
-    from signer.cluster_parts import build_node_authorization as build
+    from signer.serve_in_cluster import build_node_authorization as build
 
     return build(kube)
 
 
 def build_decider(
-    settings: Settings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
+    settings: ServeSettings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
 ) -> IdentityDecider:
     """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists);
     otherwise istio-csr's built-in rule."""
@@ -177,52 +153,37 @@ def build_decider(
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration))
 
 
-class Readiness:
-    """Ready only when the server can actually issue (O8 of robustness.md)."""
-
-    def __init__(self, **checks: object) -> None:
-        self._checks = checks
-        self.listening = False
-
-    def __call__(self) -> list[str]:
-        reasons = []
-        for name, part in self._checks.items():
-            if not getattr(part, "ready", False):
-                detail = getattr(part, "reason", "")
-                reasons.append(f"{name} not ready" + (f" ({detail})" if detail else ""))
-        if not self.listening:
-            reasons.append("not listening")
-        return reasons
-
-
-async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clock: Clock | None = None) -> int:
+    """Build every piece, serve until ``stop``, then shut down in order. Raises StartupError when it cannot start."""
     stop = stop or asyncio.Event()
+    clock = clock or SystemClock()
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
     kube = None
+    outages = OUTAGES
     if needs_kube(settings):
-        from signer.cluster_parts import build_kube
+        from signer.serve_in_cluster import KUBE_OUTAGES, build_kube
 
         kube = build_kube(settings, registry)
-    tasks: set[asyncio.Task[None]] = set()
-    failures: list[str] = []  # long-lived tasks that ended before stop (see supervise)
-
-    def start_task(coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        tasks.add(supervise(asyncio.create_task(coroutine, name=name), stop, failures))
-
+        outages += KUBE_OUTAGES
+    tasks = TaskSupervisor(stop, clock=clock, registry=registry, outages=outages)
     probes: list[ProbeServer] = []
     try:
         backend, parts = build_backend(settings, kube, registry)
-        authenticator = build_authenticator(settings, kube, registry)
+        authenticator = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:
-            from signer.cluster_parts import build_namespace_labels
+            from signer.serve_in_cluster import build_namespace_labels
 
             namespace_labels = build_namespace_labels(kube)
         decider = build_decider(settings, registry, namespace_labels)
         pods, node_authorizer = build_node_authorization(settings, kube)
         apply_serving_tls_options(settings)
-        decision_log = DecisionLog(settings.decision_log or None, to_log=logs_info(settings.log_level))
+        decision_log = DecisionLog(
+            settings.decision_log or None,
+            to_log=logs_info(settings.log_level),
+            dropped=metrics.decision_records_dropped,
+        )
         serving = ServingCertificate(
             backend,
             dns_names=settings.serving_certificate_dns_names,
@@ -230,32 +191,38 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             key_algorithm=settings.serving_signature_algorithm,
             key_size=settings.serving_certificate_key_size,
             metrics=metrics,
+            clock=clock,
         )
-        checks: dict[str, object] = {"backend": backend, "authenticator": authenticator, "policy": decider}
+        checks: dict[str, ReadinessCheck] = {"backend": backend, "authenticator": authenticator, "policy": decider}
         if namespace_labels is not None:
-            start_task(namespace_labels.watch.run(stop), "namespace-labels")
+            labels = namespace_labels
+            tasks.start("namespace-labels", lambda: labels.watch.run(stop))
             if isinstance(decider, PolicyStore) and decider.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
         if pods is not None:
-            start_task(pods.watch.run(stop), "pod-watch")
+            pod_cache = pods
+            tasks.start("pod-watch", lambda: pod_cache.watch.run(stop))
             checks["pods"] = pods
         if parts is not None:
             checks.update(parts.checks())
             await parts.refuse_unusable_issuer()
-        readiness = Readiness(**checks, serving_certificate=serving)
+        checks["tasks"] = tasks
+        readiness = Readiness({**checks, "serving_certificate": serving})
         # Probes first: while the issuer has not signed the serving certificate, /readyz says why.
         if settings.readiness_probe_port:
             probe = ProbeServer(readiness=readiness, readiness_path=settings.readiness_probe_path)
             await probe.start("0.0.0.0", settings.readiness_probe_port)
             probes.append(probe)
         if settings.metrics_port:
-            metrics_server = ProbeServer(registry=registry)
+            metrics_server = ProbeServer(registry=metrics_exposition(registry))
             await metrics_server.start("0.0.0.0", settings.metrics_port)
             probes.append(metrics_server)
         if parts is not None:
-            tasks.update(supervise(task, stop, failures) for task in parts.start(stop))
-            if not await obtain_serving_certificate(serving, stop):
-                return EXIT_TASK_FAILED if failures else 0
+            for name, factory in parts.tasks(stop).items():
+                tasks.start(name, factory)
+            if not await serving.obtain_until_issued(stop):
+                decision_log.close()
+                return 0
         else:
             await serving.obtain()
         service = CertificateService(
@@ -273,16 +240,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             metrics=metrics,
             record_decision=decision_log,
             node_authorizer=node_authorizer,
+            clock=clock,
         )
         server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
         await server.start()
         readiness.listening = True
         await set_serving(health_servicer, True)
-        start_task(serving.renew_forever(stop), "serving-certificate-renewal")
+        tasks.start("serving-certificate-renewal", lambda: serving.renew_forever(stop))
         if isinstance(authenticator, JwksAuthenticator):
-            start_task(authenticator.watch(stop), "jwks-watch")
+            jwks = authenticator
+            tasks.start("jwks-watch", lambda: jwks.watch(stop))
         if isinstance(decider, PolicyStore):
-            start_task(decider.watch(stop), "policy-watch")
+            policies = decider
+            tasks.start("policy-watch", lambda: policies.watch(stop))
         logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
             "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
         )
@@ -294,76 +264,41 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             await server.stop(SHUTDOWN_GRACE_SECONDS)
             if parts is not None:
                 await parts.backend.close()  # the deletes of the last requests
-            decision_log.close()
+            await asyncio.to_thread(decision_log.close)  # writes what is still queued
     finally:
         stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await tasks.close()
         for probe in probes:
             await probe.close()
         if kube is not None:
             kube.close()
         logger.bind(event="stopped").info("meshsigner stopped")
-    if failures:
-        logger.bind(event="stopped_on_failure", tasks=failures).error(
-            "exiting with status {}: {} ended unexpectedly", EXIT_TASK_FAILED, ", ".join(failures)
-        )
-        return EXIT_TASK_FAILED
     return 0
 
 
-def per_process_settings(settings: Settings) -> Settings:
-    """The settings one of ``--workers`` processes runs with. Each process has its own Kubernetes client and token
-    bucket, so ``--kube-api-qps`` and ``--kube-api-burst`` (limits for the whole server) are
-    divided among the processes: together they never exceed the configured rate."""
-    if settings.workers <= 1:
-        return settings
-    return replace(
-        settings,
-        kube_api_qps=settings.kube_api_qps / settings.workers,
-        kube_api_burst=max(1, settings.kube_api_burst // settings.workers),
-    )
-
-
-def worker_command(settings: Settings) -> list[str]:
-    """The command line of an extra worker: its share of the API rate, no probes or metrics (the first process
-    serves those), and ``--workers=1`` so that it spawns nothing and divides nothing again."""
-    child = replace(per_process_settings(settings), workers=1, metrics_port=0, readiness_probe_port=0)
-    return [sys.executable, "-m", "signer.cli", "serve", *child.to_argv()]
-
-
-def _spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
-    """Extra processes on the same port (SO_REUSEPORT); only the first process serves probes and metrics."""
-    command = worker_command(settings)
-    return [subprocess.Popen(command) for _ in range(settings.workers - 1)]
-
-
-def serve(settings: Settings) -> int:
+def serve(settings: ServeSettings) -> int:
+    """The ``meshsigner serve`` process: logging, the local CA, the ``--workers`` processes, signals, then ``run``."""
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        if settings.signer == "local":  # create the CA once, before any worker could race to create it
-            LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type)
-        workers = _spawn_workers(settings) if settings.workers > 1 else []
-    except (OSError, ValueError) as exc:
-        logger.error("cannot start: {}", exc)
-        return 2
+    with shared_metrics_directory(settings):
+        workers = WorkerProcesses(settings)
+        try:
+            if settings.signer == "local":  # create the CA once, before any worker could race to create it
+                LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type)
+            workers.start()
+        except (OSError, ValueError) as exc:
+            logger.error("cannot start: {}", exc)
+            workers.stop()
+            return EXIT_CANNOT_START
+        try:
+            return asyncio.run(_serve_until_signalled(per_process_settings(settings)))
+        except StartupError as exc:
+            logger.error("cannot start: {}", exc)
+            return EXIT_CANNOT_START
+        finally:
+            workers.stop()
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        return await run(per_process_settings(settings), stop=stop)
 
-    try:
-        return asyncio.run(main())
-    except StartupError as exc:
-        logger.error("cannot start: {}", exc)
-        return 2
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(10)
+async def _serve_until_signalled(settings: ServeSettings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    return await run(settings, stop=stop, clock=SystemClock())

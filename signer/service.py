@@ -12,14 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Protocol
 
 import grpc
 from loguru import logger
 
 from bridge.errors import BackendError
 from bridge.signing import SigningBackend, SigningRequest
+from clocks import Clock
 from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
@@ -53,6 +54,7 @@ class NodeAuthorizer(Protocol):
     async def authorize(self, node: WorkloadIdentity, namespace: str, service_account: str) -> None: ...
 
 
+Context = grpc.aio.ServicerContext[istio_ca_pb2.IstioCertificateRequest, istio_ca_pb2.IstioCertificateResponse]
 DecisionRecorder = Callable[[str, Caller, IssuanceRequest, Decision, datetime | None], None]
 
 
@@ -88,6 +90,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics: ServerMetrics,
         record_decision: DecisionRecorder | None = None,
         node_authorizer: NodeAuthorizer | None = None,
+        clock: Clock,
     ) -> None:
         self._config = config
         self._authenticator = authenticator
@@ -96,6 +99,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._metrics = metrics
         self._record_decision = record_decision
         self._node_authorizer = node_authorizer
+        self._clock = clock  # the time decisions are made at (certificate validity)
         self._slots = asyncio.Semaphore(config.max_in_flight)
         # labelled children looked up once: the success path runs thousands of times a second
         self._issued = metrics.requests.labels(code="OK", reason="ISSUED")
@@ -120,18 +124,25 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             self._slots.release()
 
     async def CreateCertificate(  # the gRPC method name
-        self, request: istio_ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: Context
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        request_id = os.urandom(8).hex()
+        # every log line written while serving this call (here, in the authenticators, the backends) carries its id
+        with logger.contextualize(request_id=request_id):
+            return await self._serve(request, context, request_id)
+
+    async def _serve(
+        self, request: istio_ca_pb2.IstioCertificateRequest, context: Context, request_id: str
     ) -> istio_ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
-        request_id = os.urandom(8).hex()
         try:
             async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
-                chain = await self._issue(request, context.invocation_metadata() or (), request_id)
+                chain = await self._issue(request, tuple(context.invocation_metadata() or ()), request_id)
         except (RequestRejected, BackendError, TimeoutError) as error:
-            code, reason = self._refusal(error, request_id)
+            code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason
         except Exception:
-            logger.bind(request_id=request_id, event="csr_internal_error").exception("unexpected failure")
+            logger.bind(event="csr_internal_error").exception("unexpected failure")
             code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
             message = reason
         else:
@@ -143,7 +154,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         await context.abort(code, f"{message} (request {request_id})")
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    def _refusal(self, error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    def _refusal(self, error: Exception) -> tuple[grpc.StatusCode, str]:
         if isinstance(error, TimeoutError):
             code, reason, detail = grpc.StatusCode.UNAVAILABLE, "DEADLINE_EXCEEDED", "server-side request timeout"
         else:
@@ -151,15 +162,15 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             reason, detail = getattr(error, "reason", "UNKNOWN"), getattr(error, "detail", "")
         allowed, suppressed = self._log_limit.allow(reason)
         if allowed:
-            logger.bind(
-                event="csr_refused", request_id=request_id, code=code.name, reason=reason, suppressed=suppressed
-            ).warning("refused: {}", detail)
+            logger.bind(event="csr_refused", code=code.name, reason=reason, suppressed=suppressed).warning(
+                "refused: {}", detail
+            )
         return code, reason
 
     async def _issue(
         self,
         request: istio_ca_pb2.IstioCertificateRequest,
-        metadata: Sequence[tuple[str, Any]],
+        metadata: Sequence[tuple[str, str | bytes]],
         request_id: str,
     ) -> list[str]:
         check_cluster_id(metadata, self._config.cluster_id)
@@ -172,7 +183,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             cert_signer=_metadata_string(request, "CertSigner"),
         )
         caller = await self._caller(workload, impersonated)
-        now = datetime.now(UTC)
+        now = self._clock.now()
         decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)
         if not decision.allowed:
             self._record(request_id, caller, parsed, decision)

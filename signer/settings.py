@@ -2,18 +2,21 @@
 
 Precedence: command line, then environment, then default. Booleans take ``--flag``, ``--flag=true`` and
 ``--flag=false``; lists are comma-separated; durations use Go's form (``1h``, ``30m``). Bad values stop the start
-with a message naming the flag. This is the only module that reads the environment.
+with a message naming the flag. This is the only module that reads ``MESHSIGNER_*`` variables.
+
+A variable goes through the same parser as its flag, so both accept the same text and fail with the same message
+(naming the variable and its flag). That is why environs is not used: its typed getters would be a second parser
+per type, with other spellings (durations, booleans, lists) and other error messages than the flags'.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from environs import Env
 
 from policies.durations import parse_duration
 
@@ -273,7 +276,9 @@ FLAGS: tuple[Flag, ...] = (
 
 
 @dataclass(frozen=True)
-class Settings:
+class ServeSettings:
+    """Everything ``meshsigner serve`` is configured with (flags, then ``MESHSIGNER_*``, then defaults)."""
+
     serving_address: str
     max_client_certificate_duration: float
     cluster_id: str
@@ -366,25 +371,26 @@ def _convert(flag: Flag, raw: str, source: str) -> Any:
     return value
 
 
-def resolve(cli: argparse.Namespace) -> Settings:
-    """Build Settings from parsed flags, the environment and the defaults, then validate combinations."""
-    env = Env()
+def resolve(cli: argparse.Namespace, environment: Mapping[str, str] | None = None) -> ServeSettings:
+    """Build the settings from parsed flags, the environment (``os.environ`` unless given) and the defaults, then
+    validate combinations."""
+    env = os.environ if environment is None else environment
     values: dict[str, Any] = {}
     for flag in FLAGS:
         if hasattr(cli, flag.attr):
             values[flag.attr] = _convert(flag, getattr(cli, flag.attr), f"--{flag.name}")
             continue
-        raw = env.str(flag.env_name, None)
+        raw = env.get(flag.env_name)
         if raw is None:
             values[flag.attr] = flag.default
         else:
             values[flag.attr] = _convert(flag, raw, f"{flag.env_name} (--{flag.name})")
-    settings = Settings(**values)
+    settings = ServeSettings(**values)
     validate(settings)
     return settings
 
 
-def validate(settings: Settings) -> None:
+def validate(settings: ServeSettings) -> None:
     if not settings.serving_certificate_dns_names:
         raise SettingsError("--serving-certificate-dns-names must not be empty")
     if not settings.token_audiences:
@@ -419,7 +425,7 @@ def validate(settings: Settings) -> None:
             raise SettingsError(f"--ca-trusted-node-accounts entry {account!r} must be namespace/serviceaccount")
 
 
-def parse_serve_args(argv: Sequence[str]) -> Settings:
+def parse_serve_args(argv: Sequence[str], environment: Mapping[str, str] | None = None) -> ServeSettings:
     parser = argparse.ArgumentParser(prog="meshsigner serve")
     add_flags(parser)
-    return resolve(parser.parse_args(list(argv)))
+    return resolve(parser.parse_args(list(argv)), environment)

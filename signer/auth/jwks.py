@@ -4,16 +4,13 @@ Only asymmetric algorithms from a fixed list are accepted, the key is chosen by 
 algorithm's key type, ``iss`` must equal the configured issuer byte for byte, and ``aud`` must contain one of the
 configured audiences. Verified tokens are cached by their SHA-256 (never the token itself) until they expire, so a
 burst of renewals costs one signature check per token. The file is re-read when it changes; a bad new file keeps
-the last good keys.
+the last good keys. Time (``exp``, ``nbf``, ``iat``, the cache, the file check interval) is the injected clock's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +18,26 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
+from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
+from signer.timers import sleep_unless_stopped
 
-ALGORITHMS = {"RS256": rsa.RSAPublicKey, "ES256": ec.EllipticCurvePublicKey}
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+ALGORITHMS: dict[str, type[rsa.RSAPublicKey] | type[ec.EllipticCurvePublicKey]] = {
+    "RS256": rsa.RSAPublicKey,
+    "ES256": ec.EllipticCurvePublicKey,
+}
 LEEWAY_SECONDS = 30
 CACHE_ENTRIES = 20_000
+WATCH_INTERVAL_SECONDS = 1.0
 
 
-def load_jwks(data: bytes) -> dict[str, Any]:
+def load_jwks(data: bytes) -> dict[str, PublicKey]:
     """kid → public key. Raises ValueError for anything unusable (so the caller keeps its last good set)."""
     document = json.loads(data)
-    keys: dict[str, Any] = {}
+    keys: dict[str, PublicKey] = {}
     for index, entry in enumerate(document.get("keys", [])):
         try:
             jwk = jwt.PyJWK.from_dict(entry)
@@ -47,15 +52,16 @@ def load_jwks(data: bytes) -> dict[str, Any]:
 
 
 class JwksAuthenticator:
-    def __init__(self, jwks_file: str | Path, *, issuer: str, audiences: tuple[str, ...]) -> None:
+    def __init__(self, jwks_file: str | Path, *, issuer: str, audiences: tuple[str, ...], clock: Clock) -> None:
         if not audiences:
             raise ValueError("at least one token audience is required")
+        self._clock = clock
         self._path = Path(jwks_file)
         self._issuer = issuer
         self._audiences = list(audiences)
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, PublicKey] = {}
         self._stamp: tuple[int, int] | None = None
-        self._cache: OrderedDict[bytes, tuple[WorkloadIdentity, float]] = OrderedDict()
+        self._cache = TokenCache(clock=clock, max_entries=CACHE_ENTRIES)
         self.reload()
 
     @property
@@ -80,33 +86,25 @@ class JwksAuthenticator:
         logger.bind(event="jwks_loaded", path=str(self._path), keys=len(keys)).info("JWKS loaded")
         return True
 
-    async def watch(self, stop: asyncio.Event, interval: float = 1.0) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                self.reload()
+    async def watch(self, stop: asyncio.Event, interval: float = WATCH_INTERVAL_SECONDS) -> None:
+        """Check the file every ``interval`` seconds of the clock until ``stop``."""
+        while not await sleep_unless_stopped(self._clock, stop, interval):
+            self.reload()
 
     async def authenticate(self, token: str) -> WorkloadIdentity:
         return self.verify(token)
 
-    def verify(self, token: str, now: float | None = None) -> WorkloadIdentity:
-        now = time.time() if now is None else now
-        digest = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            identity, expires = cached
-            if now < expires + LEEWAY_SECONDS:
-                return identity
-            del self._cache[digest]
-            raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired")
+    def verify(self, token: str) -> WorkloadIdentity:
+        digest = token_digest(token)
+        identity = self._cache.get(digest)
+        if identity is not None:
+            return identity
         if not self._keys:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
         claims = self._decode(token)
+        _check_times(claims, self._cache.now())
         identity = _identity(claims)
-        self._cache[digest] = (identity, float(claims["exp"]))
-        if len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.put(digest, identity, float(claims["exp"]) + LEEWAY_SECONDS)
         return identity
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -115,9 +113,9 @@ class JwksAuthenticator:
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("TOKEN_MALFORMED", str(exc)) from None
         algorithm = header.get("alg")
-        key_type = ALGORITHMS.get(algorithm) if isinstance(algorithm, str) else None
-        if key_type is None:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise AuthenticationFailed("TOKEN_ALGORITHM", f"algorithm {algorithm!r:.20} not accepted")
+        key_type = ALGORITHMS[algorithm]
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None and kid is None and len(self._keys) == 1:
@@ -135,19 +133,43 @@ class JwksAuthenticator:
                 algorithms=[algorithm],
                 audience=self._audiences,
                 issuer=self._issuer,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud"], "strict_aud": False},
+                # exp, nbf and iat are checked against the injected clock (_check_times), not PyJWT's own
+                options={
+                    "require": ["exp", "iss", "aud"],
+                    "strict_aud": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired") from None
         except jwt.InvalidAudienceError:
             raise AuthenticationFailed("TOKEN_AUDIENCE", "token audience not accepted") from None
         except jwt.InvalidIssuerError:
             raise AuthenticationFailed("TOKEN_ISSUER", "token issuer not accepted") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token is not yet valid") from None
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("TOKEN_INVALID", str(exc)[:200]) from None
+
+
+def _time_claim(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise AuthenticationFailed("TOKEN_INVALID", f"{name} claim must be a number")
+    return float(value)
+
+
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    """exp, nbf and iat against ``now`` (Unix seconds), each with LEEWAY_SECONDS of clock skew allowed."""
+    expires = _time_claim(claims, "exp")
+    if expires is None or now >= expires + LEEWAY_SECONDS:
+        raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired")
+    not_before = _time_claim(claims, "nbf")
+    if not_before is not None and now < not_before - LEEWAY_SECONDS:
+        raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token is not yet valid")
+    issued_at = _time_claim(claims, "iat")
+    if issued_at is not None and now < issued_at - LEEWAY_SECONDS:
+        raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token was issued in the future")
 
 
 def _identity(claims: dict[str, Any]) -> WorkloadIdentity:

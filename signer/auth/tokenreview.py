@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from loguru import logger
 
 from bridge.kube import KubeError
+from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
 
@@ -89,9 +87,9 @@ class TokenReviewAuthenticator:
         *,
         audiences: tuple[str, ...],
         metrics: AuthMetrics,
+        clock: Clock,
         cache_seconds: float = 30.0,
         cache_entries: int = 10_000,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         if not audiences:
             raise ValueError("at least one token audience is required (empty means the API server's own)")
@@ -99,9 +97,7 @@ class TokenReviewAuthenticator:
         self._audiences = audiences
         self._metrics = metrics
         self._cache_seconds = cache_seconds
-        self._cache_entries = cache_entries
-        self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[WorkloadIdentity, float]] = OrderedDict()
+        self._cache = TokenCache(clock=clock, max_entries=cache_entries)
         self._in_flight: dict[bytes, asyncio.Task[WorkloadIdentity]] = {}
         self.reachable = True  # last review reached the API server (for /readyz detail)
 
@@ -109,19 +105,9 @@ class TokenReviewAuthenticator:
     def ready(self) -> bool:
         return True  # every call asks the API server; an outage answers UNAVAILABLE per request
 
-    def _cached(self, digest: bytes) -> WorkloadIdentity | None:
-        entry = self._cache.get(digest)
-        if entry is None:
-            return None
-        identity, expires = entry
-        if self._clock() >= expires:
-            del self._cache[digest]
-            return None
-        return identity
-
     async def authenticate(self, token: str) -> WorkloadIdentity:
-        digest = hashlib.sha256(token.encode()).digest()
-        identity = self._cached(digest)
+        digest = token_digest(token)
+        identity = self._cache.get(digest)
         if identity is not None:
             self._metrics.token_review_cache.labels("hit").inc()
             return identity
@@ -158,13 +144,9 @@ class TokenReviewAuthenticator:
             self._metrics.token_reviews.labels("rejected").inc()
             raise
         self._metrics.token_reviews.labels("authenticated").inc()
-        now = self._clock()
-        expires = now + self._cache_seconds
+        expires = self._cache.now() + self._cache_seconds
         exp = token_expiry(token)
         if exp is not None:
             expires = min(expires, exp)
-        if expires > now:
-            self._cache[digest] = (identity, expires)
-            if len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
+        self._cache.put(digest, identity, expires)  # not stored when already expired (cache off: 0 seconds)
         return identity

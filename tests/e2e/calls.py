@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 from google.protobuf import struct_pb2
 
-from proto import istio_ca_pb2
+from proto import istio_ca_pb2, istio_ca_pb2_grpc
 
 
 def create(
-    stub,  # type: ignore[no-untyped-def]
+    stub: istio_ca_pb2_grpc.IstioCertificateServiceStub,
     csr: str,
     token: str | None,
     *,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from tests.e2e.calls import create
 from tests.support.csr_builder import key, make_csr
+from tests.support.decision_records import DecisionRecords
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
 
@@ -127,13 +127,15 @@ def test_concurrent_burst_all_issued(signer):
 
 
 def test_decision_records_and_metrics(signer):
+    records = DecisionRecords(signer.ca_dir.parent / "decisions.jsonl")
+    before = records.count()
     code, _, _ = create(signer.stub(), make_csr([OWN]), signer.issuer.token())
     assert code is grpc.StatusCode.OK
-    records = [json.loads(line) for line in (signer.ca_dir.parent / "decisions.jsonl").read_text().splitlines()]
-    granted = [r for r in records if r["decision"] == "Allow" and r["request"]["uris"] == [OWN]]
-    assert granted and granted[-1]["grantedBy"] == "builtin/own-identity"
-    assert granted[-1]["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
-    assert granted[-1]["issued"]["uris"] == [OWN] and granted[-1]["issued"]["notAfter"]
+    granted = records.after(before)
+    assert granted["decision"] == "Allow" and granted["request"]["uris"] == [OWN]
+    assert granted["grantedBy"] == "builtin/own-identity"
+    assert granted["caller"]["principal"] == "cluster.local/ns/orders/sa/web"
+    assert granted["issued"]["uris"] == [OWN] and granted["issued"]["notAfter"]
     metrics = signer.server.metrics()
     assert 'meshsigner_csr_requests_total{code="OK",reason="ISSUED"}' in metrics
     # with the default 1h maximum, no issued lifetime may land above the 3600 s bucket

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.e2e.conftest import RunningSigner
 
-def _run(istio_peer, signer, tmp_path: Path, token: str, *extra: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+
+def _run(
+    istio_peer: str, signer: RunningSigner, tmp_path: Path, token: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     token_file = tmp_path / "istio-token"
     token_file.write_text(token)
     return subprocess.run(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,14 +11,18 @@ import grpc
 import pytest
 from cryptography import x509
 
+from proto import istio_ca_pb2_grpc
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
-from tests.support.processes import local_signer_flags, readyz, start_server
+from tests.support.decision_records import DecisionRecords
+from tests.support.processes import ServerProcess, local_signer_flags, readyz, start_server
+from tests.support.tokens import TokenIssuer
+from tests.support.waiting import wait_for
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies" / "fixtures" / "policies"
 
 
-def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ignore[no-untyped-def]
+def _flags(base: Path, token_issuer: TokenIssuer, policy_dir: Path) -> list[str]:
     return [
         *local_signer_flags(base, token_issuer),
         f"--policy-dir={policy_dir}",
@@ -28,12 +31,19 @@ def _flags(base: Path, token_issuer, policy_dir: Path) -> list[str]:  # type: ig
     ]
 
 
-def _stub(server, base: Path):  # type: ignore[no-untyped-def]
+def _stub(server: ServerProcess, base: Path) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
     return server.stub((base / "ca" / "root-cert.pem").read_bytes())
 
 
-def _records(base: Path) -> list[dict]:
-    return [json.loads(line) for line in (base / "decisions.jsonl").read_text().splitlines()]
+def _records(base: Path) -> DecisionRecords:
+    return DecisionRecords(base / "decisions.jsonl")
+
+
+def _listening(server: ServerProcess) -> bool:
+    try:
+        return "not listening" not in readyz(server.readiness_port)[1]
+    except OSError:
+        return False
 
 
 def _lifetime(chain: list[str]) -> float:
@@ -42,7 +52,9 @@ def _lifetime(chain: list[str]) -> float:
 
 
 @pytest.fixture(scope="module")
-def policy_server(tmp_path_factory, token_issuer):  # type: ignore[no-untyped-def]
+def policy_server(
+    tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer
+) -> Iterator[tuple[ServerProcess, Path, Path]]:
     base = tmp_path_factory.mktemp("policy-serve")
     policy_dir = base / "policies"
     shutil.copytree(POLICIES, policy_dir)
@@ -55,6 +67,7 @@ def test_team_policy_grants_dns_names(policy_server, token_issuer):
     server, base, _ = policy_server
     own = "spiffe://cluster.local/ns/payments/sa/api"
     csr = make_csr([own], dns=["api.payments.svc"])
+    before = _records(base).count()
     code, chain, _ = create(_stub(server, base), csr, token_issuer.token("payments", "api"), validity=43200)
     assert code is grpc.StatusCode.OK
     san = x509.load_pem_x509_certificate(chain[0].encode()).extensions.get_extension_for_class(
@@ -63,16 +76,17 @@ def test_team_policy_grants_dns_names(policy_server, token_issuer):
     assert san.value.get_values_for_type(x509.DNSName) == ["api.payments.svc"]
     assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [own]
     assert 43200 - 30 < _lifetime(chain) <= 43200
-    assert _records(base)[-1]["matched"] == "payments-services/service-dns"
+    assert _records(base).after(before)["matched"] == "payments-services/service-dns"
 
 
 def test_compliance_deny_overrides_the_baseline(policy_server, token_issuer):
     server, base, _ = policy_server
     csr = make_csr(["spiffe://cluster.local/ns/prod-checkout/sa/default"])
+    before = _records(base).count()
     code, chain, details = create(_stub(server, base), csr, token_issuer.token("prod-checkout", "default"))
     assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, [])
     assert "DENIED_BY_RULE" in details and "compliance-denies/no-default-sa-in-prod" in details
-    record = _records(base)[-1]
+    record = _records(base).after(before)
     assert record["decision"] == "Deny" and record["reason"] == "DENIED_BY_RULE"
 
 
@@ -81,10 +95,11 @@ def test_long_request_is_clamped_and_audit_finding_recorded(policy_server, token
     finding = 'policy_audit_findings_total{finding="AUDIT_WOULD_CLAMP",policy="tighten-to-12h",rule="limits"}'
     findings_before = server.metric(finding)
     csr = make_csr(["spiffe://cluster.local/ns/orders/sa/web"])
+    before = _records(base).count()
     code, chain, _ = create(_stub(server, base), csr, token_issuer.token("orders", "web"), validity=604800)
     assert code is grpc.StatusCode.OK
     assert 86400 - 30 < _lifetime(chain) <= 86400
-    record = _records(base)[-1]
+    record = _records(base).after(before)
     assert "DURATION_CLAMPED" in record["reasons"]
     assert any(f["finding"] == "AUDIT_WOULD_CLAMP" and f["policy"] == "tighten-to-12h" for f in record["auditFindings"])
     assert server.metric(finding) == findings_before + 1
@@ -93,10 +108,7 @@ def test_long_request_is_clamped_and_audit_finding_recorded(policy_server, token
 def test_bad_reload_keeps_the_last_good_set(policy_server, token_issuer):
     server, base, policy_dir = policy_server
     (policy_dir / "zz-broken.yaml").write_text("apiVersion: meshsigner.io/v1alpha1\nkind: IdentityPolicy\nspec: [\n")
-    deadline = time.monotonic() + 10
-    while 'policy_reload_total{result="error"} 1.0' not in server.metrics():
-        assert time.monotonic() < deadline, "the broken file was never attempted"
-        time.sleep(0.2)
+    wait_for(lambda: 'policy_reload_total{result="error"} 1.0' in server.metrics(), "the broken file attempted")
     csr = make_csr(["spiffe://cluster.local/ns/orders/sa/web"])
     code, _, _ = create(_stub(server, base), csr, token_issuer.token("orders", "web"))
     assert code is grpc.StatusCode.OK, "the last good set still decides"
@@ -110,16 +122,9 @@ def test_no_valid_set_at_start_means_not_ready_and_unavailable(tmp_path, token_i
     (policy_dir / "broken.yaml").write_text("kind: IdentityPolicy\nspec: {mode: Sometimes}\n")
     server = start_server(_flags(tmp_path, token_issuer, policy_dir), tmp_path / "serve.log", wait=False)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # the probe starts before the gRPC listener: wait until only the policy set is missing
-            try:
-                status, body = readyz(server.readiness_port)
-                if "not listening" not in body:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve never started listening"
-            time.sleep(0.1)
+        # the probe starts before the gRPC listener: wait until only the policy set is missing
+        wait_for(lambda: _listening(server), "serve listening")
+        status, body = readyz(server.readiness_port)
         assert status == 503 and "policy" in body
         code, chain, details = create(
             _stub(server, tmp_path), make_csr(["spiffe://cluster.local/ns/orders/sa/web"]), token_issuer.token()

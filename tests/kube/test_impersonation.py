@@ -21,6 +21,7 @@ import yaml
 from cryptography import x509
 from kubernetes import client
 
+from proto.istio_ca_pb2_grpc import IstioCertificateServiceStub
 from tests.e2e.calls import create
 from tests.support.csr_builder import make_csr
 from tests.support.processes import ServerProcess, readyz, start_server
@@ -78,7 +79,7 @@ def mesh(kube_api, make_namespace, make_service_account, mint_token) -> Mesh:  #
 
 
 @pytest.fixture(scope="module")
-def server(kube_plane, mesh: Mesh, tmp_path_factory) -> Iterator[tuple[ServerProcess, grpc.Channel]]:  # type: ignore[no-untyped-def]
+def server(kube_plane, mesh: Mesh, tmp_path_factory) -> Iterator[tuple[ServerProcess, IstioCertificateServiceStub]]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("impersonation")
     process = start_server(
         [

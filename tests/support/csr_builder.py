@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-_KEY_CACHE: dict[str, object] = {}
+SigningHash = hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+CsrKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+_KEY_CACHE: dict[str, CsrKey] = {}
 
 
-def key(kind: str = "p256", *, fresh: bool = False):  # type: ignore[no-untyped-def]
+def key(kind: str = "p256", *, fresh: bool = False) -> CsrKey:
     """Keys are slow to make (RSA); tests that do not care about uniqueness share one per kind."""
     if not fresh and kind in _KEY_CACHE:
         return _KEY_CACHE[kind]
-    made = {
+    makers: dict[str, Callable[[], CsrKey]] = {
         "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
         "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
         "p521": lambda: ec.generate_private_key(ec.SECP521R1()),
         "rsa2048": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "rsa1024": lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024),
         "ed25519": ed25519.Ed25519PrivateKey.generate,
-    }[kind]()
+    }
+    made = makers[kind]()
     if not fresh:
         _KEY_CACHE[kind] = made
     return made
@@ -39,10 +42,10 @@ def make_csr(
     common_name: str | None = None,
     subject: x509.Name | None = None,
     key_kind: str = "p256",
-    private_key=None,  # type: ignore[no-untyped-def]
+    private_key: CsrKey | None = None,
     extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
     san_critical: bool = True,
-    hash_algorithm: hashes.HashAlgorithm | None = None,
+    hash_algorithm: SigningHash | None = None,
 ) -> str:
     signer = private_key or key(key_kind)
     if subject is None:

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -15,12 +14,14 @@ from pathlib import Path
 import grpc
 
 from proto import istio_ca_pb2_grpc
+from tests.support.tokens import TokenIssuer
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"  # istio-csr's default serving DNS name
 
 
-def local_signer_flags(base: Path, token_issuer) -> list[str]:  # type: ignore[no-untyped-def]
+def local_signer_flags(base: Path, token_issuer: TokenIssuer) -> list[str]:
     """serve on the local CA in ``base/ca`` with offline JWKS authentication of ``token_issuer``'s tokens."""
     return [
         "--signer=local",
@@ -60,13 +61,15 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stub(self, root_pem: bytes, server_name: str = SERVER_NAME) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
-        """A CA client over TLS trusting ``root_pem``, expecting the serving certificate's DNS name."""
-        channel = grpc.secure_channel(
-            self.address,
-            grpc.ssl_channel_credentials(root_certificates=root_pem),
-            options=[("grpc.ssl_target_name_override", server_name)],
-        )
+    def stub(
+        self, root_pem: bytes, server_name: str = SERVER_NAME, *, own_connection: bool = False
+    ) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
+        """A CA client over TLS trusting ``root_pem``, expecting the serving certificate's DNS name. With
+        ``own_connection``, it shares no TCP connection with other stubs (so ``--workers`` processes each get some)."""
+        options: list[tuple[str, str | int]] = [("grpc.ssl_target_name_override", server_name)]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root_certificates=root_pem), options)
         return istio_ca_pb2_grpc.IstioCertificateServiceStub(channel)
 
     def metric(self, sample: str) -> float:
@@ -81,6 +84,15 @@ class ServerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
             return response.read().decode()
 
+    def ready(self) -> bool:
+        """Whether /readyz answers 200; raises when the process has exited (it never will be)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return readyz(self.readiness_port)[0] == 200
+        except OSError:
+            return False
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -92,7 +104,9 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+def start_server(
+    flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True
+) -> ServerProcess:
     grpc_port, readiness_port, metrics_port = free_port(), free_port(), free_port()
     command = [
         sys.executable, "-m", "signer.cli", "serve",
@@ -107,16 +121,9 @@ def start_server(flags: list[str], log_path: Path, *, env: dict[str, str] | None
     )
     server = ServerProcess(process, grpc_port, readiness_port, metrics_port, log_path)
     if wait:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited with {process.returncode}:\n{server.log()}")
-            try:
-                if readyz(readiness_port)[0] == 200:
-                    return server
-            except OSError:
-                pass
-            time.sleep(0.05)
-        server.stop()
-        raise RuntimeError(f"serve did not become ready:\n{server.log()}")
+        try:
+            wait_for(lambda: server.ready(), "serve ready", timeout=60)
+        except AssertionError:
+            server.stop()
+            raise RuntimeError(f"serve did not become ready:\n{server.log()}") from None
     return server

@@ -21,15 +21,9 @@ class TokenIssuer:
     ec_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
 
     def jwks(self) -> dict[str, Any]:
-        keys = []
-        for kid, algorithm, public in (
-            ("rsa-1", jwt.algorithms.RSAAlgorithm, self.rsa_key.public_key()),
-            ("ec-1", jwt.algorithms.ECAlgorithm, self.ec_key.public_key()),
-        ):
-            jwk = json.loads(algorithm.to_jwk(public))
-            jwk["kid"] = kid
-            keys.append(jwk)
-        return {"keys": keys}
+        rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa_key.public_key()))
+        ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key()))
+        return {"keys": [{**rsa_jwk, "kid": "rsa-1"}, {**ec_jwk, "kid": "ec-1"}]}
 
     def write_jwks(self, path: Path) -> Path:
         path.write_text(json.dumps(self.jwks()))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from signer.settings import FLAGS, SettingsError, parse_bool, parse_serve_args
@@ -8,6 +10,13 @@ from signer.settings import FLAGS, SettingsError, parse_bool, parse_serve_args
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
     """No MESHSIGNER_* variable of the developer's shell may change these results."""
+    for name in list(os.environ):
+        if name.startswith("MESHSIGNER_"):
+            monkeypatch.delenv(name)
+
+
+def test_the_environment_is_clean():
+    assert not [name for name in os.environ if name.startswith("MESHSIGNER_")]
 
 
 LOCAL = ["--signer=local", "--local-ca-dir=/tmp/x", "--authenticator=jwks", "--jwks-file=j", "--token-issuer=i"]
@@ -53,6 +62,45 @@ def test_bad_settings_name_the_flag(monkeypatch, argv, env, named):
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=named.replace("-", r"\-")):
         parse_serve_args([*LOCAL, *argv] if "--signer=local" not in argv else argv)
+
+
+@pytest.mark.parametrize(
+    ("flag", "raw"),
+    [
+        ("metrics-port", "http"),
+        ("readiness-probe-port", "70000"),
+        ("max-client-certificate-duration", "1500ms"),
+        ("request-timeout", "0s"),
+        ("workers", "0"),
+        ("preserve-certificate-requests", "maybe"),
+        ("log-format", "xml"),
+        ("serving-tls-curve-preferences", "X25519,,P256"),
+    ],
+)
+def test_a_variable_is_parsed_like_its_flag(flag, raw):
+    """Same parser, same reason: only the name of the source differs."""
+    variable = "MESHSIGNER_" + flag.upper().replace("-", "_")
+    with pytest.raises(SettingsError) as from_flag:
+        parse_serve_args([*LOCAL, f"--{flag}={raw}"])
+    with pytest.raises(SettingsError) as from_variable:
+        parse_serve_args(LOCAL, {variable: raw})
+    assert str(from_variable.value) == str(from_flag.value).replace(f"--{flag}", f"{variable} (--{flag})")
+
+
+def test_variables_take_typed_values():
+    settings = parse_serve_args(
+        LOCAL,
+        {
+            "MESHSIGNER_WORKERS": "3",
+            "MESHSIGNER_KUBE_API_QPS": "12.5",
+            "MESHSIGNER_REQUEST_TIMEOUT": "1m30s",
+            "MESHSIGNER_PRESERVE_CERTIFICATE_REQUESTS": "true",
+            "MESHSIGNER_CERTIFICATE_REQUEST_ADDITIONAL_ANNOTATIONS": "example.com/a=1",
+        },
+    )
+    assert (settings.workers, settings.kube_api_qps, settings.request_timeout) == (3, 12.5, 90)
+    assert settings.preserve_certificate_requests is True
+    assert settings.certificate_request_additional_annotations == (("example.com/a", "1"),)
 
 
 def test_round_trip_through_argv():

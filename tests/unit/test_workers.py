@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from signer.serve import per_process_settings, worker_command
 from signer.settings import parse_serve_args
+from signer.worker_processes import per_process_settings, worker_command
 
 BASE = ["--signer=local", "--local-ca-dir=/tmp/ca", "--authenticator=tokenreview"]
 

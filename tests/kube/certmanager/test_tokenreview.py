@@ -13,6 +13,7 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
+from clocks import SystemClock
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
@@ -31,7 +32,11 @@ def kube(kube_plane):  # type: ignore[no-untyped-def]
 
 def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticator:  # type: ignore[no-untyped-def]
     return TokenReviewAuthenticator(
-        kube, audiences=("istio-ca",), metrics=AuthMetrics(kube.registry), cache_seconds=cache_seconds
+        kube,
+        audiences=("istio-ca",),
+        metrics=AuthMetrics(kube.registry),
+        cache_seconds=cache_seconds,
+        clock=SystemClock(),
     )
 
 

@@ -1,6 +1,7 @@
-"""The in-cluster half of ``serve``'s wiring: the Kubernetes client, the cert-manager backend and what runs beside it,
-TokenReview. Imported only when the configuration needs the API, so that a local-CA start never loads the
-Kubernetes client library (about a third of the start-up time)."""
+"""The in-cluster half of ``serve``'s wiring (``signer/serve.py`` calls these builders): the Kubernetes client, the
+cert-manager backend and what runs beside it, TokenReview, the namespace-label and pod caches. Imported only when
+the configuration needs the API, so that a local-CA start never loads the Kubernetes client library (about a third
+of the start-up time)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,26 @@ from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certific
 from bridge.certificate_request_watch import CertificateRequestWatch
 from bridge.cleanup import LeftoverSweeper
 from bridge.issuer_check import IssuerCheck, IssuerState
-from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions
+from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions, KubeUnavailable
 from bridge.metrics import BridgeMetrics
 from bridge.namespace_labels import NamespaceLabelCache
 from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from clocks import Clock
 from signer.auth.node_authorizer import PodNodeAuthorizer
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import StartupError
 from signer.metrics import AuthMetrics
-from signer.settings import Settings
+from signer.readiness import ReadinessCheck
+from signer.settings import ServeSettings
+from signer.task_supervisor import TaskFactory
+
+# A long-running task stopped by one of these met an API outage, not a bug: logged without a traceback.
+KUBE_OUTAGES: tuple[type[Exception], ...] = (KubeUnavailable,)
 
 
-def build_kube(settings: Settings, registry: CollectorRegistry) -> KubeClient:
+def build_kube(settings: ServeSettings, registry: CollectorRegistry) -> KubeClient:
     """The one Kubernetes client."""
     options = KubeOptions(
         kubeconfig=settings.kubeconfig,
@@ -52,7 +59,7 @@ class CertManagerParts:
     roots: RootBundle
     sweeper: LeftoverSweeper | None
 
-    def checks(self) -> dict[str, object]:
+    def checks(self) -> dict[str, ReadinessCheck]:
         return {
             "issuer_configured": self.issuers,
             "issuer": self.issuer_check,
@@ -65,22 +72,23 @@ class CertManagerParts:
         if await self.issuer_check.probe() is IssuerState.ACME:
             raise StartupError(f"issuer {self.issuers.current}: {self.issuer_check.reason}")
 
-    def start(self, stop: asyncio.Event) -> set[asyncio.Task[None]]:
-        """The long-lived tasks; each runs until ``stop`` (a task that ends before is a failure, see serve)."""
-        runners = {
-            "certificate-request-watch": self.watch.run(stop),
-            "issuer-check": self.issuer_check.run(stop),
+    def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
+        """The long-lived tasks by name; each runs until ``stop`` (the supervisor restarts one that ends before)."""
+        runners: dict[str, TaskFactory] = {
+            "certificate-request-watch": lambda: self.watch.run(stop),
+            "issuer-check": lambda: self.issuer_check.run(stop),
         }
         if self.issuers.watching:
-            runners["runtime-issuer-watch"] = self.issuers.run(stop)
+            runners["runtime-issuer-watch"] = lambda: self.issuers.run(stop)
         if self.roots.pinned:
-            runners["root-bundle-watch"] = self.roots.watch(stop)
+            runners["root-bundle-watch"] = lambda: self.roots.watch(stop)
         if self.sweeper is not None:
-            runners["leftover-sweep"] = self.sweeper.run(stop)
-        return {asyncio.create_task(coroutine, name=name) for name, coroutine in runners.items()}
+            sweeper = self.sweeper
+            runners["leftover-sweep"] = lambda: sweeper.run(stop)
+        return runners
 
 
-def build_cert_manager(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> CertManagerParts:
+def build_cert_manager(settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry) -> CertManagerParts:
     static = settings.static_issuer
     issuers = IssuerSelector(
         IssuerRef(*static) if static else None,
@@ -139,12 +147,15 @@ def build_cert_manager(settings: Settings, kube: KubeClient, registry: Collector
     return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
 
 
-def build_token_review(settings: Settings, kube: KubeClient, registry: CollectorRegistry) -> TokenReviewAuthenticator:
+def build_token_review(
+    settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry, clock: Clock
+) -> TokenReviewAuthenticator:
     return TokenReviewAuthenticator(
         kube,
         audiences=settings.token_audiences,
         metrics=AuthMetrics(registry),
         cache_seconds=settings.token_review_cache_duration,
+        clock=clock,
     )
 
 
