@@ -12,34 +12,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from loguru import logger
 
 from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
+from bridge.certificates import certificate_pem, split_issued_chain, verify_issued_chain
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
 from bridge.metrics import BridgeMetrics
-from bridge.pem_files import is_self_signed
 from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
+from clocks import Clock, SystemClock
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
 PURPOSE_LABEL = "meshsigner.io/purpose"
 NAME_PREFIX = "meshsigner-"
-MAX_CHAIN_BYTES = 330 * 1024
-MAX_CHAIN_CERTIFICATES = 10
 DELETE_DRAIN_SECONDS = 10.0
 DELETE_RETRY_SECONDS = 60.0
 RPC_SHARE = 0.9  # of --request-timeout a workload's CertificateRequest may wait (the rest: review, create, answer)
@@ -116,70 +113,6 @@ def go_duration(seconds: float) -> str:
     return f"{max(1, int(seconds))}s"
 
 
-def parse_issued_chain(pem: bytes) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """Leaf and intermediates from ``status.certificate`` (bounded; self-signed roots dropped)."""
-    if len(pem) > MAX_CHAIN_BYTES:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate is {len(pem)} bytes")
-    try:
-        certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate does not parse: {exc}") from None
-    if not certificates or len(certificates) > MAX_CHAIN_CERTIFICATES:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate holds {len(certificates)} certificates")
-    leaf, rest = certificates[0], certificates[1:]
-    return leaf, [c for c in rest if not is_self_signed(c)]
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def verify_chain(
-    leaf: x509.Certificate,
-    intermediates: list[x509.Certificate],
-    roots: tuple[x509.Certificate, ...],
-    now: datetime | None = None,
-) -> None:
-    """Raises IssuerFailed unless leaf → intermediates (in order given or not) → a pinned certificate verifies."""
-    now = now or datetime.now(UTC)
-    if not roots:
-        raise BackendUnavailable("NO_ROOTS", "no root bundle loaded")
-    pool = list(intermediates)
-    current = leaf
-    for _ in range(len(intermediates) + 1):
-        if current is not leaf and current in roots:
-            return
-        if any(_issued_by(current, root) and root.not_valid_after_utc > now for root in roots):
-            return
-        parent = next((c for c in pool if _is_ca(c) and _issued_by(current, c)), None)
-        if parent is None or parent.not_valid_after_utc <= now:
-            break
-        pool.remove(parent)
-        current = parent
-    raise IssuerFailed(
-        "CHAIN_NOT_TRUSTED",
-        f"the chain of {leaf.subject.rfc4514_string() or 'the leaf'} (issuer {current.issuer.rfc4514_string()}) "
-        "does not lead to a pinned root",
-    )
-
-
-def _pem(certificate: x509.Certificate) -> str:
-    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 class CertManagerBackend:
     def __init__(
         self,
@@ -191,7 +124,9 @@ class CertManagerBackend:
         watch: CertificateRequestWatch,
         roots: RootBundle,
         metrics: BridgeMetrics,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._kube = kube
         self._options = options
         self._issuers = issuers
@@ -247,7 +182,7 @@ class CertManagerBackend:
             "status": "True",
             "reason": "meshsigner",
             "message": "approved by meshsigner after its own checks and policy allowed the request",
-            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": self._clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         obj = created
         name = created["metadata"]["name"]
@@ -266,7 +201,7 @@ class CertManagerBackend:
 
     async def _request(self, body: Obj, purpose: str) -> Issued:
         outcome = "cancelled"
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         name = body["metadata"]["name"]
         # Shielded: a cancelled RPC does not stop the POST already handed to a pool thread, so the create runs to
         # its end and the object it may have made is deleted afterwards (by UID when the answer arrived).
@@ -314,7 +249,7 @@ class CertManagerBackend:
         finally:
             self._metrics.in_flight.dec()
             self._metrics.outcomes.labels(purpose, outcome).inc()
-            self._metrics.seconds.labels(purpose).observe(time.perf_counter() - started)
+            self._metrics.seconds.labels(purpose).observe(self._clock.monotonic() - started)
             self._watch.forget(name)
             if not future.done():
                 future.cancel()
@@ -334,7 +269,7 @@ class CertManagerBackend:
                 created = await creating
             except KubeUnavailable:
                 await self._delete(name, None)
-            except Exception:  # refused by the API server: nothing was created
+            except KubeError:  # refused by the API server: nothing was created
                 return
             else:
                 await self._delete(name, str(created["metadata"]["uid"]))
@@ -349,7 +284,7 @@ class CertManagerBackend:
     async def _delete(self, name: str, uid: str | None) -> None:
         """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over). Only
         an outage is retried: a refusal (RBAC, invalid request) would be refused again for the whole minute."""
-        deadline = time.monotonic() + DELETE_RETRY_SECONDS
+        deadline = self._clock.monotonic() + DELETE_RETRY_SECONDS
         delay = 0.25
         while True:
             try:
@@ -358,13 +293,13 @@ class CertManagerBackend:
             except KubeConflict:
                 return  # the UID precondition failed: that name is someone else's object now
             except KubeUnavailable as exc:
-                if time.monotonic() + delay > deadline:
+                if self._clock.monotonic() + delay > deadline:
                     self._delete_failed(name, exc)
                     return
             except KubeError as exc:
                 self._delete_failed(name, exc)
                 return
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     def _delete_failed(self, name: str, error: KubeError) -> None:
@@ -384,12 +319,12 @@ class CertManagerBackend:
         """The issued leaf and intermediates, verified to lead to ``roots`` (default: the active bundle)."""
         roots = self._roots.roots if roots is None else roots
         try:
-            leaf, intermediates = parse_issued_chain(issued.certificate_pem)
+            leaf, intermediates = split_issued_chain(issued.certificate_pem, what="status.certificate")
         except IssuerFailed:
             self._metrics.outcomes.labels(purpose, "bad_chain").inc()
             raise
         try:
-            verify_chain(leaf, intermediates, roots)
+            verify_issued_chain(leaf, intermediates, roots, now=self._clock.now())
         except IssuerFailed as exc:
             self._metrics.untrusted_chains.inc()
             self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
@@ -417,7 +352,7 @@ class CertManagerBackend:
         leaf, intermediates = self._chain(issued, "workload")
         return SignedChain(
             leaf=leaf,
-            chain_pems=(_pem(leaf), *(_pem(c) for c in intermediates)),
+            chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
             roots_pem=self._roots.pem,
         )
 
@@ -452,15 +387,13 @@ class CertManagerBackend:
             raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
         if candidate is not None:  # trust on first use, but only of a CA that verifiably issued this chain
             self._roots.adopt(issued.ca_pem)
-        return serving_material(key, leaf, (_pem(c) for c in intermediates))
+        return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
 
 
 __all__ = [
     "CertManagerBackend",
     "CertManagerOptions",
     "certificate_request_wait",
-    "parse_issued_chain",
     "request_outcome",
-    "verify_chain",
     "workload_usages",
 ]

@@ -10,14 +10,15 @@ newer object that reused the name is never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, datetime
+from datetime import datetime
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
 from bridge.certificate_request_watch import LABEL_SELECTOR
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeError, Obj
+from bridge.timers import wait_unless_stopped
+from clocks import Clock, SystemClock
 
 MAX_MARGIN_SECONDS = 30.0  # clock skew and delete latency; never more than the timeout itself
 
@@ -32,9 +33,8 @@ def _created(obj: Obj) -> datetime | None:
         return None
 
 
-def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime | None = None) -> list[Obj]:
-    """The objects created more than ``older_than_seconds`` ago."""
-    now = now or datetime.now(UTC)
+def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime) -> list[Obj]:
+    """The objects created more than ``older_than_seconds`` before ``now``."""
     old = []
     for obj in objects:
         created = _created(obj)
@@ -52,7 +52,9 @@ class LeftoverSweeper:
         request_timeout_seconds: float,
         registry: CollectorRegistry,
         interval_seconds: float = 60.0,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._kube = kube
         self._namespace = namespace
         self._age = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
@@ -70,7 +72,7 @@ class LeftoverSweeper:
             logger.bind(event="sweep_failed").warning("cannot list leftover CertificateRequests: {}", exc)
             return 0
         removed = 0
-        for obj in leftovers(objects, older_than_seconds=self._age):
+        for obj in leftovers(objects, older_than_seconds=self._age, now=self._clock.now()):
             metadata = obj["metadata"]
             try:
                 await self._kube.delete(CERTIFICATE_REQUESTS, self._namespace, metadata["name"], metadata.get("uid"))
@@ -88,5 +90,4 @@ class LeftoverSweeper:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.sweep()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval)
+            await wait_unless_stopped(stop, self._interval, self._clock)

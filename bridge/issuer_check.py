@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, ListWatch, Obj, issuer_resource
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from clocks import Clock, SystemClock
 
 UNKNOWN_RECHECK_SECONDS = 60.0
 
@@ -49,7 +50,16 @@ def judge_issuer(obj: Obj | None) -> tuple[IssuerState, str]:
 
 
 class IssuerCheck:
-    def __init__(self, kube: KubeClient, selector: IssuerSelector, namespace: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        selector: IssuerSelector,
+        namespace: str,
+        registry: CollectorRegistry,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._kube = kube
         self._selector = selector
         self._namespace = namespace  # a namespaced Issuer must be in the CertificateRequests' namespace
@@ -148,10 +158,14 @@ class IssuerCheck:
                         name=f"issuer {ref}",
                     )
                     watcher = asyncio.create_task(watch.run(stop), name="issuer-watch")
-            waiters = {asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(stop.wait())}
-            timeout = UNKNOWN_RECHECK_SECONDS if self.state is IssuerState.UNKNOWN else None
+            waiters: set[asyncio.Future[object]] = {
+                asyncio.ensure_future(self._changed.wait()),
+                asyncio.ensure_future(stop.wait()),
+            }
+            if self.state is IssuerState.UNKNOWN:  # re-read later: the API may come to serve the issuer type
+                waiters.add(asyncio.ensure_future(self._clock.sleep(UNKNOWN_RECHECK_SECONDS)))
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
