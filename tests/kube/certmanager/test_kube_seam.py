@@ -26,20 +26,20 @@ from bridge.kube import (
 
 
 @pytest.fixture
-def kube(kube_plane) -> Iterator[KubeClient]:  # type: ignore[no-untyped-def]
+def kube(kube_plane) -> Iterator[KubeClient]:
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     yield seam
     seam.close()
 
 
-async def test_core_lists_read_the_body_off_the_event_loop(kube, make_namespace, monkeypatch):  # type: ignore[no-untyped-def]
+async def test_core_lists_read_the_body_off_the_event_loop(kube, make_namespace, monkeypatch):
     """A core-group LIST streams its body without the client's models; reading that body is a blocking socket
     read, so it must happen in the pool thread, never on the loop's thread."""
     namespace = make_namespace("seam")
     readers: list[int] = []
     original = urllib3.HTTPResponse.read
 
-    def read(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def read(self, *args, **kwargs):
         readers.append(threading.get_ident())
         return original(self, *args, **kwargs)
 
@@ -75,7 +75,7 @@ class BuggyHandler:
             self.names.add(name)
 
 
-async def test_a_failing_handler_does_not_end_the_watch(kube, make_namespace):  # type: ignore[no-untyped-def]
+async def test_a_failing_handler_does_not_end_the_watch(kube, make_namespace):
     """A handler that raises (or any unexpected error) used to end ListWatch.run: the task died, ``synced`` stayed
     true and the cache went stale without a word. The watch now logs it, backs off, relists and goes on."""
     labels = {"meshsigner-seam": secrets.token_hex(4)}
@@ -101,7 +101,7 @@ async def test_a_failing_handler_does_not_end_the_watch(kube, make_namespace):  
         await asyncio.wait_for(task, 10)
 
 
-async def test_get_reads_the_core_resource_asked_for(kube, kube_api, make_namespace):  # type: ignore[no-untyped-def]
+async def test_get_reads_the_core_resource_asked_for(kube, kube_api, make_namespace):
     """get() of a core resource read a ConfigMap whatever the resource; it now reads what it is asked for, and
     refuses (before any API call) a core resource the seam does not serve."""
     from kubernetes import client
