@@ -130,7 +130,7 @@ class CertManagerBackend:
         self._kube = kube
         self._options = options
         self._issuers = issuers
-        self._check = issuer_check
+        self._issuer_check = issuer_check
         self._watch = watch
         self._roots = roots
         self._metrics = metrics
@@ -138,7 +138,7 @@ class CertManagerBackend:
 
     @property
     def ready(self) -> bool:
-        return self._issuers.ready and self._check.ready and self._watch.ready and self._roots.ready
+        return self._issuers.ready and self._issuer_check.ready and self._watch.ready and self._roots.ready
 
     @property
     def ca_not_after(self) -> datetime | None:
@@ -149,12 +149,12 @@ class CertManagerBackend:
         ref = self._issuers.current
         if ref is None:
             raise BackendUnavailable("NO_ISSUER", "no active issuerRef is configured")
-        self._check.require_usable()
+        self._issuer_check.require_usable()
         if not self._watch.ready:
             raise BackendUnavailable("WATCH_NOT_SYNCED", "the CertificateRequest watch has not listed yet")
         return ref
 
-    def _body(
+    def _certificate_request(
         self, csr_pem: bytes, seconds: float, ref: IssuerRef, identities: str, usages: list[str], purpose: str
     ) -> Obj:
         annotations = {IDENTITIES_ANNOTATION: identities, **dict(self._options.annotations)}
@@ -313,7 +313,7 @@ class CertManagerBackend:
         if self._deletes:
             await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
 
-    def _chain(
+    def _verified_chain(
         self, issued: Issued, purpose: str, roots: tuple[x509.Certificate, ...] | None = None
     ) -> tuple[x509.Certificate, list[x509.Certificate]]:
         """The issued leaf and intermediates, verified to lead to ``roots`` (default: the active bundle)."""
@@ -340,7 +340,7 @@ class CertManagerBackend:
         ref = self._issuer()
         if not self._roots.ready:
             raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
-        body = self._body(
+        body = self._certificate_request(
             request.csr_pem.encode("ascii"),
             request.duration_seconds,
             ref,
@@ -349,7 +349,7 @@ class CertManagerBackend:
             "workload",
         )
         issued = await self._request(body, "workload")
-        leaf, intermediates = self._chain(issued, "workload")
+        leaf, intermediates = self._verified_chain(issued, "workload")
         return SignedChain(
             leaf=leaf,
             chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
@@ -367,7 +367,7 @@ class CertManagerBackend:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
             .sign(key, hashes.SHA256())
         )
-        body = self._body(
+        body = self._certificate_request(
             csr.public_bytes(serialization.Encoding.PEM),
             duration_seconds,
             ref,
@@ -382,7 +382,7 @@ class CertManagerBackend:
                 candidate = parse_roots(issued.ca_pem, what="status.ca of the serving CertificateRequest")
             except ValueError as exc:
                 raise IssuerFailed("BAD_CA", f"status.ca of the serving certificate: {exc}") from None
-        leaf, intermediates = self._chain(issued, "serving", candidate)
+        leaf, intermediates = self._verified_chain(issued, "serving", candidate)
         if leaf.public_key() != key.public_key():
             raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
         if candidate is not None:  # trust on first use, but only of a CA that verifiably issued this chain

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Protocol
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
 from bridge.certificate_request_watch import LABEL_SELECTOR
-from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeError, Obj
+from bridge.kube import CERTIFICATE_REQUESTS, KubeError, Obj, Resource
 from bridge.timers import wait_unless_stopped
 from clocks import Clock, SystemClock
 
@@ -43,10 +44,20 @@ def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime) -
     return old
 
 
+class ObjectStore(Protocol):
+    """What the sweep needs of the API (KubeClient is one)."""
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> tuple[list[Obj], str]: ...
+
+    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+
 class LeftoverSweeper:
     def __init__(
         self,
-        kube: KubeClient,
+        kube: ObjectStore,
         namespace: str,
         *,
         request_timeout_seconds: float,
@@ -57,7 +68,7 @@ class LeftoverSweeper:
         self._clock: Clock = clock or SystemClock()
         self._kube = kube
         self._namespace = namespace
-        self._age = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
+        self._min_age_seconds = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
         self._interval = interval_seconds
         self.deleted = Counter(
             "meshsigner_certificate_requests_swept_total",
@@ -72,7 +83,7 @@ class LeftoverSweeper:
             logger.bind(event="sweep_failed").warning("cannot list leftover CertificateRequests: {}", exc)
             return 0
         removed = 0
-        for obj in leftovers(objects, older_than_seconds=self._age, now=self._clock.now()):
+        for obj in leftovers(objects, older_than_seconds=self._min_age_seconds, now=self._clock.now()):
             metadata = obj["metadata"]
             try:
                 await self._kube.delete(CERTIFICATE_REQUESTS, self._namespace, metadata["name"], metadata.get("uid"))
@@ -83,7 +94,7 @@ class LeftoverSweeper:
         if removed:
             self.deleted.inc(removed)
             logger.bind(event="swept", count=removed).warning(
-                "deleted {} leftover CertificateRequests older than {:.0f}s", removed, self._age
+                "deleted {} leftover CertificateRequests older than {:.0f}s", removed, self._min_age_seconds
             )
         return removed
 

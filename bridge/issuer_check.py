@@ -92,7 +92,7 @@ class IssuerCheck:
         for state in IssuerState:
             self._gauge.labels(state.value).set(1 if state is self.state else 0)
 
-    def _set(self, state: IssuerState, reason: str) -> None:
+    def _set_state(self, state: IssuerState, reason: str) -> None:
         if (state, reason) == (self.state, self.reason):
             return
         self.state, self.reason = state, reason
@@ -104,14 +104,14 @@ class IssuerCheck:
             bound.error("issuer {} is {}: {}", self._selector.current, state.value, reason)
 
     def _issuer_changed(self, ref: IssuerRef | None) -> None:
-        self._set(IssuerState.PENDING if ref else IssuerState.NONE, "issuer changed")
+        self._set_state(IssuerState.PENDING if ref else IssuerState.NONE, "issuer changed")
         self._changed.set()
 
     async def probe(self) -> IssuerState:
         """One read of the active issuer (start-up); the watch keeps it current afterwards."""
         ref = self._selector.current
         if ref is None:
-            self._set(IssuerState.NONE, "no issuer configured")
+            self._set_state(IssuerState.NONE, "no issuer configured")
             return self.state
         resource = issuer_resource(ref.kind, ref.group)
         try:
@@ -120,25 +120,25 @@ class IssuerCheck:
             obj = None
             with contextlib.suppress(KubeError):
                 await self._kube.list(resource, self._namespace if resource.namespaced else None)
-                self._set(*judge_issuer(None))
+                self._set_state(*judge_issuer(None))
                 return self.state
-            self._set(IssuerState.UNKNOWN, f"the API does not serve {resource.plural}.{resource.group}")
+            self._set_state(IssuerState.UNKNOWN, f"the API does not serve {resource.plural}.{resource.group}")
             return self.state
         except KubeForbidden as exc:
-            self._set(IssuerState.UNKNOWN, f"cannot read {resource.plural}.{resource.group}: {exc}")
+            self._set_state(IssuerState.UNKNOWN, f"cannot read {resource.plural}.{resource.group}: {exc}")
             return self.state
         except KubeError as exc:
             logger.bind(event="issuer_probe_failed").warning("cannot read issuer {}: {}", ref, exc)
             return self.state
-        self._set(*judge_issuer(obj))
+        self._set_state(*judge_issuer(obj))
         return self.state
 
     # WatchHandler for the active issuer
     def on_relist(self, objects: list[Obj]) -> None:
-        self._set(*judge_issuer(objects[0] if objects else None))
+        self._set_state(*judge_issuer(objects[0] if objects else None))
 
     def on_event(self, kind: str, obj: Obj) -> None:
-        self._set(*judge_issuer(None if kind == "DELETED" else obj))
+        self._set_state(*judge_issuer(None if kind == "DELETED" else obj))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -73,7 +73,7 @@ class RootBundle:
     def pem(self) -> str:
         return self._pem
 
-    def _set(self, roots: tuple[x509.Certificate, ...], digest: bytes) -> None:
+    def _activate(self, roots: tuple[x509.Certificate, ...], digest: bytes) -> None:
         self._roots, self._pem, self._digest = roots, certificates_pem(roots), digest
 
     def _reject(self, key: bytes | str, exc: Exception) -> None:
@@ -107,7 +107,7 @@ class RootBundle:
             self._reject(digest, exc)
             return False
         self._rejected = None
-        self._set(roots, digest)
+        self._activate(roots, digest)
         logger.bind(event="root_bundle_loaded", path=str(self.path), roots=len(roots)).info(
             "pinned root bundle loaded: {}", "; ".join(r.subject.rfc4514_string() for r in roots)
         )
@@ -121,7 +121,7 @@ class RootBundle:
         if digest == self._digest:
             return
         roots = parse_roots(ca_pem, what="status.ca of the serving CertificateRequest")
-        self._set(roots, digest)
+        self._activate(roots, digest)
         logger.bind(event="root_bundle_adopted", roots=len(roots)).warning(
             "UNPINNED root bundle adopted from the issuer's status.ca (trust on first use): {}",
             "; ".join(r.subject.rfc4514_string() for r in roots),

@@ -1,0 +1,92 @@
+"""The bridge's periodic work runs on the injected clock: the leftover sweep and the pinned root bundle's watcher
+act when clock time passes, not before, and stop promptly."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from bridge.certificates import certificates_pem
+from bridge.cleanup import LeftoverSweeper
+from bridge.kube import Obj, Resource
+from bridge.root_bundle import RootBundle
+from tests.support.chain_builder import make_ca
+from tests.support.clock import ManualClock
+
+
+async def settle(done: asyncio.Event | None = None) -> None:
+    """Let woken tasks run (no wall-clock wait): until ``done`` is set, or a bounded number of loop turns."""
+    for _ in range(50):
+        if done is not None and done.is_set():
+            return
+        await asyncio.sleep(0)
+
+
+class Store:
+    """CertificateRequests as the API would list them; records deletes."""
+
+    def __init__(self, objects: list[Obj]) -> None:
+        self.objects = objects
+        self.deleted: list[str] = []
+        self.changed = asyncio.Event()
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> tuple[list[Obj], str]:
+        return list(self.objects), "1"
+
+    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+        self.deleted.append(name)
+        self.objects = [o for o in self.objects if o["metadata"]["name"] != name]
+        self.changed.set()
+
+
+def _request(name: str, clock: ManualClock, seconds_ago: float) -> Obj:
+    stamp = (clock.now() - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": stamp}}
+
+
+async def test_the_sweep_runs_at_start_and_then_every_interval_of_clock_time() -> None:
+    clock = ManualClock()
+    # request timeout 10 s: anything older than 20 s belongs to no request in flight
+    store = Store([_request("crashed", clock, 300), _request("in-flight", clock, 5)])
+    sweeper = LeftoverSweeper(
+        store, "istio-system", request_timeout_seconds=10, registry=CollectorRegistry(), interval_seconds=60,
+        clock=clock,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweeper.run(stop))
+    await asyncio.wait_for(store.changed.wait(), 5)
+    assert store.deleted == ["crashed"]
+    store.changed.clear()
+    await clock.advance(59)
+    await settle()
+    assert store.deleted == ["crashed"]  # no sweep before the interval
+    await clock.advance(1)
+    await asyncio.wait_for(store.changed.wait(), 5)
+    assert store.deleted == ["crashed", "in-flight"]  # 65 s old by now: left behind by a crash
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_the_pinned_bundle_is_reread_when_clock_time_passes(tmp_path: Path) -> None:
+    first, second = make_ca("first root"), make_ca("second root")
+    path = tmp_path / "roots.pem"
+    path.write_text(certificates_pem([first.certificate]))
+    clock = ManualClock()
+    bundle = RootBundle(path, clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bundle.watch(stop, interval=1.0))
+    await settle()
+    path.write_text(certificates_pem([second.certificate]))
+    await clock.advance(0.5)
+    await settle()
+    assert bundle.roots == (first.certificate,)  # not re-read before the interval
+    await clock.advance(0.5)
+    await settle()
+    assert bundle.roots == (second.certificate,)
+    stop.set()
+    await asyncio.wait_for(task, 5)
