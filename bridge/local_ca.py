@@ -261,5 +261,5 @@ def _create_root(path: Path, key_type: str) -> _Material:
         path / KEY_FILE,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    write_public(path / ROOT_FILE, root.public_bytes(serialization.Encoding.PEM))
+    write_public(path / ROOT_FILE, certificate_pem(root).encode("ascii"))
     return _Material(signer_certificate=root, signer_key=key, chain=(), roots=(root,))

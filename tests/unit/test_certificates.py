@@ -1,5 +1,5 @@
-"""Verification of issued chains (bridge.certificates): hostile chains built here with cryptography's builder, each
-of which the path validation must refuse, and the honest shapes it must accept."""
+"""Verification of issued chains (bridge.certificates): hostile chains, built with cryptography's builder in
+tests/support/chain_builder.py, each of which the path validation must refuse; and the honest shapes it accepts."""
 
 from __future__ import annotations
 
