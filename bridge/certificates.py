@@ -3,10 +3,11 @@ chain received from outside (an issuer's answer) against the pinned roots.
 
 Verification is cryptography's X.509 path validation (``cryptography.x509.verification``), not a hand-written
 walk: validity periods of every certificate at the given time, signatures, basicConstraints and pathLenConstraint,
-keyCertSign on every CA, CA:FALSE on the leaf, name constraints. One policy change from the Web PKI defaults: a
-workload leaf names a SPIFFE ID in a URI SAN and may carry serverAuth and clientAuth together, so the leaf's
-extended key usage must include serverAuth or clientAuth instead of exactly the one a browser or a TLS client
-would ask for.
+keyCertSign on every intermediate, CA:FALSE on the leaf, name constraints. Two policy changes from the Web PKI
+defaults: a workload leaf names a SPIFFE ID in a URI SAN and may carry serverAuth and clientAuth together, so the
+leaf's extended key usage must include serverAuth or clientAuth instead of exactly the one a browser or a TLS
+client would ask for; and, as the hand-written check before, a pinned root without keyUsage and certificates
+without authorityKeyIdentifier are accepted.
 """
 
 from __future__ import annotations
@@ -95,10 +96,31 @@ def _tls_usage(policy: Policy, certificate: x509.Certificate, eku: x509.Extended
         raise ValueError("the leaf's extended key usage allows neither serverAuth nor clientAuth")
 
 
-_LEAF_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-    x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _tls_usage
+# authorityKeyIdentifier is a path-building hint, not a trust property; Go (cert-manager) leaves lack it when the
+# issuing CA has no subjectKeyIdentifier, and the hand-written check never asked for it.
+_LEAF_POLICY = (
+    ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _tls_usage)
+    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
 )
-_CA_POLICY = ExtensionPolicy.webpki_defaults_ca()
+
+
+def _ca_policy(roots: Sequence[x509.Certificate]) -> ExtensionPolicy:
+    """The Web PKI CA rules, except that a pinned root may lack keyUsage (``openssl req -x509`` makes such roots;
+    the operator chose to trust it). Every intermediate must have keyUsage with keyCertSign."""
+    pinned = set(roots)
+
+    def cert_sign(policy: Policy, certificate: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+        if usage is None and certificate not in pinned:
+            raise ValueError("an intermediate CA without keyUsage")
+        if usage is not None and not usage.key_cert_sign:
+            raise ValueError("a CA whose keyUsage lacks keyCertSign")
+
+    return (
+        ExtensionPolicy.webpki_defaults_ca()
+        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, cert_sign)
+        .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
+    )
 
 
 def verify_issued_chain(
@@ -119,7 +141,7 @@ def verify_issued_chain(
         .store(Store(list(roots)))
         .time(now)
         .max_chain_depth(MAX_CHAIN_CERTIFICATES)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_LEAF_POLICY)
+        .extension_policies(ca_policy=_ca_policy(roots), ee_policy=_LEAF_POLICY)
         .build_client_verifier()
     )
     try:

@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.certificates import certificates_pem, load_bundle, split_issued_chain, verify_issued_chain
 from bridge.errors import BackendUnavailable, IssuerFailed
-from tests.support.chain_builder import NOW, key_usage, make_ca, make_leaf
+from tests.support.chain_builder import NOW, SPIFFE_ID, key_usage, make_ca, make_leaf
 
 
 def refused(leaf: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate]) -> str:
@@ -134,3 +136,37 @@ def test_split_refuses_too_many_certificates() -> None:
     root = make_ca("root")
     with pytest.raises(IssuerFailed, match="BAD_CHAIN"):
         split_issued_chain(certificates_pem([root.certificate] * 11).encode(), what="status.certificate")
+
+
+def test_a_minimal_leaf_under_a_bare_pinned_root_verifies() -> None:
+    """What the hand-written check accepted and real issuers make: a root with only CA:TRUE (``openssl req -x509``)
+    and a leaf without authorityKeyIdentifier, keyUsage or extended key usage (Go omits the AKI when the CA has no
+    subjectKeyIdentifier)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bare root")])
+    bare_root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(name)
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SPIFFE_ID)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    assert verify_issued_chain(leaf, [], [bare_root], now=NOW) == [leaf, bare_root]
+    # the same leaf two days after its notAfter: refused, however lenient the extensions are
+    with pytest.raises(IssuerFailed, match="CHAIN_NOT_TRUSTED"):
+        verify_issued_chain(leaf, [], [bare_root], now=NOW + timedelta(days=2))
