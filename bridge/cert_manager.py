@@ -31,6 +31,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
+from bridge.timers import within
 from clocks import Clock, SystemClock
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
@@ -226,14 +227,7 @@ class CertManagerBackend:
         self._metrics.in_flight.inc()
         wait = self._options.wait_seconds(purpose)
         try:
-            async with asyncio.timeout(wait):
-                if self._options.approve:
-                    try:
-                        await self._approve(created)
-                    except KubeError as exc:
-                        outcome = "approve_failed"
-                        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: {exc}") from None
-                issued = await future
+            issued = await within(wait, self._approve_and_await(created, future), self._clock)
             outcome = "issued"
             return issued
         except TimeoutError:
@@ -255,6 +249,14 @@ class CertManagerBackend:
                 future.cancel()
             if not self._options.preserve:
                 self._delete_later(name, uid)
+
+    async def _approve_and_await(self, created: Obj, issued: asyncio.Future[Issued]) -> Issued:
+        if self._options.approve:
+            try:
+                await self._approve(created)
+            except KubeError as exc:
+                raise BackendUnavailable("APPROVAL_FAILED", f"{created['metadata']['name']}: {exc}") from None
+        return await issued
 
     def _delete_later(self, name: str, uid: str | None) -> None:
         """Delete in the background: only the object with ``uid`` when known; by name alone when the create's

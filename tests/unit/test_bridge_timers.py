@@ -7,12 +7,14 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.certificates import certificates_pem
 from bridge.cleanup import LeftoverSweeper
 from bridge.kube import Obj, Resource
 from bridge.root_bundle import RootBundle
+from bridge.timers import within
 from tests.support.chain_builder import make_ca
 from tests.support.clock import ManualClock
 
@@ -90,3 +92,32 @@ async def test_the_pinned_bundle_is_reread_when_clock_time_passes(tmp_path: Path
     assert bundle.roots == (second.certificate,)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_within_answers_the_work_or_times_out_on_clock_time() -> None:
+    """The CertificateRequest wait: bounded by clock time, and the abandoned wait is cancelled (not leaked)."""
+    clock = ManualClock()
+    issued: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def wait_for_issuance() -> str:
+        return await issued
+
+    waiting = asyncio.create_task(within(30, wait_for_issuance(), clock))
+    await clock.advance(29)
+    assert not waiting.done()
+    issued.set_result("chain")
+    assert await asyncio.wait_for(waiting, 5) == "chain"
+
+    never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def wait_forever() -> str:
+        return await never
+
+    timing_out = asyncio.create_task(within(30, wait_forever(), clock))
+    await clock.advance(29.5)
+    assert not timing_out.done()
+    await clock.advance(0.5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(timing_out, 5)
+    await settle()
+    assert never.cancelled()
