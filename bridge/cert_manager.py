@@ -32,7 +32,7 @@ from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
 from bridge.timers import within
-from clocks import Clock, SystemClock
+from clocks import Clock
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
@@ -127,7 +127,7 @@ class CertManagerBackend:
         metrics: BridgeMetrics,
         clock: Clock | None = None,
     ) -> None:
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Clock = clock or kube.clock  # the API's clock unless told otherwise
         self._kube = kube
         self._options = options
         self._issuers = issuers

@@ -13,14 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from typing import Any, Protocol
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge
 
 from bridge.errors import BackendUnavailable, IssuerFailed
-from bridge.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, ListWatch, Obj, issuer_resource
+from bridge.kube import (
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    ListWatch,
+    Obj,
+    Resource,
+    WatchSource,
+    issuer_resource,
+)
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
-from clocks import Clock, SystemClock
+from clocks import Clock
 
 UNKNOWN_RECHECK_SECONDS = 60.0
 
@@ -49,17 +59,23 @@ def judge_issuer(obj: Obj | None) -> tuple[IssuerState, str]:
     return IssuerState.NOT_READY, "no Ready condition yet"
 
 
+class IssuerSource(WatchSource, Protocol):
+    """What the check needs of the API (KubeClient is one): the watch's list and stream, and one read."""
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
+
+
 class IssuerCheck:
     def __init__(
         self,
-        kube: KubeClient,
+        kube: IssuerSource,
         selector: IssuerSelector,
         namespace: str,
         registry: CollectorRegistry,
         *,
         clock: Clock | None = None,
     ) -> None:
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Clock = clock or kube.clock  # the API's clock unless told otherwise
         self._kube = kube
         self._selector = selector
         self._namespace = namespace  # a namespaced Issuer must be in the CertificateRequests' namespace
@@ -158,18 +174,20 @@ class IssuerCheck:
                         name=f"issuer {ref}",
                     )
                     watcher = asyncio.create_task(watch.run(stop), name="issuer-watch")
-            waiters: set[asyncio.Future[object]] = {
+            waiters: set[asyncio.Future[Any]] = {
                 asyncio.ensure_future(self._changed.wait()),
                 asyncio.ensure_future(stop.wait()),
             }
             if self.state is IssuerState.UNKNOWN:  # re-read later: the API may come to serve the issuer type
                 waiters.add(asyncio.ensure_future(self._clock.sleep(UNKNOWN_RECHECK_SECONDS)))
             try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                # the watcher too: a watch that ended by a bug must end this loop with it, not go stale unseen
+                watched = waiters if watcher is None else {*waiters, watcher}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
                 if watcher is not None:
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
+                        await watcher  # re-raises the watch's own exception, if it ended with one

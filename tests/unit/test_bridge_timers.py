@@ -1,5 +1,6 @@
 """The bridge's periodic work runs on the injected clock: the leftover sweep and the pinned root bundle's watcher
-act when clock time passes, not before, and stop promptly."""
+act when clock time passes, not before, and stop promptly; the issuer check re-reads an unserved issuer type on
+the clock, and ends (rather than going stale) when its watch ends by a bug."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from bridge.certificates import certificates_pem
 from bridge.cleanup import LeftoverSweeper
-from bridge.kube import Obj, Resource
+from bridge.issuer_check import UNKNOWN_RECHECK_SECONDS, IssuerCheck, IssuerState
+from bridge.kube import KubeForbidden, Obj, Resource
 from bridge.root_bundle import RootBundle
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.timers import within
 from tests.support.chain_builder import make_ca
 from tests.support.clock import ManualClock
+from tests.support.watch_source import NoApi
 
 
 async def settle(done: asyncio.Event | None = None) -> None:
@@ -121,3 +125,53 @@ async def test_within_answers_the_work_or_times_out_on_clock_time() -> None:
         await asyncio.wait_for(timing_out, 5)
     await settle()
     assert never.cancelled()
+
+
+class IssuerApi(NoApi):
+    """Serves one Ready issuer to the probe; the watch's list answers ``listed``."""
+
+    def __init__(self, clock: ManualClock, listed: list[Obj]) -> None:
+        async def lister() -> tuple[list[Obj], str]:
+            return listed, "1"
+
+        super().__init__(clock, lister)
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+        return {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+async def test_a_bug_in_the_issuer_watch_ends_the_issuer_check() -> None:
+    """Before, the check kept waiting for an issuer change while its watch lay dead, and the state went stale."""
+    selector = IssuerSelector(IssuerRef("ca"))
+    api = IssuerApi(ManualClock(), listed=["not an object"])  # type: ignore[list-item]  # the bug: judge_issuer on a str
+    check = IssuerCheck(api, selector, "istio-system", CollectorRegistry())
+    with pytest.raises(AttributeError):
+        await asyncio.wait_for(check.run(asyncio.Event()), 5)
+
+
+async def test_an_unserved_issuer_type_is_read_again_after_the_recheck_interval() -> None:
+    clock = ManualClock()
+    reads: list[float] = []
+    read_again = asyncio.Event()
+
+    class Unserved(IssuerApi):
+        async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+            reads.append(clock.monotonic())
+            if len(reads) > 1:
+                read_again.set()
+            raise KubeForbidden(403, "no RBAC for this issuer type")
+
+    check = IssuerCheck(Unserved(clock, []), IssuerSelector(IssuerRef("vault", "VaultIssuer", "example.com")),
+                        "istio-system", CollectorRegistry())  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(check.run(stop))
+    await settle()
+    assert reads == [0.0] and check.state is IssuerState.UNKNOWN
+    await clock.advance(UNKNOWN_RECHECK_SECONDS - 1)
+    await settle()
+    assert reads == [0.0]
+    await clock.advance(1)
+    await asyncio.wait_for(read_again.wait(), 5)
+    assert reads == [0.0, UNKNOWN_RECHECK_SECONDS]
+    stop.set()
+    await asyncio.wait_for(task, 5)
