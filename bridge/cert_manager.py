@@ -12,34 +12,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from loguru import logger
 
 from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
+from bridge.certificates import certificate_pem, split_issued_chain, verify_issued_chain
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
 from bridge.metrics import BridgeMetrics
-from bridge.pem_files import is_self_signed
 from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
+from bridge.timers import within
+from clocks import Clock
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
 PURPOSE_LABEL = "meshsigner.io/purpose"
 NAME_PREFIX = "meshsigner-"
-MAX_CHAIN_BYTES = 330 * 1024
-MAX_CHAIN_CERTIFICATES = 10
 DELETE_DRAIN_SECONDS = 10.0
 DELETE_RETRY_SECONDS = 60.0
 RPC_SHARE = 0.9  # of --request-timeout a workload's CertificateRequest may wait (the rest: review, create, answer)
@@ -116,70 +114,6 @@ def go_duration(seconds: float) -> str:
     return f"{max(1, int(seconds))}s"
 
 
-def parse_issued_chain(pem: bytes) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """Leaf and intermediates from ``status.certificate`` (bounded; self-signed roots dropped)."""
-    if len(pem) > MAX_CHAIN_BYTES:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate is {len(pem)} bytes")
-    try:
-        certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate does not parse: {exc}") from None
-    if not certificates or len(certificates) > MAX_CHAIN_CERTIFICATES:
-        raise IssuerFailed("BAD_CHAIN", f"status.certificate holds {len(certificates)} certificates")
-    leaf, rest = certificates[0], certificates[1:]
-    return leaf, [c for c in rest if not is_self_signed(c)]
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def verify_chain(
-    leaf: x509.Certificate,
-    intermediates: list[x509.Certificate],
-    roots: tuple[x509.Certificate, ...],
-    now: datetime | None = None,
-) -> None:
-    """Raises IssuerFailed unless leaf → intermediates (in order given or not) → a pinned certificate verifies."""
-    now = now or datetime.now(UTC)
-    if not roots:
-        raise BackendUnavailable("NO_ROOTS", "no root bundle loaded")
-    pool = list(intermediates)
-    current = leaf
-    for _ in range(len(intermediates) + 1):
-        if current is not leaf and current in roots:
-            return
-        if any(_issued_by(current, root) and root.not_valid_after_utc > now for root in roots):
-            return
-        parent = next((c for c in pool if _is_ca(c) and _issued_by(current, c)), None)
-        if parent is None or parent.not_valid_after_utc <= now:
-            break
-        pool.remove(parent)
-        current = parent
-    raise IssuerFailed(
-        "CHAIN_NOT_TRUSTED",
-        f"the chain of {leaf.subject.rfc4514_string() or 'the leaf'} (issuer {current.issuer.rfc4514_string()}) "
-        "does not lead to a pinned root",
-    )
-
-
-def _pem(certificate: x509.Certificate) -> str:
-    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 class CertManagerBackend:
     def __init__(
         self,
@@ -191,11 +125,13 @@ class CertManagerBackend:
         watch: CertificateRequestWatch,
         roots: RootBundle,
         metrics: BridgeMetrics,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or kube.clock  # the API's clock unless told otherwise
         self._kube = kube
         self._options = options
         self._issuers = issuers
-        self._check = issuer_check
+        self._issuer_check = issuer_check
         self._watch = watch
         self._roots = roots
         self._metrics = metrics
@@ -203,7 +139,7 @@ class CertManagerBackend:
 
     @property
     def ready(self) -> bool:
-        return self._issuers.ready and self._check.ready and self._watch.ready and self._roots.ready
+        return self._issuers.ready and self._issuer_check.ready and self._watch.ready and self._roots.ready
 
     @property
     def ca_not_after(self) -> datetime | None:
@@ -214,12 +150,12 @@ class CertManagerBackend:
         ref = self._issuers.current
         if ref is None:
             raise BackendUnavailable("NO_ISSUER", "no active issuerRef is configured")
-        self._check.require_usable()
+        self._issuer_check.require_usable()
         if not self._watch.ready:
             raise BackendUnavailable("WATCH_NOT_SYNCED", "the CertificateRequest watch has not listed yet")
         return ref
 
-    def _body(
+    def _certificate_request(
         self, csr_pem: bytes, seconds: float, ref: IssuerRef, identities: str, usages: list[str], purpose: str
     ) -> Obj:
         annotations = {IDENTITIES_ANNOTATION: identities, **dict(self._options.annotations)}
@@ -247,7 +183,7 @@ class CertManagerBackend:
             "status": "True",
             "reason": "meshsigner",
             "message": "approved by meshsigner after its own checks and policy allowed the request",
-            "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": self._clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         obj = created
         name = created["metadata"]["name"]
@@ -266,7 +202,7 @@ class CertManagerBackend:
 
     async def _request(self, body: Obj, purpose: str) -> Issued:
         outcome = "cancelled"
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         name = body["metadata"]["name"]
         # Shielded: a cancelled RPC does not stop the POST already handed to a pool thread, so the create runs to
         # its end and the object it may have made is deleted afterwards (by UID when the answer arrived).
@@ -291,14 +227,7 @@ class CertManagerBackend:
         self._metrics.in_flight.inc()
         wait = self._options.wait_seconds(purpose)
         try:
-            async with asyncio.timeout(wait):
-                if self._options.approve:
-                    try:
-                        await self._approve(created)
-                    except KubeError as exc:
-                        outcome = "approve_failed"
-                        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: {exc}") from None
-                issued = await future
+            issued = await within(wait, self._approve_and_await(created, future), self._clock)
             outcome = "issued"
             return issued
         except TimeoutError:
@@ -314,12 +243,20 @@ class CertManagerBackend:
         finally:
             self._metrics.in_flight.dec()
             self._metrics.outcomes.labels(purpose, outcome).inc()
-            self._metrics.seconds.labels(purpose).observe(time.perf_counter() - started)
+            self._metrics.seconds.labels(purpose).observe(self._clock.monotonic() - started)
             self._watch.forget(name)
             if not future.done():
                 future.cancel()
             if not self._options.preserve:
                 self._delete_later(name, uid)
+
+    async def _approve_and_await(self, created: Obj, issued: asyncio.Future[Issued]) -> Issued:
+        if self._options.approve:
+            try:
+                await self._approve(created)
+            except KubeError as exc:
+                raise BackendUnavailable("APPROVAL_FAILED", f"{created['metadata']['name']}: {exc}") from None
+        return await issued
 
     def _delete_later(self, name: str, uid: str | None) -> None:
         """Delete in the background: only the object with ``uid`` when known; by name alone when the create's
@@ -334,7 +271,7 @@ class CertManagerBackend:
                 created = await creating
             except KubeUnavailable:
                 await self._delete(name, None)
-            except Exception:  # refused by the API server: nothing was created
+            except KubeError:  # refused by the API server: nothing was created
                 return
             else:
                 await self._delete(name, str(created["metadata"]["uid"]))
@@ -349,7 +286,7 @@ class CertManagerBackend:
     async def _delete(self, name: str, uid: str | None) -> None:
         """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over). Only
         an outage is retried: a refusal (RBAC, invalid request) would be refused again for the whole minute."""
-        deadline = time.monotonic() + DELETE_RETRY_SECONDS
+        deadline = self._clock.monotonic() + DELETE_RETRY_SECONDS
         delay = 0.25
         while True:
             try:
@@ -358,13 +295,13 @@ class CertManagerBackend:
             except KubeConflict:
                 return  # the UID precondition failed: that name is someone else's object now
             except KubeUnavailable as exc:
-                if time.monotonic() + delay > deadline:
+                if self._clock.monotonic() + delay > deadline:
                     self._delete_failed(name, exc)
                     return
             except KubeError as exc:
                 self._delete_failed(name, exc)
                 return
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     def _delete_failed(self, name: str, error: KubeError) -> None:
@@ -378,18 +315,18 @@ class CertManagerBackend:
         if self._deletes:
             await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
 
-    def _chain(
+    def _verified_chain(
         self, issued: Issued, purpose: str, roots: tuple[x509.Certificate, ...] | None = None
     ) -> tuple[x509.Certificate, list[x509.Certificate]]:
         """The issued leaf and intermediates, verified to lead to ``roots`` (default: the active bundle)."""
         roots = self._roots.roots if roots is None else roots
         try:
-            leaf, intermediates = parse_issued_chain(issued.certificate_pem)
+            leaf, intermediates = split_issued_chain(issued.certificate_pem, what="status.certificate")
         except IssuerFailed:
             self._metrics.outcomes.labels(purpose, "bad_chain").inc()
             raise
         try:
-            verify_chain(leaf, intermediates, roots)
+            verify_issued_chain(leaf, intermediates, roots, now=self._clock.now())
         except IssuerFailed as exc:
             self._metrics.untrusted_chains.inc()
             self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
@@ -405,7 +342,7 @@ class CertManagerBackend:
         ref = self._issuer()
         if not self._roots.ready:
             raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
-        body = self._body(
+        body = self._certificate_request(
             request.csr_pem.encode("ascii"),
             request.duration_seconds,
             ref,
@@ -414,10 +351,10 @@ class CertManagerBackend:
             "workload",
         )
         issued = await self._request(body, "workload")
-        leaf, intermediates = self._chain(issued, "workload")
+        leaf, intermediates = self._verified_chain(issued, "workload")
         return SignedChain(
             leaf=leaf,
-            chain_pems=(_pem(leaf), *(_pem(c) for c in intermediates)),
+            chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
             roots_pem=self._roots.pem,
         )
 
@@ -432,7 +369,7 @@ class CertManagerBackend:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
             .sign(key, hashes.SHA256())
         )
-        body = self._body(
+        body = self._certificate_request(
             csr.public_bytes(serialization.Encoding.PEM),
             duration_seconds,
             ref,
@@ -447,20 +384,18 @@ class CertManagerBackend:
                 candidate = parse_roots(issued.ca_pem, what="status.ca of the serving CertificateRequest")
             except ValueError as exc:
                 raise IssuerFailed("BAD_CA", f"status.ca of the serving certificate: {exc}") from None
-        leaf, intermediates = self._chain(issued, "serving", candidate)
+        leaf, intermediates = self._verified_chain(issued, "serving", candidate)
         if leaf.public_key() != key.public_key():
             raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
         if candidate is not None:  # trust on first use, but only of a CA that verifiably issued this chain
             self._roots.adopt(issued.ca_pem)
-        return serving_material(key, leaf, (_pem(c) for c in intermediates))
+        return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
 
 
 __all__ = [
     "CertManagerBackend",
     "CertManagerOptions",
     "certificate_request_wait",
-    "parse_issued_chain",
     "request_outcome",
-    "verify_chain",
     "workload_usages",
 ]

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, IssuerFailed
-from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, ListWatch, Obj
+from bridge.kube import CERTIFICATE_REQUESTS, ListWatch, Obj, WatchSource
 
 LABEL_KEY = "app.kubernetes.io/managed-by"
 LABEL_VALUE = "meshsigner"
@@ -79,7 +79,7 @@ def _key(obj: Obj) -> tuple[str, str]:
 
 
 class CertificateRequestWatch:
-    def __init__(self, kube: KubeClient, namespace: str) -> None:
+    def __init__(self, kube: WatchSource, namespace: str) -> None:
         self._waiters: dict[str, tuple[str, asyncio.Future[Issued]]] = {}
         self._early: OrderedDict[str, Obj] = OrderedDict()
         self._watch = ListWatch(

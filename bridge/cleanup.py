@@ -10,14 +10,16 @@ newer object that reused the name is never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Protocol
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
 from bridge.certificate_request_watch import LABEL_SELECTOR
-from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeError, Obj
+from bridge.kube import CERTIFICATE_REQUESTS, KubeError, Obj, Resource
+from bridge.timers import wait_unless_stopped
+from clocks import Clock, SystemClock
 
 MAX_MARGIN_SECONDS = 30.0  # clock skew and delete latency; never more than the timeout itself
 
@@ -32,9 +34,8 @@ def _created(obj: Obj) -> datetime | None:
         return None
 
 
-def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime | None = None) -> list[Obj]:
-    """The objects created more than ``older_than_seconds`` ago."""
-    now = now or datetime.now(UTC)
+def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime) -> list[Obj]:
+    """The objects created more than ``older_than_seconds`` before ``now``."""
     old = []
     for obj in objects:
         created = _created(obj)
@@ -43,19 +44,31 @@ def leftovers(objects: list[Obj], *, older_than_seconds: float, now: datetime | 
     return old
 
 
+class ObjectStore(Protocol):
+    """What the sweep needs of the API (KubeClient is one)."""
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> tuple[list[Obj], str]: ...
+
+    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+
 class LeftoverSweeper:
     def __init__(
         self,
-        kube: KubeClient,
+        kube: ObjectStore,
         namespace: str,
         *,
         request_timeout_seconds: float,
         registry: CollectorRegistry,
         interval_seconds: float = 60.0,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._kube = kube
         self._namespace = namespace
-        self._age = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
+        self._min_age_seconds = request_timeout_seconds + min(MAX_MARGIN_SECONDS, request_timeout_seconds)
         self._interval = interval_seconds
         self.deleted = Counter(
             "meshsigner_certificate_requests_swept_total",
@@ -70,7 +83,7 @@ class LeftoverSweeper:
             logger.bind(event="sweep_failed").warning("cannot list leftover CertificateRequests: {}", exc)
             return 0
         removed = 0
-        for obj in leftovers(objects, older_than_seconds=self._age):
+        for obj in leftovers(objects, older_than_seconds=self._min_age_seconds, now=self._clock.now()):
             metadata = obj["metadata"]
             try:
                 await self._kube.delete(CERTIFICATE_REQUESTS, self._namespace, metadata["name"], metadata.get("uid"))
@@ -81,12 +94,11 @@ class LeftoverSweeper:
         if removed:
             self.deleted.inc(removed)
             logger.bind(event="swept", count=removed).warning(
-                "deleted {} leftover CertificateRequests older than {:.0f}s", removed, self._age
+                "deleted {} leftover CertificateRequests older than {:.0f}s", removed, self._min_age_seconds
             )
         return removed
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.sweep()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval)
+            await wait_unless_stopped(stop, self._interval, self._clock)

@@ -13,13 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from typing import Any, Protocol
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Gauge
 
 from bridge.errors import BackendUnavailable, IssuerFailed
-from bridge.kube import KubeClient, KubeError, KubeForbidden, KubeNotFound, ListWatch, Obj, issuer_resource
+from bridge.kube import (
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    ListWatch,
+    Obj,
+    Resource,
+    WatchSource,
+    issuer_resource,
+)
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from clocks import Clock
 
 UNKNOWN_RECHECK_SECONDS = 60.0
 
@@ -48,8 +59,23 @@ def judge_issuer(obj: Obj | None) -> tuple[IssuerState, str]:
     return IssuerState.NOT_READY, "no Ready condition yet"
 
 
+class IssuerSource(WatchSource, Protocol):
+    """What the check needs of the API (KubeClient is one): the watch's list and stream, and one read."""
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
+
+
 class IssuerCheck:
-    def __init__(self, kube: KubeClient, selector: IssuerSelector, namespace: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        kube: IssuerSource,
+        selector: IssuerSelector,
+        namespace: str,
+        registry: CollectorRegistry,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or kube.clock  # the API's clock unless told otherwise
         self._kube = kube
         self._selector = selector
         self._namespace = namespace  # a namespaced Issuer must be in the CertificateRequests' namespace
@@ -82,7 +108,7 @@ class IssuerCheck:
         for state in IssuerState:
             self._gauge.labels(state.value).set(1 if state is self.state else 0)
 
-    def _set(self, state: IssuerState, reason: str) -> None:
+    def _set_state(self, state: IssuerState, reason: str) -> None:
         if (state, reason) == (self.state, self.reason):
             return
         self.state, self.reason = state, reason
@@ -94,14 +120,14 @@ class IssuerCheck:
             bound.error("issuer {} is {}: {}", self._selector.current, state.value, reason)
 
     def _issuer_changed(self, ref: IssuerRef | None) -> None:
-        self._set(IssuerState.PENDING if ref else IssuerState.NONE, "issuer changed")
+        self._set_state(IssuerState.PENDING if ref else IssuerState.NONE, "issuer changed")
         self._changed.set()
 
     async def probe(self) -> IssuerState:
         """One read of the active issuer (start-up); the watch keeps it current afterwards."""
         ref = self._selector.current
         if ref is None:
-            self._set(IssuerState.NONE, "no issuer configured")
+            self._set_state(IssuerState.NONE, "no issuer configured")
             return self.state
         resource = issuer_resource(ref.kind, ref.group)
         try:
@@ -110,25 +136,25 @@ class IssuerCheck:
             obj = None
             with contextlib.suppress(KubeError):
                 await self._kube.list(resource, self._namespace if resource.namespaced else None)
-                self._set(*judge_issuer(None))
+                self._set_state(*judge_issuer(None))
                 return self.state
-            self._set(IssuerState.UNKNOWN, f"the API does not serve {resource.plural}.{resource.group}")
+            self._set_state(IssuerState.UNKNOWN, f"the API does not serve {resource.plural}.{resource.group}")
             return self.state
         except KubeForbidden as exc:
-            self._set(IssuerState.UNKNOWN, f"cannot read {resource.plural}.{resource.group}: {exc}")
+            self._set_state(IssuerState.UNKNOWN, f"cannot read {resource.plural}.{resource.group}: {exc}")
             return self.state
         except KubeError as exc:
             logger.bind(event="issuer_probe_failed").warning("cannot read issuer {}: {}", ref, exc)
             return self.state
-        self._set(*judge_issuer(obj))
+        self._set_state(*judge_issuer(obj))
         return self.state
 
     # WatchHandler for the active issuer
     def on_relist(self, objects: list[Obj]) -> None:
-        self._set(*judge_issuer(objects[0] if objects else None))
+        self._set_state(*judge_issuer(objects[0] if objects else None))
 
     def on_event(self, kind: str, obj: Obj) -> None:
-        self._set(*judge_issuer(None if kind == "DELETED" else obj))
+        self._set_state(*judge_issuer(None if kind == "DELETED" else obj))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -148,14 +174,20 @@ class IssuerCheck:
                         name=f"issuer {ref}",
                     )
                     watcher = asyncio.create_task(watch.run(stop), name="issuer-watch")
-            waiters = {asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(stop.wait())}
-            timeout = UNKNOWN_RECHECK_SECONDS if self.state is IssuerState.UNKNOWN else None
+            waiters: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(self._changed.wait()),
+                asyncio.ensure_future(stop.wait()),
+            }
+            if self.state is IssuerState.UNKNOWN:  # re-read later: the API may come to serve the issuer type
+                waiters.add(asyncio.ensure_future(self._clock.sleep(UNKNOWN_RECHECK_SECONDS)))
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                # the watcher too: a watch that ended by a bug must end this loop with it, not go stale unseen
+                watched = waiters if watcher is None else {*waiters, watcher}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
                 if watcher is not None:
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
+                        await watcher  # re-raises the watch's own exception, if it ended with one

@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bridge.certificates import certificate_pem, certificates_pem, is_self_signed, load_bundle
 from bridge.errors import BackendUnavailable
-from bridge.pem_files import is_self_signed, load_bundle, write_private, write_public
+from bridge.pem_files import write_private, write_public
 from bridge.signing import (
     ServingMaterial,
     SignedChain,
@@ -33,14 +34,11 @@ from bridge.signing import (
     new_serving_key,
     serving_material,
 )
+from clocks import Clock, SystemClock
 
 ROOT_FILE, KEY_FILE, CA_CERT_FILE, CHAIN_FILE = "root-cert.pem", "ca-key.pem", "ca-cert.pem", "cert-chain.pem"
 ROOT_LIFETIME = timedelta(days=3650)
 BACKDATE = timedelta(minutes=2)  # clock-skew grace, as istiod gives its leaves
-
-
-def _pem(certificate: x509.Certificate) -> str:
-    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
@@ -54,13 +52,14 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
-WORKLOAD_EKU = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
-SERVING_EKU = (ExtendedKeyUsageOID.SERVER_AUTH,)
+Usages = tuple[x509.ObjectIdentifier, ...]
+WORKLOAD_EKU: Usages = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+SERVING_EKU: Usages = (ExtendedKeyUsageOID.SERVER_AUTH,)
 
 
 def _leaf_template(
-    issuer: x509.Name, authority_key_id: x509.AuthorityKeyIdentifier, eku: tuple
-) -> x509.CertificateBuilder:  # type: ignore[type-arg]
+    issuer: x509.Name, authority_key_id: x509.AuthorityKeyIdentifier, eku: Usages
+) -> x509.CertificateBuilder:
     """Everything a leaf shares with every other leaf, built once (builders are immutable)."""
     return (
         x509.CertificateBuilder()
@@ -84,7 +83,8 @@ class _Material:
 class LocalCA:
     """Signs in-process. Everything per-request that can be computed once is computed in ``__init__``."""
 
-    def __init__(self, material: _Material, directory: Path) -> None:
+    def __init__(self, material: _Material, directory: Path, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self.directory = directory
         self._key = material.signer_key
         self._issuer = material.signer_certificate.subject
@@ -92,15 +92,15 @@ class LocalCA:
         large_ec = isinstance(self._key, ec.EllipticCurvePrivateKey) and self._key.key_size >= 384
         self._hash = hashes.SHA384() if large_ec else hashes.SHA256()
         authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
-        self._templates = {
+        self._templates: dict[Usages, x509.CertificateBuilder] = {
             eku: _leaf_template(self._issuer, authority_key_id, eku) for eku in (WORKLOAD_EKU, SERVING_EKU)
         }
-        self._chain_pems = tuple(_pem(c) for c in material.chain)
-        self._roots_pem = "".join(_pem(c) for c in material.roots)
+        self._chain_pems = tuple(certificate_pem(c) for c in material.chain)
+        self._roots_pem = certificates_pem(material.roots)
         self.roots = material.roots
 
     @classmethod
-    def open(cls, directory: str | Path, *, key_type: str = "ecdsa") -> LocalCA:
+    def open(cls, directory: str | Path, *, key_type: str = "ecdsa", clock: Clock | None = None) -> LocalCA:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         present = {p.name for p in path.iterdir() if not p.name.startswith(".")}
@@ -115,7 +115,7 @@ class LocalCA:
                 f"{path}: incomplete CA folder ({', '.join(sorted(present))}); expected nothing, "
                 f"{ROOT_FILE}+{KEY_FILE}, or Istio's cacerts layout"
             )
-        return cls(material, path)
+        return cls(material, path, clock)
 
     @property
     def ready(self) -> bool:
@@ -133,10 +133,10 @@ class LocalCA:
         self,
         public_key: CertificatePublicKeyTypes,
         sans: list[x509.GeneralName],
-        eku: tuple[x509.ObjectIdentifier, ...],
+        eku: Usages,
         not_after: datetime,
     ) -> x509.Certificate:
-        now = datetime.now(UTC)
+        now = self._clock.now()
         if now >= self._not_after:
             raise BackendUnavailable("CA_EXPIRED", f"the local CA expired at {self._not_after.isoformat()}")
         builder = (
@@ -155,7 +155,10 @@ class LocalCA:
         sans += [x509.DNSName(d) for d in request.dns_names]
         leaf = self._build(request.public_key, sans, WORKLOAD_EKU, request.not_after)
         return SignedChain(
-            leaf=leaf, chain_pems=(_pem(leaf), *self._chain_pems), roots_pem=self._roots_pem, built_in_process=True
+            leaf=leaf,
+            chain_pems=(certificate_pem(leaf), *self._chain_pems),
+            roots_pem=self._roots_pem,
+            built_in_process=True,
         )
 
     async def sign(self, request: SigningRequest) -> SignedChain:
@@ -170,7 +173,7 @@ class LocalCA:
             key.public_key(),
             [x509.DNSName(name) for name in dns_names],
             SERVING_EKU,
-            datetime.now(UTC) + timedelta(seconds=duration_seconds),
+            self._clock.now() + timedelta(seconds=duration_seconds),
         )
         return serving_material(key, leaf, self._chain_pems)
 
@@ -258,5 +261,5 @@ def _create_root(path: Path, key_type: str) -> _Material:
         path / KEY_FILE,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    write_public(path / ROOT_FILE, root.public_bytes(serialization.Encoding.PEM))
+    write_public(path / ROOT_FILE, certificate_pem(root).encode("ascii"))
     return _Material(signer_certificate=root, signer_key=key, chain=(), roots=(root,))

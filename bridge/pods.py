@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from bridge.kube import PODS, KubeClient, ListWatch
+from bridge.kube import PODS, ListWatch, WatchSource
 
 SCHEDULED_LIVE_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 LIVE_PHASES = frozenset({"Pending", "Running"})
@@ -133,6 +133,12 @@ class PodIndex:
     def pod(self, namespace: str, name: str) -> PodInfo | None:
         return self._pods.get(f"{namespace}/{name}")
 
+    @property
+    def live_slot_count(self) -> int:
+        """How many (namespace, service account, node) slots hold live pods: bounded by the live pods, never by
+        the pods seen before (an emptied slot is dropped)."""
+        return len(self._live)
+
     def live_on_node(self, namespace: str, service_account: str, node: str) -> bool:
         return bool(self._live.get((namespace, service_account, node)))
 
@@ -169,7 +175,7 @@ class PodCache(PodIndex):
     """The index fed by one cluster-wide ListWatch. ``ready`` (for /readyz) once the first list has arrived; it stays
     true across reconnects (the watch resumes; a 410 relists in one step)."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: WatchSource) -> None:
         super().__init__()
         self.watch = ListWatch(kube, PODS, None, self, field_selector=SCHEDULED_LIVE_PODS, name="pods")
 

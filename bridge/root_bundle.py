@@ -15,16 +15,16 @@ meshsigner distribute their CA. ``serve`` warns loudly at start in that mode.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from loguru import logger
 
+from bridge.certificates import certificates_pem, is_ca, load_bundle
 from bridge.metrics import BridgeMetrics
-from bridge.pem_files import load_bundle
+from bridge.timers import wait_unless_stopped
+from clocks import Clock, SystemClock
 
 MAX_BUNDLE_BYTES = 330 * 1024  # cert-manager's bound for a CA bundle
 MAX_ROOTS = 50
@@ -38,21 +38,16 @@ def parse_roots(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
     if len(certificates) > MAX_ROOTS:
         raise ValueError(f"{what}: {len(certificates)} certificates is over the bound of {MAX_ROOTS}")
     for certificate in certificates:
-        try:
-            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
+        if not is_ca(certificate):
             raise ValueError(f"{what}: {certificate.subject.rfc4514_string()} is not a CA certificate")
     return tuple(certificates)
 
 
-def _pem(certificates: tuple[x509.Certificate, ...]) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certificates)
-
-
 class RootBundle:
-    def __init__(self, path: str | Path | None, metrics: BridgeMetrics | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None, metrics: BridgeMetrics | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self.path = Path(path) if path else None
         self._metrics = metrics
         self._roots: tuple[x509.Certificate, ...] = ()
@@ -78,8 +73,8 @@ class RootBundle:
     def pem(self) -> str:
         return self._pem
 
-    def _set(self, roots: tuple[x509.Certificate, ...], digest: bytes) -> None:
-        self._roots, self._pem, self._digest = roots, _pem(roots), digest
+    def _activate(self, roots: tuple[x509.Certificate, ...], digest: bytes) -> None:
+        self._roots, self._pem, self._digest = roots, certificates_pem(roots), digest
 
     def _reject(self, key: bytes | str, exc: Exception) -> None:
         """Log and count a refused file once: the same bad content (or read error) is not reported every tick."""
@@ -112,7 +107,7 @@ class RootBundle:
             self._reject(digest, exc)
             return False
         self._rejected = None
-        self._set(roots, digest)
+        self._activate(roots, digest)
         logger.bind(event="root_bundle_loaded", path=str(self.path), roots=len(roots)).info(
             "pinned root bundle loaded: {}", "; ".join(r.subject.rfc4514_string() for r in roots)
         )
@@ -126,7 +121,7 @@ class RootBundle:
         if digest == self._digest:
             return
         roots = parse_roots(ca_pem, what="status.ca of the serving CertificateRequest")
-        self._set(roots, digest)
+        self._activate(roots, digest)
         logger.bind(event="root_bundle_adopted", roots=len(roots)).warning(
             "UNPINNED root bundle adopted from the issuer's status.ca (trust on first use): {}",
             "; ".join(r.subject.rfc4514_string() for r in roots),
@@ -135,8 +130,5 @@ class RootBundle:
     async def watch(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         if self.path is None:
             return
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if not stop.is_set():
-                self.reload()
+        while not await wait_unless_stopped(stop, interval, self._clock):
+            self.reload()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from bridge.kube import CONFIG_MAPS, KubeClient, ListWatch, Obj
+from bridge.kube import CONFIG_MAPS, ListWatch, Obj, WatchSource
 
 KEYS = ("issuer-name", "issuer-kind", "issuer-group")
 
@@ -48,7 +48,7 @@ class IssuerSelector:
         self,
         static: IssuerRef | None,
         *,
-        kube: KubeClient | None = None,
+        kube: WatchSource | None = None,
         config_map_namespace: str = "",
         config_map_name: str = "",
     ) -> None:
@@ -56,8 +56,8 @@ class IssuerSelector:
         self._runtime: IssuerRef | None = None
         self._listeners: list[Callable[[IssuerRef | None], None]] = []
         self._watch: ListWatch | None = None
+        self._config_map_name = config_map_name
         if kube is not None and config_map_name and config_map_namespace:
-            self._name = config_map_name
             self._watch = ListWatch(
                 kube,
                 CONFIG_MAPS,
@@ -97,7 +97,7 @@ class IssuerSelector:
 
     # WatchHandler
     def on_relist(self, objects: list[Obj]) -> None:
-        mine = [o for o in objects if (o.get("metadata") or {}).get("name") == self._name]
+        mine = [o for o in objects if (o.get("metadata") or {}).get("name") == self._config_map_name]
         if not mine:
             self._set_runtime(None)
         else:

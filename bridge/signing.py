@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from bridge.certificates import certificate_pem
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
@@ -70,10 +72,9 @@ def serving_material(key: PrivateKey, leaf: x509.Certificate, intermediate_pems:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")
     return ServingMaterial(
         key_pem=key_pem,
-        chain_pem=(leaf_pem + "".join(intermediate_pems)).encode("ascii"),
+        chain_pem=(certificate_pem(leaf) + "".join(intermediate_pems)).encode("ascii"),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -15,22 +15,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bridge.cert_manager import parse_issued_chain, verify_chain, workload_usages
+from bridge.cert_manager import workload_usages
 from bridge.certificate_request_watch import CertificateRequestWatch, Issued, terminal_state
 from bridge.cleanup import leftovers
 from bridge.errors import BackendUnavailable, IssuerDenied, IssuerFailed
 from bridge.issuer_check import IssuerState, judge_issuer
-from bridge.kube import TokenBucket, map_error
+from bridge.kube import TokenBucket, as_kube_error
 from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector, issuer_from_config_map
 from signer.auth.tokenreview import identity_from_review, token_expiry
 from signer.errors import AuthenticationFailed
+from tests.support.clock import ManualClock
 from tests.support.csr_builder import key_usage, make_csr
+from tests.support.watch_source import NoApi
 
 NOW = datetime.now(UTC)
 
 
-def _ca(name: str, issuer=None, days: int = 30):  # type: ignore[no-untyped-def]
+def _ca(name: str, issuer=None, days: int = 30):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     signer_key, issuer_name = (key, subject) if issuer is None else (issuer[1], issuer[0].subject)
@@ -48,7 +50,7 @@ def _ca(name: str, issuer=None, days: int = 30):  # type: ignore[no-untyped-def]
     return cert, key
 
 
-def _leaf(parent):  # type: ignore[no-untyped-def]
+def _leaf(parent):
     key = ec.generate_private_key(ec.SECP256R1())
     return (
         x509.CertificateBuilder()
@@ -67,7 +69,7 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def _cr(name: str = "meshsigner-x", uid: str = "u1", **status) -> dict:  # type: ignore[no-untyped-def]
+def _cr(name: str = "meshsigner-x", uid: str = "u1", **status) -> dict:
     return {"metadata": {"name": name, "uid": uid}, "status": status}
 
 
@@ -93,8 +95,7 @@ def test_terminal_states():
 
 
 async def test_watch_resolves_by_uid_and_keeps_early_events():
-    watch = CertificateRequestWatch.__new__(CertificateRequestWatch)
-    watch._waiters, watch._early = {}, __import__("collections").OrderedDict()
+    watch = CertificateRequestWatch(NoApi(), "istio-system")
     signed = {"certificate": base64.b64encode(b"PEM").decode()}
     # an event for the same name but another UID never resolves the waiter
     future = watch.register("a", "uid-a")
@@ -118,40 +119,7 @@ async def test_watch_resolves_by_uid_and_keeps_early_events():
     assert watch.waiting == 0
 
 
-# --- chains ----------------------------------------------------------------------------------------------------
-def test_chain_through_intermediate_to_pinned_root():
-    root = _ca("root")
-    inter = _ca("intermediate", issuer=root)
-    leaf = _leaf(inter)
-    parsed_leaf, intermediates = parse_issued_chain(_pem(leaf, inter[0], root[0]))
-    assert parsed_leaf == leaf and intermediates == [inter[0]]  # the self-signed root is dropped
-    verify_chain(parsed_leaf, intermediates, (root[0],))
-    verify_chain(parsed_leaf, intermediates, (inter[0],))  # an intermediate pinned on purpose (Vault)
-    other = _ca("other root")
-    with pytest.raises(IssuerFailed, match="CHAIN_NOT_TRUSTED"):
-        verify_chain(parsed_leaf, intermediates, (other[0],))
-    with pytest.raises(IssuerFailed):
-        verify_chain(parsed_leaf, [], (root[0],))  # the intermediate is missing
-    verify_chain(parsed_leaf, intermediates, (other[0], root[0]))  # rotation: two roots
-
-
-def test_chain_with_an_expired_root_is_refused():
-    root = _ca("root", days=1)
-    leaf = _leaf(root)
-    with pytest.raises(IssuerFailed):
-        verify_chain(leaf, [], (root[0],), now=NOW + timedelta(days=2))
-
-
-def test_issued_chain_bounds():
-    root = _ca("root")
-    with pytest.raises(IssuerFailed):
-        parse_issued_chain(b"not pem")
-    with pytest.raises(IssuerFailed):
-        parse_issued_chain(_pem(*([root[0]] * 11)))
-    with pytest.raises(IssuerFailed):
-        parse_issued_chain(b"x" * (331 * 1024))
-
-
+# --- root bundle (chain verification: test_certificates.py) -------------------------------------------------
 def test_root_bundle_file_keeps_the_last_good_bundle(tmp_path):
     first, second = _ca("first"), _ca("second")
     path = tmp_path / "roots.pem"
@@ -248,8 +216,7 @@ def test_runtime_config_map_keys():
 
 def test_selector_falls_back_to_static_issuer():
     static = IssuerRef("static")
-    selector = IssuerSelector(static)
-    selector._name = "cfg"  # as if watching a ConfigMap named cfg
+    selector = IssuerSelector(static, kube=NoApi(), config_map_namespace="ns", config_map_name="cfg")
     heard: list[IssuerRef | None] = []
     selector.subscribe(heard.append)
     selector.on_event("ADDED", {"data": {"issuer-name": "rt", "issuer-kind": "Issuer", "issuer-group": "g"}})
@@ -284,7 +251,7 @@ def test_leftovers_by_age():
 
 
 # --- TokenReview judgement -------------------------------------------------------------------------------------
-GOOD = {
+GOOD: dict[str, Any] = {
     "authenticated": True,
     "audiences": ["istio-ca"],
     "user": {
@@ -338,11 +305,11 @@ def test_token_expiry_is_read_without_trusting_it():
 
 # --- seam helpers ----------------------------------------------------------------------------------------------
 def test_token_bucket_allows_burst_then_paces():
-    now = [0.0]
-    bucket = TokenBucket(qps=10, burst=3, clock=lambda: now[0])
+    clock = ManualClock()
+    bucket = TokenBucket(qps=10, burst=3, clock=clock)
     assert [bucket.delay() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.delay() == pytest.approx(0.1)
-    now[0] += 1.0
+    asyncio.run(clock.advance(1.0))
     assert bucket.delay() == 0.0
 
 
@@ -361,8 +328,35 @@ def test_api_errors_map_to_seam_classes():
         503: KubeUnavailable,
     }
     for status, kind in cases.items():
-        assert isinstance(map_error(ApiException(status=status, reason="x")), kind)
-    assert isinstance(map_error(ConnectionRefusedError()), KubeUnavailable)
+        assert isinstance(as_kube_error(ApiException(status=status, reason="x")), kind)
+    assert isinstance(as_kube_error(ConnectionRefusedError()), KubeUnavailable)
+
+
+@pytest.mark.parametrize(
+    "transport_error",
+    [
+        ConnectionResetError(),
+        TimeoutError(),
+        __import__("ssl").SSLError("handshake failed"),
+        __import__("urllib3").exceptions.ReadTimeoutError(None, "/api", "read timed out"),
+        __import__("urllib3").exceptions.NewConnectionError(None, "refused"),
+        __import__("urllib3").exceptions.ProtocolError("connection broken"),
+    ],
+    ids=["reset", "timeout", "tls", "read-timeout", "refused", "protocol"],
+)
+def test_transport_errors_are_unavailable(transport_error):
+    error = as_kube_error(transport_error)
+    assert error is not None and type(error).__name__ == "KubeUnavailable" and error.status == 0
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [TypeError("x"), AttributeError("x"), KeyError("x"), ValueError("x"), ZeroDivisionError()],
+    ids=["type", "attribute", "key", "value", "zero-division"],
+)
+def test_programming_errors_are_not_outages(bug):
+    """Before: every exception became KubeUnavailable, so a bug was retried forever as an API outage."""
+    assert as_kube_error(bug) is None
 
 
 def test_request_timeout_408_is_unavailable_not_invalid():
@@ -371,10 +365,10 @@ def test_request_timeout_408_is_unavailable_not_invalid():
 
     from bridge.kube import KubeInvalid, KubeUnavailable
 
-    error = map_error(ApiException(status=408, reason="Request Timeout"))
+    error = as_kube_error(ApiException(status=408, reason="Request Timeout"))
     assert isinstance(error, KubeUnavailable) and not isinstance(error, KubeInvalid)
     assert error.status == 408
-    assert isinstance(map_error(ApiException(status=400, reason="x")), KubeInvalid)
+    assert isinstance(as_kube_error(ApiException(status=400, reason="x")), KubeInvalid)
 
 
 @pytest.mark.parametrize(
@@ -419,14 +413,25 @@ def test_request_outcomes():
     assert request_outcome("CERTIFICATE_REQUEST_FAILED") == request_outcome("SOMETHING_ELSE") == "failed"
 
 
-def test_token_bucket_paces_acquirers():
-    """With qps 100 and burst 2, five acquisitions take at least (5 - 2) / 100 s: the bucket really waits."""
-    bucket = TokenBucket(100, 2)
+async def test_token_bucket_paces_acquirers():
+    """With qps 4 and burst 2, two acquisitions pass at once and each further one waits 0.25 s of clock time."""
+    clock = ManualClock()
+    bucket = TokenBucket(4, 2, clock)
+    acquired: list[float] = []
 
-    async def five() -> float:
-        started = time.monotonic()
+    async def five() -> None:
         for _ in range(5):
             await bucket.acquire()
-        return time.monotonic() - started
+            acquired.append(clock.monotonic())
 
-    assert asyncio.run(five()) >= 0.029
+    task = asyncio.create_task(five())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(acquired) == 2 and clock.sleeper_count == 1  # the burst passed; the third waits
+    for expected in (3, 4, 5):
+        await clock.advance(0.125)
+        assert len(acquired) == expected - 1  # not before its token
+        await clock.advance(0.125)
+        assert len(acquired) == expected
+    await task
+    assert acquired == [0.0, 0.0, 0.25, 0.5, 0.75]

@@ -18,7 +18,7 @@ from tests.support.csr_builder import make_csr
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
 
 
-def _ca_cert(subject: str, key, issuer_cert=None, issuer_key=None, lifetime=timedelta(days=30)):  # type: ignore[no-untyped-def]
+def _ca_cert(subject: str, key, issuer_cert=None, issuer_key=None, lifetime=timedelta(days=30)):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.now(UTC)
     return (
@@ -38,7 +38,7 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key) -> bytes:  # type: ignore[no-untyped-def]
+def _key_pem(key) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -7,14 +7,14 @@ import pytest
 from bridge.pods import NodeVerdict, PodIndex, PodInfo, pod_info
 from signer.auth.base import WorkloadIdentity
 from signer.auth.node_authorizer import PodNodeAuthorizer
-from signer.errors import NotPermitted, TemporarilyUnavailable
+from signer.errors import NotPermitted, RequestRejected, TemporarilyUnavailable
 
 ZTUNNEL = PodInfo("istio-system", "ztunnel-a", "uid-z", "ztunnel", "node-a", "Running")
 WEB = PodInfo("orders", "web-1", "uid-w1", "web", "node-a", "Pending")
 API = PodInfo("payments", "api-1", "uid-a1", "api", "node-b", "Running")
 
 
-def _pod(namespace: str, name: str, uid: str, sa: str = "web", node: str = "node-a", phase: str | None = "Running"):  # type: ignore[no-untyped-def]
+def _pod(namespace: str, name: str, uid: str, sa: str = "web", node: str = "node-a", phase: str | None = "Running"):
     obj: dict = {
         "metadata": {"namespace": namespace, "name": name, "uid": uid, "labels": {"x": "y"}},
         "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "c", "image": "i"}]},
@@ -30,7 +30,7 @@ def _index(*pods: PodInfo) -> PodIndex:
     return index
 
 
-def _check(index: PodIndex, namespace: str, sa: str, *, uid: str = "uid-z", caller_sa: str = "ztunnel"):  # type: ignore[no-untyped-def]
+def _check(index: PodIndex, namespace: str, sa: str, *, uid: str = "uid-z", caller_sa: str = "ztunnel"):
     return index.check(
         caller_namespace="istio-system",
         caller_service_account=caller_sa,
@@ -112,7 +112,7 @@ def test_two_pods_of_one_sa_on_a_node_both_have_to_go() -> None:
     assert _check(index, "orders", "web").allowed
     index.remove(second)
     assert not _check(index, "orders", "web").allowed
-    assert index._live == {("istio-system", "ztunnel", "node-a"): {"istio-system/ztunnel-a"}}  # no empty slots left
+    assert index.live_slot_count == 1  # only ztunnel's: no empty slot is left behind
 
 
 def test_late_delete_of_an_earlier_incarnation_keeps_the_new_pod() -> None:
@@ -162,7 +162,9 @@ async def test_authorizer_allows_on_node() -> None:
         (_index(ZTUNNEL, API), _node(), NotPermitted, "IMPERSONATION_OFF_NODE"),
     ],
 )  # fmt: skip
-async def test_authorizer_refusals(index: PodIndex, node: WorkloadIdentity, error: type, reason: str) -> None:
+async def test_authorizer_refusals(
+    index: PodIndex, node: WorkloadIdentity, error: type[RequestRejected], reason: str
+) -> None:
     with pytest.raises(error) as raised:
         await PodNodeAuthorizer(index).authorize(node, "orders", "web")
     assert raised.value.reason == reason

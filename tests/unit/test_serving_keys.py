@@ -21,7 +21,7 @@ def key_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     for module in (rsa, ec):
         original = module.generate_private_key
 
-        def record(*args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+        def record(*args, _original=original, **kwargs):
             threads.append(threading.get_ident())
             return _original(*args, **kwargs)
 

@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -68,18 +69,19 @@ class ClusterSigner:
         return self.server.stop()
 
 
-def list_requests(kube_api, namespace: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def list_requests(kube_api, namespace: str) -> list[dict]:
     co = client.CustomObjectsApi(kube_api)
-    return co.list_namespaced_custom_object(*CM, namespace, "certificaterequests", label_selector=LABEL)["items"]
+    found: Any = co.list_namespaced_custom_object(*CM, namespace, "certificaterequests", label_selector=LABEL)
+    return list(found["items"])
 
 
 @pytest.fixture
-def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., ClusterSigner]]:  # type: ignore[no-untyped-def]
+def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., ClusterSigner]]:
     started: list[ClusterSigner] = []
 
     def start(
         namespace: str,
-        issuer,  # type: ignore[no-untyped-def]
+        issuer,
         *flags: str,
         root_file: Path | str | None = "issuer",
         approve: bool = True,
@@ -115,7 +117,7 @@ def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., Cluster
 
 
 @pytest.fixture
-def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-untyped-def]
+def approver(kube_api) -> Iterator[Callable[..., None]]:
     """Decides meshsigner's CertificateRequests in a namespace, as approver-policy (or an external issuer) would:
     ``decide(cr)`` returns "approve", "deny", "fail" (Ready=False reason Failed, as an issuer reports a failure)
     or None (leave it alone)."""
@@ -127,9 +129,10 @@ def approver(kube_api) -> Iterator[Callable[..., None]]:  # type: ignore[no-unty
         decided: set[str] = set()
         while not stop.wait(0.1):
             try:
-                items = co.list_namespaced_custom_object(
+                found: Any = co.list_namespaced_custom_object(
                     *CM, namespace, "certificaterequests", label_selector=LABEL, _request_timeout=5
-                )["items"]
+                )
+                items = found["items"]
             except Exception:  # the API may be restarting in a fault test
                 continue
             for cr in items:
@@ -178,7 +181,7 @@ def purpose(cr: dict) -> str:
     return cr["metadata"]["labels"].get("meshsigner.io/purpose", "")
 
 
-def decode_chain(chain: list[str]):  # type: ignore[no-untyped-def]
+def decode_chain(chain: list[str]):
     from cryptography import x509
 
     return [x509.load_pem_x509_certificates(element.encode()) for element in chain]
@@ -192,7 +195,7 @@ def b64(data: bytes) -> str:
 async def running_backend(
     kube: KubeClient,
     namespace: str,
-    issuer,  # type: ignore[no-untyped-def]
+    issuer,
     roots_file: Path | None,
     *,
     approve: bool = False,
@@ -229,7 +232,7 @@ async def running_backend(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def kubeconfig_for_token(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def kubeconfig_for_token(kube_plane, token: str, path: Path) -> Path:
     """A kubeconfig for the plane that authenticates with ``token`` (a service account's, for RBAC tests)."""
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",

@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -26,14 +25,14 @@ from prometheus_client import CollectorRegistry
 
 from bridge.cert_manager import CertManagerBackend
 from bridge.errors import BackendUnavailable, IssuerFailed
-from bridge.kube import KubeClient, KubeMetrics, KubeOptions
+from bridge.kube import KubeClient, KubeMetrics, KubeOptions, KubeUnavailable, Obj, Resource
 from bridge.signing import SigningRequest
 from tests.kube.certmanager.conftest import CM, kubeconfig_for_token, list_requests, running_backend
 from tests.support.csr_builder import make_csr
 
 
 @pytest.fixture
-def kube(kube_plane) -> Iterator[KubeClient]:  # type: ignore[no-untyped-def]
+def kube(kube_plane) -> Iterator[KubeClient]:
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     yield seam
     seam.close()
@@ -53,7 +52,7 @@ def _request(uri: str = "spiffe://cluster.local/ns/app/sa/web") -> SigningReques
     )
 
 
-def _roots(tmp_path: Path, issuer) -> Path:  # type: ignore[no-untyped-def]
+def _roots(tmp_path: Path, issuer) -> Path:
     path = tmp_path / "roots.pem"
     path.write_bytes(issuer.ca_cert_pem)
     return path
@@ -66,21 +65,21 @@ def _outcome(backend: CertManagerBackend, outcome: str) -> float:
 
 
 async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
-    kube, kube_api, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
-):  # type: ignore[no-untyped-def]
+    kube_plane, kube_api, make_namespace, ca_cluster_issuer, tmp_path
+):
     """The RPC is cancelled after the POST reached the API server but before its answer came back: the object
     exists, its UID was never seen, and it must still be deleted."""
     namespace = make_namespace("istio-system")
     posted, release = threading.Event(), threading.Event()
-    original = kube._custom.create_namespaced_custom_object
 
-    def create_then_hold(*args, **kwargs):  # type: ignore[no-untyped-def]
-        created = original(*args, **kwargs)
-        posted.set()
-        release.wait(20)  # the answer is held back until the caller has been cancelled
-        return created
+    class AnswerHeldBack(KubeClient):
+        async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+            created = await super().create(resource, namespace, body)
+            posted.set()
+            await asyncio.to_thread(release.wait, 20)  # the answer is held back until the caller was cancelled
+            return created
 
-    monkeypatch.setattr(kube._custom, "create_namespaced_custom_object", create_then_hold)
+    kube = AnswerHeldBack(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
         signing = asyncio.create_task(backend.sign(_request()))
         assert await asyncio.to_thread(posted.wait, 20), "the create never reached the API server"
@@ -90,40 +89,42 @@ async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
             await signing
         release.set()
         await backend.close()  # the pending deletes
+    kube.close()
     assert list_requests(kube_api, namespace) == [], "the cancelled request's CertificateRequest was left behind"
     assert _outcome(backend, "cancelled") == 1.0
 
 
 async def test_create_whose_answer_is_lost_is_deleted_by_name(
-    kube, kube_api, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
-):  # type: ignore[no-untyped-def]
+    kube_plane, kube_api, make_namespace, ca_cluster_issuer, tmp_path
+):
     """The POST succeeded but its response timed out (KubeUnavailable): the request answers UNAVAILABLE and the
     object it made anyway is deleted by the name meshsigner chose."""
     namespace = make_namespace("istio-system")
-    original = kube._custom.create_namespaced_custom_object
 
-    def create_then_time_out(*args, **kwargs):  # type: ignore[no-untyped-def]
-        original(*args, **kwargs)
-        raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+    class AnswerLost(KubeClient):
+        async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+            await super().create(resource, namespace, body)
+            raise KubeUnavailable(0, "ReadTimeoutError: Read timed out.")  # what the seam makes of a lost answer
 
-    monkeypatch.setattr(kube._custom, "create_namespaced_custom_object", create_then_time_out)
+    kube = AnswerLost(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
         with pytest.raises(BackendUnavailable) as failed:
             await backend.sign(_request())
         assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
         await backend.close()
+    kube.close()
     assert list_requests(kube_api, namespace) == [], "the object of a lost create answer was left behind"
 
 
 async def test_serving_key_is_generated_off_the_event_loop(
     kube, make_namespace, ca_cluster_issuer, tmp_path, monkeypatch
-):  # type: ignore[no-untyped-def]
+):
     """An RSA serving key takes long enough to stall every request on the loop: it is made in a worker thread."""
     namespace = make_namespace("istio-system")
     threads: list[int] = []
     original = rsa.generate_private_key
 
-    def record(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def record(*args, **kwargs):
         threads.append(threading.get_ident())
         return original(*args, **kwargs)
 
@@ -140,7 +141,7 @@ async def test_serving_key_is_generated_off_the_event_loop(
     ) == ["meshsigner.test"]
 
 
-def _sign_as_external_issuer(kube_api, namespace: str, ca, status_ca: dict[str, bytes], stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _sign_as_external_issuer(kube_api, namespace: str, ca, status_ca: dict[str, bytes], stop: threading.Event) -> None:
     """An external issuer (its group is not cert-manager's, so cert-manager leaves the objects alone): signs each
     meshsigner CertificateRequest with ``ca`` and reports ``status_ca["pem"]`` as its ``status.ca``."""
     co = client.CustomObjectsApi(kube_api)
@@ -171,9 +172,7 @@ def _sign_as_external_issuer(kube_api, namespace: str, ca, status_ca: dict[str, 
                 )
 
 
-async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(
-    kube, kube_api, make_namespace, pki
-):  # type: ignore[no-untyped-def]
+async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(kube, kube_api, make_namespace, pki):
     """Trust on first use: a status.ca that did not issue the chain is refused and NOT adopted (it would otherwise
     become the mesh's root for every later request); one that did is adopted."""
     namespace = make_namespace("istio-system")
@@ -205,7 +204,7 @@ async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(
 
 async def test_a_refused_delete_is_not_retried(
     kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer, approver, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     """Without RBAC for ``delete`` the API answers 403, and will for the whole retry window: the delete gives up at
     once (counted, left to the sweep) instead of retrying for 60 s and holding up a clean shutdown."""
     namespace = make_namespace("istio-system")
@@ -241,9 +240,7 @@ async def test_a_refused_delete_is_not_retried(
             started = time.monotonic()
             await backend.close()
             drained = time.monotonic() - started
-            failures = backend.registry.get_sample_value(  # type: ignore[attr-defined]
-                "meshsigner_certificate_request_delete_failures_total"
-            )
+            failures = backend.registry.get_sample_value("meshsigner_certificate_request_delete_failures_total")
     finally:
         seam.close()
     assert drained < 3.0, f"the refused delete was retried ({drained:.1f}s)"

@@ -17,7 +17,7 @@ from tests.kube.certmanager.conftest import list_requests
 from tests.support.csr_builder import make_csr
 
 
-def _identities(make_namespace, make_service_account, mint_token, count: int) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def _identities(make_namespace, make_service_account, mint_token, count: int) -> list[tuple[str, str]]:
     ns = make_namespace("burst")
     out = []
     for index in range(count):
@@ -26,7 +26,7 @@ def _identities(make_namespace, make_service_account, mint_token, count: int) ->
     return out
 
 
-def _burst(signer, identities, total: int, concurrency: int, on_progress=None):  # type: ignore[no-untyped-def]
+def _burst(signer, identities, total: int, concurrency: int, on_progress=None):
     stub = signer.stub()
     done = [0]
     lock = threading.Lock()
@@ -45,7 +45,7 @@ def _burst(signer, identities, total: int, concurrency: int, on_progress=None): 
         return list(pool.map(one, range(total)))
 
 
-def _wait_empty(kube_api, namespace: str, timeout: float) -> list[dict]:  # type: ignore[no-untyped-def]
+def _wait_empty(kube_api, namespace: str, timeout: float) -> list[dict]:
     deadline = time.monotonic() + timeout
     while (left := list_requests(kube_api, namespace)) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -19,7 +19,7 @@ from tests.support.csr_builder import make_csr
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
-def _kubeconfig(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _kubeconfig(kube_plane, token: str, path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
         "clusters": [{"name": "p", "cluster": {"server": kube_plane.api_server_url,
@@ -30,7 +30,7 @@ def _kubeconfig(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-
     return path
 
 
-def test_issuance_under_the_charts_rbac(  # type: ignore[no-untyped-def]
+def test_issuance_under_the_charts_rbac(
     helm, kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer,
     signer_factory, tmp_path: Path,
 ):  # fmt: skip

@@ -19,13 +19,13 @@ from tests.support.csr_builder import make_csr
 from tests.support.processes import readyz
 
 
-def _workload(make_namespace, make_service_account, mint_token) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _workload(make_namespace, make_service_account, mint_token) -> tuple[str, str]:
     ns = make_namespace("workload")
     sa = make_service_account(ns)
     return make_csr([f"spiffe://cluster.local/ns/{ns}/sa/{sa}"]), mint_token(ns, sa)
 
 
-def _wait_empty(kube_api, namespace: str, timeout: float = 15) -> list[dict]:  # type: ignore[no-untyped-def]
+def _wait_empty(kube_api, namespace: str, timeout: float = 15) -> list[dict]:
     deadline = time.monotonic() + timeout
     while (left := list_requests(kube_api, namespace)) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -136,7 +136,7 @@ def test_chain_from_an_unpinned_ca_is_refused(
     assert _wait_empty(kube_api, cr_ns) == []
 
 
-def _make_cluster_issuer(kube_api, kube_plane, pki, *, with_secret: bool):  # type: ignore[no-untyped-def]
+def _make_cluster_issuer(kube_api, kube_plane, pki, *, with_secret: bool):
     name = f"late-{secrets.token_hex(3)}"
     ca = pki.make_ca(name)
     body = {
@@ -197,7 +197,7 @@ def test_issuer_not_ready_is_reported_then_recovers(
             client.CustomObjectsApi(kube_api).delete_cluster_custom_object(*CM, "clusterissuers", name)
 
 
-def _up(signer) -> bool:  # type: ignore[no-untyped-def]
+def _up(signer) -> bool:
     try:
         readyz(signer.server.readiness_port)
     except OSError:

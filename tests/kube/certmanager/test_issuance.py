@@ -19,7 +19,7 @@ def _spiffe(ns: str, sa: str) -> str:
     return f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
 
 
-def _wait_no_requests(kube_api, namespace: str, timeout: float = 15) -> list[dict]:  # type: ignore[no-untyped-def]
+def _wait_no_requests(kube_api, namespace: str, timeout: float = 15) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         left = list_requests(kube_api, namespace)

@@ -18,7 +18,7 @@ def _issuer_of(chain: list[str]) -> x509.Name:
     return x509.load_pem_x509_certificate(chain[0].encode()).issuer
 
 
-def _until(predicate, what: str, timeout: float = 15):  # type: ignore[no-untyped-def]
+def _until(predicate, what: str, timeout: float = 15):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -106,7 +106,7 @@ def test_runtime_only_issuer_is_not_ready_without_config_map(kube_api, make_name
         wait=False,
     )
 
-    def ready_state():  # type: ignore[no-untyped-def]
+    def ready_state():
         try:
             return readyz(signer.server.readiness_port)
         except OSError:

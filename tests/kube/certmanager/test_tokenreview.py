@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
-from bridge.kube import KubeClient, KubeMetrics, KubeOptions
+from bridge.kube import KubeClient, KubeMetrics, KubeOptions, Obj
 from clocks import SystemClock
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
@@ -22,15 +22,15 @@ from tests.support.csr_builder import make_csr
 
 
 @pytest.fixture
-def kube(kube_plane):  # type: ignore[no-untyped-def]
+def kube(kube_plane):
     registry = CollectorRegistry()
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
-    seam.registry = registry  # type: ignore[attr-defined]
+    seam.registry = registry
     yield seam
     seam.close()
 
 
-def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticator:  # type: ignore[no-untyped-def]
+def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticator:
     return TokenReviewAuthenticator(
         kube,
         audiences=("istio-ca",),
@@ -40,7 +40,7 @@ def _authenticator(kube, cache_seconds: float = 30.0) -> TokenReviewAuthenticato
     )
 
 
-def _reviews(kube) -> float:  # type: ignore[no-untyped-def]
+def _reviews(kube) -> float:
     return (
         kube.registry.get_sample_value(
             "meshsigner_kube_api_requests_total", {"verb": "create", "resource": "tokenreviews", "code": "2xx"}
@@ -120,23 +120,25 @@ async def test_cache_and_in_flight_sharing_save_reviews(kube, make_namespace, ma
 
 
 async def test_cancelled_caller_does_not_fail_the_others_sharing_its_review(
-    kube, make_namespace, make_service_account, mint_token, monkeypatch
+    kube_plane, make_namespace, make_service_account, mint_token
 ):
     """The caller that started a shared review goes away (client cancelled, deadline): the callers sharing the
     same review still get its answer, and no second review is made."""
     ns = make_namespace("tr")
     sa = make_service_account(ns)
     token = mint_token(ns, sa)
-    authenticator = _authenticator(kube)
     entered, release = threading.Event(), threading.Event()
-    original = kube._authn.create_token_review
 
-    def held_review(*args, **kwargs):  # type: ignore[no-untyped-def]
-        entered.set()
-        release.wait(20)  # the review stays in flight until the first caller has been cancelled
-        return original(*args, **kwargs)
+    class ReviewHeldBack(KubeClient):
+        async def review_token(self, token: str, audiences: tuple[str, ...]) -> Obj:
+            entered.set()
+            await asyncio.to_thread(release.wait, 20)  # in flight until the first caller has been cancelled
+            return await super().review_token(token, audiences)
 
-    monkeypatch.setattr(kube._authn, "create_token_review", held_review)
+    registry = CollectorRegistry()
+    kube = ReviewHeldBack(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
+    kube.registry = registry  # read by _reviews, as on the fixture's client
+    authenticator = _authenticator(kube)
     before = _reviews(kube)
     first = asyncio.create_task(authenticator.authenticate(token))
     assert await asyncio.to_thread(entered.wait, 20), "the review never started"
@@ -151,6 +153,7 @@ async def test_cancelled_caller_does_not_fail_the_others_sharing_its_review(
     assert _reviews(kube) - before == 1
     assert (await authenticator.authenticate(token)).service_account == sa  # cached by the review nobody started
     assert _reviews(kube) - before == 1
+    kube.close()
 
 
 async def test_api_server_down_is_unavailable_not_unauthenticated(

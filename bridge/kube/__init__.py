@@ -1,0 +1,68 @@
+"""The one door to the Kubernetes API: the only package that imports ``kubernetes``.
+
+- :mod:`bridge.kube.errors`: the KubeError tree and what is (and is not) translated into it;
+- :mod:`bridge.kube.configuration`: kubeconfig or in-cluster configuration (:class:`KubeOptions`);
+- :mod:`bridge.kube.rate_limit`: the token bucket in front of every request;
+- :mod:`bridge.kube.metrics`: request and watch-restart counters;
+- :mod:`bridge.kube.resources` and :mod:`bridge.kube.resource_calls`: the resources served and the client function
+  for each;
+- :mod:`bridge.kube.client`: :class:`KubeClient`, async methods over a bounded thread pool;
+- :mod:`bridge.kube.list_watch`: :class:`ListWatch`, the list+watch loop the caches and the CertificateRequest
+  watch share.
+
+Callers import from ``bridge.kube`` (this module), not from the submodules.
+"""
+
+from bridge.kube.client import KubeClient
+from bridge.kube.configuration import KubeOptions
+from bridge.kube.errors import (
+    KubeConflict,
+    KubeError,
+    KubeForbidden,
+    KubeGone,
+    KubeInvalid,
+    KubeNotFound,
+    KubeUnavailable,
+    as_kube_error,
+)
+from bridge.kube.list_watch import ListWatch, WatchHandler, WatchLine, WatchSource, parse_watch_line
+from bridge.kube.metrics import KubeMetrics
+from bridge.kube.rate_limit import TokenBucket
+from bridge.kube.resources import (
+    CERTIFICATE_REQUESTS,
+    CM_GROUP,
+    CONFIG_MAPS,
+    NAMESPACES,
+    PODS,
+    Obj,
+    Resource,
+    issuer_resource,
+)
+
+__all__ = [
+    "CERTIFICATE_REQUESTS",
+    "CM_GROUP",
+    "CONFIG_MAPS",
+    "NAMESPACES",
+    "PODS",
+    "KubeClient",
+    "KubeConflict",
+    "KubeError",
+    "KubeForbidden",
+    "KubeGone",
+    "KubeInvalid",
+    "KubeMetrics",
+    "KubeNotFound",
+    "KubeOptions",
+    "KubeUnavailable",
+    "ListWatch",
+    "Obj",
+    "Resource",
+    "TokenBucket",
+    "WatchHandler",
+    "WatchLine",
+    "WatchSource",
+    "as_kube_error",
+    "issuer_resource",
+    "parse_watch_line",
+]

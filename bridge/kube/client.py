@@ -1,0 +1,199 @@
+"""KubeClient: one ApiClient, configured once; typed async methods; every blocking call on a bounded thread pool.
+
+The official client is synchronous. Every request runs on a thread pool owned by :class:`KubeClient`, behind an
+asyncio token bucket (``--kube-api-qps``/``--kube-api-burst``; off with ``--disable-kubernetes-client-rate-limiter``),
+so the event loop never blocks and a burst of CSRs cannot open an unbounded number of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client
+
+from bridge.kube.configuration import KubeOptions, load_configuration
+from bridge.kube.errors import KubeNotFound, KubeUnavailable, as_kube_error
+from bridge.kube.metrics import KubeMetrics
+from bridge.kube.rate_limit import TokenBucket
+from bridge.kube.resource_calls import core_read_call, list_call
+from bridge.kube.resources import Obj, Resource
+from clocks import Clock, SystemClock
+
+T = TypeVar("T")
+
+REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read: no API call may hang a request thread for long
+WATCH_SECONDS = 240  # server-side watch duration before a clean re-watch from the last resourceVersion
+
+
+def _json_object(data: Any, what: str) -> Obj:
+    if not isinstance(data, dict):
+        raise KubeUnavailable(0, f"{what} answered a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
+    """Blocking (runs in a pool thread): call a core-group list without the client's model classes and read and
+    parse the body here, so that neither the socket read nor the parse ever happens on the event loop."""
+    response = function(*args, _preload_content=False, **kwargs)
+    try:
+        data = json.loads(response.data)
+    except ValueError:  # the server's answer, not our bug
+        raise KubeUnavailable(0, "list answer is not JSON") from None
+    finally:
+        with contextlib.suppress(Exception):
+            response.release_conn()
+    return _json_object(data, "list")
+
+
+class KubeClient:
+    def __init__(self, options: KubeOptions, metrics: KubeMetrics, *, clock: Clock | None = None) -> None:
+        self._api = client.ApiClient(load_configuration(options))
+        self._custom = client.CustomObjectsApi(self._api)
+        self._core = client.CoreV1Api(self._api)
+        self._authn = client.AuthenticationV1Api(self._api)
+        self._pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="kube")
+        self.clock: Clock = clock or SystemClock()
+        self._limiter = TokenBucket(options.qps, options.burst, self.clock) if options.rate_limiter else None
+        self.metrics = metrics
+        self.host = self._api.configuration.host
+
+    def _count(self, verb: str, resource: str, exc: BaseException | None) -> None:
+        if exc is None:
+            code = "2xx"
+        else:
+            error = as_kube_error(exc)
+            code = str(error.status or "error") if error is not None else "error"
+        self.metrics.requests.labels(verb, resource, code).inc()
+
+    async def _call(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking client call on the pool. API and transport failures become KubeError; anything else
+        (a bug) propagates as it is."""
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except Exception as exc:
+            self._count(verb, resource, exc)
+            error = as_kube_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._count(verb, resource, None)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):  # closing a pool whose connections already broke
+            self._api.close()  # type: ignore[no-untyped-call]  # the generated ApiClient is not annotated
+
+    # --- TokenReview -------------------------------------------------------------------------------------------
+    async def review_token(self, token: str, audiences: tuple[str, ...]) -> Obj:
+        """The TokenReview ``status`` (never the echoed spec, which holds the token)."""
+        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(audiences)))
+        review = await self._call("create", "tokenreviews", self._authn.create_token_review, body)
+        status = self._api.sanitize_for_serialization(review.status)  # type: ignore[no-untyped-call]  # unannotated
+        return dict(status or {})
+
+    # --- objects -----------------------------------------------------------------------------------------------
+    async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+        r = resource
+        created = await self._call(
+            "create", r.plural, self._custom.create_namespaced_custom_object, r.group, r.version, namespace, r.plural,
+            body,
+        )  # fmt: skip
+        return _json_object(created, "create")
+
+    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete (only the object with ``uid`` when given); an object already gone is not an error."""
+        r = resource
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        with contextlib.suppress(KubeNotFound):
+            await self._call(
+                "delete", r.plural, self._custom.delete_namespaced_custom_object, r.group, r.version, namespace,
+                r.plural, name, body=options,
+            )  # fmt: skip
+
+    async def replace_status(self, resource: Resource, namespace: str, name: str, body: Obj) -> Obj:
+        r = resource
+        replaced = await self._call(
+            "update", f"{r.plural}/status", self._custom.replace_namespaced_custom_object_status, r.group, r.version,
+            namespace, r.plural, name, body,
+        )  # fmt: skip
+        return _json_object(replaced, "update")
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+        r = resource
+        if r.is_core:
+            function, positional = core_read_call(self._core, r, namespace)
+            model = await self._call("get", r.plural, function, name, *positional)
+            serialized = self._api.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]  # unannotated
+            return _json_object(serialized, "get")
+        if r.namespaced:
+            found = await self._call(
+                "get", r.plural, self._custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural,
+                name,
+            )  # fmt: skip
+        else:
+            found = await self._call(
+                "get", r.plural, self._custom.get_cluster_custom_object, r.group, r.version, r.plural, name
+            )
+        return _json_object(found, "get")
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> tuple[list[Obj], str]:
+        """Objects and the list's resourceVersion."""
+        r = resource
+        kwargs: dict[str, Any] = {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if field_selector:
+            kwargs["field_selector"] = field_selector
+        function, positional = list_call(self._core, self._custom, r, namespace)
+        if r.is_core:
+            data = await self._call("list", r.plural, _read_json, function, *positional, **kwargs)
+        else:
+            data = _json_object(await self._call("list", r.plural, function, *positional, **kwargs), "list")
+        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def open_watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        resource_version: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> urllib3.HTTPResponse:
+        """Blocking: open a watch stream (called from a watch thread, not the pool)."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS,
+            "_preload_content": False,
+            "_request_timeout": (REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
+        }
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if field_selector:
+            kwargs["field_selector"] = field_selector
+        function, positional = list_call(self._core, self._custom, resource, namespace)
+        try:
+            response: urllib3.HTTPResponse = function(*positional, **kwargs)
+        except Exception as exc:
+            self._count("watch", resource.plural, exc)
+            error = as_kube_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._count("watch", resource.plural, None)
+        return response
