@@ -299,8 +299,35 @@ class Turn:
     requests: int
 
 
+def noop_spec(base: Path, tls: bool) -> ServerSpec:
+    """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS."""
+    port = free_port()
+    command = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "bench" / "noop_ca_server.py"), f"--port={port}"]
+    if tls:
+        command += [f"--cert={base / 'noop' / 'serving-cert.pem'}", f"--key={base / 'noop' / 'serving-key.pem'}"]
+    return ServerSpec("no-op TLS" if tls else "no-op plaintext", MESHSIGNER_NAME, command, port)
+
+
+def start_listening(server: ServerSpec, base: Path) -> None:
+    server.process = Child(server.command, log=base / f"{server.name.replace(' ', '-')}.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", server.port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} did not listen within 30 s")
+
+
 def run_turn(
-    server: ServerSpec, client: str, base: Path, level: str, requests: int, warmup: int, during: Any = None
+    server: ServerSpec,
+    client: str,
+    base: Path,
+    level: str,
+    requests: int,
+    warmup: int,
+    during: Any = None,
+    extra: tuple[str, ...] = (),
 ) -> Turn:
     concurrency, connections = (int(part) for part in level.split("x"))
     assert server.process is not None
@@ -315,6 +342,7 @@ def run_turn(
             f"-connections={connections}",
             f"-requests={requests}",
             f"-warmup={warmup}",
+            *extra,
         ],
         stdin=True,
     )
@@ -351,46 +379,75 @@ def run_turn(
 # ---------------------------------------------------------------- py-spy (optional)
 
 
-def py_spy_hook(out_dir: Path, label: str) -> Any:
-    """Attach py-spy to every process of meshsigner's tree for the duration of a timed turn."""
+def thread_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds per thread name across the tree (gRPC core names its threads; Python's main thread is the
+    process name)."""
+    totals: dict[str, float] = {}
+    for pid in _descendants(root):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                raw = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            except OSError:
+                continue
+            name = raw[raw.index("(") + 1 : raw.rindex(")")]
+            name = "main thread" if task == str(pid) else name
+            fields = raw[raw.rindex(")") + 2 :].split()
+            totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return totals
+
+
+def profile_hook(out_dir: Path, label: str, requests: int) -> Any:
+    """For one timed turn: py-spy (Python stacks, with native frames) on every process of the server's tree,
+    perf (samples per shared object, kernel included) when it is installed, and CPU per thread name."""
     py_spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("--profile-out needs py-spy (pip install py-spy into .venv)")
+    perf = shutil.which("perf")
 
     def attach(server: ServerSpec) -> Any:
         assert server.process is not None
         recorders = []
         for pid in _descendants(server.process.pid):
-            out = out_dir / f"{label}-{pid}.txt"
-            recorders.append(
-                subprocess.Popen(
-                    [
-                        py_spy,
-                        "record",
-                        "--pid",
-                        str(pid),
-                        "--format",
-                        "raw",
-                        "--rate",
-                        "250",
-                        "--nonblocking",
-                        "--output",
-                        str(out),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        time.sleep(1.0)  # py-spy needs a moment to attach before the timed calls start
+            out = out_dir / f"{label}-pyspy-{pid}.txt"
+            command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--native",
+                       "--nonblocking", "--output", str(out)]  # fmt: skip
+            recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if perf:
+                command = [
+                    perf,
+                    "record",
+                    "-F",
+                    "499",
+                    "-g",
+                    "-p",
+                    str(pid),
+                    "-o",
+                    str(out_dir / f"{label}-{pid}.perf"),
+                ]
+                recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.5)  # the samplers need a moment to attach before the timed calls start
+        threads_before = thread_cpu_seconds(server.process.pid)
 
         def detach() -> None:
+            threads_after = thread_cpu_seconds(server.process.pid)
             for recorder in recorders:
                 recorder.send_signal(signal.SIGINT)
             for recorder in recorders:
                 try:
-                    recorder.wait(30)
+                    recorder.wait(60)
                 except subprocess.TimeoutExpired:
                     recorder.kill()
+            lines = [f"CPU ms per CSR by thread name ({requests} timed calls):"]
+            for name in sorted(threads_after, key=lambda n: threads_before.get(n, 0.0) - threads_after[n]):
+                spent = threads_after[name] - threads_before.get(name, 0.0)
+                if spent > 0:
+                    lines.append(f"  {name:<28} {spent * 1000 / requests:6.3f}")
+            (out_dir / f"{label}-threads.txt").write_text("\n".join(lines) + "\n")
+            print("\n".join(lines))
 
         return detach
 
@@ -455,6 +512,27 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
     }
 
 
+def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: list[ServerSpec]) -> list[Any]:
+    """The no-op server with and without TLS at the given levels, next to meshsigner's own figure there."""
+    floors = [noop_spec(base, tls=True), noop_spec(base, tls=False)]
+    figures: list[Any] = []
+    try:
+        for floor in floors:
+            start_listening(floor, base)
+        print("\ntransport floor (bench/noop_ca_server.py: same gRPC options, no handler work):")
+        for level in args.transport_floor.split(","):
+            for floor in floors:
+                extra = ("-no-check",) if floor.name == "no-op TLS" else ("-no-check", "-insecure")
+                turn = run_turn(floor, client, base, level, args.requests, args.warmup, extra=extra)
+                figures.append(turn.__dict__)
+                print(f"  {floor.name:<16} {level:<6} {turn.rate:7.0f} calls/s  CPU {turn.cpu_ms_per_csr:.3f} ms/call")
+    finally:
+        for floor in floors:
+            if floor.process is not None:
+                floor.process.stop()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 requests, 50 warm-up, 2 levels")
@@ -466,6 +544,9 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, help="also write every figure here")
     parser.add_argument("--profile-out", type=Path, help="py-spy meshsigner for one extra turn; stacks go here")
     parser.add_argument("--profile-level", default="64x1")
+    parser.add_argument(
+        "--transport-floor", default="", help="levels at which to also drive bench/noop_ca_server.py, TLS and not"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, CA, work file)")
     args = parser.parse_args()
     if args.quick:
@@ -477,7 +558,13 @@ def main() -> None:
     ).stdout.split()
     server_binary, client = built[0], built[1]
     base = Path(tempfile.mkdtemp(prefix="meshsigner-vs-istiod-"))
-    subprocess.run([server_binary, f"-init-ca={base / 'ca'}"], check=True, timeout=60)
+    init = [
+        server_binary,
+        f"-init-ca={base / 'ca'}",
+        f"-serving-out={base / 'noop'}",
+        f"-server-name={MESHSIGNER_NAME}",
+    ]
+    subprocess.run(init, check=True, timeout=60)
     write_material(base)
 
     servers = [istiod_spec(server_binary, base)]
@@ -504,6 +591,8 @@ def main() -> None:
                     flush=True,
                 )
         report = summarise(turns, servers, levels)
+        if args.transport_floor:
+            report["transport_floor"] = transport_floor(args, client, base, servers)
         if args.profile_out:
             args.profile_out.mkdir(parents=True, exist_ok=True)
             for server in servers[1:]:
@@ -515,7 +604,7 @@ def main() -> None:
                     args.profile_level,
                     args.requests,
                     args.warmup,
-                    during=py_spy_hook(args.profile_out, label),
+                    during=profile_hook(args.profile_out, label, args.requests),
                 )
                 print(
                     f"\nprofiled {server.name} at {args.profile_level}: CPU {turn.cpu_ms_per_csr:.3f} ms/CSR "

@@ -44,6 +44,8 @@ const (
 
 func main() {
 	initCA := flag.String("init-ca", "", "write a new ECDSA P-256 root into this folder and exit")
+	servingOut := flag.String("serving-out", "", "with -init-ca: also write a serving key and certificate "+
+		"for -server-name from that root into this folder (for the no-op transport floor)")
 	caDir := flag.String("ca-dir", "", "folder holding root-cert.pem and ca-key.pem")
 	addr := flag.String("addr", "127.0.0.1:15012", "gRPC listen address (loopback)")
 	serverName := flag.String("server-name", "istiod.istio-system.svc", "DNS name of the serving certificate")
@@ -57,6 +59,9 @@ func main() {
 
 	if *initCA != "" {
 		must("init-ca", writeRoot(*initCA))
+		if *servingOut != "" {
+			must("serving-out", writeServing(*initCA, *servingOut, *serverName))
+		}
 		return
 	}
 	if *caDir == "" || *jwksFile == "" || *issuer == "" {
@@ -133,10 +138,38 @@ func writeRoot(dir string) error {
 	return os.WriteFile(filepath.Join(dir, rootFile), certPEM, 0o644)
 }
 
+// writeServing writes serving-cert.pem and serving-key.pem for name, issued from the root in caDir.
+func writeServing(caDir, outDir, name string) error {
+	bundle, err := pkiutil.NewVerifiedKeyCertBundleFromFile(
+		filepath.Join(caDir, rootFile), filepath.Join(caDir, keyFile), nil, filepath.Join(caDir, rootFile), "")
+	if err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := servingPEM(bundle, name)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(outDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, "serving-key.pem"), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(outDir, "serving-cert.pem"), certPEM, 0o644)
+}
+
 // servingCertificate issues the listener's certificate from the root, as istiod's own DNS certificate would be.
 func servingCertificate(bundle *pkiutil.KeyCertBundle, name string) (tls.Certificate, error) {
+	certPEM, keyPEM, err := servingPEM(bundle, name)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
+}
+
+func servingPEM(bundle *pkiutil.KeyCertBundle, name string) ([]byte, []byte, error) {
 	signerCert, signerKey, _, _ := bundle.GetAll()
-	certPEM, keyPEM, err := pkiutil.GenCertKeyFromOptions(pkiutil.CertOptions{
+	return pkiutil.GenCertKeyFromOptions(pkiutil.CertOptions{
 		Host:       name,
 		TTL:        24 * time.Hour,
 		SignerCert: signerCert,
@@ -145,10 +178,6 @@ func servingCertificate(bundle *pkiutil.KeyCertBundle, name string) (tls.Certifi
 		ECSigAlg:   pkiutil.EcdsaSigAlg,
 		ECCCurve:   pkiutil.P256Curve,
 	})
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // serveJWKS serves the issuer's key set on 127.0.0.1; the authenticator fetches it once and caches the keys.
@@ -191,4 +220,3 @@ func fail(stage string, err error) {
 	fmt.Fprintf(os.Stderr, "istiod-ca: %s: %v\n", stage, err)
 	os.Exit(1)
 }
-
