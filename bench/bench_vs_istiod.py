@@ -430,10 +430,11 @@ def profile_hook(out_dir: Path, label: str, requests: int) -> Any:
                 ]
                 recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.5)  # the samplers need a moment to attach before the timed calls start
-        threads_before = thread_cpu_seconds(server.process.pid)
+        root = server.process.pid
+        threads_before = thread_cpu_seconds(root)
 
         def detach() -> None:
-            threads_after = thread_cpu_seconds(server.process.pid)
+            threads_after = thread_cpu_seconds(root)
             for recorder in recorders:
                 recorder.send_signal(signal.SIGINT)
             for recorder in recorders:
