@@ -237,7 +237,7 @@ def istiod_spec(binary: str, base: Path) -> ServerSpec:
     return ServerSpec("istiod", ISTIOD_NAME, command, port)
 
 
-def meshsigner_spec(base: Path, workers: int) -> ServerSpec:
+def meshsigner_spec(base: Path, workers: int, label: str = "", extra_flags: tuple[str, ...] = ()) -> ServerSpec:
     port = free_port()
     command = [
         str(REPO / ".venv" / "bin" / "meshsigner"),
@@ -253,8 +253,9 @@ def meshsigner_spec(base: Path, workers: int) -> ServerSpec:
         "--serving-signature-algorithm=ECDSA",
         "--serving-certificate-key-size=256",
         f"--workers={workers}",
+        *extra_flags,
     ]
-    return ServerSpec(f"meshsigner w{workers}", MESHSIGNER_NAME, command, port)
+    return ServerSpec(f"meshsigner w{workers}{label}", MESHSIGNER_NAME, command, port)
 
 
 def client_args(client: str, server: ServerSpec, base: Path) -> list[str]:
@@ -480,7 +481,7 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
     for server in servers:
         starts = ", ".join(f"{s:.2f}" for s in server.starts)
         print(
-            f"{server.name:<14} start to first certificate: {starts} s; RSS after the run {server.rss_mib[-1]:.0f} MiB"
+            f"{server.name:<20} start to first certificate: {starts} s; RSS after the run {server.rss_mib[-1]:.0f} MiB"
         )
     reference, others = servers[0], servers[1:]
     print()
@@ -541,6 +542,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="checked calls before each timed turn")
     parser.add_argument("--levels", default="1x1,16x1,64x1,64x8", help="concurrency x TLS connections, in order")
     parser.add_argument("--workers", default="1", help="meshsigner --workers values to compare, e.g. 1,2")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="one more meshsigner (1 worker) with extra serve flags, e.g. quiet=--log-level=warning",
+    )
     parser.add_argument("--starts", type=int, default=3, help="timed cold starts per server (the last keeps serving)")
     parser.add_argument("--json-out", type=Path, help="also write every figure here")
     parser.add_argument("--profile-out", type=Path, help="py-spy meshsigner for one extra turn; stacks go here")
@@ -570,6 +578,9 @@ def main() -> None:
 
     servers = [istiod_spec(server_binary, base)]
     servers += [meshsigner_spec(base, int(w)) for w in args.workers.split(",")]
+    for variant in args.variant:
+        label, _, flags = variant.partition("=")
+        servers.append(meshsigner_spec(base, 1, f" {label}", tuple(flags.split())))
     print(
         f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.requests} timed calls "
         f"after {args.warmup} checked ones per server and level; work in {base}"
@@ -587,7 +598,7 @@ def main() -> None:
                 turn = run_turn(server, client, base, level, args.requests, args.warmup)
                 turns.append(turn)
                 print(
-                    f"  {server.name:<14} {level:<6} {turn.rate:7.0f} CSR/s  p50 {turn.p50_ms:6.2f} ms  "
+                    f"  {server.name:<20} {level:<6} {turn.rate:7.0f} CSR/s  p50 {turn.p50_ms:6.2f} ms  "
                     f"p99 {turn.p99_ms:6.2f} ms  CPU {turn.cpu_ms_per_csr:.3f} ms/CSR",
                     flush=True,
                 )
