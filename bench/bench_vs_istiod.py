@@ -402,8 +402,9 @@ def thread_cpu_seconds(root: int) -> dict[str, float]:
 
 
 def profile_hook(out_dir: Path, label: str, requests: int) -> Any:
-    """For one timed turn: py-spy (Python stacks, with native frames) on every process of the server's tree,
-    perf (samples per shared object, kernel included) when it is installed, and CPU per thread name."""
+    """For one timed turn: py-spy on every process of the server's tree (Python stacks; --native cannot go with
+    --nonblocking, and blocking would stop the server at every sample), perf (samples per shared object, kernel
+    included) when it is installed, and CPU per thread name."""
     py_spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("--profile-out needs py-spy (pip install py-spy into .venv)")
@@ -414,7 +415,7 @@ def profile_hook(out_dir: Path, label: str, requests: int) -> Any:
         recorders = []
         for pid in _descendants(server.process.pid):
             out = out_dir / f"{label}-pyspy-{pid}.txt"
-            command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--native",
+            command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
                        "--nonblocking", "--output", str(out)]  # fmt: skip
             recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             if perf:
