@@ -113,37 +113,35 @@ def _b64(number: int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def write_material(base: Path) -> Path:
-    """An RS256 issuer (JWKS file) and the work file: 50 identities with a 2 h token each, and a broken token."""
+def mint_token(key: rsa.RSAPrivateKey, namespace: str, account: str, lifetime: int = 7200) -> str:
+    """A projected service-account token's shape, RS256 (what istiod's JWT authenticator accepts)."""
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER, "aud": ["istio-ca"], "sub": f"system:serviceaccount:{namespace}:{account}",
+        "iat": now, "nbf": now, "exp": now + lifetime,
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account, "uid": f"uid-{account}"}},
+    }  # fmt: skip
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench-1"})
+
+
+def write_material(base: Path) -> rsa.RSAPrivateKey:
+    """An RS256 issuer (jwks.json) and work.json: 50 identities with a 2 h token each, and a broken token."""
     key = rsa.generate_private_key(65537, 2048)
     numbers = key.public_key().public_numbers()
-    jwks = {
-        "keys": [
-            {"kty": "RSA", "kid": "bench-1", "use": "sig", "alg": "RS256", "n": _b64(numbers.n), "e": _b64(numbers.e)}
-        ]
-    }
-    (base / "jwks.json").write_text(json.dumps(jwks))
-    now = int(time.time())
+    jwk = {"kty": "RSA", "kid": "bench-1", "use": "sig", "alg": "RS256", "n": _b64(numbers.n), "e": _b64(numbers.e)}
+    (base / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     identities = []
     for index in range(IDENTITIES):
         namespace, account = f"ns{index}", f"sa{index}"
-        claims = {
-            "iss": ISSUER,
-            "aud": ["istio-ca"],
-            "sub": f"system:serviceaccount:{namespace}:{account}",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 7200,
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account, "uid": f"uid-{index}"}},
-        }
-        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench-1"})
-        identities.append({"namespace": namespace, "serviceAccount": account, "token": token})
+        identities.append(
+            {"namespace": namespace, "serviceAccount": account, "token": mint_token(key, namespace, account)}
+        )
     head, payload, signature = identities[0]["token"].split(".")
     middle = len(signature) // 2
     broken = signature[:middle] + ("A" if signature[middle] != "A" else "B") + signature[middle + 1 :]
     work = {"trustDomain": "cluster.local", "identities": identities, "badToken": f"{head}.{payload}.{broken}"}
     (base / "work.json").write_text(json.dumps(work))
-    return base / "work.json"
+    return key
 
 
 # ---------------------------------------------------------------- child processes with bounded line reads

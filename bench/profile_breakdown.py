@@ -31,7 +31,13 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
         ("handler glue (service.py)", r"signer/service\.py"),
         ("TLS (OpenSSL/BoringSSL in gRPC core)", r"\b(ssl|SSL|tls|tsi_|aes|gcm|sha256|EVP_|bssl::)"),
         ("gRPC core and HTTP/2", r"grpc_core|grpc_chttp2|chttp2|grpc_|_cygrpc|grpc/_cython|grpc/aio|grpc/_|cygrpc"),
-        ("asyncio event loop", r"asyncio/|selectors\.py|uvloop"),
+        # A sample whose innermost Python frame is the event loop running a callback, or a bare thread, is inside
+        # compiled code with no Python frame of its own: for this server that is grpc.aio's Cython layer and gRPC
+        # core (HTTP/2 framing, BoringSSL, completion queue), or a coroutine step.
+        ("gRPC aio callbacks (Cython + C core, no Python frame)", r"^Handle\._run \(asyncio/events\.py"),
+        ("gRPC poller thread (Cython + C core)", r"^Thread\.run \(threading\.py"),
+        ("event loop wait (epoll)", r"^EpollSelector\.select"),
+        ("asyncio event loop (Python)", r"asyncio/|selectors\.py|uvloop"),
     ]
 ]
 
