@@ -5,8 +5,9 @@
 Each sampled stack is given to the first part whose rule matches, walking from the innermost frame outwards, so
 time in a library (cryptography, PyJWT, protobuf, loguru, prometheus_client) is booked to the part that called it
 only when the library itself has no part of its own. Prints the share of samples per part, and the hottest
-innermost frames for the largest parts. With ``--native`` stacks, C and Rust frames are matched as well (OpenSSL,
-gRPC core, the cryptography Rust extension).
+innermost frames for the largest parts. py-spy's non-blocking mode sees Python frames only: a sample whose
+innermost frame is the event loop running a callback is inside grpc.aio's Cython layer or gRPC core, and is
+booked as such (use perf for the split by shared object).
 """
 
 from __future__ import annotations
