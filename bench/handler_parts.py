@@ -1,0 +1,109 @@
+"""What each stage of meshsigner's CreateCertificate handler costs in-process, on one thread, without gRPC.
+
+    python bench/handler_parts.py [--calls 2000]
+
+CPU microseconds per call (time.process_time) for: CSR parse and checks, token check (cached and not), the
+built-in policy decision, leaf build and sign, the decision record logged at INFO, plus the two cryptography
+primitives under them (ECDSA P-256 verify and sign). Next to bench_vs_istiod.py's server CPU per CSR and its
+no-op transport floor this splits the per-certificate cost into transport and handler parts. It calls the
+product's modules directly, so it follows their names if they move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from loguru import logger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_vs_istiod as side_by_side
+
+from bridge.local_ca import LocalCA
+from bridge.signing import SigningRequest
+from policies.builtin import OwnIdentityOnly
+from policies.model import Caller
+from signer.auth.jwks import JwksAuthenticator
+from signer.csr_checks import parse_csr
+from signer.decision_log import DecisionLog
+from tests.support.csr_builder import make_csr
+
+
+def per_call_us(calls: int, work: Callable[[int], object]) -> float:
+    work(0)
+    started = time.process_time()
+    for index in range(calls):
+        work(index)
+    return (time.process_time() - started) * 1e6 / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    calls = parser.parse_args().calls
+    base = Path(tempfile.mkdtemp(prefix="meshsigner-parts-"))
+    issuer_key = side_by_side.write_material(base)
+    tokens = [entry["token"] for entry in json.loads((base / "work.json").read_text())["identities"]]
+    ca = LocalCA.open(base / "ca")
+    csrs = [make_csr([f"spiffe://cluster.local/ns/ns{i}/sa/sa{i}"]) for i in range(50)]
+    parsed = [parse_csr(csr, validity_seconds=3600, impersonated=None, cert_signer=None) for csr in csrs]
+    callers = [Caller("cluster.local", f"ns{i}", f"sa{i}") for i in range(50)]
+    decider = OwnIdentityOnly("cluster.local", 3600)
+    now = datetime.now(UTC)
+    decisions = [
+        decider.decide(callers[i], parsed[i].request, now=now, ca_not_after=ca.ca_not_after) for i in range(50)
+    ]
+    loop = asyncio.new_event_loop()
+    authenticator = JwksAuthenticator(base / "jwks.json", issuer=side_by_side.ISSUER, audiences=("istio-ca",))
+    logger.remove()
+    logger.add(io.StringIO(), level="INFO")  # the record is formatted as for stderr, then discarded
+    record = DecisionLog(None, to_log=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    signature = key.sign(b"x" * 300, ec.ECDSA(hashes.SHA256()))
+
+    def sign(i: int) -> object:
+        p, d = parsed[i % 50], decisions[i % 50]
+        assert d.not_after is not None and d.duration_seconds is not None
+        request = SigningRequest(
+            csr_pem=p.pem, csr=p.csr, public_key=p.public_key, uris=d.uris, dns_names=d.dns_names,
+            not_after=d.not_after, duration_seconds=d.duration_seconds, identities_annotation=",".join(d.uris),
+        )  # fmt: skip
+        return loop.run_until_complete(ca.sign(request))
+
+    def fresh_token(i: int) -> object:  # a token not seen before, so the verified-token cache misses
+        return loop.run_until_complete(authenticator.authenticate(unseen[i]))
+
+    unseen = [side_by_side.mint_token(issuer_key, f"cold{i}", "sa") for i in range(calls + 1)]
+    rows = [
+        ("CSR parse and checks (parse_csr)", lambda i: parse_csr(csrs[i % 50], validity_seconds=3600,
+                                                                 impersonated=None, cert_signer=None)),
+        ("token, cached (50 tokens repeat)", lambda i: loop.run_until_complete(
+            authenticator.authenticate(tokens[i % 50]))),
+        ("token, not cached (RS256 verify)", fresh_token),
+        ("policy decision (built-in rule)", lambda i: decider.decide(callers[i % 50], parsed[i % 50].request,
+                                                                     now=now, ca_not_after=ca.ca_not_after)),
+        ("leaf build and sign (LocalCA.sign)", sign),
+        ("decision record logged at INFO", lambda i: record(f"{i:016x}", callers[i % 50], parsed[i % 50].request,
+                                                              decisions[i % 50], now)),
+        ("  primitive: ECDSA P-256 verify", lambda i: key.public_key().verify(signature, b"x" * 300,
+                                                                              ec.ECDSA(hashes.SHA256()))),
+        ("  primitive: ECDSA P-256 sign", lambda i: key.sign(b"x" * 300, ec.ECDSA(hashes.SHA256()))),
+    ]  # fmt: skip
+    for name, work in rows:
+        print(f"{name:<40} {per_call_us(calls, work):7.0f} µs")
+
+
+if __name__ == "__main__":
+    main()

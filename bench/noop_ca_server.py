@@ -1,0 +1,67 @@
+"""A grpc.aio CreateCertificate server that does no work: the transport floor under meshsigner's handler.
+
+    python bench/noop_ca_server.py --port P [--cert FILE --key FILE]   (plaintext without --cert)
+
+Same gRPC server options as meshsigner's listener (copied here, not imported, so that this stays independent of
+the product's module layout); it answers every call with a fixed two-element chain. Driven by the same Go client
+as the real servers, its CPU per call is what gRPC core, HTTP/2, protobuf and the asyncio handler dispatch cost on
+their own; run once with TLS and once without, the difference is TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proto import istio_ca_pb2, istio_ca_pb2_grpc
+
+OPTIONS = (
+    ("grpc.max_receive_message_length", 1024 * 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.max_concurrent_streams", 256),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.server_handshake_timeout_ms", 10_000),
+)
+CHAIN = ["-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n", "root"]
+
+
+class Noop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
+    async def CreateCertificate(self, request, context):  # the generated base class is untyped
+        return istio_ca_pb2.IstioCertificateResponse(cert_chain=CHAIN)
+
+
+async def serve(port: int, cert: Path | None, key: Path | None) -> None:
+    server = grpc.aio.server(options=OPTIONS)
+    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Noop(), server)
+    address = f"127.0.0.1:{port}"
+    if cert and key:
+        server.add_secure_port(address, grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    else:
+        server.add_insecure_port(address)
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", type=Path)
+    parser.add_argument("--key", type=Path)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.cert, args.key))
+
+
+if __name__ == "__main__":
+    main()
