@@ -76,11 +76,12 @@ CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
 SKIP_ENV = "MESHSIGNER_SKIP_CLUSTER_TESTS"
 
 
-def _load(name: str, path: Path):
+def _load(name: str, path: Path) -> Any:
     """tests/ is not a package: import the plane helpers by path under unique module names."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -273,7 +274,7 @@ class CAIssuer:
     kind: str
     namespace: str | None
     secret_name: str
-    ca: object  # pki.KeyPair
+    ca: Any  # pki.KeyPair (loaded by path, so not importable as a type)
     group: str = CM_GROUP
 
     @property

@@ -56,13 +56,23 @@ class Mesh:
         return self.core.create_namespaced_pod(namespace, body)
 
 
-def _service_accounts(make_service_account, namespace: str, *names: str) -> None:  # type: ignore[no-untyped-def]
+def name_of(pod: client.V1Pod) -> str:
+    assert pod.metadata is not None and pod.metadata.name is not None
+    return str(pod.metadata.name)
+
+
+def uid_of(pod: client.V1Pod) -> str:
+    assert pod.metadata is not None and pod.metadata.uid is not None
+    return str(pod.metadata.uid)
+
+
+def _service_accounts(make_service_account, namespace: str, *names: str) -> None:
     for name in names:
         make_service_account(namespace, name)
 
 
 @pytest.fixture(scope="module")
-def mesh(kube_api, make_namespace, make_service_account, mint_token) -> Mesh:  # type: ignore[no-untyped-def]
+def mesh(kube_api, make_namespace, make_service_account, mint_token) -> Mesh:
     core = client.CoreV1Api(kube_api)
     suffix = secrets.token_hex(3)
     m = Mesh(core, make_namespace("istio-system"), make_namespace("orders"), make_namespace("payments"),
@@ -73,13 +83,13 @@ def mesh(kube_api, make_namespace, make_service_account, mint_token) -> Mesh:  #
     zt = m.pod(m.ztunnel_ns, "ztunnel", m.node_a, name="ztunnel-a")
     m.pod(m.orders, "web", m.node_a)
     m.pod(m.payments, "api", m.node_b)
-    bound = {"kind": "Pod", "name": zt.metadata.name, "uid": zt.metadata.uid}
+    bound = {"kind": "Pod", "name": name_of(zt), "uid": uid_of(zt)}
     m.ztunnel_token = mint_token(m.ztunnel_ns, "ztunnel", bound_object=bound)
     return m
 
 
 @pytest.fixture(scope="module")
-def server(kube_plane, mesh: Mesh, tmp_path_factory) -> Iterator[tuple[ServerProcess, IstioCertificateServiceStub]]:  # type: ignore[no-untyped-def]
+def server(kube_plane, mesh: Mesh, tmp_path_factory) -> Iterator[tuple[ServerProcess, IstioCertificateServiceStub]]:
     tmp = tmp_path_factory.mktemp("impersonation")
     process = start_server(
         [
@@ -98,12 +108,12 @@ def server(kube_plane, mesh: Mesh, tmp_path_factory) -> Iterator[tuple[ServerPro
         process.stop()
 
 
-def impersonate(stub, token: str, identity: str, csr_uri: str | None = None) -> tuple[grpc.StatusCode, list[str], str]:  # type: ignore[no-untyped-def]
+def impersonate(stub, token: str, identity: str, csr_uri: str | None = None) -> tuple[grpc.StatusCode, list[str], str]:
     csr = make_csr([csr_uri or identity])
     return create(stub, csr, token, metadata_fields={"ImpersonatedIdentity": identity})
 
 
-def eventually(stub, token: str, identity: str, want: grpc.StatusCode, other: grpc.StatusCode) -> None:  # type: ignore[no-untyped-def]
+def eventually(stub, token: str, identity: str, want: grpc.StatusCode, other: grpc.StatusCode) -> None:
     """Poll until the answer is ``want``; until then it must be ``other`` (nothing else, never an early allow)."""
     deadline = time.monotonic() + 15
     while (code := impersonate(stub, token, identity)[0]) is not want:
@@ -112,7 +122,7 @@ def eventually(stub, token: str, identity: str, want: grpc.StatusCode, other: gr
         time.sleep(0.1)
 
 
-def test_impersonating_a_pod_on_the_callers_node_issues_the_workloads_identity(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_impersonating_a_pod_on_the_callers_node_issues_the_workloads_identity(server, mesh: Mesh) -> None:
     process, stub = server
     code, chain, details = impersonate(stub, mesh.ztunnel_token, spiffe(mesh.orders, "web"))
     assert code is grpc.StatusCode.OK, details
@@ -123,7 +133,7 @@ def test_impersonating_a_pod_on_the_callers_node_issues_the_workloads_identity(s
     assert mesh.ztunnel_token not in process.log()
 
 
-def test_off_node_workload_is_denied(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_off_node_workload_is_denied(server, mesh: Mesh) -> None:
     code, chain, details = impersonate(server[1], mesh.ztunnel_token, spiffe(mesh.payments, "api"))
     assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, [])
     assert "IMPERSONATION_OFF_NODE" in details
@@ -131,28 +141,28 @@ def test_off_node_workload_is_denied(server, mesh: Mesh) -> None:  # type: ignor
     assert code is grpc.StatusCode.PERMISSION_DENIED and "IMPERSONATION_OFF_NODE" in details
 
 
-def test_untrusted_caller_is_denied_even_with_a_pod_on_the_node(server, mesh: Mesh, mint_token) -> None:  # type: ignore[no-untyped-def]
+def test_untrusted_caller_is_denied_even_with_a_pod_on_the_node(server, mesh: Mesh, mint_token) -> None:
     pod = mesh.pod(mesh.ztunnel_ns, "intruder", mesh.node_a)
-    token = mint_token(mesh.ztunnel_ns, "intruder", bound_object={"kind": "Pod", "name": pod.metadata.name,
-                                                                  "uid": pod.metadata.uid})  # fmt: skip
+    token = mint_token(mesh.ztunnel_ns, "intruder", bound_object={"kind": "Pod", "name": name_of(pod),
+                                                                  "uid": uid_of(pod)})  # fmt: skip
     code, chain, details = impersonate(server[1], token, spiffe(mesh.orders, "web"))
     assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, [])
     assert "IMPERSONATION_NOT_ALLOWED" in details
 
 
-def test_unbound_ztunnel_token_is_denied(server, mesh: Mesh, mint_token) -> None:  # type: ignore[no-untyped-def]
+def test_unbound_ztunnel_token_is_denied(server, mesh: Mesh, mint_token) -> None:
     code, chain, details = impersonate(server[1], mint_token(mesh.ztunnel_ns, "ztunnel"), spiffe(mesh.orders, "web"))
     assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, [])
     assert "IMPERSONATION_UNBOUND_TOKEN" in details
 
 
-def test_csr_uri_other_than_the_impersonated_identity_is_denied(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_csr_uri_other_than_the_impersonated_identity_is_denied(server, mesh: Mesh) -> None:
     for uri in (spiffe(mesh.payments, "api"), spiffe(mesh.ztunnel_ns, "ztunnel"), spiffe(mesh.orders, "batch")):
         code, chain, _ = impersonate(server[1], mesh.ztunnel_token, spiffe(mesh.orders, "web"), csr_uri=uri)
         assert (code, chain) == (grpc.StatusCode.PERMISSION_DENIED, []), uri
 
 
-def test_malformed_or_foreign_impersonated_identity(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_or_foreign_impersonated_identity(server, mesh: Mesh) -> None:
     stub, token = server[1], mesh.ztunnel_token
     for bad in (f"spiffe://{TD}/ns/{mesh.orders}/sa/web/x", f"spiffe://{TD}/ns//sa/web", "http://x/ns/a/sa/b"):
         assert impersonate(stub, token, bad, csr_uri=spiffe(mesh.orders, "web"))[0] is grpc.StatusCode.INVALID_ARGUMENT
@@ -160,22 +170,22 @@ def test_malformed_or_foreign_impersonated_identity(server, mesh: Mesh) -> None:
     assert impersonate(stub, token, foreign)[0] is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_finished_workload_pod_no_longer_counts(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_finished_workload_pod_no_longer_counts(server, mesh: Mesh) -> None:
     stub, identity = server[1], spiffe(mesh.orders, "batch")
     pod = mesh.pod(mesh.orders, "batch", mesh.node_a)
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED)
-    mesh.core.patch_namespaced_pod_status(pod.metadata.name, mesh.orders, {"status": {"phase": "Running"}})
+    mesh.core.patch_namespaced_pod_status(name_of(pod), mesh.orders, {"status": {"phase": "Running"}})
     assert impersonate(stub, mesh.ztunnel_token, identity)[0] is grpc.StatusCode.OK
-    mesh.core.patch_namespaced_pod_status(pod.metadata.name, mesh.orders, {"status": {"phase": "Succeeded"}})
+    mesh.core.patch_namespaced_pod_status(name_of(pod), mesh.orders, {"status": {"phase": "Succeeded"}})
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
     failed = mesh.pod(mesh.orders, "batch", mesh.node_a)
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED)
-    mesh.core.patch_namespaced_pod_status(failed.metadata.name, mesh.orders, {"status": {"phase": "Failed"}})
+    mesh.core.patch_namespaced_pod_status(name_of(failed), mesh.orders, {"status": {"phase": "Failed"}})
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
 
 
-def test_pod_arriving_on_the_node_later_is_allowed_without_restart(server, mesh: Mesh) -> None:  # type: ignore[no-untyped-def]
+def test_pod_arriving_on_the_node_later_is_allowed_without_restart(server, mesh: Mesh) -> None:
     stub, identity = server[1], spiffe(mesh.payments, "late")
     mesh.pod(mesh.payments, "late", mesh.node_b)
     assert impersonate(stub, mesh.ztunnel_token, identity)[0] is grpc.StatusCode.PERMISSION_DENIED
@@ -183,11 +193,11 @@ def test_pod_arriving_on_the_node_later_is_allowed_without_restart(server, mesh:
     pod = mesh.pod(mesh.payments, "late", mesh.node_a)
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED)
     assert time.monotonic() - started < 5
-    mesh.core.delete_namespaced_pod(pod.metadata.name, mesh.payments, grace_period_seconds=0)
+    mesh.core.delete_namespaced_pod(name_of(pod), mesh.payments, grace_period_seconds=0)
     eventually(stub, mesh.ztunnel_token, identity, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
 
 
-def test_recreated_caller_pod_needs_its_own_token(server, mesh: Mesh, mint_token) -> None:  # type: ignore[no-untyped-def]
+def test_recreated_caller_pod_needs_its_own_token(server, mesh: Mesh, mint_token) -> None:
     """A token of a recreated caller pod (same name, new UID) works as soon as the watch has the new pod. A token
     bound to the deleted incarnation may still pass the TokenReview for a while (the API server caches token
     authentications), while meshsigner's cache holds the new UID → UNAVAILABLE (UID mismatch, retryable), never OK;
@@ -195,13 +205,13 @@ def test_recreated_caller_pod_needs_its_own_token(server, mesh: Mesh, mint_token
     name = f"ztunnel-r-{secrets.token_hex(2)}"
     old = mesh.pod(mesh.ztunnel_ns, "ztunnel", mesh.node_a, name=name)
     old_token = mint_token(mesh.ztunnel_ns, "ztunnel", bound_object={"kind": "Pod", "name": name,
-                                                                      "uid": old.metadata.uid})  # fmt: skip
+                                                                      "uid": uid_of(old)})  # fmt: skip
     stub, identity = server[1], spiffe(mesh.orders, "web")
     eventually(stub, old_token, identity, grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
     mesh.core.delete_namespaced_pod(name, mesh.ztunnel_ns, grace_period_seconds=0)
     new = mesh.pod(mesh.ztunnel_ns, "ztunnel", mesh.node_a, name=name)
     new_token = mint_token(mesh.ztunnel_ns, "ztunnel", bound_object={"kind": "Pod", "name": name,
-                                                                      "uid": new.metadata.uid})  # fmt: skip
+                                                                      "uid": uid_of(new)})  # fmt: skip
     eventually(stub, new_token, identity, grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
     # the API server caches successful token authentications for 10 s: within that window the old token still
     # authenticates, and only the UID check stands between it and a certificate
@@ -213,7 +223,7 @@ def test_recreated_caller_pod_needs_its_own_token(server, mesh: Mesh, mint_token
     }, (code, details)
 
 
-def _kubeconfig_for(kube_plane, token: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _kubeconfig_for(kube_plane, token: str, path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
         "clusters": [{"name": "p", "cluster": {"server": kube_plane.api_server_url,
@@ -224,7 +234,7 @@ def _kubeconfig_for(kube_plane, token: str, path: Path) -> Path:  # type: ignore
     return path
 
 
-def test_without_pod_rbac_impersonation_is_unavailable_then_works_once_granted(  # type: ignore[no-untyped-def]
+def test_without_pod_rbac_impersonation_is_unavailable_then_works_once_granted(
     kube_plane, kube_api, mesh: Mesh, make_service_account, mint_token, tmp_path: Path
 ):
     """D7: until the pod list arrives, impersonation is UNAVAILABLE (never an allow, never PERMISSION_DENIED) and

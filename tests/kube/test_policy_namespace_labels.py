@@ -36,7 +36,7 @@ spec:
 }
 
 
-def _request(stub, namespace: str, token: str) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def _request(stub, namespace: str, token: str) -> grpc.StatusCode:
     csr = make_csr([f"spiffe://cluster.local/ns/{namespace}/sa/web"])
     return create(stub, csr, token)[0]
 
