@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -32,7 +33,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 @dataclass
 class KeyPair:
-    key: object
+    key: CertificateIssuerPrivateKeyTypes
     cert: x509.Certificate
 
     @property

@@ -662,12 +662,12 @@ def main(argv: list[str]) -> int:
             print("stopped" if down() else "no plane was running")
             return 0
         if cmd == "status":
-            plane = load()
-            if plane is None:
+            recorded = load()
+            if recorded is None:
                 print("no plane recorded")
                 return 1
-            ok = plane.healthy()
-            print(json.dumps({"healthy": ok, **asdict(plane)}, indent=2))
+            ok = recorded.healthy()
+            print(json.dumps({"healthy": ok, **asdict(recorded)}, indent=2))
             return 0 if ok else 1
     except PlaneError as e:
         log(f"ERROR: {e}")

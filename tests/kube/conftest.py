@@ -63,6 +63,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import urllib3
@@ -296,7 +297,7 @@ class CAIssuer:
         return {"name": self.name, "kind": self.kind, "group": self.group}
 
 
-def _ready(obj: dict) -> bool:
+def _ready(obj: Any) -> bool:
     conds = (obj.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
@@ -332,6 +333,7 @@ def _create_ca_issuer(kube_api, *, kind: str, name: str, secret_ns: str, issuer_
             what=f"ClusterIssuer {name} Ready",
         )
     else:
+        assert issuer_ns is not None, "a namespaced Issuer needs its namespace"
         co.create_namespaced_custom_object(CM_GROUP, CM_VERSION, issuer_ns, "issuers", body)
         _wait_for(
             lambda: _ready(co.get_namespaced_custom_object(CM_GROUP, CM_VERSION, issuer_ns, "issuers", name)),
