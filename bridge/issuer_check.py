@@ -87,6 +87,7 @@ class IssuerCheck:
             "1 for the active issuer's current state (ready, not_ready, missing, acme, unknown, pending, none)",
             ["state"],
             registry=registry,
+            multiprocess_mode="livemax",  # with --workers: the state any live worker sees
         )
         self._publish()
         selector.subscribe(self._issuer_changed)

@@ -27,6 +27,7 @@ class BridgeMetrics:
             "meshsigner_certificate_requests_in_flight",
             "CertificateRequests created and not yet resolved",
             registry=registry,
+            multiprocess_mode="livesum",  # with --workers: summed over live workers
         )
         self.delete_failures = Counter(
             "meshsigner_certificate_request_delete_failures_total",

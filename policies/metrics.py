@@ -39,6 +39,7 @@ class PolicyMetrics:
             "The active policy set; the value is 1 for its revision.",
             ("revision",),
             registry=registry,
+            multiprocess_mode="livemax",  # with --workers: every revision a live worker holds
         )
         self.reloads = Counter("policy_reload_total", "Policy set reloads by result.", ("result",), registry=registry)
         # labels() takes a lock and builds a key on every call; the children are kept instead. Both are bounded by
@@ -49,6 +50,7 @@ class PolicyMetrics:
             "policy_last_reload_success_timestamp_seconds",
             "Unix time of the last successful policy set load.",
             registry=registry,
+            multiprocess_mode="livemin",  # with --workers: the stalest live worker
         )
 
     def observe_decision(self, decision: Decision, seconds: float, *, policy: str, rule: str, mode: str) -> None:
