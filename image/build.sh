@@ -38,6 +38,7 @@ rm -rf "$work"
 mkdir -p "$work/wheel" "$(dirname "$out")"
 rootfs="$work/rootfs"
 start=$(date +%s)
+source_digest="$(bash "$repo/image/source-digest.sh")"
 
 echo "== meshsigner wheel" >&2
 python3 -m pip wheel -q --no-deps --wheel-dir "$work/wheel" "$repo" >&2
@@ -117,7 +118,8 @@ umoci config --image "$layout:$version" --created "$created" --history.created "
   --config.exposedports 6443/tcp --config.exposedports 6060/tcp --config.exposedports 9402/tcp \
   --config.label "org.opencontainers.image.title=meshsigner" \
   --config.label "org.opencontainers.image.version=$version" \
-  --config.label "org.opencontainers.image.base.name=debian:$suite (mmdebstrap)"
+  --config.label "org.opencontainers.image.base.name=debian:$suite (mmdebstrap)" \
+  --config.label "io.meshsigner.source-digest=$source_digest"
 umoci gc --layout "$layout"
 # docker load names the image from this annotation (podman and skopeo read org.opencontainers.image.ref.name).
 python3 - "$layout/index.json" "meshsigner:$version" <<'EOF'

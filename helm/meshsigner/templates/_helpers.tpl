@@ -54,6 +54,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (eq .Values.app.server.authenticator "jwks") (not (and .Values.app.server.jwks.file .Values.app.server.jwks.issuer)) -}}
 {{- fail "app.server.authenticator=jwks needs app.server.jwks.file and app.server.jwks.issuer" -}}
 {{- end -}}
+{{- if contains "cert-manager-istio-csr" (include "meshsigner.image" .) -}}
+{{- fail (printf "image %s is istio-csr's, not meshsigner's: set image.repository (and image.tag) to meshsigner's image" (include "meshsigner.image" .)) -}}
+{{- end -}}
 {{- if and (eq .Values.app.signer "local") (not .Values.app.local.caSecretName) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) -}}
 {{- fail "app.signer=local with more than one replica needs app.local.caSecretName: each pod would otherwise create its own CA" -}}
 {{- end -}}
