@@ -80,6 +80,7 @@ def test_the_schema_rejects_misspelt_keys(helm, typo):
         ("app.signer=kubernetes-csr", "not available in this meshsigner version"),
         ("image.repository=quay.io/jetstack/cert-manager-istio-csr", "is istio-csr's, not meshsigner's"),
         ("app.server.authenticator=jwks", "needs app.server.jwks.file"),
+        ("extraEnv[0].name=MESHSIGNER_MAX_IN_FLIGHT,extraEnv[0].value=64", "extraEnv/0/value"),
     ],
 )
 def test_what_meshsigner_cannot_honour_is_refused_with_a_message(helm, value, message):
