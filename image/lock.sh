@@ -10,5 +10,5 @@ if [ ! -x "$tools/bin/pip-compile" ]; then
   "$tools/bin/pip" install -q "pip-tools==7.5.*"
 fi
 cd "$repo"
-"$tools/bin/pip-compile" --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+"$tools/bin/pip-compile" --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
   --output-file image/requirements.lock pyproject.toml "$@"
