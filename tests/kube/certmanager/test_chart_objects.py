@@ -36,7 +36,7 @@ MATRIX = {
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
-def test_every_rendered_object_is_accepted_by_the_api_server(helm, kube_api, make_namespace, case):  # type: ignore[no-untyped-def]
+def test_every_rendered_object_is_accepted_by_the_api_server(helm, kube_api, make_namespace, case):
     release_ns, cert_ns, istio_ns = make_namespace("release"), make_namespace("certs"), make_namespace("istio")
     values = (
         *MATRIX[case], f"app.certmanager.namespace={cert_ns}", f"app.istio.namespace={istio_ns}", "image.tag=0.1.0",

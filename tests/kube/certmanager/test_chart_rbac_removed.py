@@ -28,7 +28,7 @@ def _without(docs: list[dict], group: str, resource: str) -> list[dict]:
     return trimmed
 
 
-def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_why(  # type: ignore[no-untyped-def]
+def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_why(
     helm, kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer,
     signer_factory, tmp_path: Path,
 ):  # fmt: skip
