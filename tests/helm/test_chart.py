@@ -17,9 +17,15 @@ POLICIES = REPO / "tests" / "policies" / "fixtures" / "policies"
 
 
 def render(
-    helm: str, *values: str, files: dict[str, Path] | None = None, namespace: str = "cert-manager"
+    helm: str,
+    *values: str,
+    files: dict[str, Path] | None = None,
+    namespace: str = "cert-manager",
+    value_files: tuple[Path, ...] = (),
 ) -> list[dict]:
     command = [helm, "template", "meshsigner", str(CHART), "--namespace", namespace, "--kube-version", "1.36.0"]
+    for path in value_files:
+        command += ["--values", str(path)]
     for value in values:
         command += ["--set", value]
     for key, path in (files or {}).items():

@@ -1,0 +1,182 @@
+"""The chart for today's features: an istio-csr values file installs as is, the schema rejects misspelt keys, what
+meshsigner cannot honour is refused with a message, RBAC follows the enabled features (each one off removes its
+rules), pods run locked down with probes and a graceful stop, and HPA/PDB/ServiceMonitor render when asked."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from signer.settings import parse_serve_args
+from tests.helm.test_chart import CHART, container_args, render
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ISTIO_CSR_VALUES = FIXTURES / "istio-csr-values.yaml"
+OFFLINE = ("app.server.authenticator=jwks", "app.server.jwks.file=/jwks/jwks.json", "app.server.jwks.issuer=https://i")
+
+
+def render_error(helm: str, *values: str) -> str:
+    command = [helm, "template", "meshsigner", str(CHART), "--namespace", "cert-manager", "--kube-version", "1.36.0"]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0, f"rendered although it should not: {values}"
+    return result.stderr
+
+
+def rules(docs: list[dict]) -> set[tuple[str, str, str, str, str]]:
+    """(kind of role, group, resource, verb, resourceName or '*') for every rule rendered."""
+    found = set()
+    for doc in docs:
+        if doc["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in doc.get("rules") or []:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        for name in rule.get("resourceNames") or ["*"]:
+                            found.add((doc["kind"], group, resource, verb, name))
+    return found
+
+
+def resources(docs: list[dict]) -> set[str]:
+    return {f"{group}/{resource}" for _, group, resource, _, _ in rules(docs)}
+
+
+def test_an_istio_csr_values_file_installs_as_is(helm):
+    docs = render(helm, "image.tag=0.1.0", value_files=(ISTIO_CSR_VALUES,))
+    settings = parse_serve_args(container_args(docs))
+    assert settings.root_ca_file == "/var/run/secrets/istio-csr/ca.pem"
+    assert settings.ca_trusted_node_accounts == ("istio-system/ztunnel",)
+    assert settings.runtime_issuance_config_map_name == "istio-issuer"
+    assert settings.serving_tls_curve_preferences == ("X25519", "CurveP256")
+    assert settings.log_format == "json" and settings.log_level == "1"
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Certificate", "ServiceMonitor", "PodDisruptionBudget", "ConfigMap"} <= kinds
+    certificate = next(doc for doc in docs if doc["kind"] == "Certificate")
+    assert certificate["spec"]["dnsNames"] == [
+        "istiod.istio-system.svc", "istiod-canary.istio-system.svc", "istiod.example.com"
+    ]  # fmt: skip
+    assert certificate["spec"]["uris"] == ["spiffe://cluster.local/ns/istio-system/sa/istiod-service-account"]
+    extra = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "meshsigner-extra"]
+    assert extra, "extraObjects are rendered through tpl"
+
+
+@pytest.mark.parametrize(
+    "typo",
+    ["replicaCounts=2", "app.tls.trustDomian=example.org", "app.certmanager.isuer.name=x", "app.server.serving.prot=1"],
+)
+def test_the_schema_rejects_misspelt_keys(helm, typo):
+    assert "additional properties" in render_error(helm, typo)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("app.tls.istiodCertificateEnable=dynamic", "dynamic is not available"),
+        ("app.server.authenticators.enableClientCert=true", "does not authenticate by client certificate"),
+        ("app.signer=kubernetes-csr", "not available in this meshsigner version"),
+        ("image.repository=quay.io/jetstack/cert-manager-istio-csr", "is istio-csr's, not meshsigner's"),
+        ("app.server.authenticator=jwks", "needs app.server.jwks.file"),
+        ("extraEnv[0].name=MESHSIGNER_MAX_IN_FLIGHT,extraEnv[0].value=64", "extraEnv/0/value"),
+    ],
+)
+def test_what_meshsigner_cannot_honour_is_refused_with_a_message(helm, value, message):
+    assert message in render_error(helm, value)
+
+
+def test_local_signer_replicas_must_share_one_ca(helm):
+    assert "each pod would otherwise create its own CA" in render_error(helm, "app.signer=local", "replicaCount=2")
+    docs = render(helm, "app.signer=local", "replicaCount=2", "app.local.caSecretName=istio-cacerts")
+    settings = parse_serve_args(container_args(docs))
+    assert settings.signer == "local" and settings.local_ca_dir == "/var/run/meshsigner/ca"
+
+
+ALL_ON = (
+    "app.certmanager.approveCertificateRequests=true",
+    "app.runtimeConfiguration.name=istio-issuer",
+    "app.server.caTrustedNodeAccounts=istio-system/ztunnel",
+    "app.policies.a\\.yaml=x",
+)
+
+
+def test_everything_on_grants_exactly_what_meshsigner_calls(helm):
+    assert rules(render(helm, *ALL_ON)) == {
+        ("Role", "cert-manager.io", "certificaterequests", verb, "*")
+        for verb in ("get", "list", "watch", "create", "delete", "deletecollection")
+    } | {
+        ("Role", "cert-manager.io", "certificaterequests/status", "update", "*"),
+        ("Role", "cert-manager.io", "certificaterequests/status", "patch", "*"),
+        ("ClusterRole", "cert-manager.io", "signers", "approve", "issuers.cert-manager.io/istio-system.istio-ca"),
+        ("ClusterRole", "authentication.k8s.io", "tokenreviews", "create", "*"),
+    } | {
+        ("Role", "", "configmaps", verb, "istio-issuer") for verb in ("get", "list", "watch")
+    } | {
+        ("ClusterRole", group, resource, verb, "*")
+        for group, resource in (("cert-manager.io", "issuers"), ("cert-manager.io", "clusterissuers"),
+                                ("", "namespaces"), ("", "pods"))
+        for verb in ("get", "list", "watch")
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("feature_off", "removed"),
+    [
+        ("app.certmanager.approveCertificateRequests=false", {"cert-manager.io/certificaterequests/status",
+                                                              "cert-manager.io/signers"}),
+        ("app.runtimeConfiguration.name=", {"/configmaps"}),
+        ("app.server.caTrustedNodeAccounts=", {"/pods"}),
+        ("app.policies=null", {"/namespaces"}),
+    ],
+)  # fmt: skip
+def test_each_feature_off_removes_its_rules(helm, feature_off, removed):
+    on, off = resources(render(helm, *ALL_ON)), resources(render(helm, *ALL_ON, feature_off))
+    assert on - off == removed
+
+
+def test_tokenreview_off_removes_tokenreviews(helm):
+    on, off = resources(render(helm, *ALL_ON)), resources(render(helm, *ALL_ON, *OFFLINE))
+    assert on - off == {"authentication.k8s.io/tokenreviews"}
+
+
+def test_the_local_signer_drops_every_cert_manager_rule(helm):
+    off = render(helm, *ALL_ON, "app.signer=local")
+    assert not any(group == "cert-manager.io" for _, group, _, _, _ in rules(off))
+    assert "/configmaps" not in resources(off)
+    assert not any(doc["kind"] == "Certificate" for doc in off)
+
+
+def test_local_signer_offline_authentication_has_no_rights_at_all(helm):
+    docs = render(helm, "app.signer=local", *OFFLINE)
+    assert {doc["kind"] for doc in docs} & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} == set()
+    assert any(doc["kind"] == "ServiceAccount" for doc in docs)
+
+
+def test_pods_are_locked_down_and_stop_gracefully(helm):
+    docs = render(helm)
+    pod = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"] and "add" not in security["capabilities"]
+    assert security["seccompProfile"]["type"] == pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}, "the only writable place"
+    sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    # preStop, then SIGTERM: 5 s gRPC drain (signer/serve.py SHUTDOWN_GRACE_SECONDS) and the last deletes.
+    assert pod["terminationGracePeriodSeconds"] >= sleep + 5 + 10
+
+
+def test_autoscaling_replaces_replicas_and_the_pdb_renders(helm):
+    docs = render(helm, "autoscaling.enabled=true", "podDisruptionBudget.enabled=true")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    hpa = next(doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    pdb = next(doc for doc in docs if doc["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget"} & {d["kind"] for d in render(helm)}

@@ -1,0 +1,65 @@
+"""Without one of the rules the chart grants, meshsigner fails clearly instead of misbehaving: the chart's RBAC for
+the cert-manager mode is applied minus the TokenReview rule, and a workload's request is refused with UNAVAILABLE
+(the agent retries) while the log names the refused API call."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from pathlib import Path
+
+import grpc
+from kubernetes import client, utils
+
+from tests.e2e.calls import create
+from tests.helm.test_chart import render
+from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS, _kubeconfig
+from tests.support.csr_builder import make_csr
+
+
+def _without(docs: list[dict], group: str, resource: str) -> list[dict]:
+    trimmed = []
+    for doc in docs:
+        if doc["kind"] in ("Role", "ClusterRole"):
+            rules = [r for r in doc["rules"] if not (group in r["apiGroups"] and resource in r["resources"])]
+            assert rules or doc["kind"] == "Role", "a ClusterRole with no rules left"
+            doc = {**doc, "rules": rules}
+        trimmed.append(doc)
+    return trimmed
+
+
+def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_why(
+    helm, kube_plane, kube_api, make_namespace, make_service_account, mint_token, ca_cluster_issuer,
+    signer_factory, tmp_path: Path,
+):  # fmt: skip
+    release_ns, cert_ns = make_namespace("release"), make_namespace("certs")
+    name = f"meshsigner-norev-{secrets.token_hex(3)}"
+    docs = render(
+        helm,
+        f"nameOverride={name}",
+        f"app.certmanager.namespace={cert_ns}",
+        f"app.certmanager.issuer.name={ca_cluster_issuer.name}",
+        "app.certmanager.issuer.kind=ClusterIssuer",
+        "app.certmanager.approveCertificateRequests=true",
+        namespace=release_ns,
+    )
+    rbac = _without([d for d in docs if d["kind"] in RBAC_KINDS], "authentication.k8s.io", "tokenreviews")
+    try:
+        for doc in rbac:
+            utils.create_from_dict(kube_api, doc)
+        token = mint_token(release_ns, name, audience=None)
+        kubeconfig = _kubeconfig(kube_plane, token, tmp_path / "sa.kubeconfig")
+        signer = signer_factory(cert_ns, ca_cluster_issuer, f"--kubeconfig={kubeconfig}")
+        workload_ns = make_namespace("app")
+        make_service_account(workload_ns, "web")
+        own = f"spiffe://cluster.local/ns/{workload_ns}/sa/web"
+        code, chain, details = create(signer.stub(), make_csr([own]), mint_token(workload_ns, "web"))
+        assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
+        assert not chain
+        log = signer.server.log()
+        assert "tokenreviews" in log and "403" in log, log[-3000:]
+    finally:
+        rbac_api = client.RbacAuthorizationV1Api(kube_api)
+        for delete in (rbac_api.delete_cluster_role_binding, rbac_api.delete_cluster_role):
+            with contextlib.suppress(client.ApiException):
+                delete(name)
