@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .state/dev
 
-.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean
+.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean image lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,12 @@ test: venv
 	bash tests/cluster/build.sh
 	bash tests/istio_peer/build.sh >/dev/null   # Istio's CA client (conformance peer), cached like the plane
 	bash tests/helm/build-helm.sh >/dev/null    # helm for the chart tests, cached too
+	bash image/install-tools.sh                 # mmdebstrap, umoci, skopeo for the image tests (Debian packages)
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
-	MESHSIGNER_SKIP_CLUSTER_TESTS=1 $(PY) -m pytest -q -m 'not cluster' $(PYTEST_ARGS)
+	MESHSIGNER_SKIP_CLUSTER_TESTS=1 $(PY) -m pytest -q -m 'not cluster and not image' $(PYTEST_ARGS)
 
 # ruff, mypy (strict on signer/, policies/, bridge/; default on tests/) and the import contract (pyproject.toml).
 lint: venv
@@ -47,6 +48,15 @@ cluster-down:
 
 bench: venv
 	$(PY) bench/bench_local_ca.py
+
+# The OCI image archive without a container engine (root, mmdebstrap, umoci; Debian mirror + PyPI). Prints its path.
+image:
+	bash image/install-tools.sh
+	bash image/build.sh
+
+# Re-resolve image/requirements.lock (pip-compile --generate-hashes, in its own cached venv).
+lock:
+	bash image/lock.sh
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .ruff_cache

@@ -88,7 +88,7 @@ chmod 0755 "$rootfs$venv/bin/meshsigner"
 # Bytecode now: the root filesystem is read-only at run time.
 chroot "$rootfs" "$venv/bin/python3" -m compileall -q --invalidation-mode unchecked-hash "$venv/lib" >&2
 chroot "$rootfs" "$venv/bin/meshsigner" --help >/dev/null
-chroot "$rootfs" "$venv/bin/python3" -c 'import bridge.kube, signer.cluster_parts, signer.serve, policies.commands'
+chroot "$rootfs" "$venv/bin/python3" -c 'import bridge.kube, signer.serve_in_cluster, signer.serve, policies.commands'
 
 echo "== user and clean-up" >&2
 echo "meshsigner:x:$uid:$uid:meshsigner:/nonexistent:/usr/sbin/nologin" >>"$rootfs/etc/passwd"

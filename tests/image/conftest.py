@@ -20,10 +20,6 @@ from tests.support.processes import REPO
 SOURCE_DIGEST_LABEL = "io.meshsigner.source-digest"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "image: builds and starts the OCI image (needs root, mmdebstrap and umoci)")
-
-
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
