@@ -8,7 +8,9 @@ Session fixtures (stable names):
 ``istio_binaries``      paths of pilot-discovery, pilot-agent and the xDS probe
 ``install_values``      the Istio install settings of docs/istio-install.md (the test's environment comes from them)
 ``istio_crds``          Istio's CRDs from the same module, installed and Established
-``mesh_signer``         ``meshsigner serve --signer local --authenticator tokenreview`` with tests/istio/policies
+``mesh_signer``         ``meshsigner serve --authenticator tokenreview`` with tests/istio/policies, once per signer
+                        (``--signer local``, ``--signer cert-manager`` with a CA ClusterIssuer); the fixtures below
+                        follow it, so every test runs once per signer
 ``istiod_tls_secret``   STAND-IN for meshsigner's istiod-certificate controller: Secret istio-system/istiod-tls
 ``publish_mesh_root``   STAND-IN for meshsigner's root distribution: ConfigMap istio-ca-root-cert in a namespace
 ``istiod``              pilot-discovery with ENABLE_CA_SERVER=false, mounting the two objects above
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -36,6 +39,7 @@ from tests.istio import mesh
 from tests.istio.install_values import InstallValues, helm_values
 from tests.kube.conftest import (  # noqa: F401  (fixtures used by this folder's tests)
     SKIP_ENV,
+    ca_cluster_issuer,
     kube_api,
     kube_plane,
     make_namespace,
@@ -43,12 +47,13 @@ from tests.kube.conftest import (  # noqa: F401  (fixtures used by this folder's
     mint_token,
     wait_for,
 )
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import ServerProcess, readyz, start_server
 
 HERE = Path(__file__).resolve().parent
 POLICIES = HERE / "policies"
 ISTIOD_TLS_SECRET = "istiod-tls"
 ROOT_CONFIGMAP = "istio-ca-root-cert"
+SIGNERS = ["local", "cert-manager"]  # kubernetes-csr once it exists
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,20 +128,17 @@ def istio_system(kube_api) -> str:  # noqa: F811
 
 @dataclass
 class MeshSigner:
+    mode: str  # --signer
     server: ServerProcess
     base: Path
-
-    @property
-    def ca_dir(self) -> Path:
-        return self.base / "ca"
+    ca_cert_pem: bytes  # the CA that signs (the mesh root here: no intermediates in these tests)
+    ca_key_pem: bytes
 
     @property
     def root_pem(self) -> bytes:
-        return (self.ca_dir / "root-cert.pem").read_bytes()
+        return self.ca_cert_pem
 
     def decisions(self) -> list[dict]:
-        import json
-
         path = self.base / "decisions.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -148,13 +150,47 @@ class MeshSigner:
         ]
 
 
-@pytest.fixture(scope="session")
-def mesh_signer(kube_plane, install_values: InstallValues, tmp_path_factory) -> Iterator[MeshSigner]:  # noqa: F811
-    base = tmp_path_factory.mktemp("meshsigner")
+def _ready(server: ServerProcess) -> bool:
+    try:
+        return readyz(server.readiness_port)[0] == 200
+    except OSError:
+        return False
+
+
+def _signer_flags(mode: str, base: Path, request: pytest.FixtureRequest, istio_system: str) -> tuple[list[str], Path]:
+    """Backend flags for ``mode`` and the folder or file holding the CA (cert + key) it signs with."""
+    if mode == "local":
+        return [f"--local-ca-dir={base / 'ca'}"], base / "ca"
+    issuer = request.getfixturevalue("ca_cluster_issuer")
+    (base / "ca").mkdir()
+    (base / "ca" / "root-cert.pem").write_bytes(issuer.ca_cert_pem)
+    (base / "ca" / "ca-key.pem").write_bytes(issuer.ca_key_pem)
+    flags = [
+        f"--certificate-namespace={istio_system}",
+        f"--issuer-name={issuer.name}",
+        f"--issuer-kind={issuer.kind}",
+        f"--issuer-group={issuer.group}",
+        f"--root-ca-file={base / 'ca' / 'root-cert.pem'}",
+        "--approve-certificate-requests",  # the plane runs cert-manager without its auto-approver
+    ]
+    return flags, base / "ca"
+
+
+@pytest.fixture(scope="session", params=SIGNERS)
+def mesh_signer(
+    request: pytest.FixtureRequest,
+    kube_plane,  # noqa: F811
+    install_values: InstallValues,
+    istio_system: str,
+    tmp_path_factory,
+) -> Iterator[MeshSigner]:
+    mode = request.param
+    base = tmp_path_factory.mktemp(f"meshsigner-{mode}")
+    backend_flags, ca_dir = _signer_flags(mode, base, request, istio_system)
     server = start_server(
         [
-            "--signer=local",
-            f"--local-ca-dir={base / 'ca'}",
+            f"--signer={mode}",
+            *backend_flags,
             "--authenticator=tokenreview",
             f"--kubeconfig={kube_plane.kubeconfig}",
             # the agents check this name: the host of global.caAddress
@@ -164,17 +200,22 @@ def mesh_signer(kube_plane, install_values: InstallValues, tmp_path_factory) -> 
             "--log-format=json",
         ],
         base / "serve.log",
+        wait=False,  # start_server's own 20 s wait is too short on this loaded machine; wait longer here
     )
-    yield MeshSigner(server, base)
+    mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
+    signer = MeshSigner(
+        mode, server, base, (ca_dir / "root-cert.pem").read_bytes(), (ca_dir / "ca-key.pem").read_bytes()
+    )
+    yield signer
     assert server.stop() == 0, server.log()
 
 
 @pytest.fixture(scope="session")
 def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> dict[str, bytes]:  # noqa: F811
     """STAND-IN for meshsigner's istiod-certificate controller, which does not exist yet: the ``istiod-tls``
-    Secret, signed by meshsigner's local CA with the shape istio-csr gives it. Replace the body with "wait for the
-    controller's Secret" when the controller lands; istiod reads the Secret from the plane either way."""
-    data = mesh.istiod_tls_from_local_ca(mesh_signer.ca_dir)
+    Secret, signed by the CA meshsigner signs with, in the shape istio-csr gives it. Replace the body with "wait
+    for the controller's Secret" when the controller lands; istiod reads the Secret from the plane either way."""
+    data = mesh.istiod_tls_signed_by(mesh_signer.ca_cert_pem, mesh_signer.ca_key_pem)
     secret = client.V1Secret(
         metadata=client.V1ObjectMeta(name=ISTIOD_TLS_SECRET),
         type="kubernetes.io/tls",

@@ -64,13 +64,15 @@ def istio_crds(module_dir: Path) -> list[dict[str, Any]]:
 # --- istiod's serving certificate ------------------------------------------------------------------------------
 
 
-def istiod_tls_from_local_ca(ca_dir: Path, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> dict[str, bytes]:
+def istiod_tls_signed_by(
+    ca_cert_pem: bytes, ca_key_pem: bytes, lifetime: dt.timedelta = dt.timedelta(hours=1)
+) -> dict[str, bytes]:
     """STAND-IN for meshsigner's istiod-certificate controller (not written yet): the ``istiod-tls`` Secret data
-    (``tls.crt``, ``tls.key``, ``ca.crt``) signed by meshsigner's local CA in ``ca_dir``, shaped like istio-csr's
-    istiod Certificate (DNS names of the default revision, SPIFFE URI of istiod's service account, server and
-    client auth). When the controller exists, read its Secret instead."""
-    root = x509.load_pem_x509_certificate((ca_dir / "root-cert.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
+    (``tls.crt``, ``tls.key``, ``ca.crt``) signed by the CA meshsigner signs with, shaped like istio-csr's istiod
+    Certificate (DNS names of the default revision, SPIFFE URI of istiod's service account, server and client
+    auth). When the controller exists, read its Secret instead."""
+    root = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey), type(ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
