@@ -27,7 +27,7 @@ build() {
 
 build "$here" istio.io/istio/pilot/cmd/pilot-discovery "$cache/pilot-discovery-$istio_key"
 build "$here" istio.io/istio/pilot/cmd/pilot-agent "$cache/pilot-agent-$istio_key"
-build "$here/xdsprobe" . "$cache/istio-xdsprobe-$probe_key"
+build "$here/xdsprobe" example.invalid/meshsigner/istioxdsprobe "$cache/istio-xdsprobe-$probe_key"
 echo "$cache/pilot-discovery-$istio_key"
 echo "$cache/pilot-agent-$istio_key"
 echo "$cache/istio-xdsprobe-$probe_key"

@@ -312,7 +312,8 @@ def start_agent(
     for folder in ("var/lib/istio/data", "etc/istio/proxy", "var/run/secrets/workload-spiffe-uds"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     hosts = hosts_file(root / "hosts", values)
-    proxy_config = {"discoveryAddress": istiod.discovery_address, "statusPort": 0}  # 0: no status server (:15020)
+    # The status server (15020 in a pod) must have a valid port; Istio binds it on every interface, not loopback.
+    proxy_config = {"discoveryAddress": istiod.discovery_address, "statusPort": free_port()}
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root),
@@ -353,7 +354,7 @@ def start_probe(binary: str, agent: Agent, listeners: list[str]) -> tuple[subpro
     out = agent.root / f"xdsprobe-{len(agent.probes)}.jsonl"
     with out.open("wb") as stdout, (agent.root / f"xdsprobe-{len(agent.probes)}.err").open("wb") as stderr:
         process = subprocess.Popen(
-            [binary, f"--bootstrap={agent.bootstrap}", f"--listeners={','.join(listeners)}"],
+            [binary, f"--bootstrap={agent.bootstrap}", f"--root={agent.root}", f"--listeners={','.join(listeners)}"],
             cwd=agent.root,
             stdout=stdout,
             stderr=stderr,

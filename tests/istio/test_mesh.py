@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import socket
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +20,7 @@ from kubernetes import client
 
 from tests.istio.conftest import mounted_root
 from tests.istio.install_values import helm_values, istio_operator_values
-from tests.istio.mesh import Agent, probe_responses, start_probe, wait_until
+from tests.istio.mesh import ISTIOD_HOST, Agent, probe_responses, start_probe, wait_until
 
 CERT_WAIT = 120  # the machine is small and shared; a cold agent start includes key generation and TokenReview
 
@@ -49,6 +51,16 @@ def _make_grpc_service(kube_api, namespace: str, name: str, port: int) -> str:
     return f"{name}.{namespace}.svc.cluster.local:{port}"
 
 
+def _is_agent(proxy_id: str, agent: Agent) -> bool:
+    """istiod names a proxy ``<pod>.<namespace>`` (the ID's third field), a connection ``<pod>.<namespace>-<n>``."""
+    return proxy_id == f"{agent.workload.pod_name}.{agent.workload.namespace}"
+
+
+def _connections(istiod, agent: Agent) -> list[str]:  # type: ignore[no-untyped-def]
+    ids = [c["connectionId"] for c in istiod.connected_proxies()]
+    return [i for i in ids if _is_agent(i.rsplit("-", 1)[0], agent)]
+
+
 def test_install_doc_blocks_agree():
     helm, operator = helm_values(), istio_operator_values()
     assert helm == operator
@@ -73,7 +85,7 @@ def test_agent_gets_its_workload_certificate_from_meshsigner(
     assert key.public_key() == leaf.public_key()
 
     records = mesh_signer.decisions_for(namespace, "web")
-    assert [r["decision"] for r in records] == ["allow"]
+    assert [r["decision"] for r in records] == ["Allow"]
     assert records[0]["issued"]["uris"] == [agent.workload.spiffe_id]
     assert records[0]["caller"]["podName"] == agent.workload.pod_name  # the pod-bound token reached meshsigner
     assert dt.datetime.fromisoformat(records[0]["issued"]["notAfter"]) == leaf.not_valid_after_utc
@@ -97,11 +109,14 @@ def test_agent_xds_stream_to_istiod_delivers_configuration(
     )
     assert responses[0]["typeUrl"] == "type.googleapis.com/envoy.config.listener.v3.Listener"
 
-    proxy_id = f"sidecar~127.0.0.1~{agent.workload.pod_name}.{namespace}~{namespace}.svc.cluster.local"
-    connections = [c for c in istiod.connected_proxies() if c["connectionId"].startswith(proxy_id)]
-    assert len(connections) == 1, istiod.connected_proxies()
-    assert connections[0]["metadata"]["NAMESPACE"] == namespace
-    assert connections[0]["metadata"]["GENERATOR"] == "grpc"
+    # istiod lists the agent's connection and records the listener version the probe acknowledged.
+    assert len(_connections(istiod, agent)) == 1, istiod.connected_proxies()
+    sync = wait_until(
+        lambda: [s for s in istiod.debug("syncz") if s.get("listener_acked") and _is_agent(s["proxy"], agent)],
+        30,
+        "istiod's record of the acknowledged listener",
+    )
+    assert sync[0]["listener_acked"] == sync[0]["listener_sent"] in {r["nonce"] for r in probe_responses(out)}
 
 
 def test_agent_rotates_its_certificate_through_meshsigner(
@@ -115,8 +130,7 @@ def test_agent_rotates_its_certificate_through_meshsigner(
 
     probe, out = start_probe(istio_binaries.xds_probe, agent, [listener])
     wait_until(lambda: probe_responses(out), 90, "the first XDS response", alive=probe, log=agent.log_path)
-    proxy_id = f"sidecar~127.0.0.1~{agent.workload.pod_name}.{namespace}"
-    before = [c["connectionId"] for c in istiod.connected_proxies() if c["connectionId"].startswith(proxy_id)]
+    before = _connections(istiod, agent)
 
     def rotated() -> x509.Certificate | None:
         leaf = agent.chain()[0] if agent.has_certificate() else first
@@ -128,11 +142,11 @@ def test_agent_rotates_its_certificate_through_meshsigner(
     assert _uris(second) == [agent.workload.spiffe_id]
 
     records = mesh_signer.decisions_for(namespace, "rotating")
-    assert len(records) >= 2 and all(r["decision"] == "allow" for r in records)
+    assert len(records) >= 2 and all(r["decision"] == "Allow" for r in records)
     assert {r["request"]["validitySeconds"] for r in records} == {40}
     # The XDS stream lived through the rotation: same connection, probe still streaming, no reconnect in the log.
     assert probe.poll() is None
-    after = [c["connectionId"] for c in istiod.connected_proxies() if c["connectionId"].startswith(proxy_id)]
+    after = _connections(istiod, agent)
     assert after == before and len(after) == 1
     assert not re.search(r"(?i)upstream (terminated|error)|connection error|reconnect", agent.log())
 
@@ -148,5 +162,17 @@ def test_policy_refusal_reaches_the_agent_log(start_workload_agent, make_namespa
     assert "PermissionDenied" in refusal
     assert not agent.has_certificate()
     records = mesh_signer.decisions_for(namespace, "quarantined-batch")
-    assert records and all(r["decision"] == "deny" for r in records)
+    assert records and all(r["decision"] == "Deny" for r in records)
     assert records[0]["denyRules"]
+
+
+def test_istiod_serves_xds_with_the_istiod_tls_certificate(istiod, istiod_tls_secret, mesh_signer):
+    context = ssl.create_default_context(cadata=mesh_signer.root_pem.decode())
+    with (
+        socket.create_connection(("127.0.0.1", istiod.xds_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=ISTIOD_HOST) as tls,
+    ):
+        served = tls.getpeercert(binary_form=True)
+    assert served == x509.load_pem_x509_certificate(istiod_tls_secret["tls.crt"]).public_bytes(
+        serialization.Encoding.DER
+    )

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -38,14 +39,16 @@ type responseLine struct {
 func main() {
 	bootstrapPath := flag.String("bootstrap", "./etc/istio/proxy/grpc-bootstrap.json", "pilot-agent's gRPC bootstrap")
 	listeners := flag.String("listeners", "", "comma-separated listener names (host:port) to ask for")
+	root := flag.String("root", "/", "the pod's root: the bootstrap's unix:/// socket path is read below it, as the "+
+		"application container sees the agent's /etc/istio/proxy volume")
 	flag.Parse()
-	if err := run(*bootstrapPath, strings.Split(*listeners, ",")); err != nil {
+	if err := run(*bootstrapPath, *root, strings.Split(*listeners, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "xdsprobe:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bootstrapPath string, names []string) error {
+func run(bootstrapPath, root string, names []string) error {
 	bootstrap, err := grpcxds.LoadBootstrap(bootstrapPath)
 	if err != nil {
 		return fmt.Errorf("reading bootstrap: %w", err)
@@ -55,9 +58,13 @@ func run(bootstrapPath string, names []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	conn, err := grpc.NewClient(bootstrap.XDSServers[0].ServerURI, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	target := bootstrap.XDSServers[0].ServerURI
+	if socket, ok := strings.CutPrefix(target, "unix:///"); ok {
+		target = "unix://" + filepath.Join(root, socket)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return fmt.Errorf("dialing %s: %w", bootstrap.XDSServers[0].ServerURI, err)
+		return fmt.Errorf("dialing %s: %w", target, err)
 	}
 	defer conn.Close()
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
