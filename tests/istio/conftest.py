@@ -14,7 +14,7 @@ Session fixtures (stable names):
 ``istiod_tls_secret``   STAND-IN for meshsigner's istiod-certificate controller: Secret istio-system/istiod-tls
 ``publish_mesh_root``   STAND-IN for meshsigner's root distribution: ConfigMap istio-ca-root-cert in a namespace
 ``istiod``              pilot-discovery with ENABLE_CA_SERVER=false, mounting the two objects above
-``start_workload_agent(namespace, service_account, extra_env=None) -> Agent``
+``start_workload_agent(namespace, service_account, extra_env=None, provisioned_cert_dir=False) -> Agent``
                         a ServiceAccount and Pod on the plane, and pilot-agent acting for them
 """
 
@@ -324,7 +324,13 @@ def start_workload_agent(
 ) -> Iterator[Callable[..., mesh.Agent]]:
     agents: list[mesh.Agent] = []
 
-    def start(namespace: str, service_account: str, extra_env: dict[str, str] | None = None) -> mesh.Agent:
+    def start(
+        namespace: str,
+        service_account: str,
+        extra_env: dict[str, str] | None = None,
+        *,
+        provisioned_cert_dir: bool = False,
+    ) -> mesh.Agent:
         workload = make_workload(namespace, service_account)
         publish_mesh_root(namespace)
         token = mint_token(
@@ -344,6 +350,7 @@ def start_workload_agent(
             ca_port=mesh_signer.server.grpc_port,
             istiod=istiod,
             extra_env=extra_env,
+            provisioned_cert_dir=provisioned_cert_dir,
         )
         agents.append(agent)
         return agent

@@ -275,6 +275,10 @@ class Agent:
     def chain(self) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates((self.cert_dir / "cert-chain.pem").read_bytes())
 
+    @property
+    def token_file(self) -> Path:
+        return self.root / "var/run/secrets/tokens/istio-token"
+
     def has_certificate(self) -> bool:
         return all((self.cert_dir / name).exists() for name in ("cert-chain.pem", "key.pem", "root-cert.pem"))
 
@@ -300,17 +304,26 @@ def start_agent(
     ca_port: int,
     istiod: Istiod,
     extra_env: dict[str, str] | None = None,
+    provisioned_cert_dir: bool = False,
 ) -> Agent:
     """pilot-agent as Istio's ``grpc-agent`` injection template runs it (proxyless gRPC: DISABLE_ENVOY=true,
     ISTIO_META_GENERATOR=grpc, certificates written to OUTPUT_CERTS, a gRPC bootstrap for the application).
 
     It runs in a private mount namespace (``unshare -m``) whose /etc/hosts maps ``values.ca_host`` and
     ``istiod.istio-system.svc`` to 127.0.0.1, so CA_ADDR and the discovery address carry the real Service names and
-    the agent checks the real server names."""
+    the agent checks the real server names.
+
+    ``provisioned_cert_dir``: Istio's VM onboarding layout, PROV_CERT = OUTPUT_CERTS with the root pre-seeded:
+    once the agent holds a certificate, it presents it as a TLS client certificate to istiod (and the CA)."""
     _write(root / "var/run/secrets/tokens/istio-token", token, 0o600)  # projected token, audience istio-ca
     _write(root / "var/run/secrets/istio/root-cert.pem", mesh_root_pem)  # the istio-ca-root-cert ConfigMap
     for folder in ("var/lib/istio/data", "etc/istio/proxy", "var/run/secrets/workload-spiffe-uds"):
         (root / folder).mkdir(parents=True, exist_ok=True)
+    cert_dir = root / "var/lib/istio/data"
+    provisioning = {}
+    if provisioned_cert_dir:
+        _write(cert_dir / "root-cert.pem", mesh_root_pem)
+        provisioning = {"PROV_CERT": str(cert_dir)}
     hosts = hosts_file(root / "hosts", values)
     # The status server (15020 in a pod) must have a valid port; Istio binds it on every interface, not loopback.
     proxy_config = {"discoveryAddress": istiod.discovery_address, "statusPort": free_port()}
@@ -319,7 +332,7 @@ def start_agent(
         "HOME": str(root),
         # the grpc-agent injection template
         "ISTIO_META_GENERATOR": "grpc",
-        "OUTPUT_CERTS": str(root / "var/lib/istio/data"),
+        "OUTPUT_CERTS": str(cert_dir),
         "PILOT_CERT_PROVIDER": values.pilot_cert_provider,
         "CA_ADDR": values.agent_ca_addr(ca_port),
         "POD_NAME": workload.pod_name,
@@ -335,6 +348,7 @@ def start_agent(
         "TRUST_DOMAIN": TRUST_DOMAIN,
         "ISTIO_META_DNS_CAPTURE": "false",
         "DISABLE_ENVOY": "true",
+        **provisioning,
         **(extra_env or {}),
     }
     argv = [

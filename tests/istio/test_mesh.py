@@ -56,7 +56,7 @@ def _is_agent(proxy_id: str, agent: Agent) -> bool:
     return proxy_id == f"{agent.workload.pod_name}.{agent.workload.namespace}"
 
 
-def _connections(istiod, agent: Agent) -> list[str]:  # type: ignore[no-untyped-def]
+def _connections(istiod, agent: Agent) -> list[str]:
     ids = [c["connectionId"] for c in istiod.connected_proxies()]
     return [i for i in ids if _is_agent(i.rsplit("-", 1)[0], agent)]
 
@@ -117,6 +117,46 @@ def test_agent_xds_stream_to_istiod_delivers_configuration(
         "istiod's record of the acknowledged listener",
     )
     assert sync[0]["listener_acked"] == sync[0]["listener_sent"] in {r["nonce"] for r in probe_responses(out)}
+
+
+def test_xds_over_mtls_with_the_certificate_from_meshsigner(
+    start_workload_agent, make_namespace, istiod, istio_binaries, kube_api
+):
+    """Istio's VM layout (PROV_CERT = OUTPUT_CERTS): the agent presents its meshsigner certificate to istiod. With
+    the token file gone, istiod can only authenticate the XDS stream by that certificate."""
+    namespace = make_namespace("mesh")
+    listener = _make_grpc_service(kube_api, namespace, "vm", 7070)
+    agent = start_workload_agent(namespace, "vm", provisioned_cert_dir=True)
+    _wait_for_certificate(agent)
+    agent.token_file.unlink()
+
+    probe, out = start_probe(istio_binaries.xds_probe, agent, [listener])
+    wait_until(
+        lambda: [r for r in probe_responses(out) if listener in (r["resources"] or [])],
+        90,
+        f"istiod's listener {listener} over the certificate-authenticated stream",
+        alive=probe,
+        log=agent.log_path,
+    )
+    assert len(_connections(istiod, agent)) == 1
+
+
+def test_xds_without_token_or_certificate_is_refused(
+    start_workload_agent, make_namespace, istiod, istio_binaries, kube_api
+):
+    """The control for the test above: the Kubernetes layout presents no client certificate to istiod, so without
+    its token the same XDS request is refused."""
+    namespace = make_namespace("mesh")
+    listener = _make_grpc_service(kube_api, namespace, "tokenless", 7070)
+    agent = start_workload_agent(namespace, "tokenless")
+    _wait_for_certificate(agent)
+    agent.token_file.unlink()
+
+    probe, out = start_probe(istio_binaries.xds_probe, agent, [listener])
+    assert probe.wait(90) != 0
+    assert not probe_responses(out)
+    assert "Unauthenticated" in (agent.root / "xdsprobe-0.err").read_text()
+    assert not _connections(istiod, agent)
 
 
 def test_agent_rotates_its_certificate_through_meshsigner(
