@@ -90,6 +90,19 @@ def istio_binaries() -> IstioBinaries:
 
 
 @pytest.fixture(scope="session")
+def private_mount_namespace() -> None:
+    """The agents run under ``unshare -m`` with their own /etc/hosts (see mesh.start_agent): that needs root or
+    CAP_SYS_ADMIN. Fail early and say so rather than with an agent that cannot resolve its CA."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.fail(
+            "the istio tests run pilot-agent in a private mount namespace (unshare -m) so that the Service names "
+            f"resolve to 127.0.0.1; this machine refuses it: {probe.stderr.strip()}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
 def install_values() -> InstallValues:
     return helm_values()
 
@@ -320,6 +333,7 @@ def start_workload_agent(
     mesh_signer: MeshSigner,
     publish_mesh_root: Callable[[str], None],
     istiod: mesh.Istiod,
+    private_mount_namespace: None,
     tmp_path: Path,
 ) -> Iterator[Callable[..., mesh.Agent]]:
     agents: list[mesh.Agent] = []
