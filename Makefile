@@ -24,6 +24,7 @@ test: venv
 	bash tests/cluster/build.sh
 	bash tests/istio_peer/build.sh >/dev/null   # Istio's CA client (conformance peer), cached like the plane
 	bash tests/helm/build-helm.sh >/dev/null    # helm for the chart tests, cached too
+	bash tests/istio/build.sh >/dev/null        # istiod (pilot-discovery) and pilot-agent, cached too
 	bash image/install-tools.sh                 # mmdebstrap, umoci, skopeo for the image tests (Debian packages)
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -56,9 +56,6 @@ ROOT_CONFIGMAP = "istio-ca-root-cert"
 SIGNERS = ["local", "cert-manager"]  # kubernetes-csr once it exists
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "istio: runs a real istiod and pilot-agent against meshsigner")
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip = os.environ.get(SKIP_ENV) == "1"
