@@ -133,9 +133,7 @@ def test_too_deep_metadata_is_invalid_argument_without_parser_internals(signer):
 
 
 def test_moderately_nested_metadata_is_refused_by_our_depth_bound(signer):
-    metadata: dict = {"CertSigner": ""}
-    for _ in range(6):
-        metadata = {"a": metadata}
+    metadata = {"a": {"a": {"a": {"a": {"a": {"a": {"CertSigner": ""}}}}}}}  # depth 7
     code, chain, details = create(signer.stub(), make_csr([OWN]), signer.issuer.token(), metadata_fields=metadata)
     assert (code, chain) == (INVAL, [])
     assert details.startswith("METADATA_TOO_DEEP")

@@ -7,13 +7,14 @@ INTERNAL), and never an acceptance the library's partial view would allow.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signer.csr_checks import parse_csr
+from signer.csr_checks import ParsedCsr, parse_csr
 from signer.errors import CsrRejected
 from tests.support import der
 from tests.support.csr_builder import key, make_csr
@@ -25,7 +26,7 @@ ORG = der.attribute_type_and_value(der.OID_ORGANIZATION, "")
 CN = der.attribute_type_and_value(der.OID_COMMON_NAME, OWN)
 
 
-def _parse(pem: str):  # type: ignore[no-untyped-def]
+def _parse(pem: str) -> ParsedCsr:
     return parse_csr(pem, validity_seconds=3600, impersonated=None, cert_signer=None)
 
 
@@ -35,7 +36,7 @@ def _reason(pem: str) -> str:
     return refused.value.reason
 
 
-def _csr(**parts) -> str:  # type: ignore[no-untyped-def]
+def _csr(**parts: Any) -> str:
     parts.setdefault("attributes", [der.extension_request(SAN)])
     return der.CsrParts(EC_KEY, **parts).pem()
 
