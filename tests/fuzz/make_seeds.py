@@ -40,7 +40,7 @@ def _csr_seeds() -> dict[str, bytes]:
     san = der.extension(der.OID_SAN, der.san(der.uri_name(OWN)), critical=True)
     org = der.attribute_type_and_value(der.OID_ORGANIZATION, "")
 
-    def info(key, **parts) -> bytes:  # type: ignore[no-untyped-def]
+    def info(key, **parts) -> bytes:
         parts.setdefault("attributes", [der.extension_request(san)])
         return bytes([CSR_MODE_SIGN_INFO]) + der.CsrParts(key, **parts).info()
 
@@ -122,7 +122,7 @@ def _jwt_seeds() -> dict[str, bytes]:
 
 
 def _metadata_seeds() -> dict[str, bytes]:
-    def request(metadata: dict | None) -> bytes:  # type: ignore[type-arg]
+    def request(metadata: dict | None) -> bytes:
         message = istio_ca_pb2.IstioCertificateRequest(csr="-----BEGIN CERTIFICATE REQUEST-----", validity_duration=1)
         if metadata is not None:
             message.metadata.update(metadata)

@@ -10,6 +10,8 @@ Engines:
 - ``plain``: replays the corpus, then mutates it with the same structure-aware mutator and a seeded RNG;
   deterministic for a given seed, no coverage feedback.
 
+The exit status is 1 when a finding is not in ``known_findings.py``.
+
 A finding is any exception outside the target's allowed refusal types, or an oracle violation. Findings do not
 stop the run: each distinct one (exception type + innermost frame) is saved once under ``--artifacts`` with its
 traceback, and every occurrence is counted. Inputs slower than ``--slow-ms`` are counted (robustness.md §6.4:
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -32,9 +35,11 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.fuzz.known_findings import KNOWN_FINDINGS
 from tests.fuzz.targets import CORPUS_ROOT, DICT_ROOT, INSTRUMENTED, TARGETS, OracleViolation, Target
 
-DEFAULT_ARTIFACTS = Path(".state/fuzz")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ARTIFACTS = REPO_ROOT / ".state" / "fuzz"
 MAX_INPUT_BYTES = 65536
 
 
@@ -168,7 +173,7 @@ def run_plain(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float
 
 
 def _atheris_child(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float, scratch: Path) -> None:
-    import atheris  # type: ignore[import-untyped]  # no type information shipped; a dev-only engine
+    atheris = importlib.import_module("atheris")  # untyped, and only installed for fuzzing
 
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         import policies.loader  # noqa: F401 - imported here so atheris instruments them
@@ -223,7 +228,7 @@ def run_atheris(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: flo
             scratch,
         ]
         started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
         elapsed = time.perf_counter() - started
     log = result.stderr
     (artifacts / "libfuzzer.log").write_text(log)
@@ -273,11 +278,7 @@ def run(name: str, inputs: int, *, engine: str, seed: int, artifacts: Path, slow
 
 
 def atheris_available() -> bool:
-    try:
-        import atheris  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("atheris") is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in names:
         report = run(name, args.inputs, engine=engine, seed=args.seed, artifacts=args.artifacts, slow_ms=args.slow_ms)
-        line = asdict(report) | {"per_100k_seconds": round(report.per_100k_seconds, 1)}
+        known = KNOWN_FINDINGS.get(name, {})
+        new = [finding for finding in report.distinct_findings if finding not in known]
+        line = asdict(report) | {"per_100k_seconds": round(report.per_100k_seconds, 1), "new_findings": new}
         print(json.dumps(line), flush=True)
-        failed = failed or report.findings > 0
+        failed = failed or bool(new)
     return 1 if failed else 0
 
 

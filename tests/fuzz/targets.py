@@ -53,7 +53,7 @@ def _fallback(data: bytes, max_size: int, rng: random.Random, mutate: Mutate) ->
 CSR_MODE_DER, CSR_MODE_SIGN_INFO, CSR_MODE_PEM_TEXT = 0, 1, 2
 
 
-def _harness_keys():  # type: ignore[no-untyped-def]
+def _harness_keys():
     """Fixed keys, so that committed seeds in sign-the-info mode keep verifying across runs."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -67,7 +67,7 @@ def _harness_keys():  # type: ignore[no-untyped-def]
     return {key.public_key().public_bytes(*spki): key for key in keys}, keys[0]
 
 
-def sign_info(info: bytes, keys, default_key) -> bytes:  # type: ignore[no-untyped-def]
+def sign_info(info: bytes, keys, default_key) -> bytes:
     """Wrap a CertificationRequestInfo (any bytes) into a CSR signed by the harness key its SPKI names."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -87,7 +87,7 @@ def sign_info(info: bytes, keys, default_key) -> bytes:  # type: ignore[no-untyp
     return der_tree.encode(outer)
 
 
-def _csr_input(data: bytes, keys, default_key) -> str:  # type: ignore[no-untyped-def]
+def _csr_input(data: bytes, keys, default_key) -> str:
     from signer.csr_checks import canonical_pem
 
     mode, body = (data[0] % 3, data[1:]) if data else (CSR_MODE_DER, b"")
@@ -98,7 +98,7 @@ def _csr_input(data: bytes, keys, default_key) -> str:  # type: ignore[no-untype
     return canonical_pem(body)
 
 
-def _csr_oracle(pem_in: str, parsed) -> None:  # type: ignore[no-untyped-def]
+def _csr_oracle(pem_in: str, parsed) -> None:
     """An accepted CSR, re-read with the fuzzers' own tree: the rules the product's reader enforces must hold."""
     body = "".join(parsed.pem.splitlines()[1:-1])
     der = base64.b64decode(body)
@@ -313,7 +313,7 @@ _JWT_KEYS = ["alg", "kid", "typ", "crit", "iss", "aud", "exp", "nbf", "iat", "su
 def _mutate_json(document: object, rng: random.Random, values: list[object]) -> object:
     if not isinstance(document, dict) or rng.random() < 0.05:
         return rng.choice(values)
-    containers: list[dict | list] = [document]  # type: ignore[type-arg]
+    containers: list[dict | list] = [document]
     for container in list(containers):
         children = container.values() if isinstance(container, dict) else container
         containers.extend(c for c in children if isinstance(c, dict | list))
