@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tests.fuzz.known_findings import KNOWN_FINDINGS
-from tests.fuzz.targets import CORPUS_ROOT, DICT_ROOT, INSTRUMENTED, TARGETS, OracleViolation, Target
+from tests.fuzz.targets import CORPUS_ROOT, DICT_ROOT, INSTRUMENTED, TARGETS, Mutate, OracleViolation, Target
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARTIFACTS = REPO_ROOT / ".state" / "fuzz"
@@ -72,6 +72,7 @@ class Recorder:
         self.findings = 0
         self.slow_inputs = 0
         self.max_ms = 0.0
+        self.slowest = b""
         self.seen: set[str] = set()
         artifacts.mkdir(parents=True, exist_ok=True)
         self._log = (artifacts / "findings.log").open("a")
@@ -88,7 +89,9 @@ class Recorder:
         except BaseException as error:
             self._record(data, error)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.max_ms = max(self.max_ms, elapsed_ms)
+        if elapsed_ms > self.max_ms:
+            self.max_ms = elapsed_ms
+            self.slowest = data
         if elapsed_ms > self.slow_ms:
             self.slow_inputs += 1
         if self.execs % 1024 == 0 or self.execs == self.expected:
@@ -97,6 +100,7 @@ class Recorder:
     def write_summary(self) -> None:
         summary = {"execs": self.execs, "slow_inputs": self.slow_inputs, "max_ms": self.max_ms}
         (self.artifacts / "summary.json").write_text(json.dumps(summary))
+        (self.artifacts / "slowest.bin").write_bytes(self.slowest)  # to re-time alone: load can make any input slow
 
     def _record(self, data: bytes, error: BaseException) -> None:
         self.findings += 1
@@ -127,7 +131,7 @@ def corpus_inputs(target: str) -> list[bytes]:
     return [path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()] if directory.is_dir() else []
 
 
-def _byte_mutate(rng: random.Random) -> object:
+def _byte_mutate(rng: random.Random) -> Mutate:
     def mutate(data: bytes, max_size: int) -> bytes:
         buffer = bytearray(data)
         for _ in range(1 + int(rng.expovariate(0.7))):
@@ -165,10 +169,11 @@ def run_plain(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float
         recorder(data)
     while recorder.execs < inputs:
         data = rng.choice(pool)
-        mutated = target.mutator(data, MAX_INPUT_BYTES, rng, mutate)  # type: ignore[arg-type]
+        mutated = target.mutator(data, MAX_INPUT_BYTES, rng, mutate)
         recorder(mutated)
         if len(pool) < 2000 and rng.random() < 0.05:
             pool.append(mutated)  # keep some mutants: several steps away from the seeds
+    recorder.write_summary()
     return _report(name, "plain", recorder, time.perf_counter() - started, "n/a")
 
 
