@@ -157,7 +157,9 @@ def quiet_logs() -> None:
     logger.remove()
 
 
-def run_plain(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float) -> Report:
+def run_plain(
+    name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float, max_seconds: float | None = None
+) -> Report:
     quiet_logs()
     target = TARGETS[name]()
     recorder = Recorder(target, artifacts, slow_ms)
@@ -167,7 +169,8 @@ def run_plain(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float
     started = time.perf_counter()
     for data in pool[:inputs]:
         recorder(data)
-    while recorder.execs < inputs:
+    deadline = started + max_seconds if max_seconds else None
+    while recorder.execs < inputs and (deadline is None or time.perf_counter() < deadline):
         data = rng.choice(pool)
         mutated = target.mutator(data, MAX_INPUT_BYTES, rng, mutate)
         recorder(mutated)
@@ -177,7 +180,9 @@ def run_plain(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float
     return _report(name, "plain", recorder, time.perf_counter() - started, "n/a")
 
 
-def _atheris_child(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float, scratch: Path) -> None:
+def _atheris_child(
+    name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float, scratch: Path, max_seconds: float | None
+) -> None:
     atheris = importlib.import_module("atheris")  # untyped, and only installed for fuzzing
 
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
@@ -202,6 +207,7 @@ def _atheris_child(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: 
         "-print_final_stats=1",
         "-timeout=10",
         "-rss_limit_mb=2048",
+        *([f"-max_total_time={int(max_seconds)}"] if max_seconds else []),
         str(scratch),
         str(CORPUS_ROOT / name),
     ]
@@ -212,7 +218,9 @@ def _atheris_child(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: 
     atheris.Fuzz()
 
 
-def run_atheris(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float) -> Report:
+def run_atheris(
+    name: str, inputs: int, seed: int, artifacts: Path, slow_ms: float, max_seconds: float | None = None
+) -> Report:
     with tempfile.TemporaryDirectory(prefix=f"meshsigner-fuzz-{name}-") as scratch:
         command = [
             sys.executable,
@@ -231,6 +239,7 @@ def run_atheris(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: flo
             str(slow_ms),
             "--scratch",
             scratch,
+            *(["--max-seconds", str(max_seconds)] if max_seconds else []),
         ]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
@@ -252,7 +261,8 @@ def run_atheris(name: str, inputs: int, seed: int, artifacts: Path, slow_ms: flo
     findings_log = artifacts / "findings.log"
     report.findings = len(findings_log.read_text().splitlines()) if findings_log.exists() else 0
     report.distinct_findings = sorted(set(findings_log.read_text().splitlines())) if findings_log.exists() else []
-    if result.returncode != 0 or not done:
+    interrupted = "run interrupted" in log or "max_total_time" in log
+    if result.returncode != 0 or not (done or interrupted):
         report.distinct_findings.append(f"engine exited {result.returncode}: {log.strip().splitlines()[-3:]}")
         report.findings += 1
     return report
@@ -272,14 +282,23 @@ def _report(name: str, engine: str, recorder: Recorder, seconds: float, coverage
     )
 
 
-def run(name: str, inputs: int, *, engine: str, seed: int, artifacts: Path, slow_ms: float) -> Report:
+def run(
+    name: str,
+    inputs: int,
+    *,
+    engine: str,
+    seed: int,
+    artifacts: Path,
+    slow_ms: float,
+    max_seconds: float | None = None,
+) -> Report:
     directory = artifacts / name
     if directory.exists():
         for stale in directory.iterdir():
             stale.unlink()
     if engine == "atheris":
-        return run_atheris(name, inputs, seed, directory, slow_ms)
-    return run_plain(name, inputs, seed, directory, slow_ms)
+        return run_atheris(name, inputs, seed, directory, slow_ms, max_seconds)
+    return run_plain(name, inputs, seed, directory, slow_ms, max_seconds)
 
 
 def atheris_available() -> bool:
@@ -294,17 +313,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument("--slow-ms", type=float, default=100.0)
+    parser.add_argument("--max-seconds", type=float, help="stop a target after this long even below --inputs")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _atheris_child(args.target, args.inputs, args.seed, args.artifacts, args.slow_ms, args.scratch)
+        _atheris_child(
+            args.target, args.inputs, args.seed, args.artifacts, args.slow_ms, args.scratch, args.max_seconds
+        )
         return 0
     engine = args.engine if args.engine != "auto" else ("atheris" if atheris_available() else "plain")
     names = list(TARGETS) if args.target == "all" else [args.target]
     failed = False
     for name in names:
-        report = run(name, args.inputs, engine=engine, seed=args.seed, artifacts=args.artifacts, slow_ms=args.slow_ms)
+        report = run(
+            name,
+            args.inputs,
+            engine=engine,
+            seed=args.seed,
+            artifacts=args.artifacts,
+            slow_ms=args.slow_ms,
+            max_seconds=args.max_seconds,
+        )
         known = KNOWN_FINDINGS.get(name, {})
         new = [finding for finding in report.distinct_findings if finding not in known]
         line = asdict(report) | {"per_100k_seconds": round(report.per_100k_seconds, 1), "new_findings": new}
