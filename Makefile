@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .state/dev
 
-.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean image lock
+.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean image lock fuzz fuzz-short
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ cluster-down:
 
 bench: venv
 	$(PY) bench/bench_local_ca.py
+
+# Fuzzing (tests/fuzz/README.md): every target for FUZZ_INPUTS inputs with atheris (coverage-guided); reports execs,
+# coverage and findings. `make test` runs the short pass (tests/fuzz) only.
+FUZZ_INPUTS ?= 100000
+fuzz: venv
+	$(PY) -m tests.fuzz.run --target all --inputs $(FUZZ_INPUTS)
+
+fuzz-short: venv
+	$(PY) -m pytest -q tests/fuzz
 
 # The OCI image archive without a container engine (root, mmdebstrap, umoci; Debian mirror + PyPI). Prints its path.
 image:

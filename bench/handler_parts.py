@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_vs_istiod as side_by_side
-from policies.model import Caller
 
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningRequest
+from policies import Caller
 from policies.builtin import OwnIdentityOnly
 from signer.auth.jwks import JwksAuthenticator
 from signer.csr_checks import parse_csr

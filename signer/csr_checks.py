@@ -6,7 +6,12 @@ the caller may have the identities it names is the policy's business (``policies
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from policies import IssuanceRequest
+from signer.csr_structure import check_csr_structure
 from signer.errors import CsrRejected
 
 MAX_CSR_BYTES = 64 * 1024
@@ -84,51 +90,99 @@ def key_name(public_key: object) -> str:
     raise CsrRejected("KEY_NOT_ALLOWED", f"key type {type(public_key).__name__} not allowed")
 
 
-def _subject_common_name(csr: x509.CertificateSigningRequest) -> str | None:
+def _subject_common_name(
+    subject: x509.Name, attributes: list[list[tuple[x509.ObjectIdentifier, str | bytes]]]
+) -> str | None:
     """Empty subject or a single empty O (pilot-agent's "O=") pass; a CN is reported; anything else is refused."""
-    subject = csr.subject
     if subject in _ISTIO_SUBJECTS:
         return None
     common_name = None
-    for rdn in subject.rdns:
-        for attribute in rdn:
-            if attribute.oid == NameOID.ORGANIZATION_NAME and attribute.value == "" and len(subject.rdns) == 1:
+    for rdn in attributes:
+        for oid, value in rdn:
+            if oid == NameOID.ORGANIZATION_NAME and value == "" and len(attributes) == 1:
                 continue
-            if attribute.oid == NameOID.COMMON_NAME:
-                common_name = str(attribute.value)
+            if oid == NameOID.COMMON_NAME:
+                common_name = str(value)
                 continue
-            raise CsrRejected("SUBJECT_NOT_ALLOWED", f"subject attribute {attribute.oid.dotted_string} not allowed")
+            raise CsrRejected("SUBJECT_NOT_ALLOWED", f"subject attribute {oid.dotted_string} not allowed")
     return common_name
 
 
+@contextmanager
+def _library_errors(reason: str, what: str) -> Iterator[None]:
+    """Whatever the library raises while reading attacker-supplied bytes is a refusal, not a bug of ours.
+
+    Used only around calls into ``cryptography`` that read the CSR (no logic of ours inside), so INTERNAL stays
+    for our own mistakes. The library raises more than ValueError (UnsupportedGeneralNameType, DuplicateExtension,
+    UnsupportedAlgorithm, ...), and which ones changes between versions, hence ``Exception``.
+    """
+    try:
+        yield
+    except Exception as exc:
+        raise CsrRejected(reason, f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_pem(pem: str) -> bytes:
+    match = _PEM.match(pem)
+    if not match:
+        raise CsrRejected("CSR_MALFORMED", "expected exactly one PEM block of type CERTIFICATE REQUEST")
+    body = match.group(1).replace("\r", "").replace("\n", "")
+    try:
+        der = binascii.a2b_base64(body, strict_mode=True)
+    except binascii.Error as exc:
+        raise CsrRejected("CSR_MALFORMED", f"bad base64: {exc}") from None
+    if base64.b64encode(der).decode("ascii") != body:  # one spelling only, so every reader sees the same bytes
+        raise CsrRejected("CSR_MALFORMED", "base64 not canonical")
+    return der
+
+
+def canonical_pem(der: bytes) -> str:
+    body = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}\n-----END CERTIFICATE REQUEST-----\n"
+
+
 def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert_signer: str | None) -> ParsedCsr:
-    """Raises CsrRejected with a reason code for anything malformed."""
+    """Raises CsrRejected with a reason code for anything malformed.
+
+    The DER is walked by our own strict reader first (``csr_structure``), then read by the library; the PEM
+    handed on to a backend is re-encoded from exactly the DER that was checked.
+    """
     if len(pem) > MAX_CSR_BYTES:
         raise CsrRejected("CSR_TOO_LARGE", f"{len(pem)} bytes, at most {MAX_CSR_BYTES}")
-    if not _PEM.match(pem):
-        raise CsrRejected("CSR_MALFORMED", "expected exactly one PEM block of type CERTIFICATE REQUEST")
-    try:
-        csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+    der = _decode_pem(pem)
+    check_csr_structure(der)
+    with _library_errors("CSR_MALFORMED", "not a PKCS#10 request"):
+        csr = x509.load_der_x509_csr(der)
         public_key = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError) as exc:
-        raise CsrRejected("CSR_MALFORMED", f"not a PKCS#10 request: {exc}") from None
     key = key_name(public_key)
+    if not isinstance(public_key, PublicKey):  # key_name refused the rest; this narrows the type
+        raise CsrRejected("KEY_NOT_ALLOWED", f"key type {type(public_key).__name__} not allowed")
     try:
         signature_hash = csr.signature_hash_algorithm
     except UnsupportedAlgorithm:
         raise CsrRejected("CSR_SIGNATURE_ALGORITHM", "unsupported signature algorithm") from None
+    except Exception as exc:  # library read of attacker bytes, see _library_errors
+        raise CsrRejected("CSR_SIGNATURE_ALGORITHM", f"{type(exc).__name__}: {exc}") from None
     if key != "Ed25519" and not isinstance(signature_hash, _HASHES):
         raise CsrRejected("CSR_SIGNATURE_ALGORITHM", "signature must use SHA-256 or stronger")
-    if not csr.is_signature_valid:
+    with _library_errors("CSR_SIGNATURE_INVALID", "signature check"):
+        signature_valid = csr.is_signature_valid
+    if not signature_valid:
         raise CsrRejected("CSR_SIGNATURE_INVALID", "the CSR's self-signature does not verify")
-    for attribute in csr.attributes:
-        if attribute.oid.dotted_string != _EXTENSION_REQUEST_OID:
-            raise CsrRejected("CSR_ATTRIBUTE_NOT_ALLOWED", f"attribute {attribute.oid.dotted_string}")
-    common_name = _subject_common_name(csr)
-    try:
-        extensions = list(csr.extensions)
-    except (x509.DuplicateExtension, ValueError) as exc:
-        raise CsrRejected("CSR_MALFORMED", f"bad extensions: {exc}") from None
+    with _library_errors("CSR_MALFORMED", "attributes"):
+        attribute_oids = [attribute.oid.dotted_string for attribute in csr.attributes]
+    for attribute_oid in attribute_oids:
+        if attribute_oid != _EXTENSION_REQUEST_OID:
+            raise CsrRejected("CSR_ATTRIBUTE_NOT_ALLOWED", f"attribute {attribute_oid}")
+    with _library_errors("CSR_MALFORMED", "subject"), warnings.catch_warnings():
+        # pilot-agent's "O=" is shorter than X.520 allows and the library warns about it; a warning is no refusal
+        warnings.simplefilter("ignore", UserWarning)
+        subject = csr.subject
+        subject_attributes = [[(a.oid, a.value) for a in rdn] for rdn in subject.rdns]
+    common_name = _subject_common_name(subject, subject_attributes)
+    with _library_errors("CSR_MALFORMED", "extensions"):
+        extensions = list(csr.extensions)  # parses every extension value here, SAN entries included
 
     uris: list[str] = []
     dns_names: list[str] = []
@@ -179,7 +233,7 @@ def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert
         impersonated_identity=impersonated,
         cert_signer=cert_signer,
     )
-    return ParsedCsr(csr=csr, public_key=public_key, pem=pem, request=request)
+    return ParsedCsr(csr=csr, public_key=public_key, pem=canonical_pem(der), request=request)
 
 
-__all__ = ["MAX_CSR_BYTES", "ParsedCsr", "key_name", "parse_csr"]
+__all__ = ["MAX_CSR_BYTES", "ParsedCsr", "canonical_pem", "key_name", "parse_csr"]

@@ -37,6 +37,7 @@ from signer.errors import (
 from signer.issued_checks import check_issued
 from signer.logs import RateLimiter
 from signer.metrics import ServerMetrics
+from signer.request_checks import admitted_request
 from signer.status import status_for
 
 ADMISSION_WAIT_SECONDS = 1.0
@@ -142,7 +143,9 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason
         except Exception:
-            logger.bind(event="csr_internal_error").exception("unexpected failure")
+            allowed, suppressed = self._log_limit.allow("INTERNAL")  # a bug hit by a retrying fleet: still cheap
+            if allowed:
+                logger.bind(event="csr_internal_error", suppressed=suppressed).exception("unexpected failure")
             code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
             message = reason
         else:
@@ -173,6 +176,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         metadata: Sequence[tuple[str, str | bytes]],
         request_id: str,
     ) -> list[str]:
+        request = admitted_request(request)  # undecodable or over-sized metadata: INVALID_ARGUMENT
         check_cluster_id(metadata, self._config.cluster_id)
         workload = await self._authenticator.authenticate(bearer_token(metadata))
         impersonated = _metadata_string(request, "ImpersonatedIdentity")

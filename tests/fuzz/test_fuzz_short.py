@@ -1,0 +1,54 @@
+"""The short fuzz pass of every pytest run (robustness.md §6.4, "every CI run"): the committed corpus plus a few
+thousand structure-aware mutations per target, seeded, so it is the same run every time. ``make fuzz`` runs the
+full pass (≥ 100 000 inputs per target, coverage-guided with atheris)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.known_findings import KNOWN_FINDINGS
+from tests.fuzz.run import Recorder, atheris_available, run
+from tests.fuzz.targets import TARGETS
+
+SHORT_INPUTS = {"csr": 3000, "spiffe": 5000, "jwks": 2000, "metadata": 4000, "policy": 800}
+FINDINGS_ROOT = Path(__file__).parent / "findings"
+
+
+def test_every_target_has_a_short_pass_and_seeds():
+    assert set(SHORT_INPUTS) == set(TARGETS)
+    for name in TARGETS:
+        assert any((Path(__file__).parent / "corpus" / name).iterdir()), name
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_INPUTS))
+def test_short_pass_finds_nothing_new(name, tmp_path):
+    report = run(name, SHORT_INPUTS[name], engine="plain", seed=20261202, artifacts=tmp_path, slow_ms=1000.0)
+    assert report.execs == SHORT_INPUTS[name]
+    new = [finding for finding in report.distinct_findings if finding not in KNOWN_FINDINGS.get(name, {})]
+    assert new == [], f"new findings, reproducers in {tmp_path / name}"
+
+
+def _reproducers() -> list:
+    cases = []
+    for name, known in sorted(KNOWN_FINDINGS.items()):
+        for path in sorted((FINDINGS_ROOT / name).iterdir()):
+            reason = next(text for text in known.values() if path.name in text)
+            cases.append(pytest.param(name, path, marks=pytest.mark.xfail(strict=True, reason=reason), id=path.name))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "path"), _reproducers())
+def test_known_finding_reproducer_is_handled(name, path, tmp_path):
+    recorder = Recorder(TARGETS[name](), tmp_path, slow_ms=1000.0)
+    recorder(path.read_bytes())
+    assert recorder.findings == 0
+
+
+@pytest.mark.skipif(not atheris_available(), reason="atheris is a dev dependency; the plain engine ran above")
+def test_atheris_engine_runs_coverage_guided(tmp_path):
+    report = run("metadata", 2000, engine="atheris", seed=1, artifacts=tmp_path, slow_ms=1000.0)
+    assert report.execs == 2000
+    assert report.coverage.endswith("features") and int(report.coverage.split()[0]) > 0
+    assert report.distinct_findings == []
