@@ -1,4 +1,4 @@
-"""Strict SPIFFE ID parsing (SPIFFE-ID.md): reject anything that is not already canonical, never normalise."""
+"""Strict SPIFFE ID parsing (docs/spiffe-ids.md): reject anything that is not already canonical, never normalise."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def parse_spiffe_id(value: str) -> SpiffeID:
         raise InvalidSpiffeID("port not allowed in trust domain")
     if not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise InvalidSpiffeID(f"trust domain {trust_domain!r} must be lowercase [a-z0-9._-]")
+    if "" in trust_domain.split("."):  # a leading/trailing dot or ".." is another spelling of a DNS name
+        raise InvalidSpiffeID(f"trust domain {trust_domain!r} has an empty label (leading, trailing or double dot)")
     if not sep:
         return SpiffeID(trust_domain, ())
     if path == "":

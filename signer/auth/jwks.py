@@ -95,6 +95,8 @@ class JwksAuthenticator:
         return self.verify(token)
 
     def verify(self, token: str) -> WorkloadIdentity:
+        if not token.isascii():  # a compact JWS is base64url and dots; anything else is not a token
+            raise AuthenticationFailed("TOKEN_MALFORMED", "token is not ASCII")
         digest = token_digest(token)
         identity = self._cache.get(digest)
         if identity is not None:
@@ -177,13 +179,28 @@ def _identity(claims: dict[str, Any]) -> WorkloadIdentity:
     if not isinstance(subject, str):
         raise AuthenticationFailed("NOT_SERVICE_ACCOUNT", "token has no sub claim")
     namespace, service_account = parse_service_account_username(subject)
-    kube = claims.get("kubernetes.io")
+    kube_claim = claims.get("kubernetes.io")
     pod_name = pod_uid = sa_uid = None
-    if isinstance(kube, dict):
-        sa_claim = kube.get("serviceaccount") or {}
+    if kube_claim is not None:
+        kube = _claim_object(kube_claim, "kubernetes.io")
+        sa_claim = _claim_object(kube.get("serviceaccount") or {}, "kubernetes.io.serviceaccount")
         if kube.get("namespace") != namespace or sa_claim.get("name") != service_account:
             raise AuthenticationFailed("TOKEN_CLAIMS_INCONSISTENT", "kubernetes.io claims disagree with sub")
-        sa_uid = sa_claim.get("uid")
-        pod = kube.get("pod") or {}
-        pod_name, pod_uid = pod.get("name"), pod.get("uid")
+        sa_uid = _optional_string(sa_claim, "uid")
+        pod = _claim_object(kube.get("pod") or {}, "kubernetes.io.pod")
+        pod_name, pod_uid = _optional_string(pod, "name"), _optional_string(pod, "uid")
     return WorkloadIdentity(namespace, service_account, pod_name, pod_uid, sa_uid)
+
+
+def _claim_object(value: object, name: str) -> dict[str, Any]:
+    """A nested claim that must be a JSON object; a signed token with anything else there is refused, not a crash."""
+    if not isinstance(value, dict):
+        raise AuthenticationFailed("TOKEN_CLAIMS_MALFORMED", f"claim {name} is not an object")
+    return value
+
+
+def _optional_string(claims: dict[str, Any], key: str) -> str | None:
+    value = claims.get(key)
+    if value is not None and not isinstance(value, str):
+        raise AuthenticationFailed("TOKEN_CLAIMS_MALFORMED", f"claim {key} is not a string")
+    return value
