@@ -311,9 +311,15 @@ async def run(
                 "shutting down: readiness and health say not serving; draining calls for up to {}s",
                 settings.shutdown_grace_period,
             )
+            # new calls get UNAVAILABLE while those accepted finish (draining.py); then the listener closes
+            started = clock.monotonic()
+            if not await service.calls.close(settings.shutdown_grace_period):
+                logger.bind(event="shutdown_grace_exceeded", calls=service.calls.active).warning(
+                    "{} calls still in flight after the grace period: cancelling them", service.calls.active
+                )
             if front is not None:
                 await front.stop_accepting()
-            await server.stop(settings.shutdown_grace_period)
+            await server.stop(max(0.0, settings.shutdown_grace_period - (clock.monotonic() - started)))
             readiness.listening = False
             logger.bind(event="shutdown_drained").info("gRPC listener closed; accepted calls finished")
             if front is not None:

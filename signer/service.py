@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
 from signer.auth.client_cert import ClientCertAuthenticator, peer_chain_from_auth_context
 from signer.csr_checks import ParsedCsr, parse_csr
+from signer.draining import CallDrain
 from signer.errors import (
     AuthenticationFailed,
     CsrRejected,
@@ -119,13 +120,20 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._client_certs = client_certs
         self._clock = clock  # the time decisions are made at (certificate validity)
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self.calls = CallDrain(clock)  # serve drains it on SIGTERM before gRPC stops
         # labelled children looked up once: the success path runs thousands of times a second
         self._issued = metrics.requests.labels(code="OK", reason="ISSUED")
         self._backend_seconds = metrics.backend_seconds.labels(backend=config.backend_name)
         self._log_limit = RateLimiter()
 
     @asynccontextmanager
-    async def _admitted(self):  # type: ignore[no-untyped-def]
+    async def _admitted(self) -> AsyncIterator[None]:
+        with self.calls.accept():
+            async with self._admitted_slot():
+                yield
+
+    @asynccontextmanager
+    async def _admitted_slot(self) -> AsyncIterator[None]:
         if self._slots.locked():  # only a full house pays for a timed wait
             try:
                 await asyncio.wait_for(self._slots.acquire(), ADMISSION_WAIT_SECONDS)
