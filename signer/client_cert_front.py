@@ -34,10 +34,12 @@ from cryptography.hazmat.primitives import serialization
 from loguru import logger
 
 from bridge.signing import ServingMaterial
+from signer.logs import RateLimiter
 
 HANDSHAKE_TIMEOUT_SECONDS = 10.0  # the same bound the gRPC listener puts on handshakes
 PIPE_CHUNK = 64 * 1024
 MAX_PRESENTED_CERTIFICATES = 8  # a longer chain is not kept (the authenticator refuses more than it allows anyway)
+MAX_CONNECTIONS = 4096  # the gRPC listener's grpc.max_allowed_incoming_connections
 
 
 class ClientCertFront:
@@ -58,6 +60,7 @@ class ClientCertFront:
         self._peers: dict[str, tuple[x509.Certificate, ...]] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count()
+        self._log_limit = RateLimiter()
 
     @property
     def grpc_address(self) -> str:
@@ -132,10 +135,21 @@ class ClientCertFront:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._serve_connection(reader, writer)
-        except (ConnectionError, ssl.SSLError, TimeoutError, OSError) as exc:
+        except ssl.SSLError as exc:
+            # a refused client certificate (expired, foreign root) ends here, as in istio-csr's handshake
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            allowed, suppressed = self._log_limit.allow(reason)
+            if allowed:
+                logger.bind(event="tls_handshake_failed", reason=reason, suppressed=suppressed).info(
+                    "TLS handshake refused: {}", exc
+                )
+        except (ConnectionError, TimeoutError, OSError) as exc:
             logger.bind(event="client_cert_front_connection").debug("connection ended: {}", exc)
         finally:
             self._connections.discard(task)

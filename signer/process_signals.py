@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
+from clocks import Clock
+
 ShutdownHook = Callable[[], Awaitable[None]]
 HOOK_TIMEOUT_SECONDS = 5.0  # a hook that hangs must not keep a terminating pod from exiting
 
@@ -38,7 +40,8 @@ class ShutdownHooks:
     on the way out, such as releasing a leader-election Lease so another replica leads at once. Each hook is
     bounded by ``timeout`` seconds; a failing or hanging hook is logged and the next one still runs."""
 
-    def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS) -> None:
+    def __init__(self, clock: Clock, timeout: float = HOOK_TIMEOUT_SECONDS) -> None:
+        self._clock = clock
         self._timeout = timeout
         self._hooks: list[tuple[str, ShutdownHook]] = []
 
@@ -49,11 +52,24 @@ class ShutdownHooks:
         hooks, self._hooks = self._hooks, []
         for name, hook in hooks:
             try:
-                async with asyncio.timeout(self._timeout):
-                    await hook()
+                await self._bounded(hook)
             except Exception as exc:  # every hook runs, whatever the one before it did
                 logger.bind(event="shutdown_hook_failed", hook=name).opt(exception=exc).error(
                     "shutdown hook {} failed", name
                 )
             else:
                 logger.bind(event="shutdown_hook_done", hook=name).info("shutdown hook {} done", name)
+
+    async def _bounded(self, hook: ShutdownHook) -> None:
+        """Run ``hook``; cancel it and raise TimeoutError after ``timeout`` seconds of the clock."""
+        running = asyncio.ensure_future(hook())
+        timer = asyncio.ensure_future(self._clock.sleep(self._timeout))
+        try:
+            await asyncio.wait((running, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        if not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            raise TimeoutError(f"still running after {self._timeout}s")
+        running.result()

@@ -187,7 +187,7 @@ async def run(
     """
     stop = stop or asyncio.Event()
     clock = clock or SystemClock()
-    shutdown_hooks = shutdown_hooks or ShutdownHooks()
+    shutdown_hooks = shutdown_hooks or ShutdownHooks(clock)
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
     kube = None
@@ -367,4 +367,5 @@ async def _serve_until_signalled(settings: ServeSettings, workers: WorkerProcess
     stop = asyncio.Event()
     # the workers drain at the same time as this process, not after it
     stop_on_signals(stop, also=workers.terminate)
-    return await run(settings, stop=stop, clock=SystemClock(), shutdown_hooks=ShutdownHooks())
+    clock = SystemClock()
+    return await run(settings, stop=stop, clock=clock, shutdown_hooks=ShutdownHooks(clock))

@@ -90,8 +90,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
-def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("workers", "extra"),
+    [(1, ()), (2, ()), (1, ("--enable-client-cert-authenticator",))],
+    ids=["one-process", "two-workers", "client-cert-front"],
+)
+def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: int, extra: tuple[str, ...]) -> None:
     issuer = TokenIssuer()
     decisions = tmp_path / "decisions.jsonl"
     server = start_server(
@@ -101,6 +105,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: 
             "--shutdown-grace-period=20s",
             f"--decision-log={decisions}",
             "--log-format=json",
+            *extra,
         ],
         tmp_path / "serve.log",
     )
@@ -125,8 +130,9 @@ def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: 
         server.stop()
 
     codes = {code for *_, code, _ in burst.results}
-    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, [r for r in burst.results if r[2] not in (
-        grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)][:3]
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, [
+        r for r in burst.results if r[2] not in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+    ][:3]
     # an UNAVAILABLE is either the service refusing a call that arrived after the signal, before doing anything,
     # or the transport refusing a new call once the listener closed: never an accepted call given up
     refusals_by_handler = [details for *_, code, details in burst.results if "(request " in details]
@@ -141,8 +147,11 @@ def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: 
     if refused_at:
         assert all(status != 200 for t, status, _ in watch.samples if t >= refused_at[0])
     assert any(status == 503 for _, status, _ in watch.samples), watch.samples[:5]
-    events = [json.loads(line).get("record", {}).get("extra", {}).get("event") for line in server.log().splitlines()
-              if line.startswith("{")]
+    events = [
+        json.loads(line).get("record", {}).get("extra", {}).get("event")
+        for line in server.log().splitlines()
+        if line.startswith("{")
+    ]
     assert events.index("shutdown_not_ready") < events.index("shutdown_drained") < events.index("stopped")
     for pid in worker_pids:
         assert not alive(pid), f"worker {pid} still running"

@@ -161,3 +161,34 @@ def test_with_the_flag_off_a_client_certificate_is_ignored(
         assert code == grpc.StatusCode.OK, details
     finally:
         assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def intermediate_server(tmp_path_factory: pytest.TempPathFactory, issuer: TokenIssuer) -> Iterator[ServerProcess]:
+    """The local signer on Istio's cacerts layout: workload leaves come from an intermediate below the root."""
+    base = tmp_path_factory.mktemp("mtls-intermediate")
+    root = MeshCA.root()
+    intermediate = root.intermediate()
+    cacerts = base / "ca"
+    cacerts.mkdir()
+    (cacerts / "root-cert.pem").write_bytes(pem(root.certificate))
+    (cacerts / "ca-cert.pem").write_bytes(pem(intermediate.certificate))
+    (cacerts / "cert-chain.pem").write_bytes(pem(intermediate.certificate) + pem(root.certificate))
+    (cacerts / "ca-key.pem").write_bytes(key_pem(intermediate.key))  # type: ignore[arg-type]
+    (cacerts / "ca-key.pem").chmod(0o600)
+    server = start(base, issuer, "--enable-client-cert-authenticator")
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_the_intermediates_a_workload_sends_complete_its_chain(
+    intermediate_server: ServerProcess, issuer: TokenIssuer
+) -> None:
+    ca_dir = intermediate_server.log_path.parent / "ca"
+    key, chain = issued_by_token(intermediate_server, ca_dir, issuer)
+    assert len(chain) == 2  # leaf, intermediate
+    code, _, details = create(stub(intermediate_server, ca_dir, (key, chain)), make_csr([WEB]), token=None)
+    assert code == grpc.StatusCode.OK, details
+    # the leaf alone leads nowhere: refused in the handshake
+    code, _, details = create(stub(intermediate_server, ca_dir, (key, chain[:1])), make_csr([WEB]), token=None)
+    assert code == grpc.StatusCode.UNAVAILABLE, details

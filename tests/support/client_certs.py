@@ -79,19 +79,17 @@ class MeshCA:
             .not_valid_after(start + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),  # type: ignore[arg-type]
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
         )
         if uris:
             names = [x509.UniformResourceIdentifier(uri) for uri in uris]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=True)
         if usages:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-        return key, builder.sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+        return key, builder.sign(self.key, hashes.SHA256())
 
 
 def _ca_certificate(
@@ -116,7 +114,7 @@ def _ca_certificate(
     )
     if signer is not None:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),
             critical=False,
         )
-    return builder.sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
+    return builder.sign(signer_key, hashes.SHA256())

@@ -58,9 +58,7 @@ def test_intermediates_sent_by_the_peer_complete_the_chain(root: MeshCA, clock: 
     [(-600, "CLIENT_CERT_INVALID"), (1800, None), (3601, "CLIENT_CERT_INVALID")],
     ids=["not-yet-valid", "valid", "expired"],
 )
-def test_validity_is_judged_at_the_injected_clock(
-    root: MeshCA, seconds_later: int, expected: str | None
-) -> None:
+def test_validity_is_judged_at_the_injected_clock(root: MeshCA, seconds_later: int, expected: str | None) -> None:
     _, leaf = root.leaf((WEB,), not_before=START, lifetime=timedelta(hours=1))
     clock = ManualClock(START + timedelta(seconds=seconds_later))
     auth = authenticator([root.certificate], clock)
