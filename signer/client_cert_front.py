@@ -77,14 +77,23 @@ class ClientCertFront:
 
     async def start(self, address: str) -> int:
         host, _, port = address.rpartition(":")
-        self._server = await asyncio.start_server(
-            self._accept,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Unread(self._spawn),
             host.strip("[]") or None,
             int(port),
-            reuse_port=True,  # --workers share the port
+            reuse_port=True,  # --workers share it
         )
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
+
+    def _spawn(self, transport: asyncio.Transport) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            transport.abort()
+            return
+        task = asyncio.create_task(self._accept(transport))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; connections already accepted keep running (they drain through gRPC)."""
@@ -132,14 +141,10 @@ class ClientCertFront:
             chain_file.unlink(missing_ok=True)
         return context
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS:
-            writer.close()
-            return
-        self._connections.add(task)
+    async def _accept(self, transport: asyncio.Transport) -> None:
+        writer = None
         try:
+            reader, writer = await self._handshake(transport)
             await self._serve_connection(reader, writer)
         except ssl.SSLError as exc:
             # a refused client certificate (expired, foreign root) ends here, as in istio-csr's handshake
@@ -152,11 +157,25 @@ class ClientCertFront:
         except (ConnectionError, TimeoutError, OSError) as exc:
             logger.bind(event="client_cert_front_connection").debug("connection ended: {}", exc)
         finally:
-            self._connections.discard(task)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                transport.close()
+
+    async def _handshake(self, transport: asyncio.Transport) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """TLS on the still-unread connection, with the context of this moment (certificate, roots)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2 * PIPE_CHUNK)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        tls = await loop.start_tls(
+            transport, protocol, self._ssl_context(), server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS
+        )
+        if tls is None:
+            raise ConnectionError("closed during the TLS handshake")
+        protocol.connection_made(tls)  # start_tls leaves this to the caller
+        return reader, asyncio.StreamWriter(tls, protocol, reader, loop)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await writer.start_tls(self._ssl_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS)
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             return  # gRPC needs HTTP/2; anything else would only fail later
@@ -182,6 +201,19 @@ class ClientCertFront:
             up_writer.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+class _Unread(asyncio.Protocol):
+    """Holds a new connection unread until its TLS handshake starts: bytes read before it (the ClientHello, under
+    load) would be lost to TLS and the handshake would hang."""
+
+    def __init__(self, spawn: Callable[[asyncio.Transport], None]) -> None:
+        self._spawn = spawn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._spawn(transport)
 
 
 def _bytes(text: str | bytes) -> bytes:
