@@ -50,9 +50,15 @@ class ClientCertFront:
         *,
         material: Callable[[], ServingMaterial | None],
         roots: Callable[[], Sequence[x509.Certificate]],
+        minimum_tls13: bool = False,
+        tls12_ciphers: Sequence[str] = (),
     ) -> None:
+        """``minimum_tls13`` and ``tls12_ciphers`` (OpenSSL names) are --serving-tls-min-version and
+        --serving-tls-cipher-suites, which this listener, unlike gRPC Python's, can honour."""
         self._material = material
         self._roots = roots
+        self._minimum = ssl.TLSVersion.TLSv1_3 if minimum_tls13 else ssl.TLSVersion.TLSv1_2
+        self._ciphers = ":".join(tls12_ciphers)
         self._directory = Path(tempfile.mkdtemp(prefix="meshsigner-front-"))  # mode 0700
         self._context: ssl.SSLContext | None = None
         self._context_key: tuple[int, bytes] | None = None
@@ -121,9 +127,14 @@ class ClientCertFront:
 
     def _build_context(self, material: ServingMaterial, roots_pem: bytes) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.minimum_version = self._minimum
+        if self._ciphers:
+            context.set_ciphers(self._ciphers)
         context.set_alpn_protocols(["h2"])
-        context.options |= ssl.OP_NO_TICKET  # every connection verifies its certificate afresh (no resumption)
+        # no TLS 1.3 tickets and no 1.2 tickets; a 1.2 session-id resumption would carry the chain verified then,
+        # which the authenticator verifies again at each call anyway (at the clock's time, against today's roots)
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         if roots_pem:
             context.load_verify_locations(cadata=roots_pem.decode("ascii"))
             context.verify_mode = ssl.CERT_OPTIONAL  # request a client certificate; verify it when given

@@ -103,6 +103,13 @@ def build_authenticator(
 def apply_serving_tls_options(settings: ServeSettings) -> None:
     """What of istio-csr's --serving-tls-* gRPC Python can honour: it exposes no TLS version, cipher or curve
     options on server credentials, so the flags are validated (settings.py) and what cannot apply is logged."""
+    if settings.enable_client_cert_authenticator:
+        # the client-certificate front (client_cert_front.py) applies the version and the ciphers itself
+        if settings.serving_tls_curve_preferences:
+            logger.bind(event="serving_tls_option_ignored", option="serving-tls-curve-preferences").warning(
+                "--serving-tls-curve-preferences is validated but not applied: Python's ssl module sets no curve list"
+            )
+        return
     if settings.serving_tls_cipher_suites:
         logger.bind(event="serving_tls_option_ignored", option="serving-tls-cipher-suites").warning(
             "--serving-tls-cipher-suites is validated but not applied: gRPC Python cannot set a listener's cipher "
@@ -260,7 +267,12 @@ async def run(
         client_certs = None
         if settings.enable_client_cert_authenticator:
             roots = client_cert_roots(settings, backend, parts)
-            front = ClientCertFront(material=lambda: serving.material, roots=roots)
+            front = ClientCertFront(
+                material=lambda: serving.material,
+                roots=roots,
+                minimum_tls13=settings.serving_tls_min_version == "VersionTLS13",
+                tls12_ciphers=[TLS_CIPHER_SUITES[name] for name in settings.serving_tls_cipher_suites],
+            )
             client_certs = ClientCertAuthentication(
                 ClientCertAuthenticator(roots, trust_domain=settings.trust_domain, clock=clock), front
             )

@@ -92,8 +92,8 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize(
     ("workers", "extra"),
-    [(1, ()), (2, ()), (1, ("--enable-client-cert-authenticator",))],
-    ids=["one-process", "two-workers", "client-cert-front"],
+    [(1, ()), (2, ()), (1, ("--enable-client-cert-authenticator",)), (2, ("--enable-client-cert-authenticator",))],
+    ids=["one-process", "two-workers", "client-cert-front", "client-cert-front-two-workers"],
 )
 def test_sigterm_during_a_burst_loses_no_accepted_call(tmp_path: Path, workers: int, extra: tuple[str, ...]) -> None:
     issuer = TokenIssuer()

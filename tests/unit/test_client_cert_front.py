@@ -73,11 +73,13 @@ class Front:
 
 
 @asynccontextmanager
-async def running_front() -> AsyncIterator[Front]:
+async def running_front(*, minimum_tls13: bool = False) -> AsyncIterator[Front]:
     """Built inside the test's own event loop (the front's listener belongs to the loop that serves it)."""
     ca = MeshCA.root("serving and mesh root")
     state = Front(None, 0, ca, serving_material(ca), [ca.certificate])  # type: ignore[arg-type]
-    state.front = ClientCertFront(material=lambda: state.material, roots=lambda: state.roots)
+    state.front = ClientCertFront(
+        material=lambda: state.material, roots=lambda: state.roots, minimum_tls13=minimum_tls13
+    )
     state.port = await state.front.start("127.0.0.1:0")
     try:
         yield state
@@ -145,3 +147,10 @@ async def grpc_sees_each_chain(front: Front) -> None:
     finally:
         await server.stop(None)
     assert seen == [(leaf,), ()]
+
+
+async def test_the_minimum_tls_version_flag_is_honoured() -> None:
+    """Unlike gRPC Python's listener, the front applies --serving-tls-min-version=VersionTLS13."""
+    async with running_front(minimum_tls13=True) as front:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await front.handshake()  # this client speaks TLS 1.2 at most
