@@ -139,6 +139,25 @@ def test_a_certificate_with_two_uris_is_refused(mtls_server: ServerProcess, ca_d
     assert "CLIENT_CERT_NOT_ONE_URI" in details
 
 
+def test_a_certificate_that_does_not_qualify_falls_back_to_the_token(
+    mtls_server: ServerProcess, ca_dir: Path, issuer: TokenIssuer
+) -> None:
+    """istiod's "first success wins": the token beside an unusable certificate still authenticates."""
+    key, leaf = MeshCA.load(ca_dir).leaf((WEB, ADMIN))
+    code, chain, details = create(stub(mtls_server, ca_dir, (key, [leaf])), make_csr([WEB]), token=issuer.token())
+    assert code == grpc.StatusCode.OK, details
+    assert leaf_uris(chain) == [WEB]
+
+
+def test_a_certificate_caller_cannot_impersonate(mtls_server: ServerProcess, ca_dir: Path, issuer: TokenIssuer) -> None:
+    """istiod checks a node proxy through its token's pod; a certificate names none."""
+    renewal = stub(mtls_server, ca_dir, issued_by_token(mtls_server, ca_dir, issuer))
+    fields = {"ImpersonatedIdentity": ADMIN}
+    code, _, details = create(renewal, make_csr([ADMIN]), token=None, metadata_fields=fields)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
+    assert "IMPERSONATION_NEEDS_TOKEN" in details
+
+
 def test_token_only_clients_are_unaffected(mtls_server: ServerProcess, ca_dir: Path, issuer: TokenIssuer) -> None:
     code, chain, details = create(stub(mtls_server, ca_dir, None), make_csr([WEB]), issuer.token())
     assert code == grpc.StatusCode.OK, details
