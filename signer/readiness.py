@@ -19,8 +19,11 @@ class Readiness:
     def __init__(self, checks: dict[str, ReadinessCheck]) -> None:
         self._checks = dict(checks)
         self.listening = False
+        self.stopping = False  # set first on SIGTERM, so load balancers stop sending before the listener closes
 
     def __call__(self) -> list[str]:
+        if self.stopping:
+            return ["shutting down"]
         reasons = []
         for name, part in self._checks.items():
             if not part.ready:

@@ -10,9 +10,12 @@ Kubernetes API.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
+from cryptography import x509
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
@@ -22,16 +25,18 @@ from bridge.signing import SigningBackend
 from clocks import Clock, SystemClock
 from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
 from signer.auth.base import Authenticator
+from signer.auth.client_cert import ClientCertAuthenticator
 from signer.auth.jwks import JwksAuthenticator
+from signer.client_cert_front import ClientCertFront
 from signer.decision_log import DecisionLog
 from signer.errors import StartupError, TemporarilyUnavailable
 from signer.grpc_server import build_server, set_serving
 from signer.logs import configure_logging, logs_info
 from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
-from signer.process_signals import stop_on_signals
+from signer.process_signals import ShutdownHooks, stop_on_signals
 from signer.readiness import Readiness, ReadinessCheck
-from signer.service import CertificateService, NodeAuthorizer, ServiceConfig
+from signer.service import CertificateService, ClientCertAuthentication, NodeAuthorizer, ServiceConfig
 from signer.serving_tls import ServingCertificate
 from signer.settings import TLS_CIPHER_SUITES, ServeSettings
 from signer.task_supervisor import TaskSupervisor
@@ -48,7 +53,6 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.pods import PodCache
     from signer.serve_in_cluster import CertManagerParts
 
-SHUTDOWN_GRACE_SECONDS = 5.0
 EXIT_CANNOT_START = 2
 # Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
 OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailable)
@@ -99,6 +103,13 @@ def build_authenticator(
 def apply_serving_tls_options(settings: ServeSettings) -> None:
     """What of istio-csr's --serving-tls-* gRPC Python can honour: it exposes no TLS version, cipher or curve
     options on server credentials, so the flags are validated (settings.py) and what cannot apply is logged."""
+    if settings.enable_client_cert_authenticator:
+        # the client-certificate front (client_cert_front.py) applies the version and the ciphers itself
+        if settings.serving_tls_curve_preferences:
+            logger.bind(event="serving_tls_option_ignored", option="serving-tls-curve-preferences").warning(
+                "--serving-tls-curve-preferences is validated but not applied: Python's ssl module sets no curve list"
+            )
+        return
     if settings.serving_tls_cipher_suites:
         logger.bind(event="serving_tls_option_ignored", option="serving-tls-cipher-suites").warning(
             "--serving-tls-cipher-suites is validated but not applied: gRPC Python cannot set a listener's cipher "
@@ -136,6 +147,20 @@ def build_node_authorization(
     return build(kube)
 
 
+def client_cert_roots(
+    settings: ServeSettings, backend: SigningBackend, parts: CertManagerParts | None
+) -> Callable[[], Sequence[x509.Certificate]]:
+    """The roots presented client certificates must chain to: the local CA's, or the pinned --root-ca-file
+    (settings.py refuses the flag without one of them; the roots are read at each use, so rotation applies)."""
+    if isinstance(backend, LocalCA):
+        local = backend
+        return lambda: local.roots
+    if parts is not None and parts.roots.pinned:
+        bundle = parts.roots
+        return lambda: bundle.roots
+    raise StartupError("--enable-client-cert-authenticator needs pinned roots (--root-ca-file, or --signer local)")
+
+
 def build_decider(
     settings: ServeSettings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
 ) -> IdentityDecider:
@@ -153,10 +178,23 @@ def build_decider(
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration))
 
 
-async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clock: Clock | None = None) -> int:
-    """Build every piece, serve until ``stop``, then shut down in order. Raises StartupError when it cannot start."""
+async def run(
+    settings: ServeSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Clock | None = None,
+    shutdown_hooks: ShutdownHooks | None = None,
+) -> int:
+    """Build every piece, serve until ``stop``, then shut down in order. Raises StartupError when it cannot start.
+
+    Shutdown order (SIGTERM): readiness 503 and gRPC health NOT_SERVING first; then the listener stops taking
+    connections and calls (new ones get UNAVAILABLE, which Istio's agents retry, reaching another replica) while
+    the calls already accepted finish, for at most --shutdown-grace-period (then they are cancelled); then the
+    background tasks stop, ``shutdown_hooks`` run (leader election releases its Lease there), and the rest closes.
+    """
     stop = stop or asyncio.Event()
     clock = clock or SystemClock()
+    shutdown_hooks = shutdown_hooks or ShutdownHooks(clock)
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
     kube = None
@@ -168,6 +206,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         outages += KUBE_OUTAGES
     tasks = TaskSupervisor(stop, clock=clock, registry=registry, outages=outages)
     probes: list[ProbeServer] = []
+    front: ClientCertFront | None = None
     try:
         backend, parts = build_backend(settings, kube, registry)
         authenticator = build_authenticator(settings, kube, registry, clock)
@@ -225,6 +264,18 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
                 return 0
         else:
             await serving.obtain()
+        client_certs = None
+        if settings.enable_client_cert_authenticator:
+            roots = client_cert_roots(settings, backend, parts)
+            front = ClientCertFront(
+                material=lambda: serving.material,
+                roots=roots,
+                minimum_tls13=settings.serving_tls_min_version == "VersionTLS13",
+                tls12_ciphers=[TLS_CIPHER_SUITES[name] for name in settings.serving_tls_cipher_suites],
+            )
+            client_certs = ClientCertAuthentication(
+                ClientCertAuthenticator(roots, trust_domain=settings.trust_domain, clock=clock), front
+            )
         service = CertificateService(
             ServiceConfig(
                 trust_domain=settings.trust_domain,
@@ -240,10 +291,17 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             metrics=metrics,
             record_decision=decision_log,
             node_authorizer=node_authorizer,
+            client_certs=client_certs,
             clock=clock,
         )
-        server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
-        await server.start()
+        if front is None:
+            server, health_servicer, port = build_server(service, serving.credentials(), settings.serving_address)
+            await server.start()
+        else:  # the front terminates TLS and pipes to gRPC on a private unix socket (client_cert_front.py)
+            local = grpc.local_server_credentials(grpc.LocalConnectionType.UDS)
+            server, health_servicer, _ = build_server(service, local, front.grpc_address)
+            await server.start()
+            port = await front.start(settings.serving_address)
         readiness.listening = True
         await set_serving(health_servicer, True)
         tasks.start("serving-certificate-renewal", lambda: serving.renew_forever(stop))
@@ -259,15 +317,34 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         try:
             await stop.wait()
         finally:
-            readiness.listening = False
+            readiness.stopping = True
             await set_serving(health_servicer, False)
-            await server.stop(SHUTDOWN_GRACE_SECONDS)
+            logger.bind(event="shutdown_not_ready").info(
+                "shutting down: readiness and health say not serving; draining calls for up to {}s",
+                settings.shutdown_grace_period,
+            )
+            # new calls get UNAVAILABLE while those accepted finish (draining.py); then the listener closes
+            started = clock.monotonic()
+            if not await service.calls.close(settings.shutdown_grace_period):
+                logger.bind(event="shutdown_grace_exceeded", calls=service.calls.active).warning(
+                    "{} calls still in flight after the grace period: cancelling them", service.calls.active
+                )
+            if front is not None:
+                await front.stop_accepting()
+            await server.stop(max(0.0, settings.shutdown_grace_period - (clock.monotonic() - started)))
+            readiness.listening = False
+            logger.bind(event="shutdown_drained").info("gRPC listener closed; accepted calls finished")
+            if front is not None:
+                await front.close()
             if parts is not None:
                 await parts.backend.close()  # the deletes of the last requests
             await asyncio.to_thread(decision_log.close)  # writes what is still queued
     finally:
         stop.set()
         await tasks.close()
+        await shutdown_hooks.run()
+        if front is not None:
+            await front.close()  # when start-up failed after it was built (closing twice is harmless)
         for probe in probes:
             await probe.close()
         if kube is not None:
@@ -290,7 +367,7 @@ def serve(settings: ServeSettings) -> int:
             workers.stop()
             return EXIT_CANNOT_START
         try:
-            return asyncio.run(_serve_until_signalled(per_process_settings(settings)))
+            return asyncio.run(_serve_until_signalled(per_process_settings(settings), workers))
         except StartupError as exc:
             logger.error("cannot start: {}", exc)
             return EXIT_CANNOT_START
@@ -298,7 +375,9 @@ def serve(settings: ServeSettings) -> int:
             workers.stop()
 
 
-async def _serve_until_signalled(settings: ServeSettings) -> int:
+async def _serve_until_signalled(settings: ServeSettings, workers: WorkerProcesses) -> int:
     stop = asyncio.Event()
-    stop_on_signals(stop)
-    return await run(settings, stop=stop, clock=SystemClock())
+    # the workers drain at the same time as this process, not after it
+    stop_on_signals(stop, also=workers.terminate)
+    clock = SystemClock()
+    return await run(settings, stop=stop, clock=clock, shutdown_hooks=ShutdownHooks(clock))

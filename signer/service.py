@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import grpc
+from cryptography import x509
 from loguru import logger
 
 from bridge.errors import BackendError
@@ -25,7 +26,9 @@ from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
+from signer.auth.client_cert import ClientCertAuthenticator, peer_chain_from_auth_context
 from signer.csr_checks import ParsedCsr, parse_csr
+from signer.draining import CallDrain
 from signer.errors import (
     AuthenticationFailed,
     CsrRejected,
@@ -53,6 +56,20 @@ class NodeAuthorizer(Protocol):
     """Confirms that a node proxy's pod runs on a node hosting a pod of the impersonated service account."""
 
     async def authorize(self, node: WorkloadIdentity, namespace: str, service_account: str) -> None: ...
+
+
+class PeerChains(Protocol):
+    """The client certificate chain that arrived on a call's connection (signer/client_cert_front.py)."""
+
+    def peer_chain(self, peer: str) -> Sequence[x509.Certificate]: ...
+
+
+@dataclass(frozen=True)
+class ClientCertAuthentication:
+    """``--enable-client-cert-authenticator``: who verifies presented certificates and where they are found."""
+
+    authenticator: ClientCertAuthenticator
+    peers: PeerChains
 
 
 Context = grpc.aio.ServicerContext[istio_ca_pb2.IstioCertificateRequest, istio_ca_pb2.IstioCertificateResponse]
@@ -91,6 +108,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics: ServerMetrics,
         record_decision: DecisionRecorder | None = None,
         node_authorizer: NodeAuthorizer | None = None,
+        client_certs: ClientCertAuthentication | None = None,
         clock: Clock,
     ) -> None:
         self._config = config
@@ -100,15 +118,23 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._metrics = metrics
         self._record_decision = record_decision
         self._node_authorizer = node_authorizer
+        self._client_certs = client_certs
         self._clock = clock  # the time decisions are made at (certificate validity)
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self.calls = CallDrain(clock)  # serve drains it on SIGTERM before gRPC stops
         # labelled children looked up once: the success path runs thousands of times a second
         self._issued = metrics.requests.labels(code="OK", reason="ISSUED")
         self._backend_seconds = metrics.backend_seconds.labels(backend=config.backend_name)
         self._log_limit = RateLimiter()
 
     @asynccontextmanager
-    async def _admitted(self):  # type: ignore[no-untyped-def]
+    async def _admitted(self) -> AsyncIterator[None]:
+        with self.calls.accept():
+            async with self._admitted_slot():
+                yield
+
+    @asynccontextmanager
+    async def _admitted_slot(self) -> AsyncIterator[None]:
         if self._slots.locked():  # only a full house pays for a timed wait
             try:
                 await asyncio.wait_for(self._slots.acquire(), ADMISSION_WAIT_SECONDS)
@@ -138,7 +164,9 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         started = time.perf_counter()
         try:
             async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
-                chain = await self._issue(request, tuple(context.invocation_metadata() or ()), request_id)
+                peer_chain = self._peer_chain(context)
+                metadata = tuple(context.invocation_metadata() or ())
+                chain = await self._issue(request, metadata, request_id, peer_chain)
         except (RequestRejected, BackendError, TimeoutError) as error:
             code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason
@@ -175,11 +203,14 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         request: istio_ca_pb2.IstioCertificateRequest,
         metadata: Sequence[tuple[str, str | bytes]],
         request_id: str,
+        peer_chain: Sequence[x509.Certificate] = (),
     ) -> list[str]:
         request = admitted_request(request)  # undecodable or over-sized metadata: INVALID_ARGUMENT
-        check_cluster_id(metadata, self._config.cluster_id)
-        workload = await self._authenticator.authenticate(bearer_token(metadata))
+        workload, by_certificate = await self._authenticate(metadata, peer_chain)
         impersonated = _metadata_string(request, "ImpersonatedIdentity")
+        if by_certificate and impersonated is not None:
+            # istiod checks a node proxy through its token's pod; a certificate names no pod
+            raise NotPermitted("IMPERSONATION_NEEDS_TOKEN", "impersonation by a client-certificate caller")
         parsed = parse_csr(
             request.csr,
             validity_seconds=request.validity_duration,
@@ -215,6 +246,36 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._metrics.issued_duration.observe((issued_not_after - now).total_seconds())
         self._record(request_id, caller, parsed, decision, issued_not_after=issued_not_after)
         return [*signed.chain_pems, signed.roots_pem]
+
+    def _peer_chain(self, context: Context) -> Sequence[x509.Certificate]:
+        """The client certificate chain of this call's connection; empty when none or the authenticator is off."""
+        if self._client_certs is None:
+            return ()
+        chain = self._client_certs.peers.peer_chain(context.peer())
+        if chain:
+            return chain
+        # a listener that made gRPC itself verify client certificates (none today: see client_cert_front.py)
+        return peer_chain_from_auth_context(context.auth_context() or {})
+
+    async def _authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], peer_chain: Sequence[x509.Certificate]
+    ) -> tuple[WorkloadIdentity, bool]:
+        """istiod's order, first success wins: the client certificate (when the authenticator is on and one was
+        presented), then the bearer token. A valid certificate decides alone (a token beside it is not looked
+        at, and ``clusterid``, which only chooses where tokens are checked, does not apply). A certificate that
+        does not qualify falls through to the token when there is one (istiod does the same), else is refused.
+        Returns the identity and whether it came from the certificate."""
+        if self._client_certs is not None and peer_chain:
+            try:
+                return self._client_certs.authenticator.authenticate(peer_chain), True
+            except AuthenticationFailed as refused:
+                if not any(key == "authorization" for key, _ in metadata):
+                    raise
+                logger.bind(event="client_cert_refused", reason=refused.reason).info(
+                    "client certificate not accepted ({}); authenticating by token", refused.detail
+                )
+        check_cluster_id(metadata, self._config.cluster_id)
+        return await self._authenticator.authenticate(bearer_token(metadata)), False
 
     async def _caller(self, workload: WorkloadIdentity, impersonated: str | None) -> Caller:
         td = self._config.trust_domain
@@ -253,4 +314,11 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._record_decision(request_id, caller, parsed.request, decision, issued_not_after)
 
 
-__all__ = ["CertificateService", "DecisionRecorder", "NodeAuthorizer", "ServiceConfig"]
+__all__ = [
+    "CertificateService",
+    "ClientCertAuthentication",
+    "DecisionRecorder",
+    "NodeAuthorizer",
+    "PeerChains",
+    "ServiceConfig",
+]

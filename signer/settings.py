@@ -190,6 +190,19 @@ FLAGS: tuple[Flag, ...] = (
     Flag("request-timeout", 30.0, "server-side bound on every CreateCertificate call", _positive_duration),
     Flag("max-in-flight", 512, "concurrent CreateCertificate calls before RESOURCE_EXHAUSTED", _positive_int),
     Flag("workers", 1, "server processes sharing the serving port", _positive_int),
+    Flag(
+        "enable-client-cert-authenticator",
+        False,
+        "also accept a valid mesh client certificate (mTLS) as authentication, for renewing its own identity",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "shutdown-grace-period",
+        30.0,
+        "on SIGTERM, how long calls already accepted may take to finish before they are cancelled",
+        _positive_duration,
+    ),
     # trust and serving certificate
     Flag("trust-domain", "cluster.local", "trust domain of the SPIFFE IDs issued"),
     Flag("root-ca-file", "", "PEM bundle of pinned mesh roots (watched)"),
@@ -286,6 +299,8 @@ class ServeSettings:
     request_timeout: float
     max_in_flight: int
     workers: int
+    enable_client_cert_authenticator: bool
+    shutdown_grace_period: float
     trust_domain: str
     root_ca_file: str
     serving_certificate_dns_names: tuple[str, ...]
@@ -419,6 +434,11 @@ def validate(settings: ServeSettings) -> None:
             )
         if not settings.certificate_namespace:
             raise SettingsError("--certificate-namespace must not be empty")
+    if settings.enable_client_cert_authenticator and settings.signer != "local" and not settings.root_ca_file:
+        raise SettingsError(
+            "--enable-client-cert-authenticator needs pinned roots to verify client certificates against: "
+            "--root-ca-file (or --signer local, whose roots are its own)"
+        )
     for account in settings.ca_trusted_node_accounts:
         namespace, sep, name = account.partition("/")
         if not sep or not namespace or not name or "/" in name:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, multiprocess, values
 from signer.settings import ServeSettings
 
 MULTIPROCESS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-WORKER_STOP_SECONDS = 10.0
+WORKER_STOP_MARGIN_SECONDS = 5.0  # beyond the grace period: the worker's own hooks and exit
 
 
 def per_process_settings(settings: ServeSettings) -> ServeSettings:
@@ -78,17 +78,24 @@ class WorkerProcesses:
     def __init__(self, settings: ServeSettings) -> None:
         self._command = worker_command(settings)
         self._count = settings.workers - 1
+        self._stop_seconds = settings.shutdown_grace_period + WORKER_STOP_MARGIN_SECONDS
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         self._processes = [subprocess.Popen(self._command) for _ in range(self._count)]
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Forward SIGTERM: every worker drains its own calls while this process drains its."""
         for process in self._processes:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
+
+    def stop(self) -> None:
+        """SIGTERM (again harmless), then wait up to the grace period and a margin before killing."""
+        self.terminate()
         for process in self._processes:
             try:
-                process.wait(WORKER_STOP_SECONDS)
+                process.wait(self._stop_seconds)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
