@@ -26,6 +26,7 @@ from policies.compiled import (
     Rule,
     Settings,
 )
+from policies.conditions import MAX_CONDITIONS_PER_RULE, Condition, ConditionCompiler, ConditionError
 from policies.durations import describe_duration as show
 from policies.globs import NameGlob
 from policies.schema_readers import Reporter
@@ -63,8 +64,6 @@ def compile_settings(
         report.error("spec.duration.default", f"{show(default)} exceeds spec.duration.max {show(maximum)}")
     if minimum > default:
         report.error("spec.duration.min", f"{show(minimum)} exceeds spec.duration.default {show(default)}")
-    if "shadowPolicySet" in spec:
-        report.error("spec.shadowPolicySet", "not supported by this version; use mode: Audit policies instead")
     key = _key(spec.get("key"), "spec.key", report, KeyPolicy(frozenset(DEFAULT_KEY_ALGORITHMS)))
     usages = _usages(spec.get("usages", DEFAULT_USAGES), "spec.usages", report)
     san = spec.get("san", {})
@@ -88,6 +87,7 @@ def compile_settings(
         usages=usages,
         git_sha=annotations.get(GIT_SHA_ANNOTATION),
         source=source,
+        shadow_policy_set=spec.get("shadowPolicySet"),
     )
 
 
@@ -167,7 +167,16 @@ def _resolve_duration(
     return resolved
 
 
-def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings, *, source: str) -> Policy:
+def compile_policy(
+    fields: dict[str, Any],
+    report: Reporter,
+    settings: Settings,
+    *,
+    source: str,
+    conditions: ConditionCompiler | None = None,
+) -> Policy:
+    """``conditions`` compiles ``when`` expressions; share one per load (its CEL environment is built once)."""
+    conditions = conditions if conditions is not None else ConditionCompiler()
     name = fields["metadata"]["name"]
     spec = fields["spec"]
     subjects = compile_subjects(spec.get("subjects"), "spec.subjects", report, settings)
@@ -184,7 +193,7 @@ def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings,
                 f"{path}.name", f"duplicate rule name {rule_spec['name']!r} (also rules[{seen[rule_spec['name']]}])"
             )
         seen.setdefault(rule_spec["name"], index)
-        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings))
+        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings, conditions))
     limits = None
     if "limits" in spec:
         limits = _limits(name, spec["limits"], report, settings)
@@ -215,10 +224,9 @@ def _rule(
     path: str,
     report: Reporter,
     settings: Settings,
+    conditions: ConditionCompiler,
 ) -> Rule:
     effect = Effect(spec["effect"])
-    if "when" in spec:
-        report.error(f"{path}.when", "CEL conditions are not supported by this version; remove the field")
     if effect is Effect.DENY:
         for name in _ALLOW_ONLY_FIELDS:
             if name in spec:
@@ -307,7 +315,22 @@ def _rule(
         expires_at=spec.get("expiresAt"),
         ticket=spec.get("ticket"),
         message=spec.get("message"),
+        conditions=_conditions(spec.get("when", ()), f"{path}.when", report, conditions),
     )
+
+
+def _conditions(texts: Any, path: str, report: Reporter, compiler: ConditionCompiler) -> tuple[Condition, ...]:
+    """``when``: each CEL expression compiled and bounded now, so a bad one is a load error with its path."""
+    if len(texts) > MAX_CONDITIONS_PER_RULE:
+        report.error(path, f"{len(texts)} conditions; a rule takes at most {MAX_CONDITIONS_PER_RULE} (use &&)")
+        return ()
+    compiled = []
+    for index, text in enumerate(texts):
+        try:
+            compiled.append(compiler.compile(text))
+        except ConditionError as exc:
+            report.error(f"{path}[{index}]", f"CEL: {exc}")
+    return tuple(compiled)
 
 
 def _limits(policy: str, spec: dict[str, Any], report: Reporter, settings: Settings) -> Limits:
@@ -360,6 +383,7 @@ def _warn_unreachable(subjects: Subjects, rules: list[Rule], report: Reporter) -
                 rule.key,
                 rule.usages,
                 rule.expires_at,
+                rule.conditions,
             )
             if shape in seen:
                 report.warn(path, f"repeats rule {seen[shape]!r} exactly; it can never change a decision")

@@ -40,6 +40,8 @@ NODE_ACCOUNT = Str(
     pattern=re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?"),
     pattern_hint='"namespace/serviceAccount"',
 )
+# A shadow set's name: a sub-directory of the policy directory (one DNS label: no path, no "..").
+SET_NAME = Str(pattern=re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"), pattern_hint="a set name (one DNS label)")
 STRINGS = List(Str())
 NAMES_OR_GLOBS = List(Str(), non_empty=True)
 
@@ -101,7 +103,7 @@ SETTINGS_SPEC = Obj(
         "clientMessages": Field(Str(enum=("Detailed", "Minimal"))),
         "key": Field(KEY),
         "usages": Field(List(Str(), non_empty=True)),
-        "shadowPolicySet": Field(STRINGS),
+        "shadowPolicySet": Field(SET_NAME),
     }
 )
 
@@ -151,7 +153,7 @@ RULE = Obj(
         "expiresAt": Field(Time()),
         "ticket": Field(Str()),
         "message": Field(Str()),
-        "when": Field(STRINGS),
+        "when": Field(List(Str(), non_empty=True)),
     }
 )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from policies.compiled import RESERVED_POLICY_NAMES, Policy, Settings
 from policies.compiler import compile_policy, compile_settings
+from policies.conditions import ConditionCompiler
 from policies.document_schemas import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
@@ -114,6 +115,7 @@ def build_policy_set(
 
     policies: list[Policy] = []
     first_seen: dict[str, str] = {}
+    conditions = ConditionCompiler()
     for kind, fields, report, source in read:
         if kind != "IdentityPolicy":
             continue
@@ -128,7 +130,7 @@ def build_policy_set(
         if name in first_seen:
             report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
         first_seen.setdefault(name, source)
-        policies.append(compile_policy(fields, report, settings, source=source))
+        policies.append(compile_policy(fields, report, settings, source=source, conditions=conditions))
         problems.extend(report.problems[before:])
 
     if sources and not read and not any(p.severity is Severity.ERROR for p in problems):
