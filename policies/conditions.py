@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cel_expr_python import cel
+import cel_expr_python.cel as cel
 
 MAX_EXPRESSION_LENGTH = 1024
 MAX_AST_NODES = 400
@@ -183,9 +183,11 @@ def _over_caps(values: Mapping[str, object]) -> str | None:
 def _clean(message: str) -> str:
     """cel-cpp's ``INVALID_ARGUMENT: ERROR: <input>:1:13: text\\n | source\\n | ...^`` as ``1:13: text``."""
     first = message.strip().splitlines()[0] if message.strip() else message
-    for prefix in ("INVALID_ARGUMENT: ", "ERROR: ", "<input>:"):
+    for prefix in ("INVALID_ARGUMENT: ", "CANCELLED: ", "ERROR: ", "<input>:"):
         first = first.removeprefix(prefix)
-    return first.removesuffix(" [INVALID_ARGUMENT]").strip()
+    for suffix in (" [INVALID_ARGUMENT]", " [CANCELLED]", " (in container '')"):
+        first = first.removesuffix(suffix)
+    return first.strip()
 
 
 # --- the compiled expression's shape, read from its serialized form (cel.expr.CheckedExpr in a wrapper) ---

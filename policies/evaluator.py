@@ -240,7 +240,8 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Appl
 
 
 def _unsure_message(rule: Rule, ctx: EvaluationContext) -> str:
-    return f"a when condition of {rule.qualified_name} did not evaluate ({ctx.unsure_rules[id(rule)]}); deny when unsure"
+    error = ctx.unsure_rules[id(rule)]
+    return f"a when condition of {rule.qualified_name} did not evaluate ({error}); deny when unsure"
 
 
 @dataclass(frozen=True, slots=True)
