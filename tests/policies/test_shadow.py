@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -60,6 +61,12 @@ def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", 
     )
 
 
+def shadow_of(decision: Decision) -> dict[str, Any]:
+    report = decision.details["shadow"]
+    assert isinstance(report, dict)
+    return report
+
+
 def shadow_count(registry: CollectorRegistry, enforced: str, shadow: str, difference: str) -> float | None:
     labels = {"enforced": enforced, "shadow": shadow, "difference": difference}
     return registry.get_sample_value("policy_shadow_decisions_total", labels)
@@ -70,7 +77,7 @@ def test_the_shadow_set_never_changes_the_answer_and_reports_the_difference(poli
     assert store.shadow_set is not None and store.shadow_set.revision != store.revision
     decision = decide(store)
     assert decision.allowed and decision.granted_by == "mesh-baseline/own-identity"
-    shadow = decision.details["shadow"]
+    shadow = shadow_of(decision)
     assert shadow == {
         "policySet": "next",
         "policySetRevision": store.shadow_set.revision,
@@ -84,8 +91,7 @@ def test_the_shadow_set_never_changes_the_answer_and_reports_the_difference(poli
     assert shadow_count(registry, "Allow", "Deny", "WOULD_DENY") == 1
     record = decision_record("d1", caller(), request(own_id()), decision)
     assert record["decision"] == "Allow" and record["shadow"]["difference"] == "WOULD_DENY"
-    same = decide(store, "payments", "api")
-    assert same.details["shadow"]["difference"] == "SAME"
+    assert shadow_of(decide(store, "payments", "api"))["difference"] == "SAME"
     assert shadow_count(registry, "Allow", "Allow", "SAME") == 1
 
 
@@ -105,7 +111,7 @@ def test_a_broken_shadow_set_keeps_its_last_good_and_never_touches_the_enforced_
     (policy_dir / "next" / "freeze.yaml").write_text(DENY_ORDERS.replace("subjects", "subject"))
     assert store.reload()  # the enforced set itself is valid: the reload succeeds
     assert store.shadow_set is good_shadow
-    assert decide(store).details["shadow"]["difference"] == "WOULD_DENY"
+    assert shadow_of(decide(store))["difference"] == "WOULD_DENY"
     status = store.status()["shadow"]
     assert status["ready"] is True and status["revision"] == good_shadow.revision
     assert status["errors"][0].startswith(f"{policy_dir}/next/freeze.yaml:")
@@ -117,7 +123,7 @@ def test_an_edited_shadow_set_is_picked_up_on_reload(policy_dir: Path) -> None:
     store, _ = store_for(policy_dir)
     (policy_dir / "next" / "freeze.yaml").unlink()
     assert store.reload()
-    assert decide(store).details["shadow"]["difference"] == "SAME"
+    assert shadow_of(decide(store))["difference"] == "SAME"
 
 
 def test_a_missing_shadow_directory_is_reported_and_the_enforced_set_serves(policy_dir: Path) -> None:
@@ -148,7 +154,7 @@ def test_a_rejected_enforced_set_keeps_its_shadow_name(policy_dir: Path) -> None
     (policy_dir / "mesh-baseline.yaml").write_text("apiVersion: [\n")
     assert not store.reload()
     assert store.shadow_set is not None
-    assert decide(store).details["shadow"]["difference"] == "WOULD_DENY"
+    assert shadow_of(decide(store))["difference"] == "WOULD_DENY"
 
 
 def test_a_shadow_set_cannot_name_its_own_shadow(policy_dir: Path) -> None:
