@@ -28,6 +28,7 @@ from policies.schema_readers import (
 )
 
 API_VERSION = "meshsigner.io/v1alpha1"
+SETTINGS_OBJECT_NAME = "settings"  # the PolicySettings singleton's name as a Kubernetes object
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _RULE_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
@@ -35,7 +36,7 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 
 NAME = Str(pattern=_NAME, pattern_hint="a Kubernetes name (lowercase letters, digits, '-' and '.')")
 RULE_NAME = Str(pattern=_RULE_NAME, pattern_hint="a rule name (letters, digits, '-', '_' and '.')")
-TRUST_DOMAIN = Str(pattern=_TRUST_DOMAIN, pattern_hint="a trust domain (lowercase [a-z0-9._-])")
+TRUST_DOMAIN = Str(pattern=_TRUST_DOMAIN, pattern_hint="a trust domain (lowercase [a-z0-9._-])", max_length=255)
 NODE_ACCOUNT = Str(
     pattern=re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?"),
     pattern_hint='"namespace/serviceAccount"',
@@ -44,6 +45,7 @@ NODE_ACCOUNT = Str(
 SET_NAME = Str(pattern=re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"), pattern_hint="a set name (one DNS label)")
 STRINGS = List(Str())
 NAMES_OR_GLOBS = List(Str(), non_empty=True)
+MAX_RULES = 1024  # per policy
 
 METADATA = Obj(
     {
@@ -76,7 +78,7 @@ KEY = Obj({"algorithms": Field(List(Str(), non_empty=True)), "minRSABits": Field
 SETTINGS_SPEC = Obj(
     {
         "trustDomain": Field(TRUST_DOMAIN),
-        "trustDomainAliases": Field(List(TRUST_DOMAIN)),
+        "trustDomainAliases": Field(List(TRUST_DOMAIN, max_items=32)),
         "clusterDomain": Field(Str()),
         "defaultDecision": Field(Str(enum=("Deny", "IstioCompatible"))),
         "duration": Field(
@@ -166,7 +168,7 @@ POLICY_SPEC = Obj(
         "ticket": Field(Str()),
         "subjects": Field(SUBJECTS),
         "duration": Field(DURATION_RANGE),
-        "rules": Field(List(RULE)),
+        "rules": Field(List(RULE, max_items=MAX_RULES, key="name")),
         "limits": Field(Obj({"duration": Field(LIMIT_DURATION), "key": Field(KEY)})),
     }
 )
