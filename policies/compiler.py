@@ -9,6 +9,7 @@ carries its ``file:line:col``.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, overload
 
@@ -174,11 +175,20 @@ def compile_policy(
     *,
     source: str,
     conditions: ConditionCompiler | None = None,
+    confined_to: str | None = None,
 ) -> Policy:
-    """``conditions`` compiles ``when`` expressions; share one per load (its CEL environment is built once)."""
+    """``conditions`` compiles ``when`` expressions; share one per load (its CEL environment is built once).
+
+    ``confined_to`` is the namespace of a namespaced object outside the root namespace: the policy then applies
+    only to that namespace's workloads and may grant only identities and DNS names of that namespace, so the
+    namespace's owners hold grants for their own workloads and no one else's. Its name becomes ``<ns>:<name>``.
+    """
     conditions = conditions if conditions is not None else ConditionCompiler()
     name = fields["metadata"]["name"]
     spec = fields["spec"]
+    if confined_to is not None:
+        name = f"{confined_to}:{name}"
+        spec = _confine(spec, confined_to, report, settings)
     subjects = compile_subjects(spec.get("subjects"), "spec.subjects", report, settings)
     if subjects is None:
         report.warn("spec", "no subjects: this policy applies to every caller (write namespaces: ['*'] to say so)")
@@ -214,6 +224,36 @@ def compile_policy(
         annotations=dict(fields["metadata"].get("annotations", {})),
         source=source,
     )
+
+
+def _confine(spec: dict[str, Any], namespace: str, report: Reporter, settings: Settings) -> dict[str, Any]:
+    """The spec of a namespaced policy, held to its namespace (``compile_policy``'s ``confined_to``)."""
+    subjects = dict(spec.get("subjects", {}))
+    if subjects.get("namespaces", [namespace]) != [namespace]:
+        report.error(
+            "spec.subjects.namespaces",
+            f"a policy in namespace {namespace!r} applies only to that namespace: write [{namespace}] or omit it",
+        )
+    subjects["namespaces"] = [namespace]  # subjects AND together: nothing else can widen this
+    own_dns = re.compile(
+        rf"(?:.+\.)?(?:\{{namespace\}}|{re.escape(namespace)})\.svc"
+        rf"(?:\.(?:\{{clusterDomain\}}|{re.escape(settings.cluster_domain)}))?"
+    )
+    for index, rule in enumerate(spec.get("rules", [])):
+        path = f"spec.rules[{index}]"
+        if rule.get("allowCrossNamespace"):
+            report.error(
+                f"{path}.allowCrossNamespace",
+                f"a policy in namespace {namespace!r} cannot grant other namespaces' identities",
+            )
+        for dns_index, text in enumerate(rule.get("dnsNames", []) if rule["effect"] == "Allow" else []):
+            if not own_dns.fullmatch(text):
+                report.error(
+                    f"{path}.dnsNames[{dns_index}]",
+                    f"a policy in namespace {namespace!r} may grant only names under {{namespace}}.svc "
+                    f"(<name>.{namespace}.svc[.{settings.cluster_domain}])",
+                )
+    return {**spec, "subjects": subjects}
 
 
 def _rule(
