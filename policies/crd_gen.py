@@ -141,6 +141,7 @@ def identity_policy_crd() -> dict[str, Any]:
         "properties": {
             "observedGeneration": {"type": "integer", "format": "int64"},
             "activeRevision": {"type": "string"},
+            "ruleCount": {"type": "integer", "format": "int64", "description": "rules in spec.rules"},
             "conditions": _conditions_status(),
         },
     }
@@ -153,7 +154,8 @@ def identity_policy_crd() -> dict[str, Any]:
         status=status,
         columns=[
             {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-            {"name": "Rules", "type": "string", "jsonPath": ".spec.rules[*].name"},
+            # A column shows only the first match of [*], so the count comes from the status (its writer sets it).
+            {"name": "Rules", "type": "integer", "jsonPath": ".status.ruleCount"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
