@@ -28,6 +28,7 @@ def policy_crds(kube_api: client.ApiClient, wait_for: Any) -> None:
         name = crd["metadata"]["name"]
         try:
             current = extensions.read_custom_resource_definition(name)
+            assert current.metadata is not None
             crd["metadata"]["resourceVersion"] = current.metadata.resource_version
             extensions.replace_custom_resource_definition(name, crd)
         except ApiException as exc:
@@ -36,7 +37,8 @@ def policy_crds(kube_api: client.ApiClient, wait_for: Any) -> None:
             extensions.create_custom_resource_definition(crd)
 
         def established(name: str = name) -> bool:
-            conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+            status = extensions.read_custom_resource_definition(name).status
+            conditions = (status.conditions if status is not None else None) or []
             return any(c.type == "Established" and c.status == "True" for c in conditions)
 
         wait_for(established, timeout=60, what=f"CRD {name} established")
@@ -61,7 +63,7 @@ def refusal(kube_api: client.ApiClient, namespace: str, body: dict[str, Any]) ->
     with pytest.raises(ApiException) as caught:
         create_policy(kube_api, namespace, body)
     assert caught.value.status in (400, 422), caught.value.body
-    return str(json.loads(caught.value.body)["message"])
+    return str(json.loads(caught.value.body or "{}")["message"])
 
 
 @pytest.mark.usefixtures("policy_crds")
@@ -99,8 +101,7 @@ def table_row(kube_api: client.ApiClient, namespace: str) -> list[Any]:
         auth_settings=["BearerToken"],
     )
     response = kube_api.call_api(method, url, header_params=headers, body=body, post_params=post)
-    response.read()
-    table = json.loads(response.data)
+    table = json.loads(response.read() or b"{}")
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Mode", "Rules", "Ready", "Age"]
     cells = table["rows"][0]["cells"]
     assert isinstance(cells, list)
@@ -140,15 +141,15 @@ def test_policy_settings_is_a_cluster_singleton(kube_api: client.ApiClient) -> N
     wrong = {**settings, "metadata": {"name": "other"}}
     with pytest.raises(ApiException) as caught:
         api.create_cluster_custom_object(GROUP, VERSION, "policysettings", wrong)
-    assert "PolicySettings is a singleton: its name must be settings" in caught.value.body
+    assert "PolicySettings is a singleton: its name must be settings" in str(caught.value.body)
     alias = copy.deepcopy(settings)
     alias["spec"]["trustDomainAliases"] = ["cluster.local"]
     with pytest.raises(ApiException) as caught:
         api.create_cluster_custom_object(GROUP, VERSION, "policysettings", alias)
-    assert "trustDomainAliases must not list the primary trust domain" in caught.value.body
+    assert "trustDomainAliases must not list the primary trust domain" in str(caught.value.body)
     try:
         created = api.create_cluster_custom_object(GROUP, VERSION, "policysettings", settings)
-        assert created["spec"]["trustDomain"] == "cluster.local"
+        assert isinstance(created, dict) and created["spec"]["trustDomain"] == "cluster.local"
     finally:
         try:
             api.delete_cluster_custom_object(GROUP, VERSION, "policysettings", "settings")
