@@ -207,3 +207,13 @@ def test_a_comprehension_over_a_literal_list_costs_its_size() -> None:
         compiler.compile("(" * 60 + "true" + ")" * 60)
     with pytest.raises(ConditionError, match=r"has \d+ expression nodes; the limit is 400"):
         compiler.compile("request.validitySeconds in [" + ",".join("1" * 450) + "]")
+
+
+def test_explain_shows_an_erroring_deny_rule_as_matching() -> None:
+    policy_set = build(BASELINE, deny_when("request.validitySeconds / 0 == 1"))
+    explanation = explain(policy_set, caller(), request(own_id()), now=NOW, ca_not_after=CA_NOT_AFTER)
+    assert explanation.decision.reason == "CONDITION_ERROR"
+    guard = next(p for p in explanation.policies if p["policy"] == "guard")["rules"][0]
+    assert guard["result"] == "matches (denies)"
+    (condition,) = guard["conditions"]
+    assert condition["code"] == "CONDITION_ERROR" and condition["actual"].startswith("error: ")
