@@ -123,6 +123,7 @@ class Rule:
     ticket: str | None = None
     message: str | None = None
     conditions: tuple[Condition, ...] = ()  # ``when``: every one must be true
+    condition_variables: frozenset[str] = frozenset()  # the variables ``conditions`` read, together
 
     @property
     def qualified_name(self) -> str:

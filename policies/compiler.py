@@ -339,6 +339,7 @@ def _rule(
         duration = _resolve_duration(rule_duration, policy_duration, settings, f"{path}.duration", report)
         usages = _usages(spec["usages"], f"{path}.usages", report) if "usages" in spec else settings.usages
     _warn_expiry(spec.get("expiresAt"), spec.get("ticket"), path, report)
+    when = _conditions(spec.get("when", ()), f"{path}.when", report, conditions)
     return Rule(
         policy=policy,
         index=index,
@@ -355,7 +356,8 @@ def _rule(
         expires_at=spec.get("expiresAt"),
         ticket=spec.get("ticket"),
         message=spec.get("message"),
-        conditions=_conditions(spec.get("when", ()), f"{path}.when", report, conditions),
+        conditions=when,
+        condition_variables=frozenset().union(*(c.variables for c in when)),
     )
 
 

@@ -133,7 +133,7 @@ class ConditionCompiler:
 
 def bindings_for(
     *,
-    caller: Mapping[str, str],
+    caller: Callable[[str], str],
     uris: tuple[str, ...],
     dns_names: tuple[str, ...],
     usages: tuple[str, ...],
@@ -144,39 +144,43 @@ def bindings_for(
     wanted: frozenset[str],
 ) -> dict[str, object] | str:
     """The values of the ``wanted`` variables, or why the inputs exceed the caps the cost estimate assumes.
-    ``labels`` is called only when ``namespaceLabels`` is wanted (it may raise LabelsUnavailable)."""
+    ``caller`` gives a ``caller.*`` field by name; ``labels`` is called only when ``namespaceLabels`` is wanted
+    (it may raise LabelsUnavailable)."""
     values: dict[str, object] = {}
     for name in wanted:
         if name.startswith("caller."):
-            values[name] = caller.get(name[7:], "")
-        elif name == "request.uris":
-            values[name] = list(uris)
-        elif name == "request.dnsNames":
-            values[name] = list(dns_names)
-        elif name == "request.usages":
-            values[name] = list(usages)
+            values[name] = caller(name[7:])
         elif name == "request.key":
             values[name] = key
         elif name == "request.validitySeconds":
             values[name] = validity_seconds
         elif name == "now":
             values[name] = now
-        elif name == LABELS_VARIABLE:
-            values[name] = dict(labels())
-    too_large = _over_caps(values)
-    return f"inputs exceed the evaluation caps: {too_large}" if too_large else values
+        else:
+            collection: list[str] | dict[str, str] = (
+                list(uris)
+                if name == "request.uris"
+                else list(dns_names)
+                if name == "request.dnsNames"
+                else list(usages)
+                if name == "request.usages"
+                else dict(labels())
+            )
+            too_large = _over_caps(name, collection)
+            if too_large:
+                return f"inputs exceed the evaluation caps: {too_large}"
+            values[name] = collection
+    return values
 
 
-def _over_caps(values: Mapping[str, object]) -> str | None:
-    for name, value in values.items():
-        items: list[object] = (
-            list(value) if isinstance(value, list) else [*value, *value.values()] if isinstance(value, dict) else []
-        )
-        if isinstance(value, list | dict) and len(value) > MAX_LIST_ITEMS:
-            return f"{name} has {len(value)} entries (at most {MAX_LIST_ITEMS})"
-        for item in [value, *items]:
-            if isinstance(item, str) and len(item) > MAX_STRING_LENGTH:
-                return f"{name} holds a string of {len(item)} characters (at most {MAX_STRING_LENGTH})"
+def _over_caps(name: str, collection: list[str] | dict[str, str]) -> str | None:
+    """Only lists and maps can grow with the request; the other inputs are names and fixed vocabulary."""
+    if len(collection) > MAX_LIST_ITEMS:
+        return f"{name} has {len(collection)} entries (at most {MAX_LIST_ITEMS})"
+    texts = [*collection, *collection.values()] if isinstance(collection, dict) else collection
+    longest = max(map(len, texts), default=0)
+    if longest > MAX_STRING_LENGTH:
+        return f"{name} holds a string of {longest} characters (at most {MAX_STRING_LENGTH})"
     return None
 
 

@@ -140,18 +140,8 @@ class EvaluationContext:
         caps. Raises LabelsUnavailable when ``namespaceLabels`` is wanted and not synced."""
         missing = wanted - self._cel_values.keys()
         if missing:
-            caller = self.caller
             built = bindings_for(
-                caller={
-                    "trustDomain": caller.trust_domain,
-                    "namespace": caller.namespace,
-                    "serviceAccount": caller.service_account,
-                    "principal": self.principal,
-                    "spiffeID": f"spiffe://{self.principal}",
-                    "podName": caller.pod_name or "",
-                    "podUID": caller.pod_uid or "",
-                    "nodePrincipal": caller.node_principal or "",
-                },
+                caller=self._caller_field,
                 uris=self.uri_texts,
                 dns_names=self.request.dns_names,
                 usages=self.request.usages,
@@ -165,6 +155,21 @@ class EvaluationContext:
                 return built
             self._cel_values.update(built)
         return self._cel_values
+
+    def _caller_field(self, name: str) -> str:
+        """``caller.<name>`` for conditions; an absent value is the empty string."""
+        caller = self.caller
+        value = {
+            "trustDomain": caller.trust_domain,
+            "namespace": caller.namespace,
+            "serviceAccount": caller.service_account,
+            "principal": self.principal,
+            "spiffeID": f"spiffe://{self.principal}",
+            "podName": caller.pod_name,
+            "podUID": caller.pod_uid,
+            "nodePrincipal": caller.node_principal,
+        }.get(name)
+        return value or ""
 
     def _trusted_labels(self) -> Mapping[str, str]:
         """The labels a condition may read: the trusted keys, and the name label the API server sets."""

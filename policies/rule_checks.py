@@ -37,8 +37,7 @@ def condition_results(rule: Rule, ctx: EvaluationContext) -> tuple[bool | str, .
     """Each ``when`` condition's result for this request: True, False, or the error text (memoised)."""
     results = ctx.condition_results.get(id(rule))
     if results is None:
-        wanted = frozenset().union(*(c.variables for c in rule.conditions))
-        values = ctx.condition_values(wanted)
+        values = ctx.condition_values(rule.condition_variables)
         if isinstance(values, str):
             results = tuple(values for _ in rule.conditions)
         else:
