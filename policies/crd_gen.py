@@ -66,7 +66,10 @@ def openapi(spec: Spec) -> dict[str, Any]:
     if isinstance(spec, Obj):
         schema: dict[str, Any] = {
             "type": "object",
-            "properties": {name: openapi(field.spec) for name, field in spec.fields.items()},
+            "properties": {
+                name: {**({"description": field.doc} if field.doc else {}), **openapi(field.spec)}
+                for name, field in spec.fields.items()
+            },
         }
         required = [name for name, field in spec.fields.items() if field.required]
         if required:

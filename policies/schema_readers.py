@@ -259,6 +259,7 @@ class StrMap(Spec):
 class Field:
     spec: Spec
     required: bool = False
+    doc: str = ""  # one line for `kubectl explain` (the generated CRDs carry it as the description)
 
 
 @dataclass
