@@ -118,18 +118,44 @@ spec:
     )
 
 
-def write_set(directory: Path, policies: int, rules: int) -> tuple[int, int]:
+# The `when` variant: a condition on the baseline's own-identity rule (every allowed request evaluates it), one on
+# every team's DNS rule (a comprehension over the requested names) and one on every team's no-debug Deny rule.
+BASELINE_WHEN = "      when: ['request.validitySeconds <= 86400 && !caller.serviceAccount.startsWith(\"legacy-\")']\n"
+DNS_WHEN = "      when: ['request.dnsNames.all(n, n.endsWith(\".svc\") && size(n) < 200)']\n"
+DENY_WHEN = "      when: ['request.key != \"ECDSA-P384\"']\n"
+
+
+def with_conditions(text: str) -> str:
+    text = text.replace(
+        "      duration: {default: 24h, min: 10m, max: 24h, onExceed: Clamp}\n",
+        "      duration: {default: 24h, min: 10m, max: 24h, onExceed: Clamp}\n" + BASELINE_WHEN,
+    )
+    text = text.replace(
+        "      duration: {default: 12h, max: 48h, onExceed: Deny}\n",
+        "      duration: {default: 12h, max: 48h, onExceed: Deny}\n" + DNS_WHEN,
+    )
+    return text.replace(
+        '      subjects: {serviceAccounts: ["debug-*"]}\n',
+        '      subjects: {serviceAccounts: ["debug-*"]}\n' + DENY_WHEN,
+    )
+
+
+def write_set(directory: Path, policies: int, rules: int, *, when: bool = False, shadow: str | None = None) -> None:
+    """The synthetic set; ``when`` adds CEL conditions; ``shadow`` names a copy of the set as the shadow set."""
     teams = policies - 3  # baseline, compliance, audit
     compliance_rules = rules - 1 - 5 * teams
     if compliance_rules < 1:
         raise SystemExit(f"{policies} policies need more than {rules} rules")
-    (directory / "settings.yaml").write_text(SETTINGS)
-    (directory / "baseline.yaml").write_text(BASELINE)
+    edit = with_conditions if when else (lambda text: text)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "settings.yaml").write_text(SETTINGS + (f"  shadowPolicySet: {shadow}\n" if shadow else ""))
+    (directory / "baseline.yaml").write_text(edit(BASELINE))
     (directory / "audit.yaml").write_text(AUDIT)
     (directory / "compliance.yaml").write_text(compliance(compliance_rules))
     for index in range(teams):
-        (directory / f"team-{index:03d}.yaml").write_text(team(index))
-    return policies, rules
+        (directory / f"team-{index:03d}.yaml").write_text(edit(team(index)))
+    if shadow:
+        write_set(directory / shadow, policies, rules, when=when)
 
 
 def workload() -> list[tuple[Caller, IssuanceRequest]]:
@@ -172,6 +198,21 @@ def run(calls: list[Callable[[], object]], decisions: int) -> tuple[list[float],
             samples.extend(timed(call, 1))
     elapsed = time.perf_counter() - started
     return samples, len(samples) / elapsed
+
+
+def run_paired(
+    first: list[Callable[[], object]], second: list[Callable[[], object]], decisions: int
+) -> tuple[list[float], list[float]]:
+    """Both call lists interleaved request by request, so a busy machine slows both alike: a fair comparison."""
+    for call in (*first, *second):
+        call()
+    a_samples: list[float] = []
+    b_samples: list[float] = []
+    for _ in range(max(1, decisions // len(first))):
+        for a_call, b_call in zip(first, second, strict=True):
+            a_samples.extend(timed(a_call, 1))
+            b_samples.extend(timed(b_call, 1))
+    return a_samples, b_samples
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -256,14 +297,47 @@ def main() -> None:
     builtin_samples, builtin_rate = run([own_only(c, r) for c, r in cases], args.decisions)
     signing = signing_cost()
 
+    with tempfile.TemporaryDirectory() as raw:
+        write_set(Path(raw) / "when", args.policies, args.rules, when=True)
+        when_set = load_policy_set([Path(raw) / "when"], trust_domain=TD)
+        write_set(Path(raw) / "shadowed", args.policies, args.rules, shadow="next")
+        shadowed = PolicyStore(Path(raw) / "shadowed", trust_domain=TD, registry=CollectorRegistry())
+        assert shadowed.shadow_set is not None
+    same = all(
+        evaluate(when_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER).verdict
+        == evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER).verdict
+        for c, r in cases
+    )
+    assert same, "the when conditions hold for the whole workload: the decisions must not change"
+    with_when = [lambda c=c, r=r: evaluate(when_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER) for c, r in cases]
+    when_samples, when_rate = run(with_when, args.decisions)
+    shadow_calls = [lambda c=c, r=r: shadowed.decide(c, r, now=NOW, ca_not_after=CA_NOT_AFTER) for c, r in cases]
+    shadow_samples, shadow_rate = run(shadow_calls, args.decisions)
+    plain_paired, when_paired = run_paired([engine(c, r) for c, r in cases], with_when, args.decisions)
+    store_paired, shadow_paired = run_paired([served(c, r) for c, r in cases], shadow_calls, args.decisions)
+
     report("policy engine (evaluate)", engine_samples, engine_rate)
+    report("policy engine with when conditions", when_samples, when_rate)
     report("policy engine via PolicyStore (+metrics)", store_samples, store_rate)
+    report("PolicyStore with a shadow set (+metrics)", shadow_samples, shadow_rate)
     report("baseline: built-in own-identity rule", builtin_samples, builtin_rate)
     report("baseline: sign one ECDSA P-256 leaf", signing, 1e6 / statistics.mean(signing))
     engine_p50, signing_p50 = percentile(engine_samples, 0.5), percentile(signing, 0.5)
     print(f"ratio p50 engine / built-in rule: {engine_p50 / percentile(builtin_samples, 0.5):.1f}x")
     print(f"ratio p50 engine / one signature: {engine_p50 / signing_p50:.2f} (target: well under 1)")
     print(f"target p50 < 50 µs: {'met' if engine_p50 < 50 else 'MISSED'} ({engine_p50:.1f} µs)")
+    when_p50 = percentile(when_samples, 0.5)
+    print(f"target p50 < 50 µs with when: {'met' if when_p50 < 50 else 'MISSED'} ({when_p50:.1f} µs)")
+    plain_p50, paired_when_p50 = percentile(plain_paired, 0.5), percentile(when_paired, 0.5)
+    print(
+        f"interleaved p50: without when {plain_p50:.1f} µs, with when {paired_when_p50:.1f} µs "
+        f"(+{paired_when_p50 - plain_p50:.1f} µs, {paired_when_p50 / plain_p50:.2f}x)"
+    )
+    store_p50, shadow_p50 = percentile(store_paired, 0.5), percentile(shadow_paired, 0.5)
+    print(
+        f"interleaved p50: PolicyStore {store_p50:.1f} µs, with a shadow set {shadow_p50:.1f} µs "
+        f"({shadow_p50 / store_p50:.2f}x)"
+    )
     print(
         f"load + validate + compile the set: median {statistics.median(load_times):.1f} ms; "
         f"PolicyStore.reload (read + swap): median {statistics.median(reload_times):.1f} ms"

@@ -12,7 +12,10 @@ Where things live:
 - ``yaml_source`` → ``schema_readers`` → ``document_schemas``: YAML text to checked documents, with positions.
 - ``compiler``/``subject_compiler`` → ``compiled``: checked documents to the immutable set the evaluator reads;
   ``loader`` runs the whole load, ``policy_set`` indexes the result.
-- ``precheck`` → ``evaluator`` (with ``rule_checks``, ``context``, ``ca_validity``): one decision.
+- ``precheck`` → ``evaluator`` (with ``rule_checks``, ``context``, ``ca_validity``): one decision;
+  ``conditions``: the CEL ``when`` expressions (compiled and bounded at load, evaluated last in a rule).
+- ``shadow``: the shadow policy set's report next to the enforced decision (the store evaluates it).
+- ``crd_gen``: the CustomResourceDefinitions under ``crds/``, generated from ``document_schemas``.
 - ``explain``, ``decision_records``, ``client_messages``, ``metrics``: what a decision reports.
 - ``commands`` (``meshsigner policy lint|test|explain``), with ``policy_test_runner`` and ``expectations``.
 - ``durations``, ``globs``, ``templates``, ``spiffe``, ``problems``: shared building blocks.

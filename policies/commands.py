@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from policies.decider import Caller, IssuanceRequest
@@ -75,6 +76,21 @@ def lint_command(args: argparse.Namespace) -> int:
         f"policy set valid: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
         f"{warnings} warning(s), revision {policy_set.revision}"
     )
+    shadow = policy_set.settings.shadow_policy_set
+    directories = [Path(d) for d in args.dirs if Path(d).is_dir()]
+    if shadow is None or not directories:
+        return 0
+    # The shadow set is a sub-directory of the policy directory, as the server reads it.
+    try:
+        shadow_set = load_policy_set([directories[0] / shadow], trust_domain=args.trust_domain)
+    except PolicySetInvalid as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"shadow policy set {shadow!r} invalid: {len(exc.errors)} error(s)")
+        return 1
+    for warning in shadow_set.warnings:
+        print(warning)
+    print(f"shadow policy set {shadow!r} valid: {len(shadow_set.policies)} policies, revision {shadow_set.revision}")
     return 0
 
 

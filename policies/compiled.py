@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from policies.conditions import Condition
 from policies.durations import format_duration
 from policies.subjects import Subjects
 from policies.templates import DnsTemplate, IdentityTemplate
@@ -121,6 +122,8 @@ class Rule:
     expires_at: datetime | None = None
     ticket: str | None = None
     message: str | None = None
+    conditions: tuple[Condition, ...] = ()  # ``when``: every one must be true
+    condition_variables: frozenset[str] = frozenset()  # the variables ``conditions`` read, together
 
     @property
     def qualified_name(self) -> str:
@@ -129,8 +132,10 @@ class Rule:
     @property
     def needs_labels(self) -> bool:
         templates: tuple[IdentityTemplate | DnsTemplate, ...] = (*self.identities, *self.dns_names)
-        return any(v.startswith("nsLabel:") for t in templates for v in t.variables) or (
-            self.subjects is not None and self.subjects.needs_labels
+        return (
+            any(v.startswith("nsLabel:") for t in templates for v in t.variables)
+            or (self.subjects is not None and self.subjects.needs_labels)
+            or any(c.needs_labels for c in self.conditions)
         )
 
 
@@ -203,3 +208,4 @@ class Settings:
     usages: frozenset[str] = frozenset(DEFAULT_USAGES)
     git_sha: str | None = None
     source: str = ""
+    shadow_policy_set: str | None = None  # the name of the shadow set (a sub-directory of the policy directory)

@@ -9,6 +9,7 @@ carries its ``file:line:col``.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, overload
 
@@ -26,6 +27,7 @@ from policies.compiled import (
     Rule,
     Settings,
 )
+from policies.conditions import MAX_CONDITIONS_PER_RULE, Condition, ConditionCompiler, ConditionError
 from policies.durations import describe_duration as show
 from policies.globs import NameGlob
 from policies.schema_readers import Reporter
@@ -63,8 +65,6 @@ def compile_settings(
         report.error("spec.duration.default", f"{show(default)} exceeds spec.duration.max {show(maximum)}")
     if minimum > default:
         report.error("spec.duration.min", f"{show(minimum)} exceeds spec.duration.default {show(default)}")
-    if "shadowPolicySet" in spec:
-        report.error("spec.shadowPolicySet", "not supported by this version; use mode: Audit policies instead")
     key = _key(spec.get("key"), "spec.key", report, KeyPolicy(frozenset(DEFAULT_KEY_ALGORITHMS)))
     usages = _usages(spec.get("usages", DEFAULT_USAGES), "spec.usages", report)
     san = spec.get("san", {})
@@ -88,6 +88,7 @@ def compile_settings(
         usages=usages,
         git_sha=annotations.get(GIT_SHA_ANNOTATION),
         source=source,
+        shadow_policy_set=spec.get("shadowPolicySet"),
     )
 
 
@@ -167,9 +168,27 @@ def _resolve_duration(
     return resolved
 
 
-def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings, *, source: str) -> Policy:
+def compile_policy(
+    fields: dict[str, Any],
+    report: Reporter,
+    settings: Settings,
+    *,
+    source: str,
+    conditions: ConditionCompiler | None = None,
+    confined_to: str | None = None,
+) -> Policy:
+    """``conditions`` compiles ``when`` expressions; share one per load (its CEL environment is built once).
+
+    ``confined_to`` is the namespace of a namespaced object outside the root namespace: the policy then applies
+    only to that namespace's workloads and may grant only identities and DNS names of that namespace, so the
+    namespace's owners hold grants for their own workloads and no one else's. Its name becomes ``<ns>:<name>``.
+    """
+    conditions = conditions if conditions is not None else ConditionCompiler()
     name = fields["metadata"]["name"]
     spec = fields["spec"]
+    if confined_to is not None:
+        name = f"{confined_to}:{name}"
+        spec = _confine(spec, confined_to, report, settings)
     subjects = compile_subjects(spec.get("subjects"), "spec.subjects", report, settings)
     if subjects is None:
         report.warn("spec", "no subjects: this policy applies to every caller (write namespaces: ['*'] to say so)")
@@ -184,7 +203,7 @@ def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings,
                 f"{path}.name", f"duplicate rule name {rule_spec['name']!r} (also rules[{seen[rule_spec['name']]}])"
             )
         seen.setdefault(rule_spec["name"], index)
-        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings))
+        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings, conditions))
     limits = None
     if "limits" in spec:
         limits = _limits(name, spec["limits"], report, settings)
@@ -207,6 +226,36 @@ def compile_policy(fields: dict[str, Any], report: Reporter, settings: Settings,
     )
 
 
+def _confine(spec: dict[str, Any], namespace: str, report: Reporter, settings: Settings) -> dict[str, Any]:
+    """The spec of a namespaced policy, held to its namespace (``compile_policy``'s ``confined_to``)."""
+    subjects = dict(spec.get("subjects", {}))
+    if subjects.get("namespaces", [namespace]) != [namespace]:
+        report.error(
+            "spec.subjects.namespaces",
+            f"a policy in namespace {namespace!r} applies only to that namespace: write [{namespace}] or omit it",
+        )
+    subjects["namespaces"] = [namespace]  # subjects AND together: nothing else can widen this
+    own_dns = re.compile(
+        rf"(?:.+\.)?(?:\{{namespace\}}|{re.escape(namespace)})\.svc"
+        rf"(?:\.(?:\{{clusterDomain\}}|{re.escape(settings.cluster_domain)}))?"
+    )
+    for index, rule in enumerate(spec.get("rules", [])):
+        path = f"spec.rules[{index}]"
+        if rule.get("allowCrossNamespace"):
+            report.error(
+                f"{path}.allowCrossNamespace",
+                f"a policy in namespace {namespace!r} cannot grant other namespaces' identities",
+            )
+        for dns_index, text in enumerate(rule.get("dnsNames", []) if rule["effect"] == "Allow" else []):
+            if not own_dns.fullmatch(text):
+                report.error(
+                    f"{path}.dnsNames[{dns_index}]",
+                    f"a policy in namespace {namespace!r} may grant only names under {{namespace}}.svc "
+                    f"(<name>.{namespace}.svc[.{settings.cluster_domain}])",
+                )
+    return {**spec, "subjects": subjects}
+
+
 def _rule(
     policy: str,
     index: int,
@@ -215,10 +264,9 @@ def _rule(
     path: str,
     report: Reporter,
     settings: Settings,
+    conditions: ConditionCompiler,
 ) -> Rule:
     effect = Effect(spec["effect"])
-    if "when" in spec:
-        report.error(f"{path}.when", "CEL conditions are not supported by this version; remove the field")
     if effect is Effect.DENY:
         for name in _ALLOW_ONLY_FIELDS:
             if name in spec:
@@ -291,6 +339,7 @@ def _rule(
         duration = _resolve_duration(rule_duration, policy_duration, settings, f"{path}.duration", report)
         usages = _usages(spec["usages"], f"{path}.usages", report) if "usages" in spec else settings.usages
     _warn_expiry(spec.get("expiresAt"), spec.get("ticket"), path, report)
+    when = _conditions(spec.get("when", ()), f"{path}.when", report, conditions)
     return Rule(
         policy=policy,
         index=index,
@@ -307,7 +356,23 @@ def _rule(
         expires_at=spec.get("expiresAt"),
         ticket=spec.get("ticket"),
         message=spec.get("message"),
+        conditions=when,
+        condition_variables=frozenset().union(*(c.variables for c in when)),
     )
+
+
+def _conditions(texts: Any, path: str, report: Reporter, compiler: ConditionCompiler) -> tuple[Condition, ...]:
+    """``when``: each CEL expression compiled and bounded now, so a bad one is a load error with its path."""
+    if len(texts) > MAX_CONDITIONS_PER_RULE:
+        report.error(path, f"{len(texts)} conditions; a rule takes at most {MAX_CONDITIONS_PER_RULE} (use &&)")
+        return ()
+    compiled = []
+    for index, text in enumerate(texts):
+        try:
+            compiled.append(compiler.compile(text))
+        except ConditionError as exc:
+            report.error(f"{path}[{index}]", f"CEL: {exc}")
+    return tuple(compiled)
 
 
 def _limits(policy: str, spec: dict[str, Any], report: Reporter, settings: Settings) -> Limits:
@@ -360,6 +425,7 @@ def _warn_unreachable(subjects: Subjects, rules: list[Rule], report: Reporter) -
                 rule.key,
                 rule.usages,
                 rule.expires_at,
+                rule.conditions,
             )
             if shape in seen:
                 report.warn(path, f"repeats rule {seen[shape]!r} exactly; it can never change a decision")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from policies.conditions import bindings_for
 from policies.decider import Caller, IssuanceRequest
 from policies.spiffe import SpiffeID
 from policies.templates import LABEL_PREFIX, valid_dns_name
@@ -55,17 +56,21 @@ class Check:
 
 class EvaluationContext:
     __slots__ = (
+        "_cel_values",
         "_label_cache",
         "_labels",
+        "_trusted_label_keys",
         "allow_results",
         "ca_not_after",
         "caller",
+        "condition_results",
         "deny_matches",
         "dns_labels",
         "now",
         "primary_trust_domain",
         "principal",
         "request",
+        "unsure_rules",
         "uri_texts",
         "uris",
         "values",
@@ -83,6 +88,7 @@ class EvaluationContext:
         primary_trust_domain: str,
         cluster_domain: str,
         namespace_labels: NamespaceLabels | None,
+        trusted_label_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.caller = caller
         self.request = request
@@ -113,6 +119,12 @@ class EvaluationContext:
         # Rule answers by id(rule), reused by the Audit shadow: a rule's answer cannot change within a decision.
         self.allow_results: dict[int, RuleResult] = {}
         self.deny_matches: dict[int, bool] = {}
+        # ``when`` results by id(rule), one entry per condition (True, False or the error text), and the rules
+        # that would have matched but for a condition that did not evaluate (deny when unsure).
+        self.condition_results: dict[int, tuple[bool | str, ...]] = {}
+        self.unsure_rules: dict[int, str] = {}
+        self._trusted_label_keys = trusted_label_keys
+        self._cel_values: dict[str, object] = {}
 
     def labels(self) -> Mapping[str, str]:
         """The caller namespace's labels; raises LabelsUnavailable when the provider has not synced."""
@@ -122,6 +134,48 @@ class EvaluationContext:
                 raise LabelsUnavailable(f"labels of namespace {self.caller.namespace!r} are not available yet")
             self._label_cache = labels
         return self._label_cache
+
+    def condition_values(self, wanted: frozenset[str]) -> dict[str, object] | str:
+        """The CEL variables ``wanted`` (conditions.py), built once per decision; or why the inputs are over the
+        caps. Raises LabelsUnavailable when ``namespaceLabels`` is wanted and not synced."""
+        missing = wanted - self._cel_values.keys()
+        if missing:
+            built = bindings_for(
+                caller=self._caller_field,
+                uris=self.uri_texts,
+                dns_names=self.request.dns_names,
+                usages=self.request.usages,
+                key=self.request.key,
+                validity_seconds=self.request.validity_seconds,
+                now=self.now,
+                labels=self._trusted_labels,
+                wanted=frozenset(missing),
+            )
+            if isinstance(built, str):
+                return built
+            self._cel_values.update(built)
+        return self._cel_values
+
+    def _caller_field(self, name: str) -> str:
+        """``caller.<name>`` for conditions; an absent value is the empty string."""
+        caller = self.caller
+        value = {
+            "trustDomain": caller.trust_domain,
+            "namespace": caller.namespace,
+            "serviceAccount": caller.service_account,
+            "principal": self.principal,
+            "spiffeID": f"spiffe://{self.principal}",
+            "podName": caller.pod_name,
+            "podUID": caller.pod_uid,
+            "nodePrincipal": caller.node_principal,
+        }.get(name)
+        return value or ""
+
+    def _trusted_labels(self) -> Mapping[str, str]:
+        """The labels a condition may read: the trusted keys, and the name label the API server sets."""
+        labels = {k: v for k, v in self.labels().items() if k in self._trusted_label_keys}
+        labels["kubernetes.io/metadata.name"] = self.caller.namespace
+        return labels
 
     def lookup(self, name: str) -> str | None:
         """A template variable's value for this caller, or None when it has none."""

@@ -84,6 +84,7 @@ def decision_record(
         "policySetRevision": decision.policy_set_revision,
         **({"time": at.isoformat()} if at is not None else {}),
         **({"closestRule": closest} if closest else {}),
+        **({"shadow": shadow} if (shadow := decision.details.get("shadow")) is not None else {}),
         **({"trace": trace} if trace is not None else {}),
     }
 

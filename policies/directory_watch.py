@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +21,39 @@ from clocks import Clock
 from policies.loader import policy_files, read_sources
 from policies.problems import Problem
 
+# A sub-directory that may hold a shadow set: named like settings.shadowPolicySet (one DNS label).
+_SET_DIRECTORY = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 
 @dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
-    """The policy files of a directory as read at one moment, and what could not be read."""
+    """The policy files of a directory as read at one moment, and what could not be read; ``subsets`` holds the
+    same for each sub-directory named like a set (the candidates for ``settings.shadowPolicySet``)."""
 
     sources: tuple[tuple[str, str], ...]  # (file name, text)
     problems: tuple[Problem, ...]
-    digest: str  # changes whenever a file, its name or a read problem changes
+    digest: str  # changes whenever a file, its name or a read problem changes, here or in a sub-set
+    subsets: tuple[tuple[str, DirectorySnapshot], ...] = ()
+
+    def subset(self, name: str) -> DirectorySnapshot | None:
+        return next((snapshot for subset, snapshot in self.subsets if subset == name), None)
 
 
-def read_snapshot(directory: Path) -> DirectorySnapshot:
-    """Read the ``*.yaml``/``*.yml`` files of ``directory`` now (blocking: run it in a thread on a loop)."""
+def read_snapshot(directory: Path, *, with_subsets: bool = True) -> DirectorySnapshot:
+    """Read the ``*.yaml``/``*.yml`` files of ``directory`` now, and of its set sub-directories (blocking: run it
+    in a thread on a loop)."""
     sources, problems = read_sources(policy_files([directory]))
-    return DirectorySnapshot(tuple(sources), tuple(problems), _digest(sources, problems))
+    subsets: list[tuple[str, DirectorySnapshot]] = []
+    if with_subsets:
+        try:
+            children = sorted(c for c in directory.iterdir() if c.is_dir() and _SET_DIRECTORY.fullmatch(c.name))
+        except OSError:
+            children = []  # the directory itself is unreadable: the read problems above already say so
+        subsets = [(child.name, read_snapshot(child, with_subsets=False)) for child in children]
+    digest = _digest(sources, problems)
+    if subsets:
+        digest = hashlib.sha256((digest + "".join(f"\0{n}\0{s.digest}" for n, s in subsets)).encode()).hexdigest()
+    return DirectorySnapshot(tuple(sources), tuple(problems), digest, tuple(subsets))
 
 
 async def stable_changes(

@@ -28,6 +28,7 @@ from policies.schema_readers import (
 )
 
 API_VERSION = "meshsigner.io/v1alpha1"
+SETTINGS_OBJECT_NAME = "settings"  # the PolicySettings singleton's name as a Kubernetes object
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _RULE_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
@@ -35,13 +36,16 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 
 NAME = Str(pattern=_NAME, pattern_hint="a Kubernetes name (lowercase letters, digits, '-' and '.')")
 RULE_NAME = Str(pattern=_RULE_NAME, pattern_hint="a rule name (letters, digits, '-', '_' and '.')")
-TRUST_DOMAIN = Str(pattern=_TRUST_DOMAIN, pattern_hint="a trust domain (lowercase [a-z0-9._-])")
+TRUST_DOMAIN = Str(pattern=_TRUST_DOMAIN, pattern_hint="a trust domain (lowercase [a-z0-9._-])", max_length=255)
 NODE_ACCOUNT = Str(
     pattern=re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?"),
     pattern_hint='"namespace/serviceAccount"',
 )
+# A shadow set's name: a sub-directory of the policy directory (one DNS label: no path, no "..").
+SET_NAME = Str(pattern=re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"), pattern_hint="a set name (one DNS label)")
 STRINGS = List(Str())
 NAMES_OR_GLOBS = List(Str(), non_empty=True)
+MAX_RULES = 1024  # per policy
 
 METADATA = Obj(
     {
@@ -73,10 +77,18 @@ KEY = Obj({"algorithms": Field(List(Str(), non_empty=True)), "minRSABits": Field
 
 SETTINGS_SPEC = Obj(
     {
-        "trustDomain": Field(TRUST_DOMAIN),
-        "trustDomainAliases": Field(List(TRUST_DOMAIN)),
-        "clusterDomain": Field(Str()),
-        "defaultDecision": Field(Str(enum=("Deny", "IstioCompatible"))),
+        "trustDomain": Field(TRUST_DOMAIN, doc="The primary trust domain; must equal the server's."),
+        "trustDomainAliases": Field(
+            List(TRUST_DOMAIN, max_items=32),
+            doc="Trust domains recognised but granted only by rules that opt in with trustDomains.",
+        ),
+        "clusterDomain": Field(
+            Str(), doc="The value of the {clusterDomain} template variable (default cluster.local)."
+        ),
+        "defaultDecision": Field(
+            Str(enum=("Deny", "IstioCompatible")),
+            doc="When no rule grants: Deny, or IstioCompatible (own identity only).",
+        ),
         "duration": Field(
             Obj(
                 {
@@ -97,11 +109,18 @@ SETTINGS_SPEC = Obj(
             )
         ),
         "impersonation": Field(Obj({"nodeServiceAccounts": Field(List(NODE_ACCOUNT))})),
-        "trustedNamespaceLabelKeys": Field(STRINGS),
-        "clientMessages": Field(Str(enum=("Detailed", "Minimal"))),
+        "trustedNamespaceLabelKeys": Field(
+            STRINGS, doc="The only namespace label keys selectors, templates and when conditions may read."
+        ),
+        "clientMessages": Field(
+            Str(enum=("Detailed", "Minimal")),
+            doc="gRPC error text: Detailed (code, text, rule) or Minimal (code only).",
+        ),
         "key": Field(KEY),
         "usages": Field(List(Str(), non_empty=True)),
-        "shadowPolicySet": Field(STRINGS),
+        "shadowPolicySet": Field(
+            SET_NAME, doc="A second set decided on every request without effect; its decisions are recorded."
+        ),
     }
 )
 
@@ -137,12 +156,19 @@ SUBJECTS = Obj(
 RULE = Obj(
     {
         "name": Field(RULE_NAME, required=True),
-        "effect": Field(Str(enum=("Allow", "Deny")), required=True),
+        "effect": Field(
+            Str(enum=("Allow", "Deny")), required=True, doc="Allow grants what it lists; Deny refuses what it matches."
+        ),
         "description": Field(Str()),
-        "subjects": Field(SUBJECTS),
-        "identities": Field(List(Str(), non_empty=True)),
+        "subjects": Field(
+            SUBJECTS, doc="Who the policy (or rule) is about: fields AND, list entries OR, not-lists subtract."
+        ),
+        "identities": Field(
+            List(Str(), non_empty=True),
+            doc="SPIFFE ID templates such as spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}.",
+        ),
         "trustDomains": Field(List(TRUST_DOMAIN, non_empty=True)),
-        "dnsNames": Field(STRINGS),
+        "dnsNames": Field(STRINGS, doc="DNS name templates; an Allow rule without it grants no DNS names."),
         "allowWildcardDNSNames": Field(Bool()),
         "allowCrossNamespace": Field(Bool()),
         "duration": Field(DURATION_RANGE),
@@ -151,21 +177,31 @@ RULE = Obj(
         "expiresAt": Field(Time()),
         "ticket": Field(Str()),
         "message": Field(Str()),
-        "when": Field(STRINGS),
+        "when": Field(
+            List(Str(), non_empty=True), doc="CEL conditions that must all be true; one that does not evaluate denies."
+        ),
     }
 )
 
 POLICY_SPEC = Obj(
     {
-        "mode": Field(Str(enum=("Enforce", "Audit", "Disabled"))),
-        "priority": Field(Int(minimum=-1_000_000, maximum=1_000_000)),
+        "mode": Field(
+            Str(enum=("Enforce", "Audit", "Disabled")), doc="Enforce, Audit (measured, never enforced) or Disabled."
+        ),
+        "priority": Field(
+            Int(minimum=-1_000_000, maximum=1_000_000),
+            doc="Higher first when choosing which granting rule reports and sets the duration.",
+        ),
         "description": Field(Str()),
         "expiresAt": Field(Time()),
         "ticket": Field(Str()),
         "subjects": Field(SUBJECTS),
         "duration": Field(DURATION_RANGE),
-        "rules": Field(List(RULE)),
-        "limits": Field(Obj({"duration": Field(LIMIT_DURATION), "key": Field(KEY)})),
+        "rules": Field(List(RULE, max_items=MAX_RULES, key="name"), doc="Allow and Deny rules; Deny rules always win."),
+        "limits": Field(
+            Obj({"duration": Field(LIMIT_DURATION), "key": Field(KEY)}),
+            doc="AND-ed onto every grant for these subjects, whichever policy grants.",
+        ),
     }
 )
 

@@ -18,7 +18,7 @@ from policies.decider import AuditFinding, Caller, Decision, IssuanceRequest, Ou
 from policies.durations import format_duration
 from policies.policy_set import Applicable, PolicySet
 from policies.precheck import precheck
-from policies.rule_checks import RuleResult, check_allow, count_failures, denies
+from policies.rule_checks import CONDITION_ERROR, RuleResult, check_allow, count_failures, denies
 
 GRANTED = "GRANTED"
 
@@ -72,6 +72,7 @@ def prepare(
         primary_trust_domain=settings.trust_domain,
         cluster_domain=settings.cluster_domain,
         namespace_labels=namespace_labels,
+        trusted_label_keys=settings.trusted_namespace_label_keys,
     )
 
 
@@ -138,12 +139,18 @@ def _decide(
     denied = [rule for entry in entries for rule in entry.deny_rules if _denies(rule, ctx)]
     if denied:
         denied.sort(key=lambda r: (r.policy, r.index))
-        first = denied[0]
+        certain = [r for r in denied if id(r) not in ctx.unsure_rules]
+        if certain:
+            first = certain[0]
+            reason, message = "DENIED_BY_RULE", first.message or f"denied by {first.qualified_name}"
+        else:  # only rules whose condition did not evaluate: they may apply, so they deny
+            first = denied[0]
+            reason, message = CONDITION_ERROR, _unsure_message(first, ctx)
         refused = Decision(
             verdict=Verdict.DENY,
             outcome=Outcome.PERMISSION_DENIED,
-            reason="DENIED_BY_RULE",
-            message=first.message or f"denied by {first.qualified_name}",
+            reason=reason,
+            message=message,
             deny_rules=tuple(r.qualified_name for r in denied),
             policy_set_revision=policy_set.revision,
             details={"matched": first.qualified_name},
@@ -185,6 +192,16 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Appl
     rules = [rule for entry in entries for rule in entry.allow_rules]
     if policy_set.fallback_rule is not None:
         rules.append(policy_set.fallback_rule)
+    unsure = next((rule for rule in rules if id(rule) in ctx.unsure_rules), None)
+    if unsure is not None:  # it would have granted but for a condition that did not evaluate
+        return Decision(
+            verdict=Verdict.DENY,
+            outcome=Outcome.PERMISSION_DENIED,
+            reason=CONDITION_ERROR,
+            message=_unsure_message(unsure, ctx),
+            policy_set_revision=policy_set.revision,
+            details={"matched": unsure.qualified_name, "closest": unsure.qualified_name},
+        )
     best: Rule | None = None
     best_failures = 0
     for rule in rules:  # already in step 4's order, so the first of equals wins the tie
@@ -220,6 +237,11 @@ def _no_match(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Appl
             "closestFailures": [c.as_dict() for c in closest.failures],
         },
     )
+
+
+def _unsure_message(rule: Rule, ctx: EvaluationContext) -> str:
+    error = ctx.unsure_rules[id(rule)]
+    return f"a when condition of {rule.qualified_name} did not evaluate ({error}); deny when unsure"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from policies.compiled import RESERVED_POLICY_NAMES, Policy, Settings
 from policies.compiler import compile_policy, compile_settings
+from policies.conditions import ConditionCompiler
 from policies.document_schemas import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
@@ -58,15 +59,18 @@ def read_sources(files: Sequence[Path]) -> tuple[list[tuple[str, str]], list[Pro
     return sources, problems
 
 
-def load_policy_set(paths: Iterable[str | Path], *, trust_domain: str | None = None) -> PolicySet:
-    """Load directories and/or files as one set. Raises PolicySetInvalid with every problem when invalid."""
+def load_policy_set(
+    paths: Iterable[str | Path], *, trust_domain: str | None = None, root_namespace: str | None = None
+) -> PolicySet:
+    """Load directories and/or files as one set. Raises PolicySetInvalid with every problem when invalid.
+    ``root_namespace``: see ``build_policy_set``."""
     paths = list(paths)
     files = policy_files(paths)
     sources, problems = read_sources(files)
     if not files:
         shown = ", ".join(str(p) for p in paths)
         problems.append(Problem(shown, 1, 1, "", "no *.yaml or *.yml policy files found"))
-    return build_policy_set(sources, trust_domain=trust_domain, problems=problems)
+    return build_policy_set(sources, trust_domain=trust_domain, problems=problems, root_namespace=root_namespace)
 
 
 def build_policy_set(
@@ -74,8 +78,14 @@ def build_policy_set(
     *,
     trust_domain: str | None = None,
     problems: list[Problem] | None = None,
+    root_namespace: str | None = None,
 ) -> PolicySet:
-    """Build a set from (file name, YAML text) pairs. Raises PolicySetInvalid with every problem when invalid."""
+    """Build a set from (file name, YAML text) pairs. Raises PolicySetInvalid with every problem when invalid.
+
+    With ``root_namespace`` (the Kubernetes source), an IdentityPolicy whose ``metadata.namespace`` is another
+    namespace is confined to that namespace (``compile_policy``); without it (the directory source)
+    ``metadata.namespace`` means nothing, as before.
+    """
     problems = list(problems or ())
     read: list[tuple[str, dict[str, Any], Reporter, str]] = []
     for file, text in sources:
@@ -114,11 +124,16 @@ def build_policy_set(
 
     policies: list[Policy] = []
     first_seen: dict[str, str] = {}
+    conditions = ConditionCompiler()
     for kind, fields, report, source in read:
         if kind != "IdentityPolicy":
             continue
         before = len(report.problems)
         name = fields["metadata"]["name"]
+        namespace = fields["metadata"].get("namespace")
+        confined = namespace if root_namespace is not None and namespace not in (None, root_namespace) else None
+        if confined is not None:
+            name = f"{confined}:{name}"
         if name in RESERVED_POLICY_NAMES:
             report.error(
                 "metadata.name",
@@ -128,7 +143,9 @@ def build_policy_set(
         if name in first_seen:
             report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
         first_seen.setdefault(name, source)
-        policies.append(compile_policy(fields, report, settings, source=source))
+        policies.append(
+            compile_policy(fields, report, settings, source=source, conditions=conditions, confined_to=confined)
+        )
         problems.extend(report.problems[before:])
 
     if sources and not read and not any(p.severity is Severity.ERROR for p in problems):

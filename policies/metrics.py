@@ -46,6 +46,22 @@ class PolicyMetrics:
         # the label sets the policy sets produce, like the metric itself.
         self._decision_children: dict[tuple[str, ...], Any] = {}
         self._finding_children: dict[tuple[str, ...], Any] = {}
+        self.shadow_decisions = Counter(
+            "policy_shadow_decisions_total",
+            "Decisions of the shadow policy set (settings.shadowPolicySet) next to the enforced ones; never enforced.",
+            ("enforced", "shadow", "difference"),
+            registry=registry,
+        )
+        self.shadow_set_info = Gauge(
+            "policy_shadow_set_info",
+            "The active shadow policy set; the value is 1 for its revision.",
+            ("revision",),
+            registry=registry,
+        )
+        self.shadow_reloads = Counter(
+            "policy_shadow_reload_total", "Shadow policy set loads by result.", ("result",), registry=registry
+        )
+        self._shadow_children: dict[tuple[str, ...], Any] = {}
         self.last_reload_success = Gauge(
             "policy_last_reload_success_timestamp_seconds",
             "Unix time of the last successful policy set load.",
@@ -78,3 +94,20 @@ class PolicyMetrics:
 
     def reload_failed(self) -> None:
         self.reloads.labels("error").inc()
+
+    def observe_shadow(self, enforced: str, shadow: str, difference: str) -> None:
+        key = (enforced, shadow, difference)
+        counter = self._shadow_children.get(key)
+        if counter is None:
+            counter = self._shadow_children[key] = self.shadow_decisions.labels(*key)
+        counter.inc()
+
+    def shadow_installed(self, revision: str | None) -> None:
+        """The shadow set now active (None: none), after a successful load or when it was dropped."""
+        self.shadow_set_info.clear()
+        if revision is not None:
+            self.shadow_reloads.labels("success").inc()
+            self.shadow_set_info.labels(revision).set(1)
+
+    def shadow_reload_failed(self) -> None:
+        self.shadow_reloads.labels("error").inc()

@@ -28,6 +28,9 @@ from policies.loader import build_policy_set
 from policies.metrics import PolicyMetrics
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
+from policies.shadow import shadow_error_report, shadow_report
+
+_ShadowBuild = tuple[str, PolicySet | PolicySetInvalid]  # the shadow set's name and its build result
 
 
 class PolicyStore:
@@ -65,6 +68,9 @@ class PolicyStore:
         self._active_since: float | None = None
         self._last_problems: list[Problem] = []
         self._attempted_digest: str | None = None
+        self._shadow: PolicySet | None = None
+        self._shadow_name: str | None = None
+        self._shadow_problems: list[Problem] = []
         self.reload()
 
     @property
@@ -88,27 +94,81 @@ class PolicyStore:
         """Errors and warnings of the last load attempt (empty when it was clean)."""
         return list(self._last_problems)
 
+    @property
+    def shadow_set(self) -> PolicySet | None:
+        """The active shadow set (``settings.shadowPolicySet``), or None."""
+        return self._shadow
+
+    @property
+    def shadow_problems(self) -> list[Problem]:
+        """Errors and warnings of the last shadow set load attempt."""
+        return list(self._shadow_problems)
+
     def reload(self) -> bool:
         """Load the directory now. Returns True when a valid set is active afterwards and it is the new one."""
         snapshot = read_snapshot(self._directory)
-        return self._install(self._build(snapshot), snapshot.digest)
+        return self._install(*self._build_both(snapshot), snapshot.digest)
 
-    def _build(self, snapshot: DirectorySnapshot) -> PolicySet | PolicySetInvalid:
+    def _build_both(self, snapshot: DirectorySnapshot) -> tuple[PolicySet | PolicySetInvalid, _ShadowBuild | None]:
+        """The enforced set, and the shadow set its settings (or the active set's, when it is rejected) name."""
+        built = self._build(snapshot, self._directory)
+        source = built if isinstance(built, PolicySet) else self._active
+        name = source.settings.shadow_policy_set if source is not None else None
+        if name is None:
+            return built, None
+        directory = self._directory / name
+        subset = snapshot.subset(name)
+        if subset is None:
+            missing = Problem(str(directory), 1, 1, "", "settings.shadowPolicySet names this directory; it is missing")
+            return built, (name, PolicySetInvalid([missing]))
+        shadow = self._build(subset, directory)
+        if isinstance(shadow, PolicySet) and shadow.settings.shadow_policy_set is not None:
+            nested = Problem(shadow.settings.source, 1, 1, "spec.shadowPolicySet", "a shadow set cannot name another")
+            shadow = PolicySetInvalid([nested])
+        return built, (name, shadow)
+
+    def _build(self, snapshot: DirectorySnapshot, directory: Path) -> PolicySet | PolicySetInvalid:
         """Parse, validate and compile a new set. Touches no state of the store."""
         read_problems = list(snapshot.problems)
         if not snapshot.sources and not read_problems:
-            read_problems = [Problem(str(self._directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
+            read_problems = [Problem(str(directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
         try:
             return build_policy_set(snapshot.sources, trust_domain=self._trust_domain, problems=read_problems)
         except PolicySetInvalid as exc:
             return exc
         except Exception as exc:  # a loader bug must not end the watch nor replace the last good set
-            logger.exception("policy: unexpected error while loading {}", self._directory)
-            return PolicySetInvalid([Problem(str(self._directory), 1, 1, "", f"internal error while loading: {exc!r}")])
+            logger.exception("policy: unexpected error while loading {}", directory)
+            return PolicySetInvalid([Problem(str(directory), 1, 1, "", f"internal error while loading: {exc!r}")])
 
-    def _install(self, built: PolicySet | PolicySetInvalid, digest: str) -> bool:
-        """Make a built set active, or keep the last good one and report why not."""
+    def _install_shadow(self, shadow: _ShadowBuild | None) -> None:
+        """The shadow set keeps its own last good set, as long as the settings keep naming the same set."""
+        if shadow is None:
+            if self._shadow is not None:
+                logger.info("policy: shadow set {} dropped (settings.shadowPolicySet removed)", self._shadow_name)
+            self._shadow, self._shadow_name, self._shadow_problems = None, None, []
+            self._metrics.shadow_installed(None)
+            return
+        name, built = shadow
+        if isinstance(built, PolicySetInvalid):
+            if self._shadow_name != name:
+                self._shadow, self._shadow_name = None, name
+                self._metrics.shadow_installed(None)
+            self._shadow_problems = built.problems
+            self._metrics.shadow_reload_failed()
+            active = self._shadow
+            kept = f"keeping revision {active.revision}" if active is not None else "no shadow set is active"
+            logger.error("policy: shadow set {} rejected ({}):", name, kept)
+            for problem in built.problems:
+                (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
+            return
+        self._shadow, self._shadow_name, self._shadow_problems = built, name, list(built.warnings)
+        self._metrics.shadow_installed(built.revision)
+        logger.info("policy: shadow set {} {} active: {} policies", name, built.revision, len(built.policies))
+
+    def _install(self, built: PolicySet | PolicySetInvalid, shadow: _ShadowBuild | None, digest: str) -> bool:
+        """Make a built set active, or keep the last good one and report why not; then the same for the shadow."""
         self._attempted_digest = digest
+        self._install_shadow(shadow)
         if isinstance(built, PolicySet) and (refusal := self._settings_dropped(built)) is not None:
             built = PolicySetInvalid([*built.warnings, refusal])
         if isinstance(built, PolicySetInvalid):
@@ -175,6 +235,8 @@ class PolicyStore:
                 message = "the policy engine failed on this request; retry"
                 decision = deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", message, revision=active.revision)
         elapsed = time.perf_counter() - started
+        if self._shadow is not None and self._shadow_name is not None:
+            decision = self._with_shadow(decision, self._shadow, self._shadow_name, caller, request, now, ca_not_after)
         rule = matched_rule(decision) or ""
         policy_name, _, rule_name = rule.partition("/")
         mode = self._mode_of(active, policy_name) if rule else ""
@@ -184,6 +246,28 @@ class PolicyStore:
         if decision.allowed:
             return decision
         return decision.with_details(clientMessage=self.client_message(decision))
+
+    def _with_shadow(
+        self,
+        decision: Decision,
+        shadow_set: PolicySet,
+        name: str,
+        caller: Caller,
+        request: IssuanceRequest,
+        now: datetime,
+        ca_not_after: datetime | None,
+    ) -> Decision:
+        """The enforced ``decision`` with what the shadow set would have decided; never changes the answer."""
+        try:
+            shadow = evaluate(
+                shadow_set, caller, request, now=now, ca_not_after=ca_not_after, namespace_labels=self._namespace_labels
+            )
+            report = shadow_report(name, decision, shadow)
+        except Exception as exc:  # a shadow failure must not touch the enforced answer
+            logger.exception("policy: shadow set {} failed for {}/{}", name, caller.namespace, caller.service_account)
+            report = shadow_error_report(name, shadow_set.revision, repr(exc))
+        self._metrics.observe_shadow(decision.verdict.value, report["decision"] or "Error", report["difference"])
+        return decision.with_details(shadow=report)
 
     def client_message(self, decision: Decision) -> str:
         """The gRPC status message for ``decision`` as settings.clientMessages asks (Detailed or Minimal)."""
@@ -225,6 +309,20 @@ class PolicyStore:
             "degraded": bool(errors),
             "errors": errors,
             "warnings": [str(p) for p in self._last_problems if p.severity is Severity.WARNING],
+            "shadow": self._shadow_status(),
+        }
+
+    def _shadow_status(self) -> dict[str, Any] | None:
+        if self._shadow_name is None:
+            return None
+        shadow = self._shadow
+        return {
+            "name": self._shadow_name,
+            "directory": str(self._directory / self._shadow_name),
+            "ready": shadow is not None,
+            "revision": shadow.revision if shadow is not None else None,
+            "errors": [str(p) for p in self._shadow_problems if p.severity is Severity.ERROR],
+            "warnings": [str(p) for p in self._shadow_problems if p.severity is Severity.WARNING],
         }
 
     async def watch(self, stop_event: asyncio.Event) -> None:
@@ -244,5 +342,5 @@ class PolicyStore:
         )
         async for snapshot in changes:
             if snapshot.digest != self._attempted_digest:
-                built = await asyncio.to_thread(self._build, snapshot)
-                self._install(built, snapshot.digest)
+                built, shadow = await asyncio.to_thread(self._build_both, snapshot)
+                self._install(built, shadow, snapshot.digest)

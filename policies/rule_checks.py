@@ -30,6 +30,41 @@ class RuleResult:
 
 # The fast path only needs to know that a rule failed; explanations are built in exhaustive mode.
 FAILED = Check("(fast path)", False, "", "")
+CONDITION_ERROR = "CONDITION_ERROR"  # a ``when`` condition did not evaluate to a boolean: deny when unsure
+
+
+def condition_results(rule: Rule, ctx: EvaluationContext) -> tuple[bool | str, ...]:
+    """Each ``when`` condition's result for this request: True, False, or the error text (memoised)."""
+    results = ctx.condition_results.get(id(rule))
+    if results is None:
+        values = ctx.condition_values(rule.condition_variables)
+        if isinstance(values, str):
+            results = tuple(values for _ in rule.conditions)
+        else:
+            results = tuple(c.evaluate(values) for c in rule.conditions)
+        ctx.condition_results[id(rule)] = results
+    return results
+
+
+def conditions_hold(rule: Rule, ctx: EvaluationContext) -> bool | str:
+    """All ``when`` conditions together: False if any is false (certain), else the first error, else True."""
+    if not rule.conditions:
+        return True
+    results = condition_results(rule, ctx)
+    if False in results:
+        return False
+    return next((r for r in results if isinstance(r, str)), True)
+
+
+def _condition_checks(rule: Rule, ctx: EvaluationContext) -> list[Check]:
+    checks = []
+    for index, (condition, result) in enumerate(zip(rule.conditions, condition_results(rule, ctx), strict=True)):
+        held = result is True
+        actual = "true" if result is True else "false" if result is False else f"error: {result}"
+        code = None if held else "CONDITION_FALSE" if result is False else CONDITION_ERROR
+        note = None if held else f"when[{index}] {condition.text!r} is {actual}"
+        checks.append(Check(f"when[{index}]", held, condition.text, actual, code, note))
+    return checks
 
 
 def _identities(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaustive: bool) -> bool:
@@ -175,6 +210,15 @@ def check_allow(
             expected = f"before {rule.expires_at.isoformat()}"
             results.append(Check("expiresAt", live, expected, ctx.now.isoformat(), "RULE_EXPIRED", note))
     granted = _duration(rule, ctx, results, exhaustive)
+    if rule.conditions:  # last: the most expensive check, and an error only matters when all else held
+        if exhaustive:
+            results.extend(_condition_checks(rule, ctx))
+        elif granted is not None:
+            held = conditions_hold(rule, ctx)
+            if held is not True:
+                if held is not False:
+                    ctx.unsure_rules[id(rule)] = held
+                return RuleResult(rule, (FAILED,))
     if granted is None or (exhaustive and not all(c.held for c in results)):
         return RuleResult(rule, tuple(results))
     duration, flags, defaulted = granted
@@ -203,6 +247,8 @@ def count_failures(rule: Rule, ctx: EvaluationContext) -> int:
     failed += bool(set(ctx.request.usages) - rule.usages)
     failed += rule.expires_at is not None and ctx.now >= rule.expires_at
     failed += _duration(rule, ctx, [], False) is None
+    if rule.conditions:
+        failed += sum(r is not True for r in condition_results(rule, ctx))
     return failed
 
 
@@ -238,7 +284,14 @@ def denies(rule: Rule, ctx: EvaluationContext, *, static_subjects_checked: bool 
         return False
     if rule.dns_names and _deny_dns_hit(rule, ctx) is None:
         return False
-    return rule.key is None or rule.key.algorithms is None or ctx.request.key in rule.key.algorithms
+    if rule.key is not None and rule.key.algorithms is not None and ctx.request.key not in rule.key.algorithms:
+        return False
+    held = conditions_hold(rule, ctx)
+    if held is False:
+        return False
+    if held is not True:
+        ctx.unsure_rules[id(rule)] = held  # the rule may apply: it denies (deny when unsure)
+    return True
 
 
 def check_deny(rule: Rule, ctx: EvaluationContext) -> RuleResult:
@@ -264,4 +317,7 @@ def check_deny(rule: Rule, ctx: EvaluationContext) -> RuleResult:
         results.append(Check("dnsNames", hit is not None, expected, hit or ", ".join(ctx.request.dns_names)))
     if rule.key is not None and rule.key.algorithms is not None:
         results.append(Check("key", ctx.request.key in rule.key.algorithms, rule.key.describe(), ctx.request.key))
-    return RuleResult(rule, tuple(results), ok=all(c.held for c in results))
+    conditions = _condition_checks(rule, ctx) if rule.conditions else []
+    results.extend(conditions)
+    # An error in a condition counts as a match (deny when unsure), a false one does not.
+    return RuleResult(rule, tuple(results), ok=all(c.held or c.code == CONDITION_ERROR for c in results))

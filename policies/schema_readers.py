@@ -93,11 +93,15 @@ class Str(Spec):
     pattern: re.Pattern[str] | None = None
     pattern_hint: str = ""
     what: str = "a string"
+    max_length: int | None = None  # also bounds the cost of the CRD's validation rules that read the field
 
     def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
             return self.mismatch(node, path, report)
         value = node.value
+        if self.max_length is not None and len(value) > self.max_length:
+            report.error(path, f"is {len(value)} characters long; at most {self.max_length}", node)
+            return INVALID
         if self.enum and value not in self.enum:
             report.error(path, f"must be one of {', '.join(self.enum)}, got {value!r}", node)
             return INVALID
@@ -195,12 +199,17 @@ class List(Spec):
     non_empty: bool = False
     unique: bool = True
     what: str = "a list"
+    max_items: int | None = None  # also bounds the cost of the CRD's validation rules
+    key: str | None = None  # items are mappings unique by this field (a CRD list-map); the compiler checks it
 
     def read(self, node: yaml.Node, path: str, report: Reporter) -> Any:
         if not isinstance(node, yaml.SequenceNode):
             return self.mismatch(node, path, report)
         if self.non_empty and not node.value:
             report.error(path, "must not be empty (omit the field instead)", node)
+            return INVALID
+        if self.max_items is not None and len(node.value) > self.max_items:
+            report.error(path, f"has {len(node.value)} entries; at most {self.max_items}", node)
             return INVALID
         values, seen, ok = [], set(), True
         for index, child in enumerate(node.value):
@@ -250,6 +259,7 @@ class StrMap(Spec):
 class Field:
     spec: Spec
     required: bool = False
+    doc: str = ""  # one line for `kubectl explain` (the generated CRDs carry it as the description)
 
 
 @dataclass
