@@ -189,7 +189,7 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class PolicySettings:
     trust_domain: str = "cluster.local"
     trust_domain_aliases: frozenset[str] = frozenset()
     cluster_domain: str = "cluster.local"

@@ -24,8 +24,8 @@ from policies.compiled import (
     Limits,
     Mode,
     Policy,
+    PolicySettings,
     Rule,
-    Settings,
 )
 from policies.conditions import MAX_CONDITIONS_PER_RULE, Condition, ConditionCompiler, ConditionError
 from policies.durations import describe_duration as show
@@ -41,7 +41,7 @@ _ALLOW_ONLY_FIELDS = ("trustDomains", "allowWildcardDNSNames", "allowCrossNamesp
 
 def compile_settings(
     fields: dict[str, Any], report: Reporter, *, expected_trust_domain: str | None, source: str
-) -> Settings:
+) -> PolicySettings:
     spec = fields["spec"]
     trust_domain = spec.get("trustDomain", expected_trust_domain or "cluster.local")
     if expected_trust_domain is not None and trust_domain != expected_trust_domain:
@@ -53,7 +53,7 @@ def compile_settings(
     if trust_domain in aliases:
         report.error("spec.trustDomainAliases", f"{trust_domain!r} is the primary trust domain, not an alias")
     duration = spec.get("duration", {})
-    defaults = Settings()
+    defaults = PolicySettings()
     default = duration.get("default", defaults.duration_default)
     minimum = duration.get("min", 0)
     maximum = duration.get("max", defaults.duration_max)
@@ -69,7 +69,7 @@ def compile_settings(
     usages = _usages(spec.get("usages", DEFAULT_USAGES), "spec.usages", report)
     san = spec.get("san", {})
     annotations = fields["metadata"].get("annotations", {})
-    return Settings(
+    return PolicySettings(
         trust_domain=trust_domain,
         trust_domain_aliases=aliases,
         cluster_domain=spec.get("clusterDomain", "cluster.local"),
@@ -121,7 +121,9 @@ def _usages(values: Any, path: str, report: Reporter) -> frozenset[str]:
     return frozenset(values)
 
 
-def _duration_block(spec: dict[str, Any] | None, path: str, report: Reporter, settings: Settings) -> dict[str, Any]:
+def _duration_block(
+    spec: dict[str, Any] | None, path: str, report: Reporter, settings: PolicySettings
+) -> dict[str, Any]:
     """Check an explicit duration block against itself and the settings ceiling."""
     if not spec:
         return {}
@@ -145,7 +147,7 @@ def _duration_block(spec: dict[str, Any] | None, path: str, report: Reporter, se
 
 
 def _resolve_duration(
-    rule: dict[str, Any], policy: dict[str, Any], settings: Settings, path: str, report: Reporter
+    rule: dict[str, Any], policy: dict[str, Any], settings: PolicySettings, path: str, report: Reporter
 ) -> DurationRange:
     def pick(name: str, fallback: Any) -> Any:
         return rule.get(name, policy.get(name, fallback))
@@ -171,7 +173,7 @@ def _resolve_duration(
 def compile_policy(
     fields: dict[str, Any],
     report: Reporter,
-    settings: Settings,
+    settings: PolicySettings,
     *,
     source: str,
     conditions: ConditionCompiler | None = None,
@@ -226,7 +228,7 @@ def compile_policy(
     )
 
 
-def _confine(spec: dict[str, Any], namespace: str, report: Reporter, settings: Settings) -> dict[str, Any]:
+def _confine(spec: dict[str, Any], namespace: str, report: Reporter, settings: PolicySettings) -> dict[str, Any]:
     """The spec of a namespaced policy, held to its namespace (``compile_policy``'s ``confined_to``)."""
     subjects = dict(spec.get("subjects", {}))
     if subjects.get("namespaces", [namespace]) != [namespace]:
@@ -263,7 +265,7 @@ def _rule(
     policy_duration: dict[str, Any],
     path: str,
     report: Reporter,
-    settings: Settings,
+    settings: PolicySettings,
     conditions: ConditionCompiler,
 ) -> Rule:
     effect = Effect(spec["effect"])
@@ -375,7 +377,7 @@ def _conditions(texts: Any, path: str, report: Reporter, compiler: ConditionComp
     return tuple(compiled)
 
 
-def _limits(policy: str, spec: dict[str, Any], report: Reporter, settings: Settings) -> Limits:
+def _limits(policy: str, spec: dict[str, Any], report: Reporter, settings: PolicySettings) -> Limits:
     duration = spec.get("duration", {})
     low, high = duration.get("min"), duration.get("max")
     if high is not None and high <= 0:
@@ -437,7 +439,7 @@ def _glob_hits(pattern: str, names: frozenset[str]) -> bool:
     return any(glob.matches(name) for name in names)
 
 
-def istio_compatible_rule(settings: Settings) -> Rule:
+def istio_compatible_rule(settings: PolicySettings) -> Rule:
     """``defaultDecision: IstioCompatible``: own identity only, no DNS names, istio-csr's clamp to the ceiling."""
     own = IdentityTemplate.compile(
         "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}", settings.trust_domain, frozenset()

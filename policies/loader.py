@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from policies.compiled import RESERVED_POLICY_NAMES, Policy, Settings
+from policies.compiled import RESERVED_POLICY_NAMES, Policy, PolicySettings
 from policies.compiler import compile_policy, compile_settings
 from policies.conditions import ConditionCompiler
 from policies.document_schemas import read_document
@@ -108,7 +108,7 @@ def build_policy_set(
         settings = compile_settings(fields, report, expected_trust_domain=trust_domain, source=source)
         problems.extend(report.problems[before:])
     else:
-        settings = Settings(trust_domain=trust_domain or Settings().trust_domain)
+        settings = PolicySettings(trust_domain=trust_domain or PolicySettings().trust_domain)
         if any(kind == "IdentityPolicy" for kind, _, _, _ in read):
             problems.append(
                 Problem(

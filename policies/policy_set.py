@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policies.compiled import Limits, Mode, Policy, Rule, Settings
+from policies.compiled import Limits, Mode, Policy, PolicySettings, Rule
 from policies.compiler import istio_compatible_rule
 from policies.context import EvaluationContext
 from policies.precheck import PrecheckSettings
@@ -37,7 +37,7 @@ class PolicySet:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: PolicySettings,
         policies: Sequence[Policy],
         *,
         revision: str,

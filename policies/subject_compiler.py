@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.compiled import Settings
+from policies.compiled import PolicySettings
 from policies.globs import GLOBSTAR, PathGlob
 from policies.schema_readers import Reporter
 from policies.subjects import NAME_LABEL, LabelRequirement, LabelSelector, SubjectPattern, Subjects
@@ -61,7 +61,9 @@ def _principal_hint(segments: list[str]) -> str:
     return ""
 
 
-def compile_subjects(spec: dict[str, Any] | None, path: str, report: Reporter, settings: Settings) -> Subjects | None:
+def compile_subjects(
+    spec: dict[str, Any] | None, path: str, report: Reporter, settings: PolicySettings
+) -> Subjects | None:
     if spec is None:
         return None
     selector = None
@@ -82,7 +84,7 @@ def compile_subjects(spec: dict[str, Any] | None, path: str, report: Reporter, s
     )
 
 
-def _selector(spec: dict[str, Any], path: str, report: Reporter, settings: Settings) -> LabelSelector:
+def _selector(spec: dict[str, Any], path: str, report: Reporter, settings: PolicySettings) -> LabelSelector:
     requirements = []
     trusted = settings.trusted_namespace_label_keys
 
