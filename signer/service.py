@@ -25,6 +25,7 @@ from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
+from signer.auth.refusal_limit import calling_peer
 from signer.csr_checks import ParsedCsr, parse_csr
 from signer.errors import (
     AuthenticationFailed,
@@ -128,7 +129,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     ) -> istio_ca_pb2.IstioCertificateResponse:
         request_id = os.urandom(8).hex()
         # every log line written while serving this call (here, in the authenticators, the backends) carries its id
-        with logger.contextualize(request_id=request_id):
+        with logger.contextualize(request_id=request_id), calling_peer(context.peer()):
             return await self._serve(request, context, request_id)
 
     async def _serve(
