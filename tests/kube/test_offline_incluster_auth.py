@@ -56,6 +56,7 @@ def _scheduled_pod(core: client.CoreV1Api, namespace: str, name: str, service_ac
             ),
         ),
     )
+    assert pod.metadata is not None
     return str(pod.metadata.uid)
 
 
@@ -113,7 +114,9 @@ def test_offline_in_cluster_mode_issues_without_token_reviews_and_follows_deleti
     discovery = metric_sum(server, "meshsigner_kube_api_requests_total", resource="oidc-discovery")
     issued = metric_sum(server, "meshsigner_csr_requests_total", code="OK")
     print(
-        f"\noffline in-cluster: {issued:.0f} certificates, {reviews:.0f} TokenReviews, {discovery:.0f} discovery reads"
+        f"\noffline in-cluster: {issued:.0f} certificates, {reviews:.0f} TokenReviews, {discovery:.0f} discovery "
+        f"reads; refused {pod_refused_after * 1000:.0f} ms after the pod's deletion, {sa_refused_after * 1000:.0f} ms "
+        "after the service account's"
     )
     assert reviews == 0
     assert discovery >= 2  # the issuer document and the key set, at least once
