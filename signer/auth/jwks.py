@@ -20,7 +20,8 @@ from loguru import logger
 
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
-from signer.auth.jws import ALGORITHMS, LEEWAY_SECONDS, PublicKey, check_times
+from signer.auth.jws import ALGORITHMS, PublicKey, check_times
+from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.timers import sleep_unless_stopped
