@@ -27,6 +27,7 @@ from signer.errors import AuthenticationFailed, Overloaded, TemporarilyUnavailab
 from signer.metrics import AuthMetrics
 from tests.support.clock import ManualClock
 from tests.support.tokens import TokenIssuer
+from tests.support.waiting import until_true
 
 ISSUER = "https://kubernetes.default.svc"
 SA_UID, POD_UID = "sa-uid", "pod-uid"
@@ -320,3 +321,41 @@ async def test_offline_in_cluster_authentication_refuses_forgeries_and_waits_for
     await authenticator.authenticate(_bound_token(cluster))
     with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
         await authenticator.authenticate(_bound_token(stranger))
+
+
+async def test_cluster_keys_are_read_at_start_and_periodically(cluster):
+    clock, registry = _clock(), CollectorRegistry()
+    discovery = Discovery(cluster)
+    discovery.down = True
+    keys = ClusterIssuerKeys(discovery, clock=clock, metrics=KeyRefreshMetrics(registry), refresh_interval=300)
+    stop = asyncio.Event()
+    task = asyncio.create_task(keys.run(stop))
+    await until_true(lambda: clock.sleeper_count == 1, "the first read failed and a retry is armed")
+    assert not keys.ready  # the API is down at start: retried with backoff
+    discovery.down = False
+    await clock.advance(1)
+    await until_true(lambda: keys.ready, "the retry read the keys")
+    await until_true(lambda: clock.sleeper_count == 1, "the periodic refresh is armed")
+    await clock.advance(299)
+    assert discovery.reads == 1
+    await clock.advance(1)
+    await until_true(lambda: discovery.reads == 2, "the periodic refresh read the keys again")
+    stop.set()
+    await task
+
+
+def test_settings_of_the_defences():
+    from signer.settings import SettingsError, parse_serve_args
+
+    base = ["--signer=local", "--local-ca-dir=/tmp/x"]
+    settings = parse_serve_args([*base, "--authenticator=jwks"], {})  # no file: the cluster's keys
+    assert settings.token_prescreen and settings.peer_auth_failure_burst == 20
+    assert settings.kube_api_token_review_share == 0.2 and settings.jwks_min_refresh_interval == 10
+    assert parse_serve_args(settings.to_argv(), {}) == settings
+    with pytest.raises(SettingsError, match="--token-issuer"):
+        parse_serve_args([*base, "--authenticator=jwks", "--jwks-file=j"], {})
+    with pytest.raises(SettingsError, match="between 0 and 1"):
+        parse_serve_args([*base, "--kube-api-token-review-share=1"], {})
+    env = {"MESHSIGNER_PEER_AUTH_FAILURE_BURST": "0", "MESHSIGNER_TOKEN_PRESCREEN": "false"}
+    settings = parse_serve_args(base, env)
+    assert settings.peer_auth_failure_burst == 0 and not settings.token_prescreen
