@@ -3,8 +3,9 @@ and the token's binding checked against meshsigner's informers, with no API call
 
 The signature, issuer, audience and times are checked against the keys and issuer read from the API server's OIDC
 discovery (:mod:`signer.auth.cluster_keys`, refreshed on an unknown ``kid``). A verified token's identity is cached
-by digest until the token expires. What an offline check cannot see, deletions, is then read from the informers on
-every request, as a TokenReview would decide it:
+by digest until the token expires, or until the key set changes (a removed key stops authenticating at once).
+What an offline check cannot see, deletions, is then read from the informers on every request, as a TokenReview
+would decide it:
 
 =====================================  ====================  ======================================================
 situation                              code                  why
@@ -74,6 +75,7 @@ class ClusterJwksAuthenticator:
         self._audiences = audiences
         self._clock = clock
         self._verified = TokenCache(clock=clock, max_entries=CACHE_ENTRIES)
+        self._generation = keys.generation
 
     @property
     def ready(self) -> bool:
@@ -84,6 +86,9 @@ class ClusterJwksAuthenticator:
         return "" if self.ready else "the cluster's service-account keys have not been read yet"
 
     async def authenticate(self, token: str) -> WorkloadIdentity:
+        if self._keys.generation != self._generation:
+            self._verified.clear()  # a removed key must stop authenticating at once
+            self._generation = self._keys.generation
         digest = token_digest(token)
         identity = self._verified.get(digest)
         if identity is None:

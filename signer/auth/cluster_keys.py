@@ -74,6 +74,7 @@ class ClusterIssuerKeys:
         self._issuer: str | None = configured_issuer or None
         self._keys: dict[str, PublicKey] | None = None
         self._fingerprint = ""
+        self.generation = 0  # bumped whenever the key set changes (caches of verified tokens start again)
         self._last_attempt: float | None = None
         self._in_flight: asyncio.Task[bool] | None = None
 
@@ -123,6 +124,8 @@ class ClusterIssuerKeys:
         fingerprint = json.dumps(document, sort_keys=True)
         changed = fingerprint != self._fingerprint
         self._keys, self._fingerprint = keys, fingerprint
+        if changed:
+            self.generation += 1
         self._metrics.refreshes.labels(trigger, "changed" if changed else "unchanged").inc()
         if changed:
             logger.bind(event="cluster_jwks_loaded", keys=len(keys), issuer=self._issuer).info(

@@ -45,6 +45,11 @@ class IssuerKeys(Protocol):
     @property
     def keys(self) -> dict[str, PublicKey] | None: ...
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the key set changes."""
+        ...
+
     async def refresh_for_unknown_kid(self) -> bool:
         """Re-read the key set unless one was read too recently; True when the set changed."""
         ...

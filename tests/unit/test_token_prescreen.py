@@ -359,3 +359,21 @@ def test_settings_of_the_defences():
     env = {"MESHSIGNER_PEER_AUTH_FAILURE_BURST": "0", "MESHSIGNER_TOKEN_PRESCREEN": "false"}
     settings = parse_serve_args(base, env)
     assert settings.peer_auth_failure_burst == 0 and not settings.token_prescreen
+
+
+async def test_a_key_removed_from_the_cluster_stops_authenticating_at_once(cluster):
+    clock, registry = _clock(), CollectorRegistry()
+    discovery = Discovery(cluster)
+    keys = await _keys(discovery, clock, registry)
+    service_accounts, pods = ServiceAccountIndex(), PodIndex()
+    service_accounts.replace_all([_service_account("web", SA_UID)])
+    pods.replace_all([_pod("web-0", POD_UID)])
+    authenticator = ClusterJwksAuthenticator(
+        keys, service_accounts=service_accounts, pods=pods, audiences=("istio-ca",), clock=clock
+    )
+    token = _bound_token(cluster)  # signed with the EC key, kid ec-1
+    await authenticator.authenticate(token)
+    discovery.jwks = {"keys": [key for key in cluster.jwks()["keys"] if key["kid"] != "ec-1"]}
+    assert await keys.refresh()
+    with pytest.raises(AuthenticationFailed, match="TOKEN_UNKNOWN_KEY"):
+        await authenticator.authenticate(token)
