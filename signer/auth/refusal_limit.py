@@ -124,7 +124,9 @@ class PeerRefusalLimiter:
         if not peer:
             return
         self._metrics.failures.inc()
-        left = self._left(peer) - 1
+        # failures of calls admitted together may overdraw the bucket; the debt is capped so that a peer's
+        # lock-out never exceeds 2 x burst / rate seconds
+        left = max(self._left(peer) - 1, -self._burst)
         self._buckets[peer] = (left, self._clock.monotonic())
         self._buckets.move_to_end(peer)
         while len(self._buckets) > self._max_peers:

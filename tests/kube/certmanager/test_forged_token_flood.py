@@ -10,6 +10,7 @@ The figures are printed (``-s``) and recorded in docs/authentication.md.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -188,6 +189,7 @@ def test_per_peer_limit_slows_the_flooding_address_only(
     flood_channel = channel(f"127.0.0.1:{port}", signer.roots_pem)  # the attacker's address
     pod_channel = channel(f"[::1]:{port}", signer.roots_pem)  # another host's address
     pod_stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(pod_channel)
+    flood_started = time.monotonic()
     with Flood(
         istio_ca_pb2_grpc.IstioCertificateServiceStub(flood_channel), kube_plane.service_account_issuer
     ) as flood:
@@ -197,8 +199,14 @@ def test_per_peer_limit_slows_the_flooding_address_only(
         code, latency, details = first_certificate_during_flood(pod_stub, csr, token)
         # a failure from the other address is still judged on its merits, not limited with the flooder
         stranger_code, _, _ = create(pod_stub, FORGED_CSR, TokenIssuer().token("victim", "app"))
+    flood_seconds = time.monotonic() - flood_started
     metrics = signer.server.metrics()
     limited = by_label(metrics, "meshsigner_auth_peer_limited_total", "peer")
+    log_lines = [
+        record["record"]["extra"]
+        for record in (json.loads(line) for line in signer.server.log().splitlines() if line.startswith("{"))
+        if record["record"]["extra"].get("event") == "auth_peer_limited"
+    ]
     print(
         f"\nper-peer limit: flood codes {dict(flood.codes)}; limited by peer {limited}; "
         f"other address: first certificate {code.name} in {latency * 1000:.0f} ms, forged token {stranger_code.name}"
@@ -211,6 +219,9 @@ def test_per_peer_limit_slows_the_flooding_address_only(
     assert stranger_code is grpc.StatusCode.UNAUTHENTICATED
     assert limited and "::1" not in limited
     assert all("127.0.0.1" in peer for peer in limited)
+    # the log names the address, at most once per 5 s however many calls are refused
+    assert log_lines and all("127.0.0.1" in line["peer"] for line in log_lines)
+    assert len(log_lines) <= 1 + flood_seconds / 5
 
 
 def test_a_review_flood_does_not_delay_an_authenticated_workload(
