@@ -377,3 +377,21 @@ async def test_a_key_removed_from_the_cluster_stops_authenticating_at_once(clust
     assert await keys.refresh()
     with pytest.raises(AuthenticationFailed, match="TOKEN_UNKNOWN_KEY"):
         await authenticator.authenticate(token)
+
+
+def test_service_account_index_follows_events_and_ignores_a_late_deletion_of_an_earlier_account():
+    from bridge.service_accounts import ServiceAccountCache
+
+    class NoApi:  # the cache is fed by hand here; its ListWatch never runs
+        metrics = None
+        clock = None
+
+    cache = ServiceAccountCache(NoApi())  # a WatchSource that is never used
+    assert not cache.ready and cache.reason
+    cache.on_relist([_service_account("web", "uid-1"), {"metadata": {"name": "no-namespace"}}])
+    assert cache.ready and len(cache) == 1 and cache.uid("apps", "web") == "uid-1"
+    cache.on_event("ADDED", _service_account("web", "uid-2"))  # recreated; the DELETED of uid-1 arrives late
+    cache.on_event("DELETED", _service_account("web", "uid-1"))
+    assert cache.uid("apps", "web") == "uid-2"
+    cache.on_event("DELETED", _service_account("web", "uid-2"))
+    assert cache.uid("apps", "web") is None
