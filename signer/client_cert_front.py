@@ -64,6 +64,7 @@ class ClientCertFront:
         self._context_key: tuple[int, bytes] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._peers: dict[str, tuple[x509.Certificate, ...]] = {}
+        self._remote_peers: dict[str, str] = {}  # unix path -> the TLS client's address, as gRPC would name it
         self._connections: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count()
         self._log_limit = RateLimiter()
@@ -80,6 +81,11 @@ class ClientCertFront:
     def peer_chain(self, peer: str) -> tuple[x509.Certificate, ...]:
         """The certificates the client on ``peer`` (a gRPC ``context.peer()``) presented; empty when none."""
         return self._peers.get(peer.removeprefix("unix:"), ())
+
+    def remote_peer(self, peer: str) -> str:
+        """The TLS client's own address for a gRPC ``context.peer()`` of a piped connection (per-peer limits must
+        see the caller, not the pipe); ``peer`` itself when it did not come through this front."""
+        return self._remote_peers.get(peer.removeprefix("unix:"), peer)
 
     async def start(self, address: str) -> int:
         host, _, port = address.rpartition(":")
@@ -199,9 +205,11 @@ class ClientCertFront:
             await asyncio.get_running_loop().sock_connect(upstream, str(self._grpc_socket))
             if chain:
                 self._peers[path] = chain
+            self._remote_peers[path] = _grpc_peer_name(writer.get_extra_info("peername"))
             up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream)
         except BaseException:
             self._peers.pop(path, None)
+            self._remote_peers.pop(path, None)
             upstream.close()
             os.unlink(path)
             raise
@@ -209,6 +217,7 @@ class ClientCertFront:
             await _pipe_both_ways(reader, writer, up_reader, up_writer)
         finally:
             self._peers.pop(path, None)  # forget the identity before the path can be reused
+            self._remote_peers.pop(path, None)
             up_writer.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -225,6 +234,14 @@ class _Unread(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()
         self._spawn(transport)
+
+
+def _grpc_peer_name(peername: object) -> str:
+    """``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5``, the form gRPC's ``context.peer()`` uses for TCP callers."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = str(peername[0]), peername[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return "unknown"
 
 
 def _bytes(text: str | bytes) -> bytes:

@@ -27,6 +27,9 @@ from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
 from signer.auth.base import Authenticator
 from signer.auth.client_cert import ClientCertAuthenticator
 from signer.auth.jwks import JwksAuthenticator
+from signer.auth.prescreen import PrescreenMetrics, TokenPrescreen
+from signer.auth.refusal_limit import PeerLimitMetrics, PeerRefusalLimiter
+from signer.auth.screened import ScreenedAuthenticator
 from signer.client_cert_front import ClientCertFront
 from signer.decision_log import DecisionLog
 from signer.errors import StartupError, TemporarilyUnavailable
@@ -51,7 +54,7 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.kube import KubeClient
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from signer.serve_in_cluster import CertManagerParts
+    from signer.serve_in_cluster import CertManagerParts, InClusterAuth
 
 EXIT_CANNOT_START = 2
 # Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
@@ -62,7 +65,14 @@ def needs_kube(settings: ServeSettings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
-    return settings.signer == "cert-manager" or settings.authenticator == "tokenreview" or policy_labels or node_pods
+    cluster_keys = settings.authenticator == "jwks" and not settings.jwks_file  # OIDC discovery and informers
+    return (
+        settings.signer == "cert-manager"
+        or settings.authenticator == "tokenreview"
+        or cluster_keys
+        or policy_labels
+        or node_pods
+    )
 
 
 def build_backend(
@@ -84,20 +94,44 @@ def build_backend(
 
 def build_authenticator(
     settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry, clock: Clock
-) -> Authenticator:
-    if settings.authenticator == "jwks":
-        authenticator = JwksAuthenticator(
+) -> tuple[ScreenedAuthenticator, InClusterAuth | None]:
+    """The configured authenticator behind the per-peer refusal limit and the offline pre-screen; with the API,
+    also the in-cluster parts (the cluster's keys, the informers) whose tasks and checks ``run`` starts."""
+    in_cluster = None
+    inner: Authenticator
+    if settings.authenticator == "jwks" and settings.jwks_file:
+        jwks = JwksAuthenticator(
             settings.jwks_file, issuer=settings.token_issuer, audiences=settings.token_audiences, clock=clock
         )
-        if not authenticator.ready:
+        if not jwks.ready:
             raise StartupError(f"--jwks-file {settings.jwks_file}: no usable keys (see the log above)")
-        return authenticator
-    if settings.authenticator == "tokenreview":
+        inner = jwks
+    elif settings.authenticator in ("tokenreview", "jwks"):
         assert kube is not None
-        from signer.serve_in_cluster import build_token_review
+        from signer.serve_in_cluster import build_in_cluster_auth
 
-        return build_token_review(settings, kube, registry, clock)
-    raise StartupError(f"--authenticator {settings.authenticator} is not available in this build")
+        in_cluster = build_in_cluster_auth(settings, kube, registry, clock)
+        inner = in_cluster.authenticator
+    else:
+        raise StartupError(f"--authenticator {settings.authenticator} is not available in this build")
+    prescreen = None
+    if settings.token_prescreen:
+        prescreen = TokenPrescreen(
+            audiences=settings.token_audiences,
+            clock=clock,
+            metrics=PrescreenMetrics(registry),
+            issuer=settings.token_issuer,
+            keys=in_cluster.keys if in_cluster is not None else None,
+        )
+    limiter = None
+    if settings.peer_auth_failure_burst > 0:
+        limiter = PeerRefusalLimiter(
+            rate=settings.peer_auth_failure_qps,
+            burst=settings.peer_auth_failure_burst,
+            clock=clock,
+            metrics=PeerLimitMetrics(registry),
+        )
+    return ScreenedAuthenticator(inner, prescreen=prescreen, limiter=limiter), in_cluster
 
 
 def apply_serving_tls_options(settings: ServeSettings) -> None:
@@ -128,12 +162,12 @@ def apply_serving_tls_options(settings: ServeSettings) -> None:
 
 
 def build_node_authorization(
-    settings: ServeSettings, kube: KubeClient | None
+    settings: ServeSettings, kube: KubeClient | None, pods: PodCache | None = None
 ) -> tuple[PodCache | None, NodeAuthorizer | None]:
     """The pod cache and node authorizer when node accounts are trusted (ztunnel impersonation) and the API is
     reachable; without the API every impersonation is PERMISSION_DENIED, which is said once at start."""
     if not settings.ca_trusted_node_accounts:
-        return None, None
+        return pods, None
     if kube is None:
         logger.bind(event="node_authorization_off").warning(
             "--ca-trusted-node-accounts is set ({}) but there is no Kubernetes access (use --authenticator=tokenreview "
@@ -144,7 +178,7 @@ def build_node_authorization(
         return None, None
     from signer.serve_in_cluster import build_node_authorization as build
 
-    return build(kube)
+    return build(kube, pods)
 
 
 def client_cert_roots(
@@ -209,14 +243,16 @@ async def run(
     front: ClientCertFront | None = None
     try:
         backend, parts = build_backend(settings, kube, registry)
-        authenticator = build_authenticator(settings, kube, registry, clock)
+        authenticator, in_cluster_auth = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:
             from signer.serve_in_cluster import build_namespace_labels
 
             namespace_labels = build_namespace_labels(kube)
         decider = build_decider(settings, registry, namespace_labels)
-        pods, node_authorizer = build_node_authorization(settings, kube)
+        pods, node_authorizer = build_node_authorization(
+            settings, kube, in_cluster_auth.pods if in_cluster_auth is not None else None
+        )
         apply_serving_tls_options(settings)
         decision_log = DecisionLog(
             settings.decision_log or None,
@@ -242,6 +278,10 @@ async def run(
             pod_cache = pods
             tasks.start("pod-watch", lambda: pod_cache.watch.run(stop))
             checks["pods"] = pods
+        if in_cluster_auth is not None:
+            checks.update(in_cluster_auth.checks())
+            for name, factory in in_cluster_auth.tasks(stop).items():
+                tasks.start(name, factory)
         if parts is not None:
             checks.update(parts.checks())
             await parts.refuse_unusable_issuer()
@@ -305,8 +345,8 @@ async def run(
         readiness.listening = True
         await set_serving(health_servicer, True)
         tasks.start("serving-certificate-renewal", lambda: serving.renew_forever(stop))
-        if isinstance(authenticator, JwksAuthenticator):
-            jwks = authenticator
+        if isinstance(authenticator.inner, JwksAuthenticator):
+            jwks = authenticator.inner
             tasks.start("jwks-watch", lambda: jwks.watch(stop))
         if isinstance(decider, PolicyStore):
             policies = decider

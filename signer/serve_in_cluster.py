@@ -21,7 +21,11 @@ from bridge.namespace_labels import NamespaceLabelCache
 from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from bridge.service_accounts import ServiceAccountCache
 from clocks import Clock
+from signer.auth.base import Authenticator
+from signer.auth.cluster_jwks import ClusterJwksAuthenticator
+from signer.auth.cluster_keys import ClusterIssuerKeys, KeyRefreshMetrics
 from signer.auth.node_authorizer import PodNodeAuthorizer
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import StartupError
@@ -41,6 +45,7 @@ def build_kube(settings: ServeSettings, registry: CollectorRegistry) -> KubeClie
         qps=settings.kube_api_qps,
         burst=settings.kube_api_burst,
         rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
+        token_review_share=settings.kube_api_token_review_share,
     )
     try:
         return KubeClient(options, KubeMetrics(registry))
@@ -147,6 +152,51 @@ def build_cert_manager(settings: ServeSettings, kube: KubeClient, registry: Coll
     return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
 
 
+@dataclass
+class InClusterAuth:
+    """The authenticator that needs the API (TokenReview, or the cluster's JWKS with the informers it checks
+    bindings against) and what runs beside it. The cluster's issuer and keys are read in both modes: the
+    pre-screen uses them before any TokenReview."""
+
+    authenticator: Authenticator
+    keys: ClusterIssuerKeys
+    service_accounts: ServiceAccountCache | None = None
+    pods: PodCache | None = None
+
+    def checks(self) -> dict[str, ReadinessCheck]:
+        found: dict[str, ReadinessCheck] = {}
+        if self.service_accounts is not None:
+            found["service_accounts"] = self.service_accounts
+        return found
+
+    def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
+        runners: dict[str, TaskFactory] = {"cluster-jwks": lambda: self.keys.run(stop)}
+        if self.service_accounts is not None:
+            service_accounts = self.service_accounts
+            runners["service-account-watch"] = lambda: service_accounts.watch.run(stop)
+        return runners
+
+
+def build_in_cluster_auth(
+    settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry, clock: Clock
+) -> InClusterAuth:
+    keys = ClusterIssuerKeys(
+        kube,
+        clock=clock,
+        metrics=KeyRefreshMetrics(registry),
+        configured_issuer=settings.token_issuer,
+        refresh_interval=settings.jwks_refresh_interval,
+        min_refresh_interval=settings.jwks_min_refresh_interval,
+    )
+    if settings.authenticator == "tokenreview":
+        return InClusterAuth(build_token_review(settings, kube, registry, clock), keys)
+    service_accounts, pods = ServiceAccountCache(kube), PodCache(kube)
+    authenticator = ClusterJwksAuthenticator(
+        keys, service_accounts=service_accounts, pods=pods, audiences=settings.token_audiences, clock=clock
+    )
+    return InClusterAuth(authenticator, keys, service_accounts, pods)
+
+
 def build_token_review(
     settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry, clock: Clock
 ) -> TokenReviewAuthenticator:
@@ -155,6 +205,7 @@ def build_token_review(
         audiences=settings.token_audiences,
         metrics=AuthMetrics(registry),
         cache_seconds=settings.token_review_cache_duration,
+        negative_cache_seconds=settings.token_review_negative_cache_duration,
         clock=clock,
     )
 
@@ -163,7 +214,8 @@ def build_namespace_labels(kube: KubeClient) -> NamespaceLabelCache:
     return NamespaceLabelCache(kube)
 
 
-def build_node_authorization(kube: KubeClient) -> tuple[PodCache, PodNodeAuthorizer]:
-    """The cluster-wide pod cache (its ``watch`` is a task, itself a readiness check) and the authorizer over it."""
-    pods = PodCache(kube)
+def build_node_authorization(kube: KubeClient, pods: PodCache | None = None) -> tuple[PodCache, PodNodeAuthorizer]:
+    """The cluster-wide pod cache (its ``watch`` is a task, itself a readiness check; ``pods`` when one exists
+    already) and the authorizer over it."""
+    pods = pods or PodCache(kube)
     return pods, PodNodeAuthorizer(pods)

@@ -27,6 +27,7 @@ from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
 from signer.auth.client_cert import ClientCertAuthenticator, peer_chain_from_auth_context
+from signer.auth.refusal_limit import calling_peer
 from signer.csr_checks import ParsedCsr, parse_csr
 from signer.draining import CallDrain
 from signer.errors import (
@@ -62,6 +63,8 @@ class PeerChains(Protocol):
     """The client certificate chain that arrived on a call's connection (signer/client_cert_front.py)."""
 
     def peer_chain(self, peer: str) -> Sequence[x509.Certificate]: ...
+
+    def remote_peer(self, peer: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     ) -> istio_ca_pb2.IstioCertificateResponse:
         request_id = os.urandom(8).hex()
         # every log line written while serving this call (here, in the authenticators, the backends) carries its id
-        with logger.contextualize(request_id=request_id):
+        with logger.contextualize(request_id=request_id), calling_peer(self._caller_address(context)):
             return await self._serve(request, context, request_id)
 
     async def _serve(
@@ -246,6 +249,11 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._metrics.issued_duration.observe((issued_not_after - now).total_seconds())
         self._record(request_id, caller, parsed, decision, issued_not_after=issued_not_after)
         return [*signed.chain_pems, signed.roots_pem]
+
+    def _caller_address(self, context: Context) -> str:
+        """The caller's own address, also when its connection was piped through the client-certificate front."""
+        peer = context.peer()
+        return self._client_certs.peers.remote_peer(peer) if self._client_certs is not None else peer
 
     def _peer_chain(self, context: Context) -> Sequence[x509.Certificate]:
         """The client certificate chain of this call's connection; empty when none or the authenticator is off."""

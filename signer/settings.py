@@ -250,6 +250,44 @@ FLAGS: tuple[Flag, ...] = (
         "how long a successful TokenReview is reused (0 = no cache)",
         _non_negative_duration,
     ),
+    # authentication under attack (signer/auth/prescreen.py, refusal_limit.py, cluster_keys.py; docs/authentication.md)
+    Flag(
+        "token-prescreen",
+        True,
+        "refuse malformed/foreign/expired tokens offline, before any TokenReview",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "token-review-negative-cache-duration",
+        10.0,
+        "how long a token TokenReview rejected is refused without another review (0 = off)",
+        _non_negative_duration,
+    ),
+    Flag(
+        "kube-api-token-review-share",
+        0.2,
+        "share of --kube-api-qps/--kube-api-burst reserved for TokenReviews and "
+        "OIDC discovery; the rest serves the signing path",
+        _positive_float,
+    ),
+    Flag(
+        "peer-auth-failure-qps", 1.0, "authentication failures a second regained by one peer address", _positive_float
+    ),
+    Flag(
+        "peer-auth-failure-burst",
+        20,
+        "authentication failures one peer address may have before its calls are "
+        "refused with RESOURCE_EXHAUSTED (0 = no per-peer limit)",
+        int,
+    ),
+    Flag("jwks-refresh-interval", 300.0, "how often the cluster's OIDC discovery keys are re-read", _positive_duration),
+    Flag(
+        "jwks-min-refresh-interval",
+        10.0,
+        "least time between key re-reads caused by an unknown kid",
+        _positive_duration,
+    ),
     # cert-manager
     Flag("certificate-namespace", "istio-system", "namespace of every CertificateRequest"),
     Flag("issuer-enabled", True, "use the static issuer of --issuer-name/-kind/-group", parse_bool, is_bool=True),
@@ -326,6 +364,13 @@ class ServeSettings:
     kube_api_burst: int
     disable_kubernetes_client_rate_limiter: bool
     token_review_cache_duration: float
+    token_prescreen: bool
+    token_review_negative_cache_duration: float
+    kube_api_token_review_share: float
+    peer_auth_failure_qps: float
+    peer_auth_failure_burst: int
+    jwks_refresh_interval: float
+    jwks_min_refresh_interval: float
     certificate_namespace: str
     issuer_enabled: bool
     issuer_name: str
@@ -415,8 +460,12 @@ def validate(settings: ServeSettings) -> None:
         raise SettingsError(f"--serving-address {settings.serving_address!r} must be host:port")
     if settings.signer == "local" and not settings.local_ca_dir:
         raise SettingsError("--signer local needs --local-ca-dir")
-    if settings.authenticator == "jwks" and not (settings.jwks_file and settings.token_issuer):
-        raise SettingsError("--authenticator jwks needs --jwks-file and --token-issuer")
+    if settings.authenticator == "jwks" and settings.jwks_file and not settings.token_issuer:
+        raise SettingsError("--authenticator jwks with --jwks-file needs --token-issuer")
+    if not 0 < settings.kube_api_token_review_share < 1:
+        raise SettingsError("--kube-api-token-review-share must be between 0 and 1 (exclusive)")
+    if settings.peer_auth_failure_burst < 0:
+        raise SettingsError("--peer-auth-failure-burst must not be negative")
     algorithm, size = settings.serving_signature_algorithm, settings.serving_certificate_key_size
     if algorithm == "RSA" and size < 2048:
         raise SettingsError("--serving-certificate-key-size must be at least 2048 for RSA")

@@ -2,7 +2,7 @@
 
 - :mod:`bridge.kube.errors`: the KubeError tree and what is (and is not) translated into it;
 - :mod:`bridge.kube.configuration`: kubeconfig or in-cluster configuration (:class:`KubeOptions`);
-- :mod:`bridge.kube.rate_limit`: the token bucket in front of every request;
+- :mod:`bridge.kube.rate_limit`: the token buckets in front of every request, one per budget (reviews, the rest);
 - :mod:`bridge.kube.metrics`: request and watch-restart counters;
 - :mod:`bridge.kube.resources` and :mod:`bridge.kube.resource_calls`: the resources served and the client function
   for each;
@@ -27,13 +27,14 @@ from bridge.kube.errors import (
 )
 from bridge.kube.list_watch import ListWatch, WatchHandler, WatchLine, WatchSource, parse_watch_line
 from bridge.kube.metrics import KubeMetrics
-from bridge.kube.rate_limit import TokenBucket
+from bridge.kube.rate_limit import Budget, TokenBucket, split_budgets
 from bridge.kube.resources import (
     CERTIFICATE_REQUESTS,
     CM_GROUP,
     CONFIG_MAPS,
     NAMESPACES,
     PODS,
+    SERVICE_ACCOUNTS,
     Obj,
     Resource,
     issuer_resource,
@@ -45,6 +46,8 @@ __all__ = [
     "CONFIG_MAPS",
     "NAMESPACES",
     "PODS",
+    "SERVICE_ACCOUNTS",
+    "Budget",
     "KubeClient",
     "KubeConflict",
     "KubeError",
@@ -65,4 +68,5 @@ __all__ = [
     "as_kube_error",
     "issuer_resource",
     "parse_watch_line",
+    "split_budgets",
 ]

@@ -2,7 +2,9 @@
 
 The official client is synchronous. Every request runs on a thread pool owned by :class:`KubeClient`, behind an
 asyncio token bucket (``--kube-api-qps``/``--kube-api-burst``; off with ``--disable-kubernetes-client-rate-limiter``),
-so the event loop never blocks and a burst of CSRs cannot open an unbounded number of connections.
+so the event loop never blocks and a burst of CSRs cannot open an unbounded number of connections. TokenReviews and
+OIDC discovery reads have their own share of that limit (:mod:`bridge.kube.rate_limit`), so a flood of reviews never
+delays the signing path's writes.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from bridge.kube.configuration import KubeOptions, load_configuration
 from bridge.kube.errors import KubeNotFound, KubeUnavailable, as_kube_error
 from bridge.kube.metrics import KubeMetrics
-from bridge.kube.rate_limit import TokenBucket
+from bridge.kube.rate_limit import Budget, split_budgets
 from bridge.kube.resource_calls import core_read_call, list_call
 from bridge.kube.resources import Obj, Resource
 from clocks import Clock, SystemClock
@@ -51,6 +54,32 @@ def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
     return _json_object(data, "list")
 
 
+DISCOVERY_PATHS = frozenset({"/.well-known/openid-configuration", "/openid/v1/jwks"})
+MAX_DISCOVERY_BYTES = 1 << 20  # a key set is a few KB; refuse to parse anything absurd
+
+
+def _read_raw_json(api: client.ApiClient, path: str, *, _request_timeout: Any = REQUEST_TIMEOUT) -> Obj:
+    """Blocking (runs in a pool thread): GET a non-resource path with the client's credentials and parse it."""
+    method, url, headers, body, post = api.param_serialize(
+        "GET", path, header_params={"Accept": "application/json, application/jwk-set+json"},
+        auth_settings=["BearerToken"],
+    )  # fmt: skip
+    response = api.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
+    try:
+        data = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=str(response.reason))
+        if len(data) > MAX_DISCOVERY_BYTES:
+            raise KubeUnavailable(0, f"{path} answered {len(data)} bytes")
+        document = json.loads(data)
+    except ValueError:  # the server's answer, not our bug
+        raise KubeUnavailable(0, f"{path} answer is not JSON") from None
+    finally:
+        with contextlib.suppress(Exception):
+            response.response.release_conn()
+    return _json_object(document, path)
+
+
 class KubeClient:
     def __init__(self, options: KubeOptions, metrics: KubeMetrics, *, clock: Clock | None = None) -> None:
         self._api = client.ApiClient(load_configuration(options))
@@ -59,7 +88,11 @@ class KubeClient:
         self._authn = client.AuthenticationV1Api(self._api)
         self._pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="kube")
         self.clock: Clock = clock or SystemClock()
-        self._limiter = TokenBucket(options.qps, options.burst, self.clock) if options.rate_limiter else None
+        self._budgets = (
+            split_budgets(options.qps, options.burst, options.token_review_share, self.clock)
+            if options.rate_limiter
+            else None
+        )
         self.metrics = metrics
         self.host = self._api.configuration.host
 
@@ -71,11 +104,19 @@ class KubeClient:
             code = str(error.status or "error") if error is not None else "error"
         self.metrics.requests.labels(verb, resource, code).inc()
 
-    async def _call(self, verb: str, resource: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one blocking client call on the pool. API and transport failures become KubeError; anything else
-        (a bug) propagates as it is."""
-        if self._limiter is not None:
-            await self._limiter.acquire()
+    async def _call(
+        self,
+        verb: str,
+        resource: str,
+        fn: Callable[..., T],
+        *args: Any,
+        budget: Budget = Budget.DEFAULT,
+        **kwargs: Any,
+    ) -> T:
+        """Run one blocking client call on the pool, after its budget's rate limit. API and transport failures
+        become KubeError; anything else (a bug) propagates as it is."""
+        if self._budgets is not None:
+            await self._budgets[budget].acquire()
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
         try:
@@ -98,9 +139,17 @@ class KubeClient:
     async def review_token(self, token: str, audiences: tuple[str, ...]) -> Obj:
         """The TokenReview ``status`` (never the echoed spec, which holds the token)."""
         body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(audiences)))
-        review = await self._call("create", "tokenreviews", self._authn.create_token_review, body)
+        review = await self._call("create", "tokenreviews", self._authn.create_token_review, body, budget=Budget.REVIEW)
         status = self._api.sanitize_for_serialization(review.status)  # type: ignore[no-untyped-call]  # unannotated
         return dict(status or {})
+
+    # --- OIDC discovery ----------------------------------------------------------------------------------------
+    async def get_discovery_document(self, path: str) -> Obj:
+        """GET one of the API server's service-account issuer discovery documents (``/.well-known/openid-
+        configuration``, ``/openid/v1/jwks``) as a JSON object; on the review budget."""
+        if path not in DISCOVERY_PATHS:
+            raise ValueError(f"{path} is not an OIDC discovery path")
+        return await self._call("get", "oidc-discovery", _read_raw_json, self._api, path, budget=Budget.REVIEW)
 
     # --- objects -----------------------------------------------------------------------------------------------
     async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:

@@ -15,6 +15,7 @@ class KubeOptions:
     qps: float = 50.0
     burst: int = 100
     rate_limiter: bool = True
+    token_review_share: float = 0.2  # of qps and burst, for TokenReviews and OIDC discovery (rate_limit.py)
     threads: int = 32
 
 

@@ -39,6 +39,10 @@ def list_call(
         return core.list_namespaced_pod, (namespace,)
     if r.plural == "configmaps":
         return core.list_namespaced_config_map, (_namespace_required(namespace, r),)
+    if r.plural == "serviceaccounts":
+        if namespace is None:
+            return core.list_service_account_for_all_namespaces, ()
+        return core.list_namespaced_service_account, (namespace,)
     raise ValueError(f"the Kubernetes seam does not serve core {r.plural}")
 
 

@@ -13,7 +13,7 @@ CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
 @dataclass(frozen=True)
 class Resource:
     """A namespaced or cluster-scoped custom resource, or one of the core resources the seam serves (group "":
-    configmaps, namespaces, pods)."""
+    configmaps, namespaces, pods, serviceaccounts)."""
 
     group: str
     version: str
@@ -29,6 +29,7 @@ CERTIFICATE_REQUESTS = Resource(CM_GROUP, CM_VERSION, "certificaterequests")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 PODS = Resource("", "v1", "pods")  # namespace None: every namespace
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")  # namespace None: every namespace
 
 
 def issuer_resource(kind: str, group: str) -> Resource:

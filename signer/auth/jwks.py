@@ -20,23 +20,25 @@ from loguru import logger
 
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.jws import ALGORITHMS, PublicKey, check_times
+from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.timers import sleep_unless_stopped
 
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-ALGORITHMS: dict[str, type[rsa.RSAPublicKey] | type[ec.EllipticCurvePublicKey]] = {
-    "RS256": rsa.RSAPublicKey,
-    "ES256": ec.EllipticCurvePublicKey,
-}
-LEEWAY_SECONDS = 30
 CACHE_ENTRIES = 20_000
 WATCH_INTERVAL_SECONDS = 1.0
 
 
 def load_jwks(data: bytes) -> dict[str, PublicKey]:
     """kid → public key. Raises ValueError for anything unusable (so the caller keeps its last good set)."""
-    document = json.loads(data)
+    return jwks_keys(json.loads(data))
+
+
+def jwks_keys(document: Any) -> dict[str, PublicKey]:
+    """kid → public key of a parsed JWKS document; ValueError for anything unusable."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
+        raise ValueError("a JWKS is an object with a list of keys")
     keys: dict[str, PublicKey] = {}
     for index, entry in enumerate(document.get("keys", [])):
         try:
@@ -104,8 +106,8 @@ class JwksAuthenticator:
         if not self._keys:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
         claims = self._decode(token)
-        _check_times(claims, self._cache.now())
-        identity = _identity(claims)
+        check_times(claims, self._cache.now())
+        identity = identity_from_claims(claims)
         self._cache.put(digest, identity, float(claims["exp"]) + LEEWAY_SECONDS)
         return identity
 
@@ -135,7 +137,7 @@ class JwksAuthenticator:
                 algorithms=[algorithm],
                 audience=self._audiences,
                 issuer=self._issuer,
-                # exp, nbf and iat are checked against the injected clock (_check_times), not PyJWT's own
+                # exp, nbf and iat are checked against the injected clock (check_times), not PyJWT's own
                 options={
                     "require": ["exp", "iss", "aud"],
                     "strict_aud": False,
@@ -152,29 +154,7 @@ class JwksAuthenticator:
             raise AuthenticationFailed("TOKEN_INVALID", str(exc)[:200]) from None
 
 
-def _time_claim(claims: dict[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise AuthenticationFailed("TOKEN_INVALID", f"{name} claim must be a number")
-    return float(value)
-
-
-def _check_times(claims: dict[str, Any], now: float) -> None:
-    """exp, nbf and iat against ``now`` (Unix seconds), each with LEEWAY_SECONDS of clock skew allowed."""
-    expires = _time_claim(claims, "exp")
-    if expires is None or now >= expires + LEEWAY_SECONDS:
-        raise AuthenticationFailed("TOKEN_EXPIRED", "token has expired")
-    not_before = _time_claim(claims, "nbf")
-    if not_before is not None and now < not_before - LEEWAY_SECONDS:
-        raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token is not yet valid")
-    issued_at = _time_claim(claims, "iat")
-    if issued_at is not None and now < issued_at - LEEWAY_SECONDS:
-        raise AuthenticationFailed("TOKEN_NOT_YET_VALID", "token was issued in the future")
-
-
-def _identity(claims: dict[str, Any]) -> WorkloadIdentity:
+def identity_from_claims(claims: dict[str, Any]) -> WorkloadIdentity:
     subject = claims.get("sub")
     if not isinstance(subject, str):
         raise AuthenticationFailed("NOT_SERVICE_ACCOUNT", "token has no sub claim")

@@ -52,3 +52,35 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class RejectedTokens:
+    """Digests of tokens the authority (TokenReview) rejected, remembered for a short while so that a token sent
+    again and again costs one review per ``seconds``, not one per request. Bounded: beyond ``max_entries`` the
+    oldest goes. Short on purpose: a rejection is not forever (a token may be presented before its pod exists)."""
+
+    def __init__(self, *, clock: Clock, seconds: float, max_entries: int) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._max_entries = max_entries
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def __contains__(self, digest: bytes) -> bool:
+        until = self._entries.get(digest)
+        if until is None:
+            return False
+        if self._clock.monotonic() >= until:
+            del self._entries[digest]
+            return False
+        return True
+
+    def add(self, digest: bytes) -> None:
+        if self._seconds <= 0:
+            return
+        self._entries[digest] = self._clock.monotonic() + self._seconds
+        self._entries.move_to_end(digest)
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -7,7 +7,9 @@ tokens only).
 
 Successful reviews are cached by the SHA-256 of the token (never the token), for at most ``cache_seconds`` and never
 past the token's own ``exp`` (read from the JWT payload, only to shorten the entry). Concurrent requests with the
-same token share one review, run as its own task: a caller that is cancelled leaves it running for the others. A
+same token share one review, run as its own task: a caller that is cancelled leaves it running for the others.
+Rejections are remembered too, by digest, for ``negative_cache_seconds`` (10 s): a rejected token sent again costs
+no review until then. A
 review that cannot be made (API down, timeout, throttled, RBAC broken) is ``TemporarilyUnavailable`` (UNAVAILABLE),
 never ``AuthenticationFailed``.
 """
@@ -24,7 +26,7 @@ from loguru import logger
 from bridge.kube import KubeError
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
-from signer.auth.token_cache import TokenCache, token_digest
+from signer.auth.token_cache import RejectedTokens, TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
 
@@ -90,6 +92,7 @@ class TokenReviewAuthenticator:
         clock: Clock,
         cache_seconds: float = 30.0,
         cache_entries: int = 10_000,
+        negative_cache_seconds: float = 10.0,
     ) -> None:
         if not audiences:
             raise ValueError("at least one token audience is required (empty means the API server's own)")
@@ -98,6 +101,7 @@ class TokenReviewAuthenticator:
         self._metrics = metrics
         self._cache_seconds = cache_seconds
         self._cache = TokenCache(clock=clock, max_entries=cache_entries)
+        self._rejected = RejectedTokens(clock=clock, seconds=negative_cache_seconds, max_entries=cache_entries)
         self._in_flight: dict[bytes, asyncio.Task[WorkloadIdentity]] = {}
         self.reachable = True  # last review reached the API server (for /readyz detail)
 
@@ -111,6 +115,9 @@ class TokenReviewAuthenticator:
         if identity is not None:
             self._metrics.token_review_cache.labels("hit").inc()
             return identity
+        if digest in self._rejected:
+            self._metrics.token_review_cache.labels("rejected_hit").inc()
+            raise AuthenticationFailed("TOKEN_REJECTED", "rejected by a recent TokenReview")
         review = self._in_flight.get(digest)
         if review is not None:
             self._metrics.token_review_cache.labels("shared").inc()
@@ -142,6 +149,7 @@ class TokenReviewAuthenticator:
             identity = identity_from_review(status, self._audiences)
         except AuthenticationFailed:
             self._metrics.token_reviews.labels("rejected").inc()
+            self._rejected.add(digest)
             raise
         self._metrics.token_reviews.labels("authenticated").inc()
         expires = self._cache.now() + self._cache_seconds

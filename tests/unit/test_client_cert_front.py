@@ -123,11 +123,13 @@ async def test_grpc_behind_the_front_sees_each_connections_chain() -> None:
 
 async def grpc_sees_each_chain(front: Front) -> None:
     seen: list[tuple[x509.Certificate, ...]] = []
+    callers: list[str] = []
     front_ = front.front
 
     class Recorder(health.aio.HealthServicer):
         async def Check(self, request, context):
             seen.append(front_.peer_chain(context.peer()))
+            callers.append(front_.remote_peer(context.peer()))
             return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
     server = grpc.aio.server()
@@ -147,6 +149,8 @@ async def grpc_sees_each_chain(front: Front) -> None:
     finally:
         await server.stop(None)
     assert seen == [(leaf,), ()]
+    # per-peer limits see the TLS client's address, not the pipe's unix path
+    assert [caller.rpartition(":")[0] for caller in callers] == ["ipv4:127.0.0.1", "ipv4:127.0.0.1"]
 
 
 async def test_the_minimum_tls_version_flag_is_honoured() -> None:

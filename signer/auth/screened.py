@@ -1,0 +1,47 @@
+"""The authenticator ``serve`` hands to the service: the per-peer refusal limit, then the offline pre-screen, then
+the configured authenticator (TokenReview, pinned JWKS, the cluster's JWKS).
+
+Every AuthenticationFailed on the way (pre-screen or authenticator) is charged to the caller's peer address; a peer
+that has used up its failures is refused with RESOURCE_EXHAUSTED before any of its tokens is looked at.
+"""
+
+from __future__ import annotations
+
+from signer.auth.base import Authenticator, WorkloadIdentity
+from signer.auth.prescreen import TokenPrescreen
+from signer.auth.refusal_limit import PeerRefusalLimiter, current_peer
+from signer.errors import AuthenticationFailed
+
+
+class ScreenedAuthenticator:
+    def __init__(
+        self,
+        inner: Authenticator,
+        *,
+        prescreen: TokenPrescreen | None,
+        limiter: PeerRefusalLimiter | None,
+    ) -> None:
+        self.inner = inner
+        self._prescreen = prescreen
+        self._limiter = limiter
+
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    @property
+    def reason(self) -> str:
+        return str(getattr(self.inner, "reason", ""))
+
+    async def authenticate(self, token: str) -> WorkloadIdentity:
+        peer = current_peer()
+        if self._limiter is not None:
+            self._limiter.admit(peer)
+        try:
+            if self._prescreen is not None:
+                await self._prescreen.screen(token)
+            return await self.inner.authenticate(token)
+        except AuthenticationFailed:
+            if self._limiter is not None:
+                self._limiter.failed(peer)
+            raise
