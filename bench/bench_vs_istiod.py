@@ -313,13 +313,17 @@ class Turn:
     requests: int
 
 
-def noop_spec(base: Path, tls: bool) -> ServerSpec:
-    """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS."""
+def noop_spec(base: Path, tls: bool, sync: bool = False) -> ServerSpec:
+    """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS; grpc.aio, or
+    the threaded grpc.server with ``sync``."""
     port = free_port()
     command = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "bench" / "noop_ca_server.py"), f"--port={port}"]
     if tls:
         command += [f"--cert={base / 'noop' / 'serving-cert.pem'}", f"--key={base / 'noop' / 'serving-key.pem'}"]
-    return ServerSpec("no-op TLS" if tls else "no-op plaintext", MESHSIGNER_NAME, command, port)
+    if sync:
+        command.append("--sync")
+    name = ("no-op TLS" if tls else "no-op plaintext") + (" sync" if sync else "")
+    return ServerSpec(name, MESHSIGNER_NAME, command, port)
 
 
 def start_listening(server: ServerSpec, base: Path) -> None:
@@ -600,7 +604,7 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
 
 def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: list[ServerSpec]) -> list[Any]:
     """The no-op server with and without TLS at the given levels, next to meshsigner's own figure there."""
-    floors = [noop_spec(base, tls=True), noop_spec(base, tls=False)]
+    floors = [noop_spec(base, tls=True), noop_spec(base, tls=False), noop_spec(base, tls=True, sync=True)]
     figures: list[Any] = []
     try:
         for floor in floors:
@@ -608,7 +612,7 @@ def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: 
         print("\ntransport floor (bench/noop_ca_server.py: same gRPC options, no handler work):")
         for level in args.transport_floor.split(","):
             for floor in floors:
-                extra = ("-no-check",) if floor.name == "no-op TLS" else ("-no-check", "-insecure")
+                extra = ("-no-check",) if floor.name.startswith("no-op TLS") else ("-no-check", "-insecure")
                 turn = run_turn(floor, client, base, level, args.requests, args.warmup, extra=extra)
                 figures.append(turn.__dict__)
                 print(f"  {floor.name:<16} {level:<6} {turn.rate:7.0f} calls/s  CPU {turn.cpu_ms_per_csr:.3f} ms/call")
