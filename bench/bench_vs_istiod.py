@@ -1,7 +1,9 @@
 """meshsigner's local CA against istiod's own CA server, side by side, in one run on loopback.
 
     python bench/bench_vs_istiod.py [--quick] [--requests 2000] [--warmup 200] [--levels 1x1,16x1,64x1,64x8]
-                                    [--workers 1] [--starts 3] [--json-out FILE]
+                                    [--workers 1|2|auto,...] [--starts 3] [--rounds 1] [--json-out FILE]
+                                    [--tree LABEL=DIR ...] [--variant LABEL=FLAGS ...]
+                                    [--client-cpus 1] [--server-cpus 0] [--transport-floor 64x1]
                                     [--profile-level 64x1 --profile-out DIR]
 
 Both servers get the same ECDSA P-256 root (made by Istio's own helper), the same RS256 JWKS and the same prepared
@@ -15,7 +17,10 @@ both alike. Each turn: the client warms up (every response checked: URI SAN, cha
 token with a broken signature must be refused), then the timed calls run while this script reads the server's CPU
 (utime+stime of its whole process tree, from /proc) before and after. Printed per server and level: CSR/s, p50,
 p99, server CPU ms per CSR; then RSS, start to first certificate, and the meshsigner/istiod ratios.
-CPU per CSR is the stable figure; CSR/s and latency move with whatever else the machine is doing.
+CPU per CSR is the stable figure; CSR/s and latency move with whatever else the machine is doing. With --rounds
+every level is repeated and each cell is the median. The peak RSS of each server's tree is sampled during every
+timed turn (a level such as 1000x8 holds 1,000 calls in flight). --tree runs another checkout's meshsigner in the
+same run (before/after comparisons); --client-cpus and --server-cpus pin with taskset.
 
 --profile-out attaches py-spy (if installed) to meshsigner for one extra timed turn at --profile-level and writes
 collapsed stacks there; bench/profile_breakdown.py turns them into a per-part table.
