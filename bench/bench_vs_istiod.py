@@ -1,7 +1,9 @@
 """meshsigner's local CA against istiod's own CA server, side by side, in one run on loopback.
 
     python bench/bench_vs_istiod.py [--quick] [--requests 2000] [--warmup 200] [--levels 1x1,16x1,64x1,64x8]
-                                    [--workers 1] [--starts 3] [--json-out FILE]
+                                    [--workers 1|2|auto,...] [--starts 3] [--rounds 1] [--json-out FILE]
+                                    [--tree LABEL=DIR ...] [--variant LABEL=FLAGS ...]
+                                    [--client-cpus 1] [--server-cpus 0] [--transport-floor 64x1]
                                     [--profile-level 64x1 --profile-out DIR]
 
 Both servers get the same ECDSA P-256 root (made by Istio's own helper), the same RS256 JWKS and the same prepared
@@ -15,7 +17,10 @@ both alike. Each turn: the client warms up (every response checked: URI SAN, cha
 token with a broken signature must be refused), then the timed calls run while this script reads the server's CPU
 (utime+stime of its whole process tree, from /proc) before and after. Printed per server and level: CSR/s, p50,
 p99, server CPU ms per CSR; then RSS, start to first certificate, and the meshsigner/istiod ratios.
-CPU per CSR is the stable figure; CSR/s and latency move with whatever else the machine is doing.
+CPU per CSR is the stable figure; CSR/s and latency move with whatever else the machine is doing. With --rounds
+every level is repeated and each cell is the median. The peak RSS of each server's tree is sampled during every
+timed turn (a level such as 1000x8 holds 1,000 calls in flight). --tree runs another checkout's meshsigner in the
+same run (before/after comparisons); --client-cpus and --server-cpus pin with taskset.
 
 --profile-out attaches py-spy (if installed) to meshsigner for one extra timed turn at --profile-level and writes
 collapsed stacks there; bench/profile_breakdown.py turns them into a per-part table.
@@ -31,8 +36,10 @@ import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +222,8 @@ class ServerSpec:
     starts: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     process: Child | None = None
+    cwd: Path = REPO  # --tree runs meshsigner from another checkout
+    peak_rss: dict[str, tuple[float, int]] = field(default_factory=dict)  # level: (peak tree MiB, processes)
 
     @property
     def address(self) -> str:
@@ -235,10 +244,18 @@ def istiod_spec(binary: str, base: Path) -> ServerSpec:
     return ServerSpec("istiod", ISTIOD_NAME, command, port)
 
 
-def meshsigner_spec(base: Path, workers: int, label: str = "", extra_flags: tuple[str, ...] = ()) -> ServerSpec:
+def meshsigner_spec(
+    base: Path, workers: str, label: str = "", extra_flags: tuple[str, ...] = (), tree: Path | None = None
+) -> ServerSpec:
     port = free_port()
+    # another checkout runs as ``python -m signer.cli`` from its own folder, which Python searches first
+    program = (
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "signer.cli"]
+        if tree
+        else [str(REPO / ".venv" / "bin" / "meshsigner")]
+    )
     command = [
-        str(REPO / ".venv" / "bin" / "meshsigner"),
+        *program,
         "serve",
         "--signer=local",
         f"--local-ca-dir={base / 'ca'}",
@@ -251,9 +268,12 @@ def meshsigner_spec(base: Path, workers: int, label: str = "", extra_flags: tupl
         "--serving-signature-algorithm=ECDSA",
         "--serving-certificate-key-size=256",
         f"--workers={workers}",
+        # the 1,000-in-flight memory level needs more than the default admission limit (512); the limit is a
+        # semaphore, so raising it changes nothing else
+        "--max-in-flight=1100",
         *extra_flags,
     ]
-    return ServerSpec(f"meshsigner w{workers}{label}", MESHSIGNER_NAME, command, port)
+    return ServerSpec(f"meshsigner w{workers}{label}", MESHSIGNER_NAME, command, port, cwd=tree or REPO)
 
 
 def client_args(client: str, server: ServerSpec, base: Path) -> list[str]:
@@ -273,7 +293,7 @@ def start_timed(server: ServerSpec, client: str, base: Path, index: int) -> None
     assert first.read_line(60) == "prepared"
     started = time.perf_counter()
     log = base / f"{server.name.replace(' ', '-')}-{index}.log"
-    server.process = Child(server.command, log=log)
+    server.process = Child(server.command, log=log, cwd=server.cwd)
     first.send("go")
     result = json.loads(first.read_line(90))
     server.starts.append(time.perf_counter() - started)
@@ -298,13 +318,17 @@ class Turn:
     requests: int
 
 
-def noop_spec(base: Path, tls: bool) -> ServerSpec:
-    """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS."""
+def noop_spec(base: Path, tls: bool, sync: bool = False) -> ServerSpec:
+    """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS; grpc.aio, or
+    the threaded grpc.server with ``sync``."""
     port = free_port()
     command = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "bench" / "noop_ca_server.py"), f"--port={port}"]
     if tls:
         command += [f"--cert={base / 'noop' / 'serving-cert.pem'}", f"--key={base / 'noop' / 'serving-key.pem'}"]
-    return ServerSpec("no-op TLS" if tls else "no-op plaintext", MESHSIGNER_NAME, command, port)
+    if sync:
+        command.append("--sync")
+    name = ("no-op TLS" if tls else "no-op plaintext") + (" sync" if sync else "")
+    return ServerSpec(name, MESHSIGNER_NAME, command, port)
 
 
 def start_listening(server: ServerSpec, base: Path) -> None:
@@ -318,6 +342,28 @@ def start_listening(server: ServerSpec, base: Path) -> None:
     raise RuntimeError(f"{server.name} did not listen within 30 s")
 
 
+class PeakRss:
+    """Samples the tree's resident set every 20 ms while the timed calls run; keeps the largest."""
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        self._stop = threading.Event()
+        self.peak_mib, self.processes = 0.0, 1
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            rss = tree_rss_mib(self._root)
+            if rss > self.peak_mib:
+                self.peak_mib, self.processes = rss, len(_descendants(self._root))
+
+    def stop(self) -> tuple[float, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib, self.processes
+
+
 def run_turn(
     server: ServerSpec,
     client: str,
@@ -327,13 +373,16 @@ def run_turn(
     warmup: int,
     during: Any = None,
     extra: tuple[str, ...] = (),
+    client_cpus: str = "",
 ) -> Turn:
     concurrency, connections = (int(part) for part in level.split("x"))
     assert server.process is not None
     if server.process.process.poll() is not None:
         raise RuntimeError(f"{server.name} exited with {server.process.process.returncode}")
+    pin = ["taskset", "-c", client_cpus] if client_cpus else []
     load = Child(
         [
+            *pin,
             client,
             "load",
             *client_args(client, server, base)[1:],
@@ -351,9 +400,11 @@ def run_turn(
             raise RuntimeError(f"load client said {marker!r}")
         hook = during(server) if during else None
         before = tree_cpu_seconds(server.process.pid)
+        peak = PeakRss(server.process.pid)
         load.send("go")
         result = json.loads(load.read_line(600))
         after = tree_cpu_seconds(server.process.pid)
+        server.peak_rss[level] = max(server.peak_rss.get(level, (0.0, 1)), peak.stop())
         if hook:
             hook()
     finally:
@@ -458,9 +509,37 @@ def profile_hook(out_dir: Path, label: str, requests: int) -> Any:
 # ---------------------------------------------------------------- report
 
 
+def median_turn(turns: list[Turn]) -> Turn:
+    """One figure per field: the median over the rounds (each field on its own)."""
+    if len(turns) == 1:
+        return turns[0]
+    first = turns[0]
+    return Turn(
+        first.server,
+        first.level,
+        statistics.median(t.rate for t in turns),
+        statistics.median(t.p50_ms for t in turns),
+        statistics.median(t.p99_ms for t in turns),
+        statistics.median(t.cpu_ms_per_csr for t in turns),
+        statistics.median(t.client_cpu_ms_per_csr for t in turns),
+        sum(t.errors for t in turns),
+        sum(t.requests for t in turns),
+    )
+
+
 def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -> dict[str, Any]:
     def cell(server: str, level: str) -> Turn:
-        return next(t for t in turns if t.server == server and t.level == level)
+        return median_turn([t for t in turns if t.server == server and t.level == level])
+
+    rounds = max(1, len(turns) // max(1, len(servers) * len(levels)))
+    if rounds > 1:
+        print(f"\nmedians over {rounds} rounds; CPU ms/CSR of each round:")
+        for server in servers:
+            for level in levels:
+                each = ", ".join(
+                    f"{t.cpu_ms_per_csr:.3f}" for t in turns if t.server == server.name and t.level == level
+                )
+                print(f"  {server.name:<24} {level:<8} {each}")
 
     print()
     header = f"{'level (c x conns)':<18}" + "".join(f"| {s.name:^42} " for s in servers)
@@ -480,8 +559,15 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
     for server in servers:
         starts = ", ".join(f"{s:.2f}" for s in server.starts)
         print(
-            f"{server.name:<20} start to first certificate: {starts} s; RSS after the run {server.rss_mib[-1]:.0f} MiB"
+            f"{server.name:<20} start to first certificate: {starts} s "
+            f"(median {statistics.median(server.starts):.2f}); "
+            f"RSS after the run {server.rss_mib[-1]:.0f} MiB"
         )
+        peaks = "; ".join(
+            f"{level} {mib:.0f} MiB over {count} process{'es' if count > 1 else ''} ({mib / count:.0f} per process)"
+            for level, (mib, count) in server.peak_rss.items()
+        )
+        print(f"{'':<20} peak RSS during the timed calls: {peaks}")
     reference, others = servers[0], servers[1:]
     print()
     ratios: dict[str, Any] = {}
@@ -507,7 +593,15 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
     return {
         "turns": [t.__dict__ for t in turns],
         "servers": [
-            {"name": s.name, "starts_s": s.starts, "rss_mib": s.rss_mib, "command": s.command} for s in servers
+            {
+                "name": s.name,
+                "starts_s": s.starts,
+                "rss_mib": s.rss_mib,
+                "peak_rss_mib": {level: {"tree": m, "processes": n} for level, (m, n) in s.peak_rss.items()},
+                "command": s.command,
+                "tree": str(s.cwd),
+            }
+            for s in servers
         ],
         "ratios": ratios,
     }
@@ -515,7 +609,7 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
 
 def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: list[ServerSpec]) -> list[Any]:
     """The no-op server with and without TLS at the given levels, next to meshsigner's own figure there."""
-    floors = [noop_spec(base, tls=True), noop_spec(base, tls=False)]
+    floors = [noop_spec(base, tls=True), noop_spec(base, tls=False), noop_spec(base, tls=True, sync=True)]
     figures: list[Any] = []
     try:
         for floor in floors:
@@ -523,7 +617,7 @@ def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: 
         print("\ntransport floor (bench/noop_ca_server.py: same gRPC options, no handler work):")
         for level in args.transport_floor.split(","):
             for floor in floors:
-                extra = ("-no-check",) if floor.name == "no-op TLS" else ("-no-check", "-insecure")
+                extra = ("-no-check",) if floor.name.startswith("no-op TLS") else ("-no-check", "-insecure")
                 turn = run_turn(floor, client, base, level, args.requests, args.warmup, extra=extra)
                 figures.append(turn.__dict__)
                 print(f"  {floor.name:<16} {level:<6} {turn.rate:7.0f} calls/s  CPU {turn.cpu_ms_per_csr:.3f} ms/call")
@@ -548,6 +642,16 @@ def main() -> None:
         metavar="LABEL=FLAGS",
         help="one more meshsigner (1 worker) with extra serve flags, e.g. quiet=--log-level=warning",
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="one more meshsigner (1 worker) run from another checkout, e.g. base=/tmp/meshsigner-main",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every level this often; report medians")
+    parser.add_argument("--client-cpus", default="", help="taskset -c list for the load client, e.g. 1")
+    parser.add_argument("--server-cpus", default="", help="taskset -c list for the servers, e.g. 0")
     parser.add_argument("--starts", type=int, default=3, help="timed cold starts per server (the last keeps serving)")
     parser.add_argument("--json-out", type=Path, help="also write every figure here")
     parser.add_argument("--profile-out", type=Path, help="py-spy meshsigner for one extra turn; stacks go here")
@@ -576,10 +680,16 @@ def main() -> None:
     write_material(base)
 
     servers = [istiod_spec(server_binary, base)]
-    servers += [meshsigner_spec(base, int(w)) for w in args.workers.split(",")]
+    servers += [meshsigner_spec(base, w) for w in args.workers.split(",")]
     for variant in args.variant:
         label, _, flags = variant.partition("=")
-        servers.append(meshsigner_spec(base, 1, f" {label}", tuple(flags.split())))
+        servers.append(meshsigner_spec(base, "1", f" {label}", tuple(flags.split())))
+    for tree in args.tree:
+        label, _, folder = tree.partition("=")
+        servers.append(meshsigner_spec(base, "1", f" {label}", tree=Path(folder).resolve()))
+    if args.server_cpus:
+        for server in servers:
+            server.command = ["taskset", "-c", args.server_cpus, *server.command]
     print(
         f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.requests} timed calls "
         f"after {args.warmup} checked ones per server and level; work in {base}"
@@ -591,10 +701,10 @@ def main() -> None:
                 if server.process is not None:
                     server.process.stop()
                 start_timed(server, client, base, index)
-        for number, level in enumerate(levels):
+        for number, level in enumerate(level for _ in range(args.rounds) for level in levels):
             order = servers if number % 2 == 0 else list(reversed(servers))  # who goes first alternates too
             for server in order:
-                turn = run_turn(server, client, base, level, args.requests, args.warmup)
+                turn = run_turn(server, client, base, level, args.requests, args.warmup, client_cpus=args.client_cpus)
                 turns.append(turn)
                 print(
                     f"  {server.name:<20} {level:<6} {turn.rate:7.0f} CSR/s  p50 {turn.p50_ms:6.2f} ms  "

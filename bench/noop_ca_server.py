@@ -1,11 +1,12 @@
 """A grpc.aio CreateCertificate server that does no work: the transport floor under meshsigner's handler.
 
-    python bench/noop_ca_server.py --port P [--cert FILE --key FILE]   (plaintext without --cert)
+    python bench/noop_ca_server.py --port P [--cert FILE --key FILE] [--sync]   (plaintext without --cert)
 
 Same gRPC server options as meshsigner's listener (copied here, not imported, so that this stays independent of
 the product's module layout); it answers every call with a fixed two-element chain. Driven by the same Go client
 as the real servers, its CPU per call is what gRPC core, HTTP/2, protobuf and the asyncio handler dispatch cost on
-their own; run once with TLS and once without, the difference is TLS.
+their own; run once with TLS and once without, the difference is TLS. ``--sync`` serves with the threaded
+``grpc.server`` (a thread pool runs the handler) instead of grpc.aio, to compare the two transports' floors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -39,6 +42,26 @@ class Noop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=CHAIN)
 
 
+class SyncNoop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
+    def CreateCertificate(self, request, context):  # the generated base class is untyped
+        return istio_ca_pb2.IstioCertificateResponse(cert_chain=CHAIN)
+
+
+def serve_sync(port: int, cert: Path | None, key: Path | None) -> None:
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=OPTIONS)
+    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(SyncNoop(), server)
+    address = f"127.0.0.1:{port}"
+    if cert and key:
+        server.add_secure_port(address, grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    else:
+        server.add_insecure_port(address)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1).wait()
+
+
 async def serve(port: int, cert: Path | None, key: Path | None) -> None:
     server = grpc.aio.server(options=OPTIONS)
     istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Noop(), server)
@@ -59,8 +82,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)
+    parser.add_argument("--sync", action="store_true", help="threaded grpc.server instead of grpc.aio")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.cert, args.key))
+    if args.sync:
+        serve_sync(args.port, args.cert, args.key)
+    else:
+        asyncio.run(serve(args.port, args.cert, args.key))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.certificates import certificate_pem, certificates_pem, is_self_signed, load_bundle
 from bridge.errors import BackendUnavailable
+from bridge.leaf_der import LeafTemplate, Signer, der_to_pem
 from bridge.pem_files import write_private, write_public
 from bridge.signing import (
     ServingMaterial,
@@ -92,9 +93,11 @@ class LocalCA:
         large_ec = isinstance(self._key, ec.EllipticCurvePrivateKey) and self._key.key_size >= 384
         self._hash = hashes.SHA384() if large_ec else hashes.SHA256()
         authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
-        self._templates: dict[Usages, x509.CertificateBuilder] = {
-            eku: _leaf_template(self._issuer, authority_key_id, eku) for eku in (WORKLOAD_EKU, SERVING_EKU)
+        self._templates: dict[Usages, LeafTemplate] = {
+            eku: self._prepare(_leaf_template(self._issuer, authority_key_id, eku))
+            for eku in (WORKLOAD_EKU, SERVING_EKU)
         }
+        self._sign_tbs = _tbs_signer(self._key, self._hash)
         self._chain_pems = tuple(certificate_pem(c) for c in material.chain)
         self._roots_pem = certificates_pem(material.roots)
         self.roots = material.roots
@@ -129,34 +132,50 @@ class LocalCA:
     def roots_pem(self) -> str:
         return self._roots_pem
 
+    def _prepare(self, builder: x509.CertificateBuilder) -> LeafTemplate:
+        """The fixed DER of the leaves ``builder`` describes, taken from one leaf the builder signs now."""
+        now = datetime.now(UTC)
+        probe = (
+            builder.public_key(self._key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("probe.invalid")]), critical=True)
+            .sign(self._key, self._hash)
+        )
+        return LeafTemplate.from_probe(probe)
+
     def _build(
         self,
         public_key: CertificatePublicKeyTypes,
-        sans: list[x509.GeneralName],
+        uris: tuple[str, ...],
+        dns_names: tuple[str, ...],
         eku: Usages,
         not_after: datetime,
-    ) -> x509.Certificate:
+    ) -> tuple[x509.Certificate, str]:
         now = self._clock.now()
         if now >= self._not_after:
             raise BackendUnavailable("CA_EXPIRED", f"the local CA expired at {self._not_after.isoformat()}")
-        builder = (
-            self._templates[eku]
-            .public_key(public_key)
-            .serial_number(secrets.randbits(159) | 1)
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(not_after, self._not_after))
-            # the subject is empty, so RFC 5280 wants the SAN critical
-            .add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        template = self._templates[eku]
+        tbs = template.tbs_certificate(
+            serial_number=secrets.randbits(159) | 1,
+            not_before=now - BACKDATE,
+            not_after=min(not_after, self._not_after),
+            public_key=public_key,
+            # the subject is empty, so the template marks the SAN critical (RFC 5280)
+            uris=uris,
+            dns_names=dns_names,
         )
-        return builder.sign(self._key, self._hash)
+        der = template.certificate(tbs, self._sign_tbs)
+        return x509.load_der_x509_certificate(der), der_to_pem(der)
 
     def sign_now(self, request: SigningRequest) -> SignedChain:
-        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in request.uris]
-        sans += [x509.DNSName(d) for d in request.dns_names]
-        leaf = self._build(request.public_key, sans, WORKLOAD_EKU, request.not_after)
+        leaf, leaf_pem = self._build(
+            request.public_key, request.uris, request.dns_names, WORKLOAD_EKU, request.not_after
+        )
         return SignedChain(
             leaf=leaf,
-            chain_pems=(certificate_pem(leaf), *self._chain_pems),
+            chain_pems=(leaf_pem, *self._chain_pems),
             roots_pem=self._roots_pem,
             built_in_process=True,
         )
@@ -169,13 +188,21 @@ class LocalCA:
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
     ) -> ServingMaterial:
         key = await new_serving_key(key_algorithm, key_size)
-        leaf = self._build(
-            key.public_key(),
-            [x509.DNSName(name) for name in dns_names],
-            SERVING_EKU,
-            self._clock.now() + timedelta(seconds=duration_seconds),
+        leaf, _ = self._build(
+            key.public_key(), (), dns_names, SERVING_EKU, self._clock.now() + timedelta(seconds=duration_seconds)
         )
         return serving_material(key, leaf, self._chain_pems)
+
+
+def _tbs_signer(key: CertificateIssuerPrivateKeyTypes, hash_algorithm: hashes.HashAlgorithm) -> Signer:
+    """The signature the builder would make: ECDSA, or RSA PKCS#1 v1.5, over the given hash."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ecdsa = ec.ECDSA(hash_algorithm)
+        return lambda tbs: key.sign(tbs, ecdsa)
+    if isinstance(key, rsa.RSAPrivateKey):
+        pkcs1 = padding.PKCS1v15()
+        return lambda tbs: key.sign(tbs, pkcs1, hash_algorithm)
+    raise ValueError("the CA key must be ECDSA or RSA")
 
 
 def _load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:

@@ -9,6 +9,7 @@ from loguru import logger
 
 _KLOG_LEVELS = {"1": "INFO", "2": "INFO", "3": "DEBUG", "4": "DEBUG", "5": "TRACE"}
 _NAMED = {"trace", "debug", "info", "warning", "error", "critical"}
+TEXT_FORMAT = "{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message} {extra}"
 
 
 def level_name(value: str) -> str:
@@ -36,7 +37,7 @@ def configure_logging(level: str, log_format: str) -> None:
             level=level_name(level),
             backtrace=False,
             diagnose=False,  # never render local variables: they may hold tokens or keys
-            format="{time:YYYY-MM-DDTHH:mm:ss.SSSZ} {level: <7} {message} {extra}",
+            format=TEXT_FORMAT,
         )
 
 

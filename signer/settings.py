@@ -84,6 +84,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        from signer.worker_processes import usable_cpus  # that module imports this one
+
+        return usable_cpus()
+    return _positive_int(text)
+
+
 def _positive_duration(text: str) -> float:
     value = float(parse_duration(text))
     if value <= 0:
@@ -189,7 +197,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ca-trusted-node-accounts", (), "namespace/serviceaccount entries allowed to impersonate", parse_list),
     Flag("request-timeout", 30.0, "server-side bound on every CreateCertificate call", _positive_duration),
     Flag("max-in-flight", 512, "concurrent CreateCertificate calls before RESOURCE_EXHAUSTED", _positive_int),
-    Flag("workers", 1, "server processes sharing the serving port", _positive_int),
+    Flag("workers", 1, "server processes sharing the serving port; auto: one per usable CPU", _workers),
     Flag(
         "enable-client-cert-authenticator",
         False,

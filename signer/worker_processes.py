@@ -10,13 +10,15 @@ must exist before that: this module imports nothing that loads it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess, values
 
@@ -24,6 +26,71 @@ from signer.settings import ServeSettings
 
 MULTIPROCESS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 WORKER_STOP_MARGIN_SECONDS = 5.0  # beyond the grace period: the worker's own hooks and exit
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def usable_cpus(
+    *, affinity: int | None = None, cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP
+) -> int:
+    """``--workers auto``: how many CPUs this process may keep busy. The CPUs it may run on (sched_getaffinity,
+    which a cpuset or ``taskset`` narrows), capped by the CPU quota of its cgroup and every ancestor's (cgroup v2
+    ``cpu.max``; v1 ``cpu.cfs_quota_us``), rounded down: a 1.5-CPU quota runs one worker unthrottled, two would
+    each be throttled. At least 1."""
+    if affinity is None:
+        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root, self_cgroup)
+    cpus = affinity if quota is None else min(affinity, math.floor(quota))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path, self_cgroup: Path) -> float | None:
+    """The smallest CPU quota (in CPUs) on this process's cgroup path, or None without one (or unreadable)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: "0::/path"
+            quotas += _along(root, path, lambda d: _v2_quota(d / "cpu.max"))
+        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path", mounted under one of these names
+            for mount in (controllers, "cpu,cpuacct", "cpu"):
+                if (root / mount).is_dir():
+                    quotas += _along(root / mount, path, _v1_quota)
+                    break
+    return min(quotas) if quotas else None
+
+
+def _along(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The quotas set on the cgroup at ``path`` under ``mount`` and on each of its ancestors up to the mount."""
+    found: list[float] = []
+    folder = mount / path.strip("/")
+    while True:
+        quota = read(folder)
+        if quota is not None:
+            found.append(quota)
+        if folder == mount or mount not in folder.parents:
+            return found
+        folder = folder.parent
+
+
+def _v2_quota(cpu_max: Path) -> float | None:
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 def per_process_settings(settings: ServeSettings) -> ServeSettings:
