@@ -18,7 +18,8 @@ from tests.image.conftest import UnpackedImage
 from tests.support.processes import SERVER_NAME, free_port, readyz
 from tests.support.tokens import TokenIssuer
 
-pytestmark = pytest.mark.image
+# the first test of a session may build the image (6-10 min on 2 cores) in its fixture
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 # Run as root in a private mount namespace: bind the root filesystem read-only, mount what a runtime mounts, then
 # chroot as the image's user with only the image's environment. `exec` all the way: the test's process *is*

@@ -18,7 +18,7 @@ def _issuer_of(chain: list[str]) -> x509.Name:
     return x509.load_pem_x509_certificate(chain[0].encode()).issuer
 
 
-def _until(predicate, what: str, timeout: float = 15):
+def _until(predicate, what: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
