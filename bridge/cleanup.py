@@ -18,8 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from bridge.certificate_request_watch import LABEL_SELECTOR
 from bridge.kube import CERTIFICATE_REQUESTS, KubeError, Obj, Resource
-from bridge.timers import wait_unless_stopped
-from clocks import Clock, SystemClock
+from clocks import Clock, SystemClock, sleep_unless_stopped
 
 MAX_MARGIN_SECONDS = 30.0  # clock skew and delete latency; never more than the timeout itself
 
@@ -101,4 +100,4 @@ class LeftoverSweeper:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.sweep()
-            await wait_unless_stopped(stop, self._interval, self._clock)
+            await sleep_unless_stopped(self._clock, stop, self._interval)

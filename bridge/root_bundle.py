@@ -23,8 +23,7 @@ from loguru import logger
 
 from bridge.certificates import certificates_pem, is_ca, load_bundle
 from bridge.metrics import BridgeMetrics
-from bridge.timers import wait_unless_stopped
-from clocks import Clock, SystemClock
+from clocks import Clock, SystemClock, sleep_unless_stopped
 
 MAX_BUNDLE_BYTES = 330 * 1024  # cert-manager's bound for a CA bundle
 MAX_ROOTS = 50
@@ -130,5 +129,5 @@ class RootBundle:
     async def watch(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         if self.path is None:
             return
-        while not await wait_unless_stopped(stop, interval, self._clock):
+        while not await sleep_unless_stopped(self._clock, stop, interval):
             self.reload()

@@ -8,9 +8,13 @@ imports nothing of meshsigner's, so ``signer``, ``policies`` and ``bridge`` may 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -40,4 +44,38 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
-__all__ = ["Clock", "SystemClock"]
+async def sleep_unless_stopped(clock: Clock, stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` of ``clock``'s time, or less if ``stop`` is set first; True when ``stop`` is set (every
+    periodic loop of the server waits this way, so shutdown never waits for a timer)."""
+    if stop.is_set():
+        return True
+    stopped = asyncio.ensure_future(stop.wait())
+    slept = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait((stopped, slept), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (stopped, slept):
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+    return stop.is_set()
+
+
+async def within(seconds: float, work: Coroutine[Any, Any, T], clock: Clock) -> T:
+    """``work``'s result (or exception), or TimeoutError once ``seconds`` of ``clock`` time passed first; ``work``
+    is cancelled then, and when the caller is cancelled (``asyncio.timeout`` on an injectable clock)."""
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done():
+        return task.result()
+    raise TimeoutError
+
+
+__all__ = ["Clock", "SystemClock", "sleep_unless_stopped", "within"]

@@ -41,7 +41,9 @@ start=$(date +%s)
 source_digest="$(bash "$repo/image/source-digest.sh")"
 
 echo "== meshsigner wheel" >&2
-python3 -m pip wheel -q --no-deps --wheel-dir "$work/wheel" "$repo" >&2
+# from a clean copy of the tracked files: a stale build/ of setuptools would put deleted modules in the wheel
+git -C "$repo" ls-files -z --cached --others --exclude-standard | (cd "$repo" && tar --null -T - -cf -) | (mkdir -p "$work/src" && tar -xf - -C "$work/src")
+python3 -m pip wheel -q --no-deps --wheel-dir "$work/wheel" "$work/src" >&2
 wheel="$(ls "$work"/wheel/meshsigner-*.whl)"
 
 echo "== Debian $suite root filesystem" >&2

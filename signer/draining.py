@@ -14,9 +14,8 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from clocks import Clock
+from clocks import Clock, sleep_unless_stopped
 from signer.errors import TemporarilyUnavailable
-from signer.timers import sleep_unless_stopped
 
 QUIET_SECONDS = 0.2  # no call arrived for this long: the transport's queue is empty
 

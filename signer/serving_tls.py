@@ -13,9 +13,8 @@ import grpc
 from loguru import logger
 
 from bridge.signing import ServingMaterial, SigningBackend
-from clocks import Clock
+from clocks import Clock, sleep_unless_stopped
 from signer.metrics import ServerMetrics
-from signer.timers import sleep_unless_stopped
 
 RETRY_SECONDS = 20.0  # after a failed renewal (the current certificate is still valid)
 FIRST_ISSUE_RETRY_START, FIRST_ISSUE_RETRY_MAX = 0.2, 5.0  # before the first one: the server waits on it

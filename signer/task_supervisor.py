@@ -15,8 +15,7 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
-from clocks import Clock
-from signer.timers import sleep_unless_stopped
+from clocks import Clock, sleep_unless_stopped
 
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 

@@ -23,8 +23,7 @@ from loguru import logger
 from bridge.kube.errors import KubeError, KubeGone, KubeUnavailable, as_kube_error
 from bridge.kube.metrics import KubeMetrics
 from bridge.kube.resources import Obj, Resource
-from bridge.timers import wait_unless_stopped
-from clocks import Clock
+from clocks import Clock, sleep_unless_stopped
 
 BACKOFF_START, BACKOFF_MAX = 0.25, 5.0
 OBJECT_EVENTS = frozenset({"ADDED", "MODIFIED", "DELETED"})
@@ -156,7 +155,7 @@ class ListWatch:
                 logger.bind(event="watch_error", watch=self.name).warning(
                     "watch broken ({}); retrying in {:.2f}s", exc, backoff
                 )
-                await wait_unless_stopped(stop, backoff, self._source.clock)
+                await sleep_unless_stopped(self._source.clock, stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _stream(self, resource_version: str, stop: asyncio.Event) -> str:

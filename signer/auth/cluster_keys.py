@@ -21,10 +21,9 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Counter
 
 from bridge.kube import KubeError
-from clocks import Clock
+from clocks import Clock, sleep_unless_stopped
 from signer.auth.jwks import jwks_keys
 from signer.auth.jws import PublicKey
-from signer.timers import sleep_unless_stopped
 
 CONFIGURATION_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"

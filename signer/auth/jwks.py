@@ -18,13 +18,12 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
-from clocks import Clock
+from clocks import Clock, sleep_unless_stopped
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
 from signer.auth.jws import ALGORITHMS, PublicKey, check_times
 from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
-from signer.timers import sleep_unless_stopped
 
 CACHE_ENTRIES = 20_000
 WATCH_INTERVAL_SECONDS = 1.0

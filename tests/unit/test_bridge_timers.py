@@ -17,7 +17,7 @@ from bridge.issuer_check import UNKNOWN_RECHECK_SECONDS, IssuerCheck, IssuerStat
 from bridge.kube import KubeForbidden, Obj, Resource
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
-from bridge.timers import within
+from clocks import within
 from tests.support.chain_builder import make_ca
 from tests.support.clock import ManualClock
 from tests.support.watch_source import NoApi
