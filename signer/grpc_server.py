@@ -1,4 +1,4 @@
-"""The gRPC server object: transport limits from robustness.md, the CA service and the health service."""
+"""The gRPC server object: transport limits from docs/robustness.md §Limits, the CA service and the health service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What ``/readyz`` answers: ready only when the server can actually issue (O8 of robustness.md)."""
+"""What ``/readyz`` answers: ready only when the server can actually issue (docs/robustness.md §Obligations O8)."""
 
 from __future__ import annotations
 

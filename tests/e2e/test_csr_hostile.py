@@ -2,7 +2,7 @@
 
 Each CSR is built byte by byte with our own DER writer (``tests/support/der.py``), never with the product's code.
 Every one must be INVALID_ARGUMENT with its reason code and no certificate; never INTERNAL or UNKNOWN, and the
-server keeps serving (robustness.md §4, P1/P3/P5).
+server keeps serving (docs/robustness.md §Attack table, P1/P3/P5).
 """
 
 from __future__ import annotations

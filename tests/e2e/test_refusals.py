@@ -1,5 +1,5 @@
 """Every refusal of the signer core over real gRPC + TLS: a non-OK code, no certificate, and the server keeps
-serving afterwards (robustness.md §4, post-conditions P1 and P3)."""
+serving afterwards (docs/robustness.md §Attack table, post-conditions P1 and P3)."""
 
 from __future__ import annotations
 

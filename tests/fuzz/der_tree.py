@@ -103,7 +103,7 @@ def encode_oid_content(dotted: str) -> bytes:
     return bytes(out)
 
 
-# OIDs and small elements a mutation may splice in (robustness.md §6.3 dictionary)
+# OIDs and small elements a mutation may splice in (the dictionary of tests/fuzz/README.md)
 OIDS = [
     "2.5.29.17",
     "2.5.29.19",

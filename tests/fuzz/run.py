@@ -14,7 +14,7 @@ The exit status is 1 when a finding is not in ``known_findings.py``.
 
 A finding is any exception outside the target's allowed refusal types, or an oracle violation. Findings do not
 stop the run: each distinct one (exception type + innermost frame) is saved once under ``--artifacts`` with its
-traceback, and every occurrence is counted. Inputs slower than ``--slow-ms`` are counted (robustness.md §6.4:
+traceback, and every occurrence is counted. Inputs slower than ``--slow-ms`` are counted (tests/fuzz/README.md:
 parsers p99 ≤ 10 ms, max ≤ 100 ms).
 """
 

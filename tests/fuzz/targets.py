@@ -1,4 +1,4 @@
-"""The fuzz targets (robustness.md §6.2 T1, T2, T5, T7 and the metadata Struct of T3).
+"""The fuzz targets (tests/fuzz/README.md: the CSR, SPIFFE, token, metadata and policy targets).
 
 Each target turns bytes into one call of meshsigner code. The only acceptable outcomes are a valid result that
 passes the target's own oracle, or a refusal of meshsigner's own exception types; anything else, or an oracle

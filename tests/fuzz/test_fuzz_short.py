@@ -1,4 +1,4 @@
-"""The short fuzz pass of every pytest run (robustness.md §6.4, "every CI run"): the committed corpus plus a few
+"""The short fuzz pass of every pytest run (tests/fuzz/README.md, "every CI run"): the committed corpus plus a few
 thousand structure-aware mutations per target, seeded, so it is the same run every time. ``make fuzz`` runs the
 full pass (≥ 100 000 inputs per target, coverage-guided with atheris)."""
 

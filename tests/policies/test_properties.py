@@ -1,4 +1,6 @@
-"""The four property tests of policy-format.md §4: fuzz, order independence, metamorphic audit, monotonicity."""
+"""The four property tests of docs/policy-format.md §Property tests.
+
+Fuzz, order independence, metamorphic audit, monotonicity."""
 
 from __future__ import annotations
 
