@@ -1,6 +1,6 @@
 """Our own walk of a CSR's DER, before any library reads it.
 
-docs/robustness.md §Defensive principles › CSR says what is refused and why.
+docs/robustness.md §Defensive principles, CSR says what is refused and why.
 
 A library answers "the first extensionRequest", "the curve object", "the attribute it models"; the issuer behind
 us (Go) may read every occurrence. So the shape that matters is checked here, on the bytes that get forwarded:

@@ -1,6 +1,6 @@
 """Decoding the request ourselves and bounding its ``metadata`` Struct.
 
-The bounds are in docs/robustness.md §Defensive principles › Transport.
+The bounds are in docs/robustness.md §Defensive principles, Transport.
 
 gRPC's own deserializer turns a protobuf parse failure (a Struct nested past the parser's recursion limit, say)
 into UNKNOWN with the parser's message. ``decode_request`` never raises: it hands the handler either the request
