@@ -14,7 +14,12 @@ from tests.helm.test_chart import CHART, container_args, render
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ISTIO_CSR_VALUES = FIXTURES / "istio-csr-values.yaml"
-OFFLINE = ("app.server.authenticator=jwks", "app.server.jwks.file=/jwks/jwks.json", "app.server.jwks.issuer=https://i")
+PINNED_JWKS = (
+    "app.server.authenticator=jwks", "app.server.jwks.file=/jwks/jwks.json", "app.server.jwks.issuer=https://i"
+)  # fmt: skip
+CLUSTER_JWKS = ("app.server.authenticator=jwks",)  # offline, against the cluster's own keys
+NON_RESOURCE = "nonResourceURLs"
+DISCOVERY = {f"{NON_RESOURCE}//.well-known/openid-configuration", f"{NON_RESOURCE}//openid/v1/jwks"}
 
 
 def render_error(helm: str, *values: str) -> str:
@@ -27,12 +32,18 @@ def render_error(helm: str, *values: str) -> str:
 
 
 def rules(docs: list[dict]) -> set[tuple[str, str, str, str, str]]:
-    """(kind of role, group, resource, verb, resourceName or '*') for every rule rendered."""
+    """(kind of role, group, resource, verb, resourceName or '*') for every rule rendered; a non-resource URL is
+    (kind, "nonResourceURLs", url, verb, '*')."""
     found = set()
     for doc in docs:
         if doc["kind"] not in ("Role", "ClusterRole"):
             continue
         for rule in doc.get("rules") or []:
+            if "nonResourceURLs" in rule:
+                assert doc["kind"] == "ClusterRole" and not rule.get("resources"), rule
+                found |= {(doc["kind"], NON_RESOURCE, url, verb, "*") for url in rule["nonResourceURLs"]
+                          for verb in rule["verbs"]}  # fmt: skip
+                continue
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
@@ -76,10 +87,17 @@ def test_the_schema_rejects_misspelt_keys(helm, typo):
     ("value", "message"),
     [
         ("app.tls.istiodCertificateEnable=dynamic", "dynamic is not available"),
-        ("app.server.authenticators.enableClientCert=true", "does not authenticate by client certificate"),
+        ("app.server.authenticators.enableClientCert=true", "needs pinned roots to verify client certificates"),
         ("app.signer=kubernetes-csr", "not available in this meshsigner version"),
         ("image.repository=quay.io/jetstack/cert-manager-istio-csr", "is istio-csr's, not meshsigner's"),
-        ("app.server.authenticator=jwks", "needs app.server.jwks.file"),
+        (
+            "app.server.authenticator=jwks,app.server.jwks.file=/j.json",
+            "with app.server.jwks.file needs app.server.jwks.issuer",
+        ),
+        ("terminationGracePeriodSeconds=20", "is shorter than preStopSleepSeconds (5) + app.shutdownGracePeriod (30s)"),
+        ("app.shutdownGracePeriod=0s", "use a positive Go duration"),
+        ("app.shutdownGracePeriod=30", "shutdownGracePeriod"),
+        ("app.controller.kubeApiTokenReviewShare=1", "kubeApiTokenReviewShare"),
         ("extraEnv[0].name=MESHSIGNER_MAX_IN_FLIGHT,extraEnv[0].value=64", "extraEnv/0/value"),
     ],
 )
@@ -111,12 +129,16 @@ def test_everything_on_grants_exactly_what_meshsigner_calls(helm):
         ("Role", "cert-manager.io", "certificaterequests/status", "patch", "*"),
         ("ClusterRole", "cert-manager.io", "signers", "approve", "issuers.cert-manager.io/istio-system.istio-ca"),
         ("ClusterRole", "authentication.k8s.io", "tokenreviews", "create", "*"),
+        ("ClusterRole", NON_RESOURCE, "/.well-known/openid-configuration", "get", "*"),
+        ("ClusterRole", NON_RESOURCE, "/openid/v1/jwks", "get", "*"),
+        ("ClusterRole", "", "pods", "list", "*"),
+        ("ClusterRole", "", "pods", "watch", "*"),
     } | {
         ("Role", "", "configmaps", verb, "istio-issuer") for verb in ("get", "list", "watch")
     } | {
         ("ClusterRole", group, resource, verb, "*")
         for group, resource in (("cert-manager.io", "issuers"), ("cert-manager.io", "clusterissuers"),
-                                ("", "namespaces"), ("", "pods"))
+                                ("", "namespaces"))
         for verb in ("get", "list", "watch")
     }  # fmt: skip
 
@@ -136,9 +158,47 @@ def test_each_feature_off_removes_its_rules(helm, feature_off, removed):
     assert on - off == removed
 
 
-def test_tokenreview_off_removes_tokenreviews(helm):
-    on, off = resources(render(helm, *ALL_ON)), resources(render(helm, *ALL_ON, *OFFLINE))
-    assert on - off == {"authentication.k8s.io/tokenreviews"}
+def test_a_pinned_jwks_file_removes_tokenreviews_and_discovery(helm):
+    on, off = resources(render(helm, *ALL_ON)), resources(render(helm, *ALL_ON, *PINNED_JWKS))
+    assert on - off == {"authentication.k8s.io/tokenreviews"} | DISCOVERY
+    assert off - on == set()
+
+
+@pytest.mark.parametrize("signer", ["cert-manager", "local"])
+def test_offline_in_cluster_mode_adds_exactly_its_rules(helm, signer):
+    """jwks without a file reads the cluster's keys and watches service accounts and pods, nothing more."""
+    base = (f"app.signer={signer}",)
+    pinned, cluster = rules(render(helm, *base, *PINNED_JWKS)), rules(render(helm, *base, *CLUSTER_JWKS))
+    assert cluster - pinned == {
+        ("ClusterRole", NON_RESOURCE, "/.well-known/openid-configuration", "get", "*"),
+        ("ClusterRole", NON_RESOURCE, "/openid/v1/jwks", "get", "*"),
+    } | {
+        ("ClusterRole", "", resource, verb, "*")
+        for resource in ("serviceaccounts", "pods")
+        for verb in ("list", "watch")
+    }
+    assert pinned - cluster == set()
+
+
+def test_offline_in_cluster_mode_replaces_tokenreviews_by_its_informers(helm):
+    review, cluster = resources(render(helm)), resources(render(helm, *CLUSTER_JWKS))
+    assert review - cluster == {"authentication.k8s.io/tokenreviews"}
+    assert cluster - review == {"/serviceaccounts", "/pods"}
+    settings = parse_serve_args(container_args(render(helm, *CLUSTER_JWKS)))
+    assert settings.authenticator == "jwks" and settings.jwks_file == "" and settings.token_issuer == ""
+
+
+def test_node_accounts_and_offline_mode_share_one_pods_rule(helm):
+    docs = render(helm, *CLUSTER_JWKS, "app.server.caTrustedNodeAccounts=istio-system/ztunnel")
+    pods = [
+        rule
+        for doc in docs
+        if doc["kind"] == "ClusterRole"
+        for rule in doc["rules"]
+        if "pods" in rule.get("resources", [])
+    ]
+    assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert "/pods" in resources(render(helm, *CLUSTER_JWKS, "app.server.caTrustedNodeAccounts="))
 
 
 def test_the_local_signer_drops_every_cert_manager_rule(helm):
@@ -148,8 +208,8 @@ def test_the_local_signer_drops_every_cert_manager_rule(helm):
     assert not any(doc["kind"] == "Certificate" for doc in off)
 
 
-def test_local_signer_offline_authentication_has_no_rights_at_all(helm):
-    docs = render(helm, "app.signer=local", *OFFLINE)
+def test_local_signer_with_a_pinned_jwks_file_has_no_rights_at_all(helm):
+    docs = render(helm, "app.signer=local", *PINNED_JWKS)
     assert {doc["kind"] for doc in docs} & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} == set()
     assert any(doc["kind"] == "ServiceAccount" for doc in docs)
 
@@ -166,8 +226,54 @@ def test_pods_are_locked_down_and_stop_gracefully(helm):
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}, "the only writable place"
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    # preStop, then SIGTERM: 5 s gRPC drain (signer/serve.py SHUTDOWN_GRACE_SECONDS) and the last deletes.
-    assert pod["terminationGracePeriodSeconds"] >= sleep + 5 + 10
+    # preStop, then SIGTERM: the drain (--shutdown-grace-period), then hooks (5 s each at most) and the last deletes.
+    grace = parse_serve_args(container_args(docs)).shutdown_grace_period
+    assert grace == 30.0
+    assert pod["terminationGracePeriodSeconds"] >= sleep + grace + 10
+
+
+@pytest.mark.parametrize(
+    ("grace", "pre_stop", "expected"), [("30s", 5, 45), ("1m30s", 5, 105), ("2m", 0, 130), ("1d", 5, 86415)]
+)
+def test_the_termination_grace_period_follows_the_shutdown_grace_period(helm, grace, pre_stop, expected):
+    docs = render(helm, f"app.shutdownGracePeriod={grace}", f"preStopSleepSeconds={pre_stop}")
+    pod = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+    settings = parse_serve_args(container_args(docs))
+    assert pod["terminationGracePeriodSeconds"] == expected >= pre_stop + settings.shutdown_grace_period + 10
+    larger = render(helm, f"app.shutdownGracePeriod={grace}", f"terminationGracePeriodSeconds={expected + 100}")
+    spec = next(d for d in larger if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == expected + 100, "a longer period may be set"
+
+
+def test_istio_csr_client_cert_authenticator_renders_the_flag(helm):
+    docs = render(helm, "image.tag=0.1.0", "app.server.authenticators.enableClientCert=true",
+                  value_files=(ISTIO_CSR_VALUES,))  # fmt: skip
+    settings = parse_serve_args(container_args(docs))
+    assert settings.enable_client_cert_authenticator and settings.root_ca_file == "/var/run/secrets/istio-csr/ca.pem"
+    local = parse_serve_args(
+        container_args(render(helm, "app.signer=local", "app.server.authenticators.enableClientCert=true"))
+    )
+    assert local.enable_client_cert_authenticator and local.signer == "local"
+    assert not parse_serve_args(container_args(render(helm))).enable_client_cert_authenticator
+
+
+def test_authentication_values_become_their_flags(helm):
+    docs = render(
+        helm,
+        "app.server.tokenPrescreen=false", "app.server.tokenReviewNegativeCacheDuration=0s",
+        "app.server.peerAuthFailure.qps=2.5", "app.server.peerAuthFailure.burst=0",
+        "app.server.jwks.refreshInterval=10m", "app.server.jwks.minRefreshInterval=30s",
+        "app.server.jwks.issuer=https://kubernetes.default.svc", "app.controller.kubeApiTokenReviewShare=0.3",
+    )  # fmt: skip
+    settings = parse_serve_args(container_args(docs))
+    assert settings.token_prescreen is False and settings.token_review_negative_cache_duration == 0
+    assert (settings.peer_auth_failure_qps, settings.peer_auth_failure_burst) == (2.5, 0)
+    assert (settings.jwks_refresh_interval, settings.jwks_min_refresh_interval) == (600, 30)
+    assert settings.token_issuer == "https://kubernetes.default.svc"
+    assert settings.kube_api_token_review_share == 0.3
+    defaults = parse_serve_args(container_args(render(helm)))
+    assert defaults.token_prescreen and defaults.token_review_negative_cache_duration == 10
+    assert (defaults.peer_auth_failure_qps, defaults.peer_auth_failure_burst) == (1.0, 20)
 
 
 def test_autoscaling_replaces_replicas_and_the_pdb_renders(helm):

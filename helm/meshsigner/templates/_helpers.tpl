@@ -36,6 +36,45 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "meshsigner.runtimeConfigMap" -}}
 {{- if and (eq .Values.app.signer "cert-manager") .Values.app.runtimeConfiguration.name }}true{{ end -}}
 {{- end -}}
+{{- /* Authentication: a TokenReview per new token, or offline against the cluster's own keys (jwks without a file:
+pods and service accounts watched). Both read the cluster's OIDC discovery (the pre-screen uses its keys too). */ -}}
+{{- define "meshsigner.tokenReview" -}}{{ if eq .Values.app.server.authenticator "tokenreview" }}true{{ end }}{{- end -}}
+{{- define "meshsigner.clusterJwks" -}}
+{{- if and (eq .Values.app.server.authenticator "jwks") (not .Values.app.server.jwks.file) }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.oidcDiscovery" -}}
+{{- if or (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.podCache" -}}
+{{- if or (include "meshsigner.clusterJwks" .) .Values.app.server.caTrustedNodeAccounts }}true{{ end -}}
+{{- end -}}
+
+{{/* Whole seconds (rounded up) of a duration such as 30s, 1m30s or 1d (the schema admits only those forms). */}}
+{{- define "meshsigner.seconds" -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)" (toString .) -1 -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . -}}
+{{- $unit := trimPrefix $number . -}}
+{{- $scale := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0) $unit -}}
+{{- $total = addf $total (mulf (float64 $number) $scale) -}}
+{{- end -}}
+{{- ceil $total | int -}}
+{{- end -}}
+
+{{/* preStop sleep, then SIGTERM: the drain (up to app.shutdownGracePeriod), then 10 s for the shutdown hooks (5 s
+each at most), the worker processes' exit and the last CertificateRequest deletes. */}}
+{{- define "meshsigner.minimumTerminationGracePeriod" -}}
+{{- add (int .Values.preStopSleepSeconds) (include "meshsigner.seconds" .Values.app.shutdownGracePeriod | int) 10 -}}
+{{- end -}}
+{{- define "meshsigner.terminationGracePeriod" -}}
+{{- $minimum := include "meshsigner.minimumTerminationGracePeriod" . | int -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
+{{- $minimum -}}
+{{- else -}}
+{{- int .Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "meshsigner.istiodCertificate" -}}
 {{- if and (eq .Values.app.signer "cert-manager") (eq (toString .Values.app.tls.istiodCertificateEnable) "true") }}true{{ end -}}
 {{- end -}}
@@ -48,11 +87,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic" -}}
 {{- fail "app.tls.istiodCertificateEnable=dynamic is not available in this meshsigner version: use true (a static Certificate) or false" -}}
 {{- end -}}
-{{- if .Values.app.server.authenticators.enableClientCert -}}
-{{- fail "app.server.authenticators.enableClientCert: meshsigner does not authenticate by client certificate; workloads authenticate with their service-account token" -}}
+{{- if and .Values.app.server.authenticators.enableClientCert (ne .Values.app.signer "local") (not .Values.app.tls.rootCAFile) -}}
+{{- fail "app.server.authenticators.enableClientCert=true needs pinned roots to verify client certificates against: set app.tls.rootCAFile (mount the root bundle with volumes/volumeMounts), or use app.signer=local" -}}
 {{- end -}}
-{{- if and (eq .Values.app.server.authenticator "jwks") (not (and .Values.app.server.jwks.file .Values.app.server.jwks.issuer)) -}}
-{{- fail "app.server.authenticator=jwks needs app.server.jwks.file and app.server.jwks.issuer" -}}
+{{- if and (eq .Values.app.server.authenticator "jwks") .Values.app.server.jwks.file (not .Values.app.server.jwks.issuer) -}}
+{{- fail "app.server.authenticator=jwks with app.server.jwks.file needs app.server.jwks.issuer (the exact iss claim); without a file, the cluster's keys and issuer are used" -}}
+{{- end -}}
+{{- $grace := include "meshsigner.seconds" .Values.app.shutdownGracePeriod | int -}}
+{{- if lt $grace 1 -}}
+{{- fail (printf "app.shutdownGracePeriod=%v: use a positive Go duration such as 30s or 1m30s" .Values.app.shutdownGracePeriod) -}}
+{{- end -}}
+{{- $minimum := include "meshsigner.minimumTerminationGracePeriod" . | int -}}
+{{- if lt (include "meshsigner.terminationGracePeriod" . | int) $minimum -}}
+{{- fail (printf "terminationGracePeriodSeconds=%v is shorter than preStopSleepSeconds (%v) + app.shutdownGracePeriod (%vs) + 10 s = %v: the kubelet would kill meshsigner while it drains; leave it empty (computed) or raise it" .Values.terminationGracePeriodSeconds .Values.preStopSleepSeconds $grace $minimum) -}}
 {{- end -}}
 {{- if contains "cert-manager-istio-csr" (include "meshsigner.image" .) -}}
 {{- fail (printf "image %s is istio-csr's, not meshsigner's: set image.repository (and image.tag) to meshsigner's image" (include "meshsigner.image" .)) -}}

@@ -31,6 +31,11 @@ MATRIX = {
         "app.server.jwks.file=/jwks/jwks.json", "app.server.jwks.issuer=https://issuer.example",
         "app.tls.istiodCertificateEnable=false",
     ),
+    "offline in-cluster authentication, client certificates": (
+        "app.server.authenticator=jwks", "app.server.authenticators.enableClientCert=true",
+        "app.tls.rootCAFile=/var/run/secrets/istio-csr/ca.pem", "app.server.caTrustedNodeAccounts=istio-system/ztunnel",
+        "app.shutdownGracePeriod=1m", "app.server.tokenPrescreen=false",
+    ),
     "istio-csr values file": (),
 }  # fmt: skip
 
