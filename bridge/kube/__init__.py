@@ -30,21 +30,31 @@ from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import TokenBucket
 from bridge.kube.resources import (
     CERTIFICATE_REQUESTS,
+    CERTIFICATES,
     CM_GROUP,
     CONFIG_MAPS,
+    CTB_VERSIONS,
+    LEASES,
     NAMESPACES,
     PODS,
+    SECRETS,
     Obj,
     Resource,
+    cluster_trust_bundles,
     issuer_resource,
+    object_path,
 )
 
 __all__ = [
+    "CERTIFICATES",
     "CERTIFICATE_REQUESTS",
     "CM_GROUP",
     "CONFIG_MAPS",
+    "CTB_VERSIONS",
+    "LEASES",
     "NAMESPACES",
     "PODS",
+    "SECRETS",
     "KubeClient",
     "KubeConflict",
     "KubeError",
@@ -63,6 +73,8 @@ __all__ = [
     "WatchLine",
     "WatchSource",
     "as_kube_error",
+    "cluster_trust_bundles",
     "issuer_resource",
+    "object_path",
     "parse_watch_line",
 ]
