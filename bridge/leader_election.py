@@ -260,10 +260,9 @@ class LeaderElector:
         if self._released:
             return
         self._released = True
-        held = self.leading
         await self._stop_leading()
-        if not held:
-            return
+        if self._observed is None or self._observed[0] != self.identity:
+            return  # never held it (as far as the last read showed)
         for _ in range(3):  # a renewal in flight may have moved the resourceVersion: read again
             try:
                 await self._clear_holder()

@@ -52,7 +52,9 @@ def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
     return _json_object(data, "list")
 
 
-def _rest_json(api: client.ApiClient, method: str, path: str, body: Obj | None, timeout: Any) -> Obj:
+def _rest_json(
+    api: client.ApiClient, method: str, path: str, body: Obj | None, *, _request_timeout: Any = REQUEST_TIMEOUT
+) -> Obj:
     """Blocking (runs in a pool thread): one REST call by path, JSON in and out, without the model classes (so one
     code path serves core objects, Leases and custom resources alike)."""
     serialized = api.param_serialize(
@@ -62,7 +64,7 @@ def _rest_json(api: client.ApiClient, method: str, path: str, body: Obj | None, 
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = api.call_api(*serialized, _request_timeout=timeout)
+    response = api.call_api(*serialized, _request_timeout=_request_timeout)
     raw: bytes = response.read()  # type: ignore[no-untyped-call]  # the generated RESTResponse is not annotated
     if not 200 <= response.status <= 299:
         raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
@@ -126,7 +128,7 @@ class KubeClient:
 
     # --- objects -----------------------------------------------------------------------------------------------
     async def _rest(self, verb: str, resource: Resource, method: str, path: str, body: Obj | None = None) -> Obj:
-        return await self._call(verb, resource.plural, _rest_json, self._api, method, path, body, REQUEST_TIMEOUT)
+        return await self._call(verb, resource.plural, _rest_json, self._api, method, path, body)
 
     async def create_object(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         """Create any served object (core, Lease, custom resource; namespaced or cluster-scoped)."""
