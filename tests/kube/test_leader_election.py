@@ -83,7 +83,9 @@ def _overlap(a: list[list[float]], b: list[list[float]]) -> bool:
     return any(x[0] < y[1] and y[0] < x[1] for x in a for y in b)
 
 
-async def test_one_of_two_leads_and_a_released_lease_passes_at_the_next_retry(kube_plane, make_namespace, seams):
+async def test_one_of_two_leads_and_a_released_lease_passes_at_the_next_retry(
+    kube_plane, kube_api, make_namespace, seams
+):
     namespace = make_namespace("lease")
     first = Candidate(kube_plane.kubeconfig, namespace, "meshsigner", seams, "first")
     await _until(lambda: first.elector.leading, "first candidate leads", 10)
@@ -99,7 +101,7 @@ async def test_one_of_two_leads_and_a_released_lease_passes_at_the_next_retry(ku
     handover = await _until(lambda: second.elector.leading, "second candidate leads", 10)
     assert handover < FAST.retry_period * 1.2 + 1.0  # its next retry, not the lease duration
     assert first.intervals[0][1] <= second.intervals[0][0]  # the first's controllers had stopped already
-    lease = client.CoordinationV1Api(seams[1]._api).read_namespaced_lease("meshsigner", namespace)  # noqa: SLF001
+    lease = client.CoordinationV1Api(kube_api).read_namespaced_lease("meshsigner", namespace)
     assert lease.spec.holder_identity == "second" and lease.spec.lease_transitions >= 1
     second.stop.set()
     await second.task
@@ -124,12 +126,12 @@ async def test_a_crashed_leader_is_replaced_after_its_lease_expires(kube_plane, 
     await second.task
 
 
-async def test_a_leader_that_cannot_renew_stops_its_controllers(kube_plane, make_namespace, seams):
+async def test_a_leader_that_cannot_renew_stops_its_controllers(kube_plane, kube_api, make_namespace, seams):
     namespace = make_namespace("lease")
     first = Candidate(kube_plane.kubeconfig, namespace, "meshsigner", seams, "first")
     await _until(lambda: first.elector.leading, "first candidate leads", 10)
     # another writer takes the Lease away (as a candidate that saw it expire would)
-    coordination = client.CoordinationV1Api(seams[0]._api)  # noqa: SLF001
+    coordination = client.CoordinationV1Api(kube_api)
     lease = coordination.read_namespaced_lease("meshsigner", namespace)
     lease.spec.holder_identity = "someone-else"
     lease.spec.lease_duration_seconds = 60
