@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from kubernetes import client
@@ -94,7 +95,7 @@ async def test_istiod_certificate_is_kept_and_follows_the_issuer(kube_plane, kub
         seam.close()
 
 
-def _secret(core: client.CoreV1Api, namespace: str) -> client.V1Secret | None:
+def _secret(core: client.CoreV1Api, namespace: str) -> Any:
     try:
         return core.read_namespaced_secret("istiod-tls", namespace)
     except client.ApiException as exc:

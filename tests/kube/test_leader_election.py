@@ -166,7 +166,7 @@ def _serve(tmp_path: Path, name: str, kubeconfig: str, lease_namespace: str, sel
 
 def _root_config_map(core: client.CoreV1Api, namespace: str) -> str | None:
     try:
-        return core.read_namespaced_config_map("istio-ca-root-cert", namespace).data["root-cert.pem"]
+        return (core.read_namespaced_config_map("istio-ca-root-cert", namespace).data or {}).get("root-cert.pem")
     except client.ApiException:
         return None
 

@@ -160,7 +160,7 @@ async def test_root_rotation_reaches_every_namespace(
 
 def _all_current(core: client.CoreV1Api, label: str, namespaces: set[str], pem: str) -> bool:
     listed = core.list_config_map_for_all_namespaces(field_selector=f"metadata.name={NAME}")
-    current = {cm.metadata.namespace for cm in listed.items if (cm.data or {}).get(ROOT_KEY) == pem}
+    current = {cm.metadata.namespace for cm in listed.items if cm.metadata and (cm.data or {}).get(ROOT_KEY) == pem}
     return namespaces <= current
 
 
