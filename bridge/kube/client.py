@@ -143,11 +143,6 @@ class KubeClient:
         """Read any served object by path (KubeNotFound when absent)."""
         return await self._rest("get", resource, "GET", object_path(resource, namespace, name))
 
-    async def delete_object(self, resource: Resource, namespace: str | None, name: str) -> None:
-        """Delete any served object; one already gone is not an error."""
-        with contextlib.suppress(KubeNotFound):
-            await self._rest("delete", resource, "DELETE", object_path(resource, namespace, name))
-
     async def serves(self, resource: Resource) -> bool:
         """Whether the API server serves ``resource`` (its group/version discovery lists the plural)."""
         path = f"/api/{resource.version}" if resource.is_core else f"/apis/{resource.group}/{resource.version}"

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from bridge.cluster_trust_bundle import ClusterTrustBundlePublisher
 from bridge.controllers import ControllerMetrics
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
+from bridge.root_bundle import RootBundle
 from bridge.trust_distribution import CONFIG_MAP_NAME, ROOT_KEY, TrustDistributor
 from clocks import SystemClock
 
@@ -227,3 +228,46 @@ async def test_cluster_trust_bundle_is_published_and_follows_the_roots(kube_plan
         seam.close()
         with contextlib.suppress(client.ApiException):
             custom.delete_cluster_custom_object("certificates.k8s.io", "v1beta1", "clustertrustbundles", name)
+
+
+async def test_replacing_the_pinned_root_file_reaches_every_namespace(
+    kube_plane, kube_api, make_namespace, pki, tmp_path
+):
+    """As serve wires it with --root-ca-file: the RootBundle watches the file; the ConfigMaps follow it through a
+    rotation (old + new roots, then new only); a bad file changes nothing."""
+    path = tmp_path / "roots.pem"
+    old, new = _ca_pem(pki, "pinned-old"), _ca_pem(pki, "pinned-new")
+    path.write_text(old)
+    bundle = RootBundle(path)
+    label = f"meshsigner-pinned-{secrets.token_hex(3)}"
+    registry = CollectorRegistry()
+    seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
+    distributor = TrustDistributor(
+        seam,
+        lambda: bundle.pem,
+        namespace_selector=f"{label}=yes",
+        workers=2,
+        metrics=ControllerMetrics(registry),
+        clock=SystemClock(),
+    )
+    core = client.CoreV1Api(kube_api)
+    namespaces = [make_namespace("pin", labels={label: "yes"}) for _ in range(3)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(distributor.run(stop)), asyncio.create_task(bundle.watch(stop, interval=0.2))]
+    try:
+        for pem in (old, old + new, new):
+            path.write_text(pem)
+            await _until(
+                lambda pem=pem: all(
+                    (_read(core, ns) or client.V1ConfigMap()).data == {ROOT_KEY: pem} for ns in namespaces
+                ),
+                "ConfigMaps follow the pinned file",
+            )
+        path.write_text("not a certificate")  # refused by the RootBundle: the ConfigMaps keep the last good roots
+        marker = make_namespace("pin", labels={label: "yes"})
+        await _until(lambda: _read(core, marker), "ConfigMap in a namespace created after the bad file")
+        assert _read(core, marker).data == {ROOT_KEY: new}
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        seam.close()
