@@ -52,6 +52,7 @@ from signer.worker_processes import (
 
 if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported only when configured
     from bridge.kube import KubeClient
+    from bridge.leader_election import LeaderElector
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
     from signer.serve_in_cluster import CertManagerParts, InClusterAuth
@@ -66,12 +67,42 @@ def needs_kube(settings: ServeSettings) -> bool:
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
     cluster_keys = settings.authenticator == "jwks" and not settings.jwks_file  # OIDC discovery and informers
+    duties = bool(settings.cluster_duties and settings.kubeconfig)  # root ConfigMaps, istiod's certificate
     return (
         settings.signer == "cert-manager"
         or settings.authenticator == "tokenreview"
         or cluster_keys
         or policy_labels
         or node_pods
+        or duties
+    )
+
+
+def build_leader_election(
+    settings: ServeSettings,
+    kube: KubeClient | None,
+    registry: CollectorRegistry,
+    clock: Clock,
+    backend: SigningBackend,
+    parts: CertManagerParts | None,
+) -> LeaderElector | None:
+    """The Lease campaign and the cluster controllers (only with Kubernetes access, only in the first of the
+    --workers processes: the others run with --cluster-duties=false)."""
+    if kube is None or not settings.cluster_duties:
+        return None
+    from signer.serve_in_cluster import build_cluster_duties
+
+    local_ca = backend if isinstance(backend, LocalCA) else None
+    if local_ca is not None:
+        roots_pem = local_ca.roots_pem
+        roots = lambda: roots_pem  # noqa: E731  # the local CA's roots do not change while it runs
+    elif parts is not None:
+        bundle = parts.roots
+        roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
+    else:
+        return None
+    return build_cluster_duties(
+        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=parts.issuers if parts else None
     )
 
 
@@ -285,6 +316,11 @@ async def run(
         if parts is not None:
             checks.update(parts.checks())
             await parts.refuse_unusable_issuer()
+        leader = build_leader_election(settings, kube, registry, clock, backend, parts)
+        if leader is not None:
+            elector = leader
+            tasks.start("leader-election", lambda: elector.run(stop))
+            shutdown_hooks.add("release-lease", elector.release)  # also when start-up or serving fails
         checks["tasks"] = tasks
         readiness = Readiness({**checks, "serving_certificate": serving})
         # Probes first: while the issuer has not signed the serving certificate, /readyz says why.
@@ -376,6 +412,8 @@ async def run(
             logger.bind(event="shutdown_drained").info("gRPC listener closed; accepted calls finished")
             if front is not None:
                 await front.close()
+            if leader is not None:
+                await leader.release()  # a standby leads at its next retry, not after the lease duration
             if parts is not None:
                 await parts.backend.close()  # the deletes of the last requests
             await asyncio.to_thread(decision_log.close)  # writes what is still queued

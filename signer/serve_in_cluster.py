@@ -6,6 +6,7 @@ of the start-up time)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -14,14 +15,28 @@ from prometheus_client import CollectorRegistry
 from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certificate_request_wait
 from bridge.certificate_request_watch import CertificateRequestWatch
 from bridge.cleanup import LeftoverSweeper
+from bridge.cluster_trust_bundle import ClusterTrustBundlePublisher
+from bridge.controllers import Controller, ControllerMetrics, run_controllers
 from bridge.issuer_check import IssuerCheck, IssuerState
-from bridge.kube import KubeClient, KubeError, KubeMetrics, KubeOptions, KubeUnavailable
+from bridge.istiod_certificate import (
+    CONTROLLER_CERTIFICATE,
+    CONTROLLER_SECRET,
+    SECRET_NAME,
+    IstiodCertOptions,
+    IstiodSecretIssuer,
+    desired_certificate,
+)
+from bridge.kube import CERTIFICATES, SECRETS, KubeClient, KubeError, KubeMetrics, KubeOptions, KubeUnavailable, Obj
+from bridge.leader_election import LeaderElector, LeaseTimings
+from bridge.local_ca import LocalCA
 from bridge.metrics import BridgeMetrics
 from bridge.namespace_labels import NamespaceLabelCache
+from bridge.object_keeper import ObjectKeeper
 from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.service_accounts import ServiceAccountCache
+from bridge.trust_distribution import TrustDistributor
 from clocks import Clock
 from signer.auth.base import Authenticator
 from signer.auth.cluster_jwks import ClusterJwksAuthenticator
@@ -219,3 +234,108 @@ def build_node_authorization(kube: KubeClient, pods: PodCache | None = None) -> 
     already) and the authorizer over it."""
     pods = pods or PodCache(kube)
     return pods, PodNodeAuthorizer(pods)
+
+
+def build_cluster_duties(
+    settings: ServeSettings,
+    kube: KubeClient,
+    registry: CollectorRegistry,
+    clock: Clock,
+    *,
+    roots: Callable[[], str],
+    local_ca: LocalCA | None,
+    issuers: IssuerSelector | None,
+) -> LeaderElector:
+    """The leader election and the controllers it runs while this process leads: the root ConfigMaps, the
+    ClusterTrustBundle (when named) and istiod's certificate (when enabled)."""
+    metrics = ControllerMetrics(registry)
+    controllers: dict[str, Controller] = {
+        "root-configmaps": TrustDistributor(
+            kube,
+            roots,
+            namespace_selector=settings.configmap_namespace_selector,
+            workers=settings.max_concurrent_reconciles,
+            metrics=metrics,
+            clock=clock,
+        ).run
+    }
+    if settings.cluster_trust_bundle_name:
+        bundle = ClusterTrustBundlePublisher(
+            kube, settings.cluster_trust_bundle_name, roots, metrics=metrics, clock=clock
+        )
+        controllers["cluster-trust-bundle"] = bundle.run
+    if settings.istiod_cert_enabled:
+        controllers["istiod-certificate"] = _istiod_certificate(settings, kube, metrics, clock, local_ca, issuers)
+    names = ", ".join(controllers)
+    logger.bind(event="cluster_duties", controllers=names).info(
+        "cluster controllers ({}) run while this process holds Lease {}/{}",
+        names,
+        settings.leader_election_namespace,
+        settings.leader_election_name,
+    )
+
+    async def lead(stop: asyncio.Event) -> None:
+        await run_controllers(controllers, stop, clock)
+
+    return LeaderElector(
+        kube,
+        namespace=settings.leader_election_namespace,
+        name=settings.leader_election_name,
+        lead=lead,
+        metrics=metrics,
+        clock=clock,
+        timings=LeaseTimings(
+            settings.leader_election_lease_duration,
+            settings.leader_election_renew_deadline,
+            settings.leader_election_retry_period,
+        ),
+    )
+
+
+def _istiod_certificate(
+    settings: ServeSettings,
+    kube: KubeClient,
+    metrics: ControllerMetrics,
+    clock: Clock,
+    local_ca: LocalCA | None,
+    issuers: IssuerSelector | None,
+) -> Controller:
+    size = settings.istiod_cert_key_size or (2048 if settings.istiod_cert_key_algorithm == "RSA" else 256)
+    options = IstiodCertOptions(
+        name=settings.istiod_cert_name,
+        namespace=settings.istiod_cert_namespace,
+        trust_domain=settings.trust_domain,
+        duration_seconds=settings.istiod_cert_duration,
+        renew_before_seconds=settings.istiod_cert_renew_before,
+        key_algorithm=settings.istiod_cert_key_algorithm,
+        key_size=size,
+        additional_dns_names=settings.istiod_cert_additional_dns_names,
+        annotations=settings.istiod_cert_additional_annotations,
+        revisions=settings.istiod_cert_istio_revisions,
+    )
+    if issuers is not None:
+        selector = issuers
+
+        async def decide_certificate(current: Obj | None) -> Obj | None:
+            return desired_certificate(options, selector.current, current)
+
+        keeper = ObjectKeeper(
+            kube, CERTIFICATES, options.namespace, options.name, decide_certificate,
+            controller=CONTROLLER_CERTIFICATE, metrics=metrics, clock=clock,
+        )  # fmt: skip
+        selector.subscribe(lambda _issuer: keeper.trigger())  # follow the runtime issuer
+        return keeper.run
+    if local_ca is None:
+        raise StartupError(f"--istiod-cert-enabled is not available with --signer {settings.signer} yet")
+    issuer = IstiodSecretIssuer(local_ca, options, clock)
+
+    async def decide_secret(current: Obj | None) -> Obj | None:
+        body = await issuer.decide(current)
+        secret_keeper.next_pass = issuer.renew_in
+        return body
+
+    secret_keeper = ObjectKeeper(
+        kube, SECRETS, options.namespace, SECRET_NAME, decide_secret,
+        controller=CONTROLLER_SECRET, metrics=metrics, clock=clock,
+    )  # fmt: skip
+    return secret_keeper.run

@@ -189,6 +189,116 @@ def _annotations(text: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
+# --- cluster duties (leader election, trust distribution, istiod's certificate) ---------------------------------
+_LABEL_KEY = (
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(!\s*{_LABEL_KEY}|{_LABEL_KEY}\s*((==?|!=)\s*{_LABEL_VALUE}"
+    rf"|\s(in|notin)\s*\(\s*{_LABEL_VALUE}(\s*,\s*{_LABEL_VALUE})*\s*\))?)\s*$"
+)
+
+
+def _label_selector(text: str) -> str:
+    """Kubernetes label-selector syntax (``k=v``, ``k!=v``, ``k in (a,b)``, ``k notin (a)``, ``k``, ``!k``),
+    checked here so that a typo stops the start instead of failing every namespace list."""
+    depth, start, requirements = 0, 0, []
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            requirements.append(text[start:index])
+            start = index + 1
+    requirements.append(text[start:])
+    if text.strip():
+        for requirement in requirements:
+            if not _REQUIREMENT.match(requirement):
+                raise ValueError(f"{requirement.strip()!r} is not a label-selector requirement")
+    return text.strip()
+
+
+def _dns_names(text: str) -> tuple[str, ...]:
+    names = parse_list(text)
+    for name in names:
+        if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"{name!r} is not a DNS-1123 subdomain")
+    return names
+
+
+def _key_algorithm(text: str) -> str:
+    return text.strip().upper()
+
+
+def _revisions(text: str) -> tuple[str, ...]:
+    revisions = parse_list(text)
+    for revision in revisions:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", revision):
+            raise ValueError(f"{revision!r} is not a revision name (DNS label)")
+    return revisions
+
+
+CLUSTER_DUTY_FLAGS: tuple[Flag, ...] = (
+    Flag(
+        "cluster-duties",
+        True,
+        "with Kubernetes access, take part in leader election and, when leading, run the cluster controllers",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag("leader-election-namespace", "istio-system", "namespace of the leader-election Lease"),
+    Flag("leader-election-name", "istio-csr", "name of the Lease (istio-csr's: one writer across both during a move)"),
+    Flag("leader-election-lease-duration", 15.0, "how long a Lease is valid without renewal", _positive_duration),
+    Flag(
+        "leader-election-renew-deadline", 10.0, "the leader stops leading after this long unrenewed", _positive_duration
+    ),
+    Flag("leader-election-retry-period", 2.0, "between Lease reads and renewals", _positive_duration),
+    Flag(
+        "configmap-namespace-selector",
+        "",
+        "label selector of the namespaces given istio-ca-root-cert (empty: all)",
+        _label_selector,
+    ),
+    Flag("max-concurrent-reconciles", 1, "namespaces (ConfigMap writes) reconciled at once", _positive_int),
+    Flag("cluster-trust-bundle-name", "", "also publish the roots as this ClusterTrustBundle (when the API serves it)"),
+    Flag("istiod-cert-enabled", False, "keep istiod's certificate in the Secret istiod-tls", parse_bool, is_bool=True),
+    Flag("istiod-cert-name", "istiod-dynamic", "name of istiod's cert-manager Certificate"),
+    Flag("istiod-cert-namespace", "istio-system", "namespace of istiod's Certificate and Secret"),
+    Flag("istiod-cert-duration", 3600.0, "lifetime of istiod's certificate", _positive_duration),
+    Flag(
+        "istiod-cert-renew-before", 1800.0, "renew istiod's certificate this long before it expires", _positive_duration
+    ),
+    Flag("istiod-cert-key-algorithm", "RSA", "istiod's key algorithm", _key_algorithm, ("RSA", "ECDSA")),
+    Flag("istiod-cert-key-size", 2048, "istiod's key size (RSA >= 2048; ECDSA 256 or 384; 0: the default)", int),
+    Flag("istiod-cert-additional-dns-names", (), "extra DNS names of istiod's certificate", _dns_names),
+    Flag("istiod-cert-additional-annotations", (), "k=v annotations set on istiod's Certificate", _annotations),
+    Flag("istiod-cert-istio-revisions", (), "revisions: istiod.<ns>.svc (default), istiod-<rev>.<ns>.svc", _revisions),
+)
+
+
+def validate_cluster_duties(settings: ServeSettings) -> None:
+    lease, renew, retry = (
+        settings.leader_election_lease_duration,
+        settings.leader_election_renew_deadline,
+        settings.leader_election_retry_period,
+    )
+    if not lease > renew > retry:
+        raise SettingsError(
+            "--leader-election-lease-duration must exceed --leader-election-renew-deadline, which must exceed "
+            "--leader-election-retry-period"
+        )
+    if settings.istiod_cert_renew_before >= settings.istiod_cert_duration:
+        raise SettingsError("--istiod-cert-renew-before must be shorter than --istiod-cert-duration")
+    algorithm, size = settings.istiod_cert_key_algorithm, settings.istiod_cert_key_size
+    if algorithm == "RSA" and size and size < 2048:
+        raise SettingsError("--istiod-cert-key-size must be at least 2048 for RSA")
+    if algorithm == "ECDSA" and size not in (0, 256, 384):
+        raise SettingsError("--istiod-cert-key-size must be 256 or 384 for ECDSA")
+    if settings.cluster_trust_bundle_name and not _DNS_SUBDOMAIN.match(
+        settings.cluster_trust_bundle_name.replace(":", ".")
+    ):
+        raise SettingsError(f"--cluster-trust-bundle-name {settings.cluster_trust_bundle_name!r} is not a valid name")
+
+
 FLAGS: tuple[Flag, ...] = (
     # server
     Flag("serving-address", "0.0.0.0:6443", "gRPC listen address (host:port)"),
@@ -331,6 +441,7 @@ FLAGS: tuple[Flag, ...] = (
         "serving-tls-cipher-suites", (), "TLS 1.2 cipher suites of the gRPC listener (Kubernetes names)", _cipher_suites
     ),
     Flag("serving-tls-curve-preferences", (), "key-exchange curves of the gRPC listener", _curves),
+    *CLUSTER_DUTY_FLAGS,
 )
 
 
@@ -393,6 +504,26 @@ class ServeSettings:
     serving_tls_min_version: str
     serving_tls_cipher_suites: tuple[str, ...]
     serving_tls_curve_preferences: tuple[str, ...]
+    # cluster duties (CLUSTER_DUTY_FLAGS)
+    cluster_duties: bool
+    leader_election_namespace: str
+    leader_election_name: str
+    leader_election_lease_duration: float
+    leader_election_renew_deadline: float
+    leader_election_retry_period: float
+    configmap_namespace_selector: str
+    max_concurrent_reconciles: int
+    cluster_trust_bundle_name: str
+    istiod_cert_enabled: bool
+    istiod_cert_name: str
+    istiod_cert_namespace: str
+    istiod_cert_duration: float
+    istiod_cert_renew_before: float
+    istiod_cert_key_algorithm: str
+    istiod_cert_key_size: int
+    istiod_cert_additional_dns_names: tuple[str, ...]
+    istiod_cert_additional_annotations: tuple[tuple[str, str], ...]
+    istiod_cert_istio_revisions: tuple[str, ...]
 
     @property
     def static_issuer(self) -> tuple[str, str, str] | None:
@@ -455,6 +586,7 @@ def resolve(cli: argparse.Namespace, environment: Mapping[str, str] | None = Non
             values[flag.attr] = _convert(flag, raw, f"{flag.env_name} (--{flag.name})")
     settings = ServeSettings(**values)
     validate(settings)
+    validate_cluster_duties(settings)
     return settings
 
 

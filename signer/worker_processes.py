@@ -1,6 +1,7 @@
 """``--workers N``: extra server processes on the same port, their share of the API rate, and one ``/metrics``.
 
-Only the first process serves probes and metrics. So that its ``/metrics`` counts what every process did,
+Only the first process serves probes and metrics and takes part in leader election (the others run with
+``--cluster-duties=false``). So that its ``/metrics`` counts what every process did,
 prometheus-client runs in multiprocess mode: each process writes its samples to files in a private directory that
 the first process creates (``PROMETHEUS_MULTIPROC_DIR``, inherited by the workers), aggregates on each scrape and
 removes when it exits. prometheus-client chooses where samples live when it is first imported, so the directory
@@ -109,7 +110,9 @@ def per_process_settings(settings: ServeSettings) -> ServeSettings:
 def worker_command(settings: ServeSettings) -> list[str]:
     """The command line of an extra worker: its share of the API rate, no probes or metrics (the first process
     serves those), and ``--workers=1`` so that it spawns nothing and divides nothing again."""
-    child = replace(per_process_settings(settings), workers=1, metrics_port=0, readiness_probe_port=0)
+    child = replace(
+        per_process_settings(settings), workers=1, metrics_port=0, readiness_probe_port=0, cluster_duties=False
+    )
     return [sys.executable, "-m", "signer.cli", "serve", *child.to_argv()]
 
 

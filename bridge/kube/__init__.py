@@ -30,22 +30,32 @@ from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import Budget, TokenBucket, split_budgets
 from bridge.kube.resources import (
     CERTIFICATE_REQUESTS,
+    CERTIFICATES,
     CM_GROUP,
     CONFIG_MAPS,
+    CTB_VERSIONS,
+    LEASES,
     NAMESPACES,
     PODS,
+    SECRETS,
     SERVICE_ACCOUNTS,
     Obj,
     Resource,
+    cluster_trust_bundles,
     issuer_resource,
+    object_path,
 )
 
 __all__ = [
+    "CERTIFICATES",
     "CERTIFICATE_REQUESTS",
     "CM_GROUP",
     "CONFIG_MAPS",
+    "CTB_VERSIONS",
+    "LEASES",
     "NAMESPACES",
     "PODS",
+    "SECRETS",
     "SERVICE_ACCOUNTS",
     "Budget",
     "KubeClient",
@@ -66,7 +76,9 @@ __all__ = [
     "WatchLine",
     "WatchSource",
     "as_kube_error",
+    "cluster_trust_bundles",
     "issuer_resource",
+    "object_path",
     "parse_watch_line",
     "split_budgets",
 ]

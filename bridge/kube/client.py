@@ -25,7 +25,7 @@ from bridge.kube.errors import KubeNotFound, KubeUnavailable, as_kube_error
 from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import Budget, split_budgets
 from bridge.kube.resource_calls import core_read_call, list_call
-from bridge.kube.resources import Obj, Resource
+from bridge.kube.resources import Obj, Resource, object_path
 from clocks import Clock, SystemClock
 
 T = TypeVar("T")
@@ -78,6 +78,29 @@ def _read_raw_json(api: client.ApiClient, path: str, *, _request_timeout: Any = 
         with contextlib.suppress(Exception):
             response.response.release_conn()
     return _json_object(document, path)
+
+
+def _rest_json(
+    api: client.ApiClient, method: str, path: str, body: Obj | None, *, _request_timeout: Any = REQUEST_TIMEOUT
+) -> Obj:
+    """Blocking (runs in a pool thread): one REST call by path, JSON in and out, without the model classes (so one
+    code path serves core objects, Leases and custom resources alike)."""
+    serialized = api.param_serialize(
+        method,
+        path,
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*serialized, _request_timeout=_request_timeout)
+    raw: bytes = response.read()  # type: ignore[no-untyped-call]  # the generated RESTResponse is not annotated
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
+    try:
+        data: Any = json.loads(raw) if raw else {}
+    except ValueError:
+        raise KubeUnavailable(0, f"{method} {path}: answer is not JSON") from None
+    return _json_object(data, f"{method} {path}")
 
 
 class KubeClient:
@@ -152,6 +175,31 @@ class KubeClient:
         return await self._call("get", "oidc-discovery", _read_raw_json, self._api, path, budget=Budget.REVIEW)
 
     # --- objects -----------------------------------------------------------------------------------------------
+    async def _rest(self, verb: str, resource: Resource, method: str, path: str, body: Obj | None = None) -> Obj:
+        return await self._call(verb, resource.plural, _rest_json, self._api, method, path, body)
+
+    async def create_object(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
+        """Create any served object (core, Lease, custom resource; namespaced or cluster-scoped)."""
+        return await self._rest("create", resource, "POST", object_path(resource, namespace), body)
+
+    async def replace(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj:
+        """Replace (PUT) an object. ``body.metadata.resourceVersion`` makes it conditional: a concurrent change
+        answers KubeConflict instead of being overwritten."""
+        return await self._rest("update", resource, "PUT", object_path(resource, namespace, name), body)
+
+    async def get_object(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+        """Read any served object by path (KubeNotFound when absent)."""
+        return await self._rest("get", resource, "GET", object_path(resource, namespace, name))
+
+    async def serves(self, resource: Resource) -> bool:
+        """Whether the API server serves ``resource`` (its group/version discovery lists the plural)."""
+        path = f"/api/{resource.version}" if resource.is_core else f"/apis/{resource.group}/{resource.version}"
+        try:
+            listing = await self._rest("get", resource, "GET", path)
+        except KubeNotFound:
+            return False
+        return any(isinstance(r, dict) and r.get("name") == resource.plural for r in listing.get("resources") or [])
+
     async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
         r = resource
         created = await self._call(

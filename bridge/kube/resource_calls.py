@@ -38,11 +38,15 @@ def list_call(
             return core.list_pod_for_all_namespaces, ()
         return core.list_namespaced_pod, (namespace,)
     if r.plural == "configmaps":
-        return core.list_namespaced_config_map, (_namespace_required(namespace, r),)
+        if namespace is None:
+            return core.list_config_map_for_all_namespaces, ()
+        return core.list_namespaced_config_map, (namespace,)
     if r.plural == "serviceaccounts":
         if namespace is None:
             return core.list_service_account_for_all_namespaces, ()
         return core.list_namespaced_service_account, (namespace,)
+    if r.plural == "secrets":
+        return core.list_namespaced_secret, (_namespace_required(namespace, r),)
     raise ValueError(f"the Kubernetes seam does not serve core {r.plural}")
 
 
@@ -54,4 +58,6 @@ def core_read_call(core: client.CoreV1Api, resource: Resource, namespace: str | 
         return core.read_namespaced_pod, (_namespace_required(namespace, resource),)
     if resource.plural == "configmaps":
         return core.read_namespaced_config_map, (_namespace_required(namespace, resource),)
+    if resource.plural == "secrets":
+        return core.read_namespaced_secret, (_namespace_required(namespace, resource),)
     raise ValueError(f"the Kubernetes seam does not serve core {resource.plural}")

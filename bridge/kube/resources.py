@@ -13,7 +13,7 @@ CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
 @dataclass(frozen=True)
 class Resource:
     """A namespaced or cluster-scoped custom resource, or one of the core resources the seam serves (group "":
-    configmaps, namespaces, pods, serviceaccounts)."""
+    configmaps, namespaces, pods, secrets, serviceaccounts)."""
 
     group: str
     version: str
@@ -30,6 +30,27 @@ CONFIG_MAPS = Resource("", "v1", "configmaps")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 PODS = Resource("", "v1", "pods")  # namespace None: every namespace
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")  # namespace None: every namespace
+SECRETS = Resource("", "v1", "secrets")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+CERTIFICATES = Resource(CM_GROUP, CM_VERSION, "certificates")
+CTB_GROUP = "certificates.k8s.io"
+CTB_VERSIONS = ("v1", "v1beta1", "v1alpha1")  # ClusterTrustBundle: newest first (the API server may serve one)
+
+
+def cluster_trust_bundles(version: str) -> Resource:
+    return Resource(CTB_GROUP, version, "clustertrustbundles", namespaced=False)
+
+
+def object_path(resource: Resource, namespace: str | None, name: str = "") -> str:
+    """The REST path of a resource's collection (no ``name``) or of one object."""
+    r = resource
+    base = f"/api/{r.version}" if r.is_core else f"/apis/{r.group}/{r.version}"
+    if r.namespaced:
+        if not namespace:
+            raise ValueError(f"{r.plural} is namespaced: a namespace is required")
+        base += f"/namespaces/{namespace}"
+    path = f"{base}/{r.plural}"
+    return f"{path}/{name}" if name else path
 
 
 def issuer_resource(kind: str, group: str) -> Resource:

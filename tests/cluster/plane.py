@@ -512,6 +512,9 @@ def _start(auto_started: bool) -> Plane:
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=true",
+            # ClusterTrustBundle (beta: off unless both are on), for meshsigner's --cluster-trust-bundle-name
+            "--feature-gates=ClusterTrustBundle=true",
+            "--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true",
             "--profiling=false",
             "--v=1",
         ],

@@ -129,7 +129,7 @@ async def test_get_reads_the_core_resource_asked_for(kube, kube_api, make_namesp
     assert (found["kind"], found["metadata"]["name"]) == ("Namespace", namespace)
     with pytest.raises(KubeNotFound):
         await kube.get(PODS, namespace, "absent")
-    with pytest.raises(ValueError, match="does not serve core secrets"):
-        await kube.get(Resource("", "v1", "secrets"), namespace, "same")
-    with pytest.raises(ValueError, match="does not serve core secrets"):
-        await kube.list(Resource("", "v1", "secrets"), namespace)
+    with pytest.raises(ValueError, match="does not serve core services"):
+        await kube.get(Resource("", "v1", "services"), namespace, "same")
+    with pytest.raises(ValueError, match="does not serve core services"):
+        await kube.list(Resource("", "v1", "services"), namespace)

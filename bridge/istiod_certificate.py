@@ -1,0 +1,202 @@
+"""istiod's serving certificate (``--istiod-cert-enabled``), kept in the Secret ``istiod-tls`` that istiod mounts.
+
+- With cert-manager: a ``cert-manager.io/v1`` Certificate (istio-csr's dynamic mode) whose ``secretName`` is
+  ``istiod-tls``; cert-manager issues and renews it. Its spec is put back when edited, the Certificate recreated
+  when deleted, and its ``issuerRef`` follows the active (static or runtime) issuer. Annotations are set at
+  creation only, as istio-csr does.
+- With the local CA: the Secret itself (``tls.crt`` chain, ``tls.key``, ``ca.crt`` roots), re-issued at 2/3 of the
+  certificate's life, or at once when deleted, edited, issued for other names, or not from the current CA.
+
+Names: ``istiod.<ns>.svc`` for the default revision and ``istiod-<rev>.<ns>.svc`` for each other one (istio-csr's
+``--istiod-cert-istio-revisions``), then the additional DNS names, duplicates dropped; common name
+``istiod.<ns>.svc``; URI ``spiffe://<trust domain>/ns/<ns>/sa/istiod-service-account``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from bridge.certificates import load_bundle
+from bridge.kube import CM_GROUP, Obj
+from bridge.local_ca import LocalCA
+from bridge.runtime_issuer import IssuerRef
+from bridge.signing import SigningRequest, new_serving_key
+from clocks import Clock
+
+SECRET_NAME = "istiod-tls"
+CONTROLLER_CERTIFICATE = "istiod-certificate"
+CONTROLLER_SECRET = "istiod-secret"
+RENEW_AT_FRACTION = 2 / 3
+
+
+@dataclass(frozen=True)
+class IstiodCertOptions:
+    name: str = "istiod-dynamic"
+    namespace: str = "istio-system"
+    trust_domain: str = "cluster.local"
+    duration_seconds: float = 3600.0
+    renew_before_seconds: float = 1800.0
+    key_algorithm: str = "RSA"
+    key_size: int = 2048
+    additional_dns_names: tuple[str, ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    revisions: tuple[str, ...] = ()
+
+    @property
+    def common_name(self) -> str:
+        return f"istiod.{self.namespace}.svc"
+
+    @property
+    def dns_names(self) -> tuple[str, ...]:
+        """Per revision (none given: the default one), then the additional names; first occurrence kept."""
+        names = [
+            self.common_name if revision == "default" else f"istiod-{revision}.{self.namespace}.svc"
+            for revision in (self.revisions or ("default",))
+        ]
+        return tuple(dict.fromkeys([*names, *self.additional_dns_names]))
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/istiod-service-account"
+
+
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration text, as cert-manager writes it (``1h0m0s``)."""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+# --- cert-manager ----------------------------------------------------------------------------------------------
+def certificate_spec(options: IstiodCertOptions, issuer: IssuerRef) -> Obj:
+    return {
+        "commonName": options.common_name,
+        "dnsNames": list(options.dns_names),
+        "uris": [options.uri],
+        "secretName": SECRET_NAME,
+        "duration": go_duration(options.duration_seconds),
+        "renewBefore": go_duration(options.renew_before_seconds),
+        "privateKey": {
+            "rotationPolicy": "Always",
+            "algorithm": options.key_algorithm,
+            "size": options.key_size,
+        },
+        "revisionHistoryLimit": 1,
+        "issuerRef": issuer.as_dict(),
+    }
+
+
+def desired_certificate(options: IstiodCertOptions, issuer: IssuerRef | None, current: Obj | None) -> Obj | None:
+    """What to write: the whole Certificate when absent, the spec put back when it differs, None otherwise (and
+    None while there is no issuer: nothing to ask for)."""
+    if issuer is None:
+        return None
+    spec = certificate_spec(options, issuer)
+    if current is None:
+        metadata: Obj = {"name": options.name, "namespace": options.namespace}
+        if options.annotations:
+            metadata["annotations"] = dict(options.annotations)
+        return {"apiVersion": f"{CM_GROUP}/v1", "kind": "Certificate", "metadata": metadata, "spec": spec}
+    if current.get("spec") == spec:
+        return None
+    body = copy.deepcopy(current)
+    body["spec"] = spec
+    return body
+
+
+# --- local CA: the Secret itself -------------------------------------------------------------------------------
+def _secret_bytes(secret: Obj, key: str) -> bytes:
+    value = (secret.get("data") or {}).get(key) or ""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""
+
+
+class IstiodSecretIssuer:
+    """Decides, for :class:`bridge.object_keeper.ObjectKeeper`, whether ``istiod-tls`` needs a new certificate."""
+
+    def __init__(self, ca: LocalCA, options: IstiodCertOptions, clock: Clock) -> None:
+        self._ca = ca
+        self._options = options
+        self._clock = clock
+        self.renew_in: float | None = None  # seconds until the current certificate is due (for the keeper's timer)
+
+    def _seconds_until_renewal(self, secret: Obj) -> float | None:
+        """Seconds until the Secret's certificate is due for renewal; None when it must be replaced now."""
+        if _secret_bytes(secret, "ca.crt").decode(errors="replace") != self._ca.roots_pem:
+            return None
+        if not _secret_bytes(secret, "tls.key"):
+            return None
+        try:
+            leaf = load_bundle(_secret_bytes(secret, "tls.crt"), what="istiod-tls tls.crt")[0]
+            sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ValueError, x509.ExtensionNotFound):
+            return None
+        names = set(sans.get_values_for_type(x509.DNSName))
+        uris = set(sans.get_values_for_type(x509.UniformResourceIdentifier))
+        if (names, uris) != (set(self._options.dns_names), {self._options.uri}):
+            return None
+        start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+        renew_at = start + (end - start) * RENEW_AT_FRACTION
+        remaining = (renew_at - self._clock.now()).total_seconds()
+        return remaining if remaining > 0 else None
+
+    async def decide(self, current: Obj | None) -> Obj | None:
+        if current is not None:
+            remaining = self._seconds_until_renewal(current)
+            if remaining is not None:
+                self.renew_in = remaining
+                return None
+        data = await self._issue()
+        self.renew_in = self._options.duration_seconds * RENEW_AT_FRACTION
+        if current is None:
+            return {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": {"name": SECRET_NAME, "namespace": self._options.namespace},
+                "data": data,
+            }
+        body = copy.deepcopy(current)
+        body["data"] = data
+        return body
+
+    async def _issue(self) -> dict[str, str]:
+        key = await new_serving_key(self._options.key_algorithm, self._options.key_size)
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        now = self._clock.now()
+        chain = self._ca.sign_now(
+            SigningRequest(
+                csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                csr=csr,
+                public_key=key.public_key(),
+                uris=(self._options.uri,),
+                dns_names=self._options.dns_names,
+                not_after=now + timedelta(seconds=self._options.duration_seconds),
+                duration_seconds=int(self._options.duration_seconds),
+            )
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+        def encoded(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii")
+
+        return {
+            "tls.crt": encoded("".join(chain.chain_pems).encode("ascii")),
+            "tls.key": encoded(key_pem),
+            "ca.crt": encoded(chain.roots_pem.encode("ascii")),
+        }

@@ -1,0 +1,145 @@
+"""istiod's certificate on the real plane: with cert-manager, the Certificate (revision names, secretName
+istiod-tls) is created, put back when edited, recreated when deleted and follows the issuer; with the local CA a
+``meshsigner serve`` process writes the istiod-tls Secret itself and rewrites it when deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from bridge.controllers import ControllerMetrics
+from bridge.istiod_certificate import CONTROLLER_CERTIFICATE, IstiodCertOptions, desired_certificate
+from bridge.kube import CERTIFICATES, KubeClient, KubeMetrics, KubeOptions, Obj
+from bridge.object_keeper import ObjectKeeper
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from clocks import SystemClock
+from tests.support.processes import local_signer_flags, start_server
+from tests.support.tokens import TokenIssuer
+from tests.support.waiting import wait_for
+
+CM = ("cert-manager.io", "v1")
+
+
+async def _until(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    started = time.monotonic()
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_istiod_certificate_is_kept_and_follows_the_issuer(kube_plane, kube_api, make_namespace):
+    namespace = make_namespace("istio")
+    options = IstiodCertOptions(
+        name="istiod-dynamic", namespace=namespace, revisions=("default", "canary", "canary"), key_size=2048
+    )
+    issuers = IssuerSelector(IssuerRef("istio-ca", "Issuer"))
+    registry = CollectorRegistry()
+    seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
+
+    async def decide(current: Obj | None) -> Obj | None:
+        return desired_certificate(options, issuers.current, current)
+
+    keeper = ObjectKeeper(
+        seam, CERTIFICATES, namespace, options.name, decide,
+        controller=CONTROLLER_CERTIFICATE, metrics=ControllerMetrics(registry), clock=SystemClock(),
+    )  # fmt: skip
+    custom = client.CustomObjectsApi(kube_api)
+
+    def read() -> dict | None:
+        try:
+            return custom.get_namespaced_custom_object(*CM, namespace, "certificates", options.name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(keeper.run(stop))
+    try:
+        await _until(read, "Certificate created")
+        spec = read()["spec"]
+        assert spec["secretName"] == "istiod-tls"
+        assert spec["dnsNames"] == [f"istiod.{namespace}.svc", f"istiod-canary.{namespace}.svc"]
+        assert spec["uris"] == [f"spiffe://cluster.local/ns/{namespace}/sa/istiod-service-account"]
+        assert (spec["duration"], spec["renewBefore"]) == ("1h0m0s", "30m0s")
+
+        edited = read()
+        edited["spec"]["dnsNames"] = ["attacker.example.org"]
+        custom.replace_namespaced_custom_object(*CM, namespace, "certificates", options.name, edited)
+        await _until(lambda: read()["spec"] == spec, "edited spec put back")
+
+        custom.delete_namespaced_custom_object(*CM, namespace, "certificates", options.name)
+        await _until(read, "deleted Certificate recreated")
+
+        # the runtime issuer changes (as the runtime ConfigMap would): the Certificate follows
+        issuers.subscribe(lambda _ref: keeper.trigger())
+        issuers.on_event(
+            "ADDED",
+            {"data": {"issuer-name": "runtime-ca", "issuer-kind": "ClusterIssuer", "issuer-group": "cert-manager.io"}},
+        )
+        await _until(lambda: read()["spec"]["issuerRef"]["name"] == "runtime-ca", "issuerRef follows the issuer")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        seam.close()
+
+
+def _secret(core: client.CoreV1Api, namespace: str) -> Any:
+    try:
+        return core.read_namespaced_secret("istiod-tls", namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_local_signer_writes_the_istiod_tls_secret(kube_plane, kube_api, make_namespace, tmp_path: Path):
+    namespace = make_namespace("istio")
+    lease_namespace = make_namespace("lease")
+    core = client.CoreV1Api(kube_api)
+    flags = [
+        *local_signer_flags(tmp_path, TokenIssuer()),
+        f"--kubeconfig={kube_plane.kubeconfig}",
+        f"--leader-election-namespace={lease_namespace}",
+        "--leader-election-name=meshsigner-istiod",
+        f"--configmap-namespace-selector=meshsigner-none-{secrets.token_hex(3)}=yes",  # no root ConfigMaps here
+        "--istiod-cert-enabled",
+        f"--istiod-cert-namespace={namespace}",
+        "--istiod-cert-istio-revisions=default,canary",
+        "--istiod-cert-key-algorithm=ECDSA",
+        "--istiod-cert-key-size=256",
+        "--istiod-cert-duration=2h",
+        "--istiod-cert-renew-before=1h",
+    ]
+    server = start_server(flags, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls written", 30)
+        secret = _secret(core, namespace)
+        assert secret.type == "kubernetes.io/tls"
+        assert set(secret.data) == {"tls.crt", "tls.key", "ca.crt"}
+        assert base64.b64decode(secret.data["ca.crt"]) == (tmp_path / "ca" / "root-cert.pem").read_bytes()
+        leaf = x509.load_pem_x509_certificate(base64.b64decode(secret.data["tls.crt"]))
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [f"istiod.{namespace}.svc", f"istiod-canary.{namespace}.svc"]
+        assert 7100 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() <= 7200 + 120
+        first_serial = leaf.serial_number
+
+        core.delete_namespaced_secret("istiod-tls", namespace)
+        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls rewritten after deletion", 30)
+        again = x509.load_pem_x509_certificate(base64.b64decode(_secret(core, namespace).data["tls.crt"]))
+        assert again.serial_number != first_serial
+    finally:
+        server.stop()
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespaced_secret("istiod-tls", namespace)

@@ -1,0 +1,101 @@
+"""istiod's certificate, the pure parts: the names from revisions, the cert-manager Certificate's spec, and the
+local-CA Secret's renewal at 2/3 of its life on a ManualClock (no cluster)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from cryptography import x509
+
+from bridge.istiod_certificate import (
+    IstiodCertOptions,
+    IstiodSecretIssuer,
+    desired_certificate,
+    go_duration,
+)
+from bridge.local_ca import LocalCA
+from bridge.runtime_issuer import IssuerRef
+from tests.support.clock import ManualClock
+
+
+def test_revisions_become_names_in_order_without_duplicates() -> None:
+    options = IstiodCertOptions(
+        namespace="mesh",
+        revisions=("default", "canary", "canary"),
+        additional_dns_names=("istiod.mesh.svc", "extra.example.org"),
+    )
+    assert options.dns_names == ("istiod.mesh.svc", "istiod-canary.mesh.svc", "extra.example.org")
+    assert IstiodCertOptions(namespace="mesh").dns_names == ("istiod.mesh.svc",)
+    assert options.uri == "spiffe://cluster.local/ns/mesh/sa/istiod-service-account"
+
+
+def test_go_durations() -> None:
+    assert (go_duration(3600), go_duration(1800), go_duration(90), go_duration(5400)) == (
+        "1h0m0s",
+        "30m0s",
+        "1m30s",
+        "1h30m0s",
+    )
+
+
+def test_certificate_spec_is_put_back_and_follows_the_issuer() -> None:
+    options = IstiodCertOptions(annotations=(("team", "mesh"),), revisions=("blue",))
+    first = IssuerRef("istio-ca")
+    created = desired_certificate(options, first, None)
+    assert created is not None
+    assert created["metadata"]["annotations"] == {"team": "mesh"}
+    assert created["spec"]["secretName"] == "istiod-tls"
+    assert created["spec"]["dnsNames"] == ["istiod-blue.istio-system.svc"]
+    assert created["spec"]["commonName"] == "istiod.istio-system.svc"
+    current = {**created, "metadata": {**created["metadata"], "resourceVersion": "5", "annotations": {"x": "y"}}}
+    assert desired_certificate(options, first, current) is None  # unchanged: no write
+    edited = {**current, "spec": {**current["spec"], "dnsNames": ["evil.example.org"]}}
+    restored = desired_certificate(options, first, edited)
+    assert restored is not None and restored["spec"] == created["spec"]
+    assert restored["metadata"]["annotations"] == {"x": "y"}  # annotations only at creation
+    second = desired_certificate(options, IssuerRef("other", "ClusterIssuer"), current)
+    assert second is not None and second["spec"]["issuerRef"] == {
+        "name": "other",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    assert desired_certificate(options, None, None) is None  # no issuer: nothing to ask for
+
+
+def _leaf(secret: dict) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+
+
+async def test_local_secret_is_renewed_at_two_thirds_of_its_life(tmp_path: Path) -> None:
+    clock = ManualClock()
+    ca = LocalCA.open(tmp_path / "ca", clock=clock)
+    options = IstiodCertOptions(duration_seconds=3600, key_algorithm="ECDSA", key_size=256, revisions=("default",))
+    issuer = IstiodSecretIssuer(ca, options, clock)
+    secret = await issuer.decide(None)
+    assert secret is not None and secret["type"] == "kubernetes.io/tls"
+    assert base64.b64decode(secret["data"]["ca.crt"]).decode() == ca.roots_pem
+    leaf = _leaf(secret)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["istiod.istio-system.svc"]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [options.uri]
+
+    assert await issuer.decide(secret) is None  # fresh: kept
+    assert issuer.renew_in is not None and 2300 < issuer.renew_in <= 2400 + 120
+    await clock.advance(issuer.renew_in - 60)
+    assert await issuer.decide(secret) is None  # a minute before 2/3 of its life: still kept
+    await clock.advance(61)
+    renewed = await issuer.decide(secret)
+    assert renewed is not None and _leaf(renewed).serial_number != leaf.serial_number
+
+
+async def test_local_secret_is_replaced_when_edited_or_for_other_names(tmp_path: Path) -> None:
+    clock = ManualClock()
+    ca = LocalCA.open(tmp_path / "ca", clock=clock)
+    issuer = IstiodSecretIssuer(ca, IstiodCertOptions(key_algorithm="ECDSA", key_size=256), clock)
+    secret = await issuer.decide(None)
+    assert secret is not None
+    tampered = {**secret, "data": {**secret["data"], "tls.crt": base64.b64encode(b"garbage").decode()}}
+    assert await issuer.decide(tampered) is not None
+    other = IstiodSecretIssuer(ca, IstiodCertOptions(key_algorithm="ECDSA", key_size=256, revisions=("x",)), clock)
+    assert await other.decide(secret) is not None  # issued for other names: replaced
