@@ -73,7 +73,7 @@ async def test_a_leader_that_cannot_renew_stops_at_the_renew_deadline() -> None:
     assert leader.controllers_running  # within the renew deadline: keeps leading
     await _advance(clock, 4)
     await until_true(lambda: not leader.controllers_running, "controllers stopped")
-    assert not leader.elector.leading
+    await until_true(lambda: not leader.elector.leading, "no longer leading")
     store.down = False  # the API is back: it campaigns again and, the Lease being its own, leads again
     await _advance(clock, 4)
     await until_true(lambda: leader.controllers_running, "leads again")
