@@ -13,7 +13,7 @@
 Callers import from ``bridge.kube`` (this module), not from the submodules.
 """
 
-from bridge.kube.client import KubeClient
+from bridge.kube.client import AccessReview, KubeClient
 from bridge.kube.configuration import KubeOptions
 from bridge.kube.errors import (
     KubeConflict,
@@ -30,8 +30,10 @@ from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import TokenBucket
 from bridge.kube.resources import (
     CERTIFICATE_REQUESTS,
+    CERTIFICATE_SIGNING_REQUESTS,
     CM_GROUP,
     CONFIG_MAPS,
+    CSR_GROUP,
     NAMESPACES,
     PODS,
     Obj,
@@ -41,10 +43,13 @@ from bridge.kube.resources import (
 
 __all__ = [
     "CERTIFICATE_REQUESTS",
+    "CERTIFICATE_SIGNING_REQUESTS",
     "CM_GROUP",
     "CONFIG_MAPS",
+    "CSR_GROUP",
     "NAMESPACES",
     "PODS",
+    "AccessReview",
     "KubeClient",
     "KubeConflict",
     "KubeError",

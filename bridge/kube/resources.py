@@ -8,6 +8,7 @@ from typing import Any
 Obj = dict[str, Any]  # one Kubernetes object as parsed JSON
 
 CM_GROUP, CM_VERSION = "cert-manager.io", "v1"
+CSR_GROUP = "certificates.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ CERTIFICATE_REQUESTS = Resource(CM_GROUP, CM_VERSION, "certificaterequests")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 PODS = Resource("", "v1", "pods")  # namespace None: every namespace
+# certificates.k8s.io/v1 CertificateSigningRequests: cluster-scoped, served through the custom-object calls (same
+# URL shape); the approval subresource has its own call (KubeClient.update_approval)
+CERTIFICATE_SIGNING_REQUESTS = Resource(CSR_GROUP, "v1", "certificatesigningrequests", namespaced=False)
 
 
 def issuer_resource(kind: str, group: str) -> Resource:
