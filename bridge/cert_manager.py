@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -126,7 +125,6 @@ class CertManagerBackend:
         roots: RootBundle,
         metrics: BridgeMetrics,
         clock: Clock | None = None,
-        on_created: Callable[[Obj], None] | None = None,
     ) -> None:
         self._clock: Clock = clock or kube.clock  # the API's clock unless told otherwise
         self._kube = kube
@@ -145,7 +143,6 @@ class CertManagerBackend:
             outcome_of=request_outcome,
             clock=self._clock,
         )
-        self._on_created = on_created
 
     @property
     def ready(self) -> bool:
@@ -212,9 +209,7 @@ class CertManagerBackend:
 
     async def _request(self, body: Obj, purpose: str) -> Issued:
         approve = self._approve if self._options.approve else None
-        return await self._lifecycle.run(
-            body, purpose, self._options.wait_seconds(purpose), approve, on_created=self._on_created
-        )
+        return await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
 
     async def close(self) -> None:
         """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""

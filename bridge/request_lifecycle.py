@@ -21,6 +21,7 @@ from bridge.certificate_request_watch import Issued, RequestWatch
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj, Resource
 from bridge.metrics import BridgeMetrics
+from bridge.request_trail import current_trail
 from bridge.timers import within
 from clocks import Clock
 
@@ -68,10 +69,9 @@ class RequestLifecycle:
         purpose: str,
         wait_seconds: float,
         approve: Approver | None,
-        on_created: Callable[[Obj], None] | None = None,
     ) -> Issued:
         """Create ``body``, approve it with ``approve`` (when given), and wait at most ``wait_seconds`` for the
-        watch to see it end. ``on_created`` hears about the created object (the audit trail names it)."""
+        watch to see it end. The request's trail records the object's name (the audit mirror names it)."""
         kind = self._kind
         outcome = "cancelled"
         started = self._clock.monotonic()
@@ -95,8 +95,7 @@ class RequestLifecycle:
                 self._delete_later(name, None)  # the answer was lost, not necessarily the create
             raise BackendUnavailable(f"{kind.prefix}_CREATE_FAILED", str(exc)) from None
         name, uid = str(created["metadata"]["name"]), str(created["metadata"]["uid"])
-        if on_created is not None:
-            on_created(created)
+        current_trail().object_name = name
         future = self._watch.register(name, uid)
         self._metrics.in_flight.inc()
         try:

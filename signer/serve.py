@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from bridge.audit_mirror import TrailRecordingBackend
 from bridge.errors import BackendUnavailable
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
 from clocks import Clock, SystemClock
 from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
+from signer.audit_trail import MirroringRecorder
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
 from signer.decision_log import DecisionLog
@@ -31,7 +33,7 @@ from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
 from signer.process_signals import stop_on_signals
 from signer.readiness import Readiness, ReadinessCheck
-from signer.service import CertificateService, NodeAuthorizer, ServiceConfig
+from signer.service import CertificateService, DecisionRecorder, NodeAuthorizer, ServiceConfig
 from signer.serving_tls import ServingCertificate
 from signer.settings import TLS_CIPHER_SUITES, ServeSettings
 from signer.task_supervisor import TaskSupervisor
@@ -46,7 +48,7 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.kube import KubeClient
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from signer.serve_in_cluster import CertManagerParts
+    from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, KubernetesCsrParts
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 EXIT_CANNOT_START = 2
@@ -58,12 +60,18 @@ def needs_kube(settings: ServeSettings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
-    return settings.signer == "cert-manager" or settings.authenticator == "tokenreview" or policy_labels or node_pods
+    return (
+        settings.signer in ("cert-manager", "kubernetes-csr")
+        or settings.authenticator == "tokenreview"
+        or settings.mirror_certificate_signing_requests
+        or policy_labels
+        or node_pods
+    )
 
 
 def build_backend(
     settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
-) -> tuple[SigningBackend, CertManagerParts | None]:
+) -> tuple[SigningBackend, CertManagerParts | KubernetesCsrParts | None]:
     if settings.signer == "local":
         try:
             return LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type), None
@@ -75,7 +83,25 @@ def build_backend(
 
         parts = build_cert_manager(settings, kube, registry)
         return parts.backend, parts
-    raise StartupError(f"--signer {settings.signer} is not available in this build yet; use local or cert-manager")
+    if settings.signer == "kubernetes-csr":
+        assert kube is not None
+        from signer.serve_in_cluster import build_kubernetes_csr
+
+        csr_parts = build_kubernetes_csr(settings, kube, registry)
+        return csr_parts.backend, csr_parts
+    raise StartupError(f"--signer {settings.signer} is not available in this build")
+
+
+def build_audit_mirror(
+    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
+) -> AuditMirrorParts | None:
+    """The audit mirror, on its own Kubernetes client, with --mirror-certificate-signing-requests."""
+    if not settings.mirror_certificate_signing_requests:
+        return None
+    assert kube is not None
+    from signer.serve_in_cluster import build_audit_mirror as build
+
+    return build(settings, registry, kube.metrics)
 
 
 def build_authenticator(
@@ -168,8 +194,13 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         outages += KUBE_OUTAGES
     tasks = TaskSupervisor(stop, clock=clock, registry=registry, outages=outages)
     probes: list[ProbeServer] = []
+    mirror = None
     try:
         backend, parts = build_backend(settings, kube, registry)
+        mirror = build_audit_mirror(settings, kube, registry)
+        if mirror is not None:
+            await mirror.preflight()
+            backend = TrailRecordingBackend(backend)
         authenticator = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:
@@ -184,6 +215,11 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             to_log=logs_info(settings.log_level),
             dropped=metrics.decision_records_dropped,
         )
+        record_decision: DecisionRecorder = decision_log
+        if mirror is not None:
+            record_decision = MirroringRecorder(decision_log, mirror.mirror)
+            for name, factory in mirror.tasks(stop).items():
+                tasks.start(name, factory)
         serving = ServingCertificate(
             backend,
             dns_names=settings.serving_certificate_dns_names,
@@ -205,7 +241,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             checks["pods"] = pods
         if parts is not None:
             checks.update(parts.checks())
-            await parts.refuse_unusable_issuer()
+            await parts.preflight()
         checks["tasks"] = tasks
         readiness = Readiness({**checks, "serving_certificate": serving})
         # Probes first: while the issuer has not signed the serving certificate, /readyz says why.
@@ -238,7 +274,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             decider=decider,
             backend=backend,
             metrics=metrics,
-            record_decision=decision_log,
+            record_decision=record_decision,
             node_authorizer=node_authorizer,
             clock=clock,
         )
@@ -272,6 +308,8 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             await probe.close()
         if kube is not None:
             kube.close()
+        if mirror is not None:
+            mirror.close()
         logger.bind(event="stopped").info("meshsigner stopped")
     return 0
 
