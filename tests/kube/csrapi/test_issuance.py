@@ -79,7 +79,7 @@ def test_a_grant_under_the_api_minimum_is_refused_not_lengthened(
 def test_denied_by_another_approver_is_permission_denied(
     ca_cluster_issuer, csr_signer, csr_decider, make_namespace, make_service_account, mint_token, our_csrs
 ):
-    uri, csr, token = _workload(make_namespace, make_service_account, mint_token)
+    _uri, csr, token = _workload(make_namespace, make_service_account, mint_token)
 
     def deny_the_workload(obj) -> str | None:
         purpose = obj.metadata.labels.get("meshsigner.io/purpose")
@@ -87,7 +87,7 @@ def test_denied_by_another_approver_is_permission_denied(
 
     csr_decider(ca_cluster_issuer.signer_name, deny_the_workload)
     signer = csr_signer(ca_cluster_issuer, "--approve-certificate-signing-requests=false")
-    code, chain, details = create(signer.stub(), csr, token, validity=3600)
+    code, _chain, details = create(signer.stub(), csr, token, validity=3600)
     assert code is grpc.StatusCode.PERMISSION_DENIED, details
     assert "CERTIFICATE_SIGNING_REQUEST_DENIED" in details
     assert _wait_no_csrs(our_csrs, ca_cluster_issuer.signer_name) == []
