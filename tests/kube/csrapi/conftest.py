@@ -153,3 +153,7 @@ async def running_csr_backend(
         stop.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# the cert-manager mode's fixtures, for the audit mirror's tests (which run meshsigner with --signer cert-manager)
+from tests.kube.certmanager.conftest import approver, signer_factory  # noqa: E402, F401
