@@ -127,7 +127,9 @@ def _leftover(kube_api, signer_name: str, labels: dict[str, str]) -> str:
             usages=["digital signature", "client auth"],
         ),
     )
-    return client.CertificatesV1Api(kube_api).create_certificate_signing_request(body).metadata.name
+    created = client.CertificatesV1Api(kube_api).create_certificate_signing_request(body)
+    assert created.metadata is not None and created.metadata.name
+    return str(created.metadata.name)
 
 
 async def test_sweep_removes_a_crashed_replicas_leftovers_only(kube, kube_api, our_csrs):
