@@ -312,7 +312,11 @@ def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) ->
             )
             dropped = sum(server.metric(f'meshsigner_mirror_dropped_total{{reason="{r}"}}')
                           for r in ("queue_full", "no_csr", "api_error"))  # fmt: skip
-            print(f"audit mirror: {written:.0f} written, {dropped:.0f} dropped, {mirror_writes:.2f} writes per CSR")
+            queued = server.metric("meshsigner_mirror_queued")
+            print(
+                f"audit mirror 2 s after the burst: {written:.0f} written, {queued:.0f} still queued (written later, "
+                f"at the mirror's own API share), {dropped:.0f} dropped; {mirror_writes:.2f} mirror writes per CSR so far"
+            )
             delete_mirrors(plane, next(f for f in flags if f.startswith("--mirror-signer-name=")).split("=", 1)[1])
         deadline = time.monotonic() + 30
         while (remaining := left()) and time.monotonic() < deadline:

@@ -101,9 +101,7 @@ def main() -> int:
         n = args.requests
         print_api_calls(n, api_before, api_after, own_before, own_after)
         writes, reads = own_writes_and_reads(n, ("certificatesigningrequests",), own_before, own_after)
-        print(
-            f"meshsigner CertificateSigningRequest writes per CSR: {writes:.2f}; polling reads (GET): {reads:.2f}"
-        )
+        print(f"meshsigner CertificateSigningRequest writes per CSR: {writes:.2f}; polling reads (GET): {reads:.2f}")
         deadline = time.monotonic() + 30
         while (remaining := csrs_left(plane, signer_name)) and time.monotonic() < deadline:
             time.sleep(0.5)

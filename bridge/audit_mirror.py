@@ -9,8 +9,9 @@ subresource with the decision's reason → for an issued certificate, ``status.c
 subresource. Mirrors older than ``--mirror-retention`` are deleted by a sweep (bridge/cleanup.py).
 
 A mirror never fails and never holds up the workload's request: :meth:`AuditMirror.submit` only enqueues (O(1),
-no await); a bounded queue is drained by a few writers on their own Kubernetes client (own thread pool, own token
-bucket: a share of the API rate limit the workload path does not compete for). A full queue, or a write the API
+no await); a bounded queue is drained by two writers on their own Kubernetes client (own thread pool, own token
+bucket: a share of the API rate limit the workload path does not compete for, so during a burst mirrors are written
+late, not at the workload's expense). A full queue, or a write the API
 refuses, drops the mirror and counts it in ``meshsigner_mirror_dropped_total{reason}``.
 """
 
@@ -33,8 +34,8 @@ from bridge.signing import ServingMaterial, SignedChain, SigningBackend, Signing
 from clocks import Clock
 
 DEFAULT_SIGNER_NAME = "meshsigner.io/audit"
-QUEUE_ENTRIES = 1000
-WRITERS = 4
+QUEUE_ENTRIES = 5000  # a burst of this many decisions is mirrored late rather than dropped (~3 KB each)
+WRITERS = 2
 MIRROR_USAGES = ["digital signature", "key encipherment", "server auth", "client auth"]
 AUDIT_SELECTOR = f"{LABEL_SELECTOR},{PURPOSE_LABEL}=audit"
 MAX_ANNOTATION = 1000

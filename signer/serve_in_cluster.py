@@ -46,6 +46,7 @@ KUBE_OUTAGES: tuple[type[Exception], ...] = (KubeUnavailable,)
 
 
 MIRROR_API_SHARE = 0.2  # the audit mirror's own client: a fifth of --kube-api-qps/-burst, on top of the workload's
+# (always rate-limited, even with --disable-kubernetes-client-rate-limiter)
 MIRROR_THREADS = 4
 
 
@@ -57,7 +58,8 @@ def build_kube(
         kubeconfig=settings.kubeconfig,
         qps=max(1.0, settings.kube_api_qps * share),
         burst=max(1, int(settings.kube_api_burst * share)),
-        rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
+        # the mirror's share is always enforced: it is what keeps mirror writes from crowding the workload path
+        rate_limiter=share < 1.0 or not settings.disable_kubernetes_client_rate_limiter,
         threads=MIRROR_THREADS if share < 1.0 else KubeOptions.threads,
     )
     try:
