@@ -315,7 +315,7 @@ def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) ->
             queued = server.metric("meshsigner_mirror_queued")
             print(
                 f"audit mirror 2 s after the burst: {written:.0f} written, {queued:.0f} still queued (written later, "
-                f"at the mirror's own API share), {dropped:.0f} dropped; {mirror_writes:.2f} mirror writes per CSR so far"
+                f"at the mirror's own API share), {dropped:.0f} dropped; {mirror_writes:.2f} mirror writes/CSR so far"
             )
             delete_mirrors(plane, next(f for f in flags if f.startswith("--mirror-signer-name=")).split("=", 1)[1])
         deadline = time.monotonic() + 30
