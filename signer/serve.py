@@ -257,6 +257,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
             for name, factory in parts.tasks(stop).items():
                 tasks.start(name, factory)
             if not await serving.obtain_until_issued(stop):
+                await parts.backend.close()  # the deletes of the serving requests, before the client closes
                 decision_log.close()
                 return 0
         else:
