@@ -10,8 +10,9 @@ subresource. Mirrors older than ``--mirror-retention`` are deleted by a sweep (b
 
 A mirror never fails and never holds up the workload's request: :meth:`AuditMirror.submit` only enqueues (O(1),
 no await); a bounded queue is drained by two writers on their own Kubernetes client (own thread pool, own token
-bucket: a share of the API rate limit the workload path does not compete for, so during a burst mirrors are written
-late, not at the workload's expense). A full queue, or a write the API
+bucket: a share of the API rate limit the workload path does not compete for). While workload requests are being
+signed the writers wait, unless the backlog reaches half the queue: during a burst mirrors are written late, not at
+the workload's expense. A full queue, or a write the API
 refuses, drops the mirror and counts it in ``meshsigner_mirror_dropped_total{reason}``.
 """
 
@@ -170,6 +171,9 @@ class AuditMirror:
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = 0
+        self._signing = 0  # workload requests inside the backend right now
+        self._quiet = asyncio.Event()  # set while none is
+        self._quiet.set()
         self.sweeper = LeftoverSweeper(
             kube,
             None,
@@ -201,6 +205,17 @@ class AuditMirror:
         self._idle.clear()
         self.metrics.queued.inc()
 
+    def signing_started(self) -> None:
+        """A workload request entered the backend: mirror writes wait (see :meth:`_writer`)."""
+        self._signing += 1
+        self._quiet.clear()
+
+    def signing_finished(self) -> None:
+        self._signing -= 1
+        if self._signing <= 0:
+            self._signing = 0
+            self._quiet.set()
+
     async def drained(self) -> None:
         """Wait until everything queued so far has been written or dropped (tests, shutdown)."""
         await self._idle.wait()
@@ -218,9 +233,13 @@ class AuditMirror:
     async def _writer(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             entry = await self._queue.get()
-            self.metrics.queued.dec()
             self._busy += 1
             try:
+                # The workload goes first: while requests are being signed the mirror waits (the queue holds the
+                # backlog), unless the backlog reaches half the queue, when it writes at its own API share anyway.
+                if self._queue.qsize() < self._options.queue_entries // 2:
+                    await self._quiet.wait()
+                self.metrics.queued.dec()
                 await self.write(entry)
             finally:
                 self._busy -= 1
@@ -252,10 +271,12 @@ class AuditMirror:
 
 class TrailRecordingBackend:
     """Wraps any backend so that the request's trail (bridge/request_trail.py) holds the CSR and the issued chain
-    the audit mirror needs: the backends themselves stay unaware of the mirror."""
+    the audit mirror needs, and the mirror knows when workload requests are being signed (it writes between them):
+    the backends themselves stay unaware of the mirror."""
 
-    def __init__(self, backend: SigningBackend) -> None:
+    def __init__(self, backend: SigningBackend, mirror: AuditMirror) -> None:
         self.inner = backend
+        self._mirror = mirror
 
     @property
     def ready(self) -> bool:
@@ -269,7 +290,11 @@ class TrailRecordingBackend:
         trail = current_trail()
         if not trail.csr_pem:
             trail.csr_pem = request.csr_pem
-        signed = await self.inner.sign(request)
+        self._mirror.signing_started()
+        try:
+            signed = await self.inner.sign(request)
+        finally:
+            self._mirror.signing_finished()
         trail.chain_pem = "".join(signed.chain_pems)
         return signed
 

@@ -200,7 +200,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         mirror = build_audit_mirror(settings, kube, registry)
         if mirror is not None:
             await mirror.preflight()
-            backend = TrailRecordingBackend(backend)
+            backend = TrailRecordingBackend(backend, mirror.mirror)
         authenticator = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:

@@ -167,3 +167,45 @@ def test_csr_api_defaults():
     assert settings.preserve_certificate_signing_requests is False
     assert settings.mirror_certificate_signing_requests is False
     assert (settings.mirror_signer_name, settings.mirror_retention) == ("meshsigner.io/audit", 3600)
+
+
+class _RecordingApi:
+    """Stands in for the mirror's API client: accepts every write."""
+
+    def __init__(self) -> None:
+        self.clock = NoApi().clock
+        self.metrics = KubeMetrics(CollectorRegistry())
+
+    async def create(self, resource, namespace, body):
+        return {**body, "metadata": {**body["metadata"], "name": "meshsigner-audit-x", "uid": "u"}}
+
+    async def update_approval(self, name, body):
+        return body
+
+    async def replace_status(self, resource, namespace, name, body):
+        return body
+
+
+async def test_mirror_writes_wait_while_workload_requests_are_signed():
+    registry = CollectorRegistry()
+    mirror = AuditMirror(_RecordingApi(), MirrorOptions(), registry=registry)
+    stop = asyncio.Event()
+    writers = asyncio.create_task(mirror.run(stop))
+
+    def written() -> float:
+        return registry.get_sample_value("meshsigner_mirror_written_total", {"decision": "allowed"}) or 0.0
+
+    try:
+        mirror.signing_started()  # a workload request is inside the backend
+        mirror.submit(_entry(True))
+        for _ in range(20):  # let the writers run as far as they can
+            await asyncio.sleep(0)
+        assert written() == 0
+        assert registry.get_sample_value("meshsigner_mirror_queued") == 1
+        mirror.signing_finished()
+        async with asyncio.timeout(5):
+            await mirror.drained()
+        assert written() == 1
+    finally:
+        stop.set()
+        await writers

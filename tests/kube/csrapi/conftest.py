@@ -130,13 +130,19 @@ def plane_client(kube_plane, qps: float = 500.0) -> KubeClient:
 
 @contextlib.asynccontextmanager
 async def running_csr_backend(
-    kube: Any, signer_name: str, roots_file: Path, *, timeout_seconds: float = 30.0, watch: RequestWatch | None = None
+    kube: Any,
+    signer_name: str,
+    roots_file: Path,
+    *,
+    timeout_seconds: float = 30.0,
+    watch: RequestWatch | None = None,
+    approve: bool = True,
 ) -> AsyncIterator[KubernetesCsrBackend]:
     """The backend wired as ``serve`` wires it (its watch running); on exit its deletes are drained."""
     watch = watch or csr_watch(kube, signer_name)
     backend = KubernetesCsrBackend(
         kube,
-        KubernetesCsrOptions(signer_name=signer_name, timeout_seconds=timeout_seconds),
+        KubernetesCsrOptions(signer_name=signer_name, timeout_seconds=timeout_seconds, approve=approve),
         watch=watch,
         roots=RootBundle(roots_file),
         metrics=BridgeMetrics(CollectorRegistry()),

@@ -21,6 +21,7 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from bridge.cleanup import LeftoverSweeper
+from bridge.errors import BackendUnavailable
 from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, KubeClient, KubeMetrics, Obj, Resource
 from bridge.kubernetes_csr import REQUEST_SELECTOR, csr_watch, signer_field_selector
 from bridge.signing import SigningRequest
@@ -115,6 +116,30 @@ async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
     assert len(results) == total
     for signed in results:
         signed.leaf.verify_directly_issued_by(root)
+    assert await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name) == []
+
+
+async def test_unapproved_request_times_out_unavailable_and_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
+    async with running_csr_backend(
+        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), timeout_seconds=2.0, approve=False
+    ) as backend:
+        with pytest.raises(BackendUnavailable) as unavailable:
+            await backend.sign(_request("spiffe://cluster.local/ns/slow/sa/web"))
+        assert unavailable.value.reason == "CERTIFICATE_SIGNING_REQUEST_TIMEOUT"
+    assert await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name) == []
+
+
+async def test_cancelled_request_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
+    async with running_csr_backend(
+        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), approve=False
+    ) as backend:
+        signing = asyncio.create_task(backend.sign(_request("spiffe://cluster.local/ns/gone/sa/web")))
+        async with asyncio.timeout(30):  # wait until its CSR exists (nobody approves it)
+            while not await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name):
+                await asyncio.sleep(0.1)
+        signing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await signing
     assert await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name) == []
 
 
