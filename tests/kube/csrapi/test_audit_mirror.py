@@ -45,7 +45,11 @@ def _wait_mirror(our_csrs, signer_name: str, decision: str, *, certificate: bool
     pytest.fail(f"no {decision} mirror of {signer_name} within {timeout}s")
 
 
-def test_allowed_request_is_mirrored_with_its_certificate(
+def _bytes(value) -> bytes:
+    return base64.b64decode(value) if isinstance(value, str) else value
+
+
+def test_allowed_requests_are_mirrored_with_their_certificates(
     ca_cluster_issuer, signer_factory, make_namespace, make_service_account, mint_token, our_csrs
 ):
     audit_name = f"meshsigner.io/audit-{secrets.token_hex(3)}"
@@ -54,28 +58,36 @@ def test_allowed_request_is_mirrored_with_its_certificate(
         cr_ns, ca_cluster_issuer, "--mirror-certificate-signing-requests", f"--mirror-signer-name={audit_name}"
     )
     ns = make_namespace("mirror")
-    sa = make_service_account(ns, "web")
-    uri = f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
-    csr_pem = make_csr([uri])
-    code, chain, details = create(signer.stub(), csr_pem, mint_token(ns, sa), validity=3600)
-    assert code is grpc.StatusCode.OK, details
+    issued: dict[str, x509.Certificate] = {}  # SPIFFE ID → leaf
+    for name in ("web", "api"):
+        sa = make_service_account(ns, name)
+        uri = f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
+        code, chain, details = create(signer.stub(), make_csr([uri]), mint_token(ns, sa), validity=3600)
+        assert code is grpc.StatusCode.OK, details
+        issued[uri] = x509.load_pem_x509_certificate(chain[0].encode())
 
-    mirror = _wait_mirror(our_csrs, audit_name, "allowed", certificate=True)
-    annotations = mirror.metadata.annotations
-    assert annotations["meshsigner.io/caller"] == f"cluster.local/ns/{ns}/sa/{sa}"
-    assert annotations["meshsigner.io/requested-identities"] == uri
-    assert annotations["meshsigner.io/reason"] == "GRANTED"
-    assert annotations["meshsigner.io/decision-id"]
-    assert annotations["meshsigner.io/mirrors"].startswith("meshsigner-")  # the CertificateRequest's name
-    assert mirror.spec.signer_name == audit_name
-    assert base64.b64decode(mirror.spec.request) if isinstance(mirror.spec.request, str) else mirror.spec.request
-    approved = _conditions(mirror)["Approved"]
-    assert approved.reason == "MeshsignerPolicyAllowed"
-    assert annotations["meshsigner.io/decision-id"] in approved.message and "GRANTED" in approved.message
-    issued = mirror.status.certificate
-    issued = base64.b64decode(issued) if isinstance(issued, str) else issued
-    assert x509.load_pem_x509_certificates(issued)[0] == x509.load_pem_x509_certificate(chain[0].encode())
-    assert signer.server.metric('meshsigner_mirror_written_total{decision="allowed"}') >= 1
+    deadline = time.monotonic() + 30
+    while len(mirrors := [m for m in _mirrors(our_csrs, audit_name, "allowed") if m.status.certificate]) < 2:
+        assert time.monotonic() < deadline, "the two allowed requests were not both mirrored"
+        time.sleep(0.2)
+    assert len(mirrors) == 2
+    for mirror in mirrors:
+        annotations = mirror.metadata.annotations
+        uri = annotations["meshsigner.io/requested-identities"]
+        sa = uri.rsplit("/", 1)[1]
+        assert annotations["meshsigner.io/caller"] == f"cluster.local/ns/{ns}/sa/{sa}"
+        assert annotations["meshsigner.io/reason"] == "GRANTED"
+        assert annotations["meshsigner.io/decision-id"]
+        assert annotations["meshsigner.io/mirrors"].startswith("meshsigner-")  # the CertificateRequest's name
+        assert mirror.spec.signer_name == audit_name
+        approved = _conditions(mirror)["Approved"]
+        assert approved.reason == "MeshsignerPolicyAllowed"
+        assert annotations["meshsigner.io/decision-id"] in approved.message and "GRANTED" in approved.message
+        leaf = x509.load_pem_x509_certificates(_bytes(mirror.status.certificate))[0]
+        assert leaf == issued[uri]  # this request's certificate, not another's
+        workload_csr = x509.load_pem_x509_csr(_bytes(mirror.spec.request))
+        assert workload_csr.public_key() == leaf.public_key()  # and this request's CSR
+    assert signer.server.metric('meshsigner_mirror_written_total{decision="allowed"}') == 2
     assert signer.server.metric('meshsigner_mirror_dropped_total{reason="queue_full"}') == 0
 
 
