@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from bridge.audit_mirror import TrailRecordingBackend
 from bridge.errors import BackendUnavailable
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
 from clocks import Clock, SystemClock
 from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
-from signer.audit_trail import MirroringRecorder
 from signer.auth.base import Authenticator
 from signer.auth.jwks import JwksAuthenticator
 from signer.decision_log import DecisionLog
@@ -200,7 +198,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         mirror = build_audit_mirror(settings, kube, registry)
         if mirror is not None:
             await mirror.preflight()
-            backend = TrailRecordingBackend(backend, mirror.mirror)
+            backend = mirror.wrap(backend)
         authenticator = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:
@@ -217,7 +215,7 @@ async def run(settings: ServeSettings, *, stop: asyncio.Event | None = None, clo
         )
         record_decision: DecisionRecorder = decision_log
         if mirror is not None:
-            record_decision = MirroringRecorder(decision_log, mirror.mirror)
+            record_decision = mirror.recorder(decision_log)
             for name, factory in mirror.tasks(stop).items():
                 tasks.start(name, factory)
         serving = ServingCertificate(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from bridge.audit_mirror import AuditMirror, MirrorOptions
+from bridge.audit_mirror import AuditMirror, MirrorOptions, TrailRecordingBackend
 from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certificate_request_wait
 from bridge.certificate_request_watch import CertificateRequestWatch, RequestWatch
 from bridge.cleanup import LeftoverSweeper
@@ -32,12 +32,15 @@ from bridge.namespace_labels import NamespaceLabelCache
 from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
+from bridge.signing import SigningBackend
 from clocks import Clock
+from signer.audit_trail import MirroringRecorder
 from signer.auth.node_authorizer import PodNodeAuthorizer
 from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import StartupError
 from signer.metrics import AuthMetrics
 from signer.readiness import ReadinessCheck
+from signer.service import DecisionRecorder
 from signer.settings import ServeSettings
 from signer.task_supervisor import TaskFactory
 
@@ -269,6 +272,14 @@ class AuditMirrorParts:
         refuse_without_permissions(
             f"--mirror-certificate-signing-requests --mirror-signer-name {self.mirror.signer_name}", missing
         )
+
+    def wrap(self, backend: SigningBackend) -> SigningBackend:
+        """The backend, telling the mirror what each request created and was issued, and when it is signing."""
+        return TrailRecordingBackend(backend, self.mirror)
+
+    def recorder(self, inner: DecisionRecorder) -> DecisionRecorder:
+        """The decision recorder that also mirrors every decision."""
+        return MirroringRecorder(inner, self.mirror)
 
     def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
         sweeper = self.mirror.sweeper
