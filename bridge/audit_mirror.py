@@ -81,7 +81,7 @@ class MirrorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.dropped = Counter(
             "meshsigner_mirror_dropped_total",
-            "Audit mirrors not written, by reason (queue_full, no_csr, api_error)",
+            "Audit mirrors not written, by reason (queue_full, no_csr, api_error, shutdown)",
             ["reason"],
             registry=registry,
         )
@@ -229,6 +229,13 @@ class AuditMirror:
             for writer in writers:
                 writer.cancel()
             await asyncio.gather(*writers, return_exceptions=True)
+            # what is still queued at shutdown is not written (draining at the mirror's share could take minutes)
+            unwritten = self._queue.qsize() + self._busy
+            if unwritten:
+                self.metrics.dropped.labels("shutdown").inc(unwritten)
+                logger.bind(event="mirror_dropped", count=unwritten).warning(
+                    "{} audit mirrors still queued at shutdown are not written", unwritten
+                )
 
     async def _writer(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
