@@ -2,7 +2,11 @@
 
     make cluster        # or: bash tests/cluster/up.sh
     python bench/bench_cert_manager.py [--requests 1000] [--identities 50] [--concurrency 100]
-                                       [--no-approve] [--qps 0]
+                                       [--no-approve] [--qps 0] [--mirror off|on|both]
+
+``--mirror both`` (the default) runs the burst twice, each on a fresh server: without and with
+``--mirror-certificate-signing-requests``, and prints the p99 difference (target: the mirror adds ≤ 10 %) and the
+mirror's own writes and drops.
 
 Starts ``meshsigner serve --signer cert-manager --authenticator tokenreview`` against the plane (a CA ClusterIssuer
 made for the run, pinned root file, ``--approve-certificate-requests`` unless ``--no-approve``, in which case
@@ -71,7 +75,7 @@ def scrape_apiserver(plane) -> Counter[tuple[str, str, str]]:  # type: ignore[no
         if not match:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels.get("resource") in ("certificaterequests", "tokenreviews"):
+        if labels.get("resource") in ("certificaterequests", "certificatesigningrequests", "tokenreviews"):
             totals[(labels["verb"], labels["resource"], labels.get("subresource", ""))] += int(float(match["value"]))
     return totals
 
@@ -83,6 +87,33 @@ def scrape_meshsigner(server) -> Counter[tuple[str, str]]:  # type: ignore[no-un
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
             totals[(labels["verb"], labels["resource"])] += int(float(line.rsplit(" ", 1)[1]))
     return totals
+
+
+def print_api_calls(n: int, api_before, api_after, own_before, own_after) -> None:  # type: ignore[no-untyped-def]
+    print("API server's apiserver_request_total delta (all clients, cert-manager included), per CSR:")
+    for key in sorted(set(api_after) | set(api_before)):
+        delta = api_after[key] - api_before[key]
+        if delta:
+            verb, resource, sub = key
+            print(f"  {verb:7} {resource + ('/' + sub if sub else ''):40} {delta:6d}  {delta / n:.3f}/CSR")
+    print("meshsigner's own Kubernetes calls (meshsigner_kube_api_requests_total delta), per CSR:")
+    for key in sorted(set(own_after) | set(own_before)):
+        delta = own_after[key] - own_before[key]
+        if delta:
+            print(f"  {key[0]:7} {key[1]:40} {delta:6d}  {delta / n:.3f}/CSR")
+
+
+def own_writes_and_reads(n: int, resources: tuple[str, ...], own_before, own_after) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """meshsigner's writes (create, update, delete) and GETs per CSR on ``resources`` (and their subresources)."""
+
+    def ours(resource: str) -> bool:
+        return resource.split("/")[0] in resources
+
+    writes = sum(
+        own_after[k] - own_before[k] for k in own_after if k[0] in ("create", "update", "delete") and ours(k[1])
+    )
+    reads = sum(own_after[k] - own_before[k] for k in own_after if k[0] == "get" and ours(k[1]))
+    return writes / n, reads / n
 
 
 def setup(plane, pki, identities: int):  # type: ignore[no-untyped-def]
@@ -194,6 +225,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--no-approve", action="store_true", help="do not pass --approve-certificate-requests")
     parser.add_argument("--qps", type=float, default=0, help="--kube-api-qps (0: rate limiter disabled)")
+    parser.add_argument("--mirror", choices=("off", "on", "both"), default="both", help="the audit mirror")
     args = parser.parse_args()
 
     plane, pki = load_plane()
@@ -218,9 +250,38 @@ def main() -> int:
     flags += (
         [f"--kube-api-qps={args.qps}", f"--kube-api-burst={int(args.qps * 2)}"]
         if args.qps
-        else ["--disable-kubernetes-client-rate-limiter"]
+        # no limit on the workload path; the audit mirror's own share (always enforced) is 20 % of 500 QPS
+        else ["--disable-kubernetes-client-rate-limiter", "--kube-api-qps=500", "--kube-api-burst=1000"]
     )
-    server = start_server(flags, workdir / "serve.log")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.mirror]
+    p99s: dict[bool, float] = {}
+    try:
+        for mirror in modes:
+            extra = ["--mirror-certificate-signing-requests", f"--mirror-signer-name=meshsigner.io/bench-{cr_ns}"]
+            print(f"\n=== mirror {'on' if mirror else 'off'} ===")
+            p99s[mirror] = measure(plane, flags + (extra if mirror else []), workdir, ca, pairs, args, left, mirror)
+    finally:
+        cleanup()
+    if len(p99s) == 2:
+        print(f"\nmirror on vs off: workload p99 {p99s[True] * 1000:.0f} ms vs {p99s[False] * 1000:.0f} ms "
+              f"({(p99s[True] / p99s[False] - 1) * 100:+.1f} %)")  # fmt: skip
+    return 0
+
+
+def delete_mirrors(plane, signer_name: str) -> None:  # type: ignore[no-untyped-def]
+    """The bench's audit mirrors are not kept for their retention hour."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=plane.kubeconfig)
+    client.CertificatesV1Api(api).delete_collection_certificate_signing_request(
+        label_selector="meshsigner.io/purpose=audit", field_selector=f"spec.signerName={signer_name}"
+    )
+    api.close()
+
+
+def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) -> float:  # type: ignore[no-untyped-def]
+    """One server, the sequential run and the burst; returns the burst's p99."""
+    server = start_server(flags, workdir / f"serve-{'mirror' if mirror else 'plain'}.log")
     try:
         # one at a time: the latency of a single issuance with nothing else going on
         single = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 20, 1))[1]
@@ -233,43 +294,46 @@ def main() -> int:
         elapsed, latencies, codes = asyncio.run(
             run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
         )
-        time.sleep(2)  # let the background deletes land before counting
+        time.sleep(2)  # let the background deletes (and mirror writes) land before counting
         api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
+        p99 = percentile(latencies, 0.99)
         print(
             f"burst: {args.requests} CSRs from {args.identities} identities at concurrency {args.concurrency}: "
             f"{elapsed:.1f}s, {args.requests / elapsed:.1f} CSR/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, outcomes {dict(codes)}"
+            f"p99 {p99 * 1000:.0f} ms, outcomes {dict(codes)}"
         )
         n = args.requests
-        print("API server's apiserver_request_total delta (all clients, cert-manager included), per CSR:")
-        for key in sorted(set(api_after) | set(api_before)):
-            delta = api_after[key] - api_before[key]
-            if delta:
-                verb, resource, sub = key
-                print(f"  {verb:7} {resource}{'/' + sub if sub else '':25} {delta:6d}  {delta / n:.3f}/CSR")
-        print("meshsigner's own Kubernetes calls (meshsigner_kube_api_requests_total delta), per CSR:")
-        for key in sorted(set(own_after) | set(own_before)):
-            delta = own_after[key] - own_before[key]
-            if delta:
-                print(f"  {key[0]:7} {key[1]:30} {delta:6d}  {delta / n:.3f}/CSR")
-        writes = sum(
-            own_after[k] - own_before[k]
-            for k in own_after
-            if k[0] in ("create", "update", "delete") and k[1] != "tokenreviews"
-        )
-        reads = sum(own_after[k] - own_before[k] for k in own_after if k[0] == "get")
-        print(
-            f"meshsigner CertificateRequest writes per CSR: {writes / n:.2f}; polling reads (GET) per CSR: "
-            f"{reads / n:.2f}"
-        )
+        print_api_calls(n, api_before, api_after, own_before, own_after)
+        writes, reads = own_writes_and_reads(n, ("certificaterequests",), own_before, own_after)
+        print(f"meshsigner CertificateRequest writes per CSR: {writes:.2f}; polling reads (GET) per CSR: {reads:.2f}")
+        if mirror:
+            mirror_writes, _ = own_writes_and_reads(n, ("certificatesigningrequests",), own_before, own_after)
+            written = sum(
+                server.metric(f'meshsigner_mirror_written_total{{decision="{d}"}}') for d in ("allowed", "denied")
+            )
+            dropped = sum(server.metric(f'meshsigner_mirror_dropped_total{{reason="{r}"}}')
+                          for r in ("queue_full", "no_csr", "api_error"))  # fmt: skip
+            queued = server.metric("meshsigner_mirror_queued")
+            print(
+                f"audit mirror 2 s after the burst: {written:.0f} written, {queued:.0f} still queued (written later, "
+                f"at the mirror's own API share), {dropped:.0f} dropped; {mirror_writes:.2f} mirror writes/CSR so far"
+            )
+            drain_started = time.monotonic()
+            while server.metric("meshsigner_mirror_queued") and time.monotonic() - drain_started < 300:
+                time.sleep(1)
+            total_written = server.metric('meshsigner_mirror_written_total{decision="allowed"}')
+            print(
+                f"audit mirror backlog drained in {time.monotonic() - drain_started:.0f}s after the burst; "
+                f"{total_written:.0f} mirrors written in all"
+            )
+            delete_mirrors(plane, next(f for f in flags if f.startswith("--mirror-signer-name=")).split("=", 1)[1])
         deadline = time.monotonic() + 30
         while (remaining := left()) and time.monotonic() < deadline:
             time.sleep(0.5)
         print(f"CertificateRequests left behind: {remaining}")
+        return p99
     finally:
         server.stop()
-        cleanup()
-    return 0
 
 
 if __name__ == "__main__":

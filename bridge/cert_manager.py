@@ -1,21 +1,19 @@
 """The cert-manager backend: one CertificateRequest per allowed CSR, resolved by the shared watch, always deleted.
 
-Per request: create (1 write) → [approve: 1 write, with ``--approve-certificate-requests``] → the shared watch sees
-the terminal state (no read) → delete in the background (1 write), unless ``--preserve-certificate-requests``.
-The wait is bounded by ``--certificate-request-timeout`` and by the RPC itself (cancellation reaches here); every
-return path, cancellation included, deletes the object. The issued chain is parsed with bounds and must lead to a
-pinned root before anything is returned.
+Per request (bridge/request_lifecycle.py, shared with the Kubernetes CSR backend): create (1 write) → [approve: 1
+write, with ``--approve-certificate-requests``] → the shared watch sees the terminal state (no read) → delete in the
+background (1 write), unless ``--preserve-certificate-requests``. The wait is bounded by
+``--certificate-request-timeout`` and by the RPC itself (cancellation reaches here); every return path, cancellation
+included, deletes the object. The issued chain is parsed with bounds and must lead to a pinned root before anything
+is returned.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,21 +22,20 @@ from loguru import logger
 
 from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
 from bridge.certificates import certificate_pem, split_issued_chain, verify_issued_chain
-from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
+from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
-from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj
+from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, KubeConflict, Obj
 from bridge.metrics import BridgeMetrics
+from bridge.request_lifecycle import RequestKind, RequestLifecycle
 from bridge.root_bundle import RootBundle, parse_roots
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
-from clocks import Clock, within
+from clocks import Clock
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
 PURPOSE_LABEL = "meshsigner.io/purpose"
 NAME_PREFIX = "meshsigner-"
-DELETE_DRAIN_SECONDS = 10.0
-DELETE_RETRY_SECONDS = 60.0
 RPC_SHARE = 0.9  # of --request-timeout a workload's CertificateRequest may wait (the rest: review, create, answer)
 
 
@@ -100,6 +97,9 @@ _OUTCOMES = {
     "CERTIFICATE_REQUEST_INVALID": "invalid",
     "CERTIFICATE_REQUEST_FAILED": "failed",
     "CERTIFICATE_REQUEST_DELETED": "deleted",
+    "CERTIFICATE_SIGNING_REQUEST_DENIED": "denied",
+    "CERTIFICATE_SIGNING_REQUEST_FAILED": "failed",
+    "CERTIFICATE_SIGNING_REQUEST_DELETED": "deleted",
     "APPROVAL_FAILED": "approve_failed",
 }
 
@@ -134,7 +134,15 @@ class CertManagerBackend:
         self._watch = watch
         self._roots = roots
         self._metrics = metrics
-        self._deletes: set[asyncio.Task[None]] = set()
+        self._lifecycle = RequestLifecycle(
+            kube,
+            RequestKind(CERTIFICATE_REQUESTS, options.namespace, "CERTIFICATE_REQUEST", "CertificateRequest"),
+            watch=watch,
+            metrics=metrics,
+            preserve=options.preserve,
+            outcome_of=request_outcome,
+            clock=self._clock,
+        )
 
     @property
     def ready(self) -> bool:
@@ -200,119 +208,12 @@ class CertManagerBackend:
         raise BackendUnavailable("APPROVAL_FAILED", f"{name}: kept conflicting with other writers")
 
     async def _request(self, body: Obj, purpose: str) -> Issued:
-        outcome = "cancelled"
-        started = self._clock.monotonic()
-        name = body["metadata"]["name"]
-        # Shielded: a cancelled RPC does not stop the POST already handed to a pool thread, so the create runs to
-        # its end and the object it may have made is deleted afterwards (by UID when the answer arrived).
-        creating = asyncio.ensure_future(self._kube.create(CERTIFICATE_REQUESTS, self._options.namespace, body))
-        try:
-            created = await asyncio.shield(creating)
-        except asyncio.CancelledError:
-            self._metrics.outcomes.labels(purpose, "cancelled").inc()
-            if not self._options.preserve:
-                self._delete_after_create(creating, name)
-            raise
-        except KubeInvalid as exc:
-            self._metrics.outcomes.labels(purpose, "create_failed").inc()
-            raise IssuerFailed("CERTIFICATE_REQUEST_REFUSED", str(exc)) from None
-        except KubeError as exc:
-            self._metrics.outcomes.labels(purpose, "create_failed").inc()
-            if isinstance(exc, KubeUnavailable) and not self._options.preserve:
-                self._delete_later(name, None)  # the answer was lost, not necessarily the create
-            raise BackendUnavailable("CERTIFICATE_REQUEST_CREATE_FAILED", str(exc)) from None
-        uid = created["metadata"]["uid"]
-        future = self._watch.register(name, uid)
-        self._metrics.in_flight.inc()
-        wait = self._options.wait_seconds(purpose)
-        try:
-            issued = await within(wait, self._approve_and_await(created, future), self._clock)
-            outcome = "issued"
-            return issued
-        except TimeoutError:
-            outcome = "timeout"
-            raise BackendUnavailable(
-                "CERTIFICATE_REQUEST_TIMEOUT",
-                f"{name} not signed within {wait:.1f}s (approved? issuer working?)",
-            ) from None
-        except BackendError as exc:
-            if outcome == "cancelled":
-                outcome = request_outcome(exc.reason)
-            raise
-        finally:
-            self._metrics.in_flight.dec()
-            self._metrics.outcomes.labels(purpose, outcome).inc()
-            self._metrics.seconds.labels(purpose).observe(self._clock.monotonic() - started)
-            self._watch.forget(name)
-            if not future.done():
-                future.cancel()
-            if not self._options.preserve:
-                self._delete_later(name, uid)
-
-    async def _approve_and_await(self, created: Obj, issued: asyncio.Future[Issued]) -> Issued:
-        if self._options.approve:
-            try:
-                await self._approve(created)
-            except KubeError as exc:
-                raise BackendUnavailable("APPROVAL_FAILED", f"{created['metadata']['name']}: {exc}") from None
-        return await issued
-
-    def _delete_later(self, name: str, uid: str | None) -> None:
-        """Delete in the background: only the object with ``uid`` when known; by name alone when the create's
-        answer was lost (the name was chosen here, at random, so it is this request's)."""
-        self._track(self._delete(name, uid), name)
-
-    def _delete_after_create(self, creating: asyncio.Future[Obj], name: str) -> None:
-        """The RPC was cancelled during the create: once the create has ended, delete what it made."""
-
-        async def delete() -> None:
-            try:
-                created = await creating
-            except KubeUnavailable:
-                await self._delete(name, None)
-            except KubeError:  # refused by the API server: nothing was created
-                return
-            else:
-                await self._delete(name, str(created["metadata"]["uid"]))
-
-        self._track(delete(), name)
-
-    def _track(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine, name=f"delete-{name}")
-        self._deletes.add(task)
-        task.add_done_callback(self._deletes.discard)
-
-    async def _delete(self, name: str, uid: str | None) -> None:
-        """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over). Only
-        an outage is retried: a refusal (RBAC, invalid request) would be refused again for the whole minute."""
-        deadline = self._clock.monotonic() + DELETE_RETRY_SECONDS
-        delay = 0.25
-        while True:
-            try:
-                await self._kube.delete(CERTIFICATE_REQUESTS, self._options.namespace, name, uid)
-                return
-            except KubeConflict:
-                return  # the UID precondition failed: that name is someone else's object now
-            except KubeUnavailable as exc:
-                if self._clock.monotonic() + delay > deadline:
-                    self._delete_failed(name, exc)
-                    return
-            except KubeError as exc:
-                self._delete_failed(name, exc)
-                return
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def _delete_failed(self, name: str, error: KubeError) -> None:
-        self._metrics.delete_failures.inc()
-        logger.bind(event="delete_failed", name=name).warning(
-            "cannot delete CertificateRequest {} (the sweep will): {}", name, error
-        )
+        approve = self._approve if self._options.approve else None
+        return await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
 
     async def close(self) -> None:
         """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""
-        if self._deletes:
-            await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
+        await self._lifecycle.close()
 
     def _verified_chain(
         self, issued: Issued, purpose: str, roots: tuple[x509.Certificate, ...] | None = None

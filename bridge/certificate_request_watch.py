@@ -1,4 +1,6 @@
-"""One shared, label-selected CertificateRequest watch that resolves every in-flight request.
+"""One shared, label-selected watch that resolves every in-flight request: :class:`RequestWatch`, used for
+cert-manager CertificateRequests (:class:`CertificateRequestWatch`) and Kubernetes CertificateSigningRequests
+(``bridge.kubernetes_csr``), each with its own reading of an object's terminal state.
 
 No GET polling, no per-request watch, no timer: each request registers a future under its object's name after the
 create returned (name and UID known), and the watch resolves it on the first terminal event for that UID. Events
@@ -6,7 +8,7 @@ that arrive before the registration (the create's answer can lose the race with 
 bounded cache and checked on registration. After a relist (410 Gone) the listed objects resolve waiters too, so a
 broken watch loses nothing. Objects are matched by UID, never only by name.
 
-Terminal states, as cert-manager writes them:
+Terminal states of a CertificateRequest, as cert-manager writes them (:func:`terminal_state`):
 - ``status.certificate`` non-empty → issued (Ready=True not required, like istio-csr);
 - ``Denied=True`` → denied (PERMISSION_DENIED);
 - ``InvalidRequest=True`` → invalid, deterministic (FAILED_PRECONDITION: a retry would make a new object to fail);
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, IssuerFailed
-from bridge.kube import CERTIFICATE_REQUESTS, ListWatch, Obj, WatchSource
+from bridge.kube import CERTIFICATE_REQUESTS, ListWatch, Obj, Resource, WatchSource
 
 LABEL_KEY = "app.kubernetes.io/managed-by"
 LABEL_VALUE = "meshsigner"
@@ -37,11 +40,21 @@ class Issued:
     ca_pem: bytes
 
 
-def _conditions(obj: Obj) -> dict[str, Obj]:
+TerminalState = Callable[[Obj], "Issued | BackendError | None"]
+
+
+def conditions(obj: Obj) -> dict[str, Obj]:
+    """An object's ``status.conditions`` by type."""
     return {str(c.get("type")): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def _decode(value: object) -> bytes:
+def condition_message(condition: Obj) -> str:
+    """A condition's message (else its reason), bounded."""
+    return str(condition.get("message") or condition.get("reason") or "")[:MAX_MESSAGE]
+
+
+def decode_base64(value: object) -> bytes:
+    """A base64 field (``status.certificate``), or b"" when absent or not base64."""
     if not value:
         return b""
     try:
@@ -53,23 +66,19 @@ def _decode(value: object) -> bytes:
 def terminal_state(obj: Obj) -> Issued | BackendError | None:
     """What a CertificateRequest says about its end: the issued material, the error to answer, or None (pending)."""
     status = obj.get("status") or {}
-    certificate = _decode(status.get("certificate"))
+    certificate = decode_base64(status.get("certificate"))
     if certificate:
-        return Issued(certificate, _decode(status.get("ca")))
-    conditions = _conditions(obj)
-
-    def message(condition: Obj) -> str:
-        return str(condition.get("message") or condition.get("reason") or "")[:MAX_MESSAGE]
-
-    denied = conditions.get("Denied")
+        return Issued(certificate, decode_base64(status.get("ca")))
+    by_type = conditions(obj)
+    denied = by_type.get("Denied")
     if denied and denied.get("status") == "True":
-        return IssuerDenied("CERTIFICATE_REQUEST_DENIED", message(denied))
-    invalid = conditions.get("InvalidRequest")
+        return IssuerDenied("CERTIFICATE_REQUEST_DENIED", condition_message(denied))
+    invalid = by_type.get("InvalidRequest")
     if invalid and invalid.get("status") == "True":
-        return IssuerFailed("CERTIFICATE_REQUEST_INVALID", message(invalid))
-    ready = conditions.get("Ready")
+        return IssuerFailed("CERTIFICATE_REQUEST_INVALID", condition_message(invalid))
+    ready = by_type.get("Ready")
     if ready and ready.get("status") == "False" and ready.get("reason") == "Failed":
-        return BackendUnavailable("CERTIFICATE_REQUEST_FAILED", message(ready))
+        return BackendUnavailable("CERTIFICATE_REQUEST_FAILED", condition_message(ready))
     return None
 
 
@@ -78,12 +87,34 @@ def _key(obj: Obj) -> tuple[str, str]:
     return str(metadata.get("name") or ""), str(metadata.get("uid") or "")
 
 
-class CertificateRequestWatch:
-    def __init__(self, kube: WatchSource, namespace: str) -> None:
+class RequestWatch:
+    """The shared watch over meshsigner's own objects of ``resource`` (label-selected, and optionally narrowed by a
+    field selector), resolving registered waiters with what ``terminal_state`` reads from each object."""
+
+    def __init__(
+        self,
+        kube: WatchSource,
+        resource: Resource,
+        namespace: str | None,
+        terminal_state: TerminalState,
+        *,
+        label_selector: str = LABEL_SELECTOR,
+        field_selector: str = "",
+        deleted_reason: str = "CERTIFICATE_REQUEST_DELETED",
+        name: str = "",
+    ) -> None:
         self._waiters: dict[str, tuple[str, asyncio.Future[Issued]]] = {}
         self._early: OrderedDict[str, Obj] = OrderedDict()
+        self._terminal_state = terminal_state
+        self._deleted_reason = deleted_reason
         self._watch = ListWatch(
-            kube, CERTIFICATE_REQUESTS, namespace, self, label_selector=LABEL_SELECTOR, name="certificaterequests"
+            kube,
+            resource,
+            namespace,
+            self,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            name=name or resource.plural,
         )
 
     @property
@@ -129,9 +160,9 @@ class CertificateRequestWatch:
         expected_uid, future = entry
         if uid != expected_uid or future.done():
             return
-        outcome: Issued | BackendError | None = terminal_state(obj)
+        outcome: Issued | BackendError | None = self._terminal_state(obj)
         if outcome is None and deleted:
-            outcome = BackendUnavailable("CERTIFICATE_REQUEST_DELETED", "deleted before it was signed")
+            outcome = BackendUnavailable(self._deleted_reason, "deleted before it was signed")
         if outcome is None:
             return
         del self._waiters[name]
@@ -148,3 +179,10 @@ class CertificateRequestWatch:
 
     def on_event(self, kind: str, obj: Obj) -> None:
         self._resolve(obj, deleted=kind == "DELETED")
+
+
+class CertificateRequestWatch(RequestWatch):
+    """The watch over meshsigner's CertificateRequests in ``namespace``."""
+
+    def __init__(self, kube: WatchSource, namespace: str) -> None:
+        super().__init__(kube, CERTIFICATE_REQUESTS, namespace, terminal_state, name="certificaterequests")

@@ -39,7 +39,13 @@ from signer.metrics import ServerMetrics
 from signer.probes import ProbeServer
 from signer.process_signals import ShutdownHooks, stop_on_signals
 from signer.readiness import Readiness, ReadinessCheck
-from signer.service import CertificateService, ClientCertAuthentication, NodeAuthorizer, ServiceConfig
+from signer.service import (
+    CertificateService,
+    ClientCertAuthentication,
+    DecisionRecorder,
+    NodeAuthorizer,
+    ServiceConfig,
+)
 from signer.serving_tls import ServingCertificate
 from signer.settings import TLS_CIPHER_SUITES, ServeSettings
 from signer.task_supervisor import TaskSupervisor
@@ -55,7 +61,7 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.leader_election import LeaderElector
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from signer.serve_in_cluster import CertManagerParts, InClusterAuth
+    from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, InClusterAuth, KubernetesCsrParts
 
 EXIT_CANNOT_START = 2
 # Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
@@ -69,9 +75,10 @@ def needs_kube(settings: ServeSettings) -> bool:
     cluster_keys = settings.authenticator == "jwks" and not settings.jwks_file  # OIDC discovery and informers
     duties = bool(settings.cluster_duties and settings.kubeconfig)  # root ConfigMaps, istiod's certificate
     return (
-        settings.signer == "cert-manager"
+        settings.signer in ("cert-manager", "kubernetes-csr")
         or settings.authenticator == "tokenreview"
         or cluster_keys
+        or settings.mirror_certificate_signing_requests
         or policy_labels
         or node_pods
         or duties
@@ -84,7 +91,7 @@ def build_leader_election(
     registry: CollectorRegistry,
     clock: Clock,
     backend: SigningBackend,
-    parts: CertManagerParts | None,
+    parts: CertManagerParts | KubernetesCsrParts | None,
 ) -> LeaderElector | None:
     """The Lease campaign and the cluster controllers (only with Kubernetes access, only in the first of the
     --workers processes: the others run with --cluster-duties=false)."""
@@ -102,13 +109,13 @@ def build_leader_election(
     else:
         return None
     return build_cluster_duties(
-        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=parts.issuers if parts else None
+        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=getattr(parts, "issuers", None)
     )
 
 
 def build_backend(
     settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
-) -> tuple[SigningBackend, CertManagerParts | None]:
+) -> tuple[SigningBackend, CertManagerParts | KubernetesCsrParts | None]:
     if settings.signer == "local":
         try:
             return LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type), None
@@ -120,7 +127,25 @@ def build_backend(
 
         parts = build_cert_manager(settings, kube, registry)
         return parts.backend, parts
-    raise StartupError(f"--signer {settings.signer} is not available in this build yet; use local or cert-manager")
+    if settings.signer == "kubernetes-csr":
+        assert kube is not None
+        from signer.serve_in_cluster import build_kubernetes_csr
+
+        csr_parts = build_kubernetes_csr(settings, kube, registry)
+        return csr_parts.backend, csr_parts
+    raise StartupError(f"--signer {settings.signer} is not available in this build")
+
+
+def build_audit_mirror(
+    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
+) -> AuditMirrorParts | None:
+    """The audit mirror, on its own Kubernetes client, with --mirror-certificate-signing-requests."""
+    if not settings.mirror_certificate_signing_requests:
+        return None
+    assert kube is not None
+    from signer.serve_in_cluster import build_audit_mirror as build
+
+    return build(settings, registry, kube.metrics)
 
 
 def build_authenticator(
@@ -213,7 +238,7 @@ def build_node_authorization(
 
 
 def client_cert_roots(
-    settings: ServeSettings, backend: SigningBackend, parts: CertManagerParts | None
+    settings: ServeSettings, backend: SigningBackend, parts: CertManagerParts | KubernetesCsrParts | None
 ) -> Callable[[], Sequence[x509.Certificate]]:
     """The roots presented client certificates must chain to: the local CA's, or the pinned --root-ca-file
     (settings.py refuses the flag without one of them; the roots are read at each use, so rotation applies)."""
@@ -272,8 +297,13 @@ async def run(
     tasks = TaskSupervisor(stop, clock=clock, registry=registry, outages=outages)
     probes: list[ProbeServer] = []
     front: ClientCertFront | None = None
+    mirror = None
     try:
         backend, parts = build_backend(settings, kube, registry)
+        mirror = build_audit_mirror(settings, kube, registry)
+        if mirror is not None:
+            await mirror.preflight()
+            backend = mirror.wrap(backend)
         authenticator, in_cluster_auth = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
         if kube is not None and settings.policy_dir:
@@ -290,6 +320,11 @@ async def run(
             to_log=logs_info(settings.log_level),
             dropped=metrics.decision_records_dropped,
         )
+        record_decision: DecisionRecorder = decision_log
+        if mirror is not None:
+            record_decision = mirror.recorder(decision_log)
+            for name, factory in mirror.tasks(stop).items():
+                tasks.start(name, factory)
         serving = ServingCertificate(
             backend,
             dns_names=settings.serving_certificate_dns_names,
@@ -315,7 +350,7 @@ async def run(
                 tasks.start(name, factory)
         if parts is not None:
             checks.update(parts.checks())
-            await parts.refuse_unusable_issuer()
+            await parts.preflight()
         leader = build_leader_election(settings, kube, registry, clock, backend, parts)
         if leader is not None:
             elector = leader
@@ -336,6 +371,7 @@ async def run(
             for name, factory in parts.tasks(stop).items():
                 tasks.start(name, factory)
             if not await serving.obtain_until_issued(stop):
+                await parts.backend.close()  # the deletes of the serving requests, before the client closes
                 decision_log.close()
                 return 0
         else:
@@ -365,7 +401,7 @@ async def run(
             decider=decider,
             backend=backend,
             metrics=metrics,
-            record_decision=decision_log,
+            record_decision=record_decision,
             node_authorizer=node_authorizer,
             client_certs=client_certs,
             clock=clock,
@@ -427,6 +463,8 @@ async def run(
             await probe.close()
         if kube is not None:
             kube.close()
+        if mirror is not None:
+            mirror.close()
         logger.bind(event="stopped").info("meshsigner stopped")
     return 0
 

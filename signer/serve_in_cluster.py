@@ -1,5 +1,6 @@
 """The in-cluster half of ``serve``'s wiring (``signer/serve.py`` calls these builders): the Kubernetes client, the
-cert-manager backend and what runs beside it, TokenReview, the namespace-label and pod caches. Imported only when
+cert-manager and Kubernetes CSR backends and what runs beside them, the audit mirror, TokenReview, the
+namespace-label and pod caches. Imported only when
 the configuration needs the API, so that a local-CA start never loads the Kubernetes client library (about a third
 of the start-up time)."""
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from bridge.audit_mirror import AuditMirror, MirrorOptions, TrailRecordingBackend
 from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certificate_request_wait
-from bridge.certificate_request_watch import CertificateRequestWatch
+from bridge.certificate_request_watch import CertificateRequestWatch, RequestWatch
 from bridge.cleanup import LeftoverSweeper
 from bridge.cluster_trust_bundle import ClusterTrustBundlePublisher
 from bridge.controllers import Controller, ControllerMetrics, run_controllers
@@ -26,7 +28,26 @@ from bridge.istiod_certificate import (
     IstiodSecretIssuer,
     desired_certificate,
 )
-from bridge.kube import CERTIFICATES, SECRETS, KubeClient, KubeError, KubeMetrics, KubeOptions, KubeUnavailable, Obj
+from bridge.kube import (
+    CERTIFICATE_SIGNING_REQUESTS,
+    CERTIFICATES,
+    SECRETS,
+    KubeClient,
+    KubeError,
+    KubeMetrics,
+    KubeOptions,
+    KubeUnavailable,
+    Obj,
+)
+from bridge.kubernetes_csr import (
+    REQUEST_SELECTOR,
+    KubernetesCsrBackend,
+    KubernetesCsrOptions,
+    csr_watch,
+    missing_permissions,
+    needed_permissions,
+    signer_field_selector,
+)
 from bridge.leader_election import LeaderElector, LeaseTimings
 from bridge.local_ca import LocalCA
 from bridge.metrics import BridgeMetrics
@@ -36,8 +57,10 @@ from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.service_accounts import ServiceAccountCache
+from bridge.signing import SigningBackend
 from bridge.trust_distribution import TrustDistributor
 from clocks import Clock
+from signer.audit_trail import MirroringRecorder
 from signer.auth.base import Authenticator
 from signer.auth.cluster_jwks import ClusterJwksAuthenticator
 from signer.auth.cluster_keys import ClusterIssuerKeys, KeyRefreshMetrics
@@ -46,6 +69,7 @@ from signer.auth.tokenreview import TokenReviewAuthenticator
 from signer.errors import StartupError
 from signer.metrics import AuthMetrics
 from signer.readiness import ReadinessCheck
+from signer.service import DecisionRecorder
 from signer.settings import ServeSettings
 from signer.task_supervisor import TaskFactory
 
@@ -53,17 +77,26 @@ from signer.task_supervisor import TaskFactory
 KUBE_OUTAGES: tuple[type[Exception], ...] = (KubeUnavailable,)
 
 
-def build_kube(settings: ServeSettings, registry: CollectorRegistry) -> KubeClient:
-    """The one Kubernetes client."""
+MIRROR_API_SHARE = 0.2  # the audit mirror's own client: a fifth of --kube-api-qps/-burst, on top of the workload's
+# (always rate-limited, even with --disable-kubernetes-client-rate-limiter)
+MIRROR_THREADS = 4
+
+
+def build_kube(
+    settings: ServeSettings, registry: CollectorRegistry, *, metrics: KubeMetrics | None = None, share: float = 1.0
+) -> KubeClient:
+    """The one Kubernetes client of the workload path (``share`` < 1 with ``metrics``: the audit mirror's own)."""
     options = KubeOptions(
         kubeconfig=settings.kubeconfig,
-        qps=settings.kube_api_qps,
-        burst=settings.kube_api_burst,
-        rate_limiter=not settings.disable_kubernetes_client_rate_limiter,
+        qps=max(1.0, settings.kube_api_qps * share),
+        burst=max(1, int(settings.kube_api_burst * share)),
+        # the mirror's share is always enforced: it is what keeps mirror writes from crowding the workload path
+        rate_limiter=share < 1.0 or not settings.disable_kubernetes_client_rate_limiter,
         token_review_share=settings.kube_api_token_review_share,
+        threads=MIRROR_THREADS if share < 1.0 else KubeOptions.threads,
     )
     try:
-        return KubeClient(options, KubeMetrics(registry))
+        return KubeClient(options, metrics or KubeMetrics(registry))
     except KubeError as exc:
         raise StartupError(f"Kubernetes client: {exc.message}") from None
 
@@ -87,7 +120,7 @@ class CertManagerParts:
             "root_bundle": self.roots,
         }
 
-    async def refuse_unusable_issuer(self) -> None:
+    async def preflight(self) -> None:
         """An ACME issuer cannot put SPIFFE URIs in SANs: refuse to start rather than fail every request."""
         if await self.issuer_check.probe() is IssuerState.ACME:
             raise StartupError(f"issuer {self.issuers.current}: {self.issuer_check.reason}")
@@ -210,6 +243,135 @@ def build_in_cluster_auth(
         keys, service_accounts=service_accounts, pods=pods, audiences=settings.token_audiences, clock=clock
     )
     return InClusterAuth(authenticator, keys, service_accounts, pods)
+
+
+def refuse_without_permissions(needed_for: str, missing: list[str]) -> None:
+    if missing:
+        raise StartupError(f"{needed_for}: " + "; ".join(missing))
+
+
+@dataclass
+class KubernetesCsrParts:
+    """The Kubernetes CSR API backend and what runs beside it."""
+
+    backend: KubernetesCsrBackend
+    watch: RequestWatch
+    roots: RootBundle
+    sweeper: LeftoverSweeper | None
+    kube: KubeClient
+    settings: ServeSettings
+
+    def checks(self) -> dict[str, ReadinessCheck]:
+        return {"certificate_signing_request_watch": self.watch, "root_bundle": self.roots}
+
+    async def preflight(self) -> None:
+        """SelfSubjectAccessReviews: refuse to start, naming the missing permission and the RBAC rule that grants
+        it, rather than fail every request."""
+        settings = self.settings
+        needed = needed_permissions(
+            settings.signer_name,
+            approve=settings.approve_certificate_signing_requests,
+            delete=not settings.preserve_certificate_signing_requests,
+        )
+        try:
+            missing = await missing_permissions(self.kube, needed)
+        except KubeError as exc:
+            raise StartupError(f"--signer kubernetes-csr: cannot check permissions: {exc}") from None
+        refuse_without_permissions(f"--signer kubernetes-csr --signer-name {settings.signer_name}", missing)
+
+    def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
+        runners: dict[str, TaskFactory] = {
+            "certificate-signing-request-watch": lambda: self.watch.run(stop),
+            "root-bundle-watch": lambda: self.roots.watch(stop),
+        }
+        if self.sweeper is not None:
+            sweeper = self.sweeper
+            runners["leftover-sweep"] = lambda: sweeper.run(stop)
+        return runners
+
+
+def build_kubernetes_csr(settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry) -> KubernetesCsrParts:
+    metrics = BridgeMetrics(registry)
+    try:
+        roots = RootBundle(settings.root_ca_file, metrics)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    watch = csr_watch(kube, settings.signer_name)
+    backend = KubernetesCsrBackend(
+        kube,
+        KubernetesCsrOptions(
+            signer_name=settings.signer_name,
+            approve=settings.approve_certificate_signing_requests,
+            preserve=settings.preserve_certificate_signing_requests,
+            timeout_seconds=settings.certificate_request_timeout,
+            request_timeout_seconds=settings.request_timeout,
+        ),
+        watch=watch,
+        roots=roots,
+        metrics=metrics,
+    )
+    sweeper = None
+    if settings.preserve_certificate_signing_requests:
+        logger.bind(event="preserving_requests").warning(
+            "--preserve-certificate-signing-requests: CertificateSigningRequests are kept (debugging only); the "
+            "leftover sweep is off"
+        )
+    else:
+        sweeper = LeftoverSweeper(
+            kube,
+            None,
+            request_timeout_seconds=settings.certificate_request_timeout,
+            registry=registry,
+            resource=CERTIFICATE_SIGNING_REQUESTS,
+            label_selector=REQUEST_SELECTOR,
+            field_selector=signer_field_selector(settings.signer_name),
+            what="CertificateSigningRequests",
+            metric="meshsigner_certificate_signing_requests_swept_total",
+        )
+    return KubernetesCsrParts(backend, watch, roots, sweeper, kube, settings)
+
+
+@dataclass
+class AuditMirrorParts:
+    """The audit mirror on its own Kubernetes client (own pool and token bucket), its writers and retention sweep."""
+
+    mirror: AuditMirror
+    kube: KubeClient
+
+    async def preflight(self) -> None:
+        needed = needed_permissions(self.mirror.signer_name, approve=True, delete=True, sign=True)
+        try:
+            missing = await missing_permissions(self.kube, needed)
+        except KubeError as exc:
+            raise StartupError(f"--mirror-certificate-signing-requests: cannot check permissions: {exc}") from None
+        refuse_without_permissions(
+            f"--mirror-certificate-signing-requests --mirror-signer-name {self.mirror.signer_name}", missing
+        )
+
+    def wrap(self, backend: SigningBackend) -> SigningBackend:
+        """The backend, telling the mirror what each request created and was issued, and when it is signing."""
+        return TrailRecordingBackend(backend, self.mirror)
+
+    def recorder(self, inner: DecisionRecorder) -> DecisionRecorder:
+        """The decision recorder that also mirrors every decision."""
+        return MirroringRecorder(inner, self.mirror)
+
+    def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
+        sweeper = self.mirror.sweeper
+        return {"audit-mirror": lambda: self.mirror.run(stop), "audit-mirror-retention": lambda: sweeper.run(stop)}
+
+    def close(self) -> None:
+        self.kube.close()
+
+
+def build_audit_mirror(settings: ServeSettings, registry: CollectorRegistry, metrics: KubeMetrics) -> AuditMirrorParts:
+    kube = build_kube(settings, registry, metrics=metrics, share=MIRROR_API_SHARE)
+    mirror = AuditMirror(
+        kube,
+        MirrorOptions(signer_name=settings.mirror_signer_name, retention_seconds=settings.mirror_retention),
+        registry=registry,
+    )
+    return AuditMirrorParts(mirror, kube)
 
 
 def build_token_review(

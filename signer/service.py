@@ -20,6 +20,7 @@ from cryptography import x509
 from loguru import logger
 
 from bridge.errors import BackendError
+from bridge.request_trail import begin_request
 from bridge.signing import SigningBackend, SigningRequest
 from clocks import Clock
 from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
@@ -220,6 +221,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             impersonated=impersonated,
             cert_signer=_metadata_string(request, "CertSigner"),
         )
+        begin_request(request_id, parsed.pem)  # the audit mirror and CSR annotations name this decision and CSR
         caller = await self._caller(workload, impersonated)
         now = self._clock.now()
         decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)

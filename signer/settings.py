@@ -430,6 +430,31 @@ FLAGS: tuple[Flag, ...] = (
         is_bool=True,
     ),
     Flag("certificate-request-timeout", 30.0, "longest wait for a CertificateRequest to be signed", _positive_duration),
+    # Kubernetes CSR API (--signer kubernetes-csr) and the audit mirror; docs/kubernetes-csr-mode.md
+    Flag("signer-name", "", "with --signer kubernetes-csr: spec.signerName of every CertificateSigningRequest"),
+    Flag(
+        "approve-certificate-signing-requests",
+        True,
+        "with --signer kubernetes-csr: meshsigner approves its own CertificateSigningRequests",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "preserve-certificate-signing-requests",
+        False,
+        "keep CertificateSigningRequests after use (debugging only)",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag(
+        "mirror-certificate-signing-requests",
+        False,
+        "with --signer cert-manager or local: mirror every decided request as a CertificateSigningRequest",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag("mirror-signer-name", "meshsigner.io/audit", "signerName of the audit mirror's CertificateSigningRequests"),
+    Flag("mirror-retention", 3600.0, "audit mirrors older than this are deleted", _positive_duration),
     # serving TLS
     Flag(
         "serving-tls-min-version",
@@ -501,6 +526,12 @@ class ServeSettings:
     preserve_certificate_requests: bool
     approve_certificate_requests: bool
     certificate_request_timeout: float
+    signer_name: str
+    approve_certificate_signing_requests: bool
+    preserve_certificate_signing_requests: bool
+    mirror_certificate_signing_requests: bool
+    mirror_signer_name: str
+    mirror_retention: float
     serving_tls_min_version: str
     serving_tls_cipher_suites: tuple[str, ...]
     serving_tls_curve_preferences: tuple[str, ...]
@@ -628,10 +659,38 @@ def validate(settings: ServeSettings) -> None:
             "--enable-client-cert-authenticator needs pinned roots to verify client certificates against: "
             "--root-ca-file (or --signer local, whose roots are its own)"
         )
+    validate_csr_api(settings)
     for account in settings.ca_trusted_node_accounts:
         namespace, sep, name = account.partition("/")
         if not sep or not namespace or not name or "/" in name:
             raise SettingsError(f"--ca-trusted-node-accounts entry {account!r} must be namespace/serviceaccount")
+
+
+def _signer_name_ok(name: str) -> bool:
+    domain, sep, path = name.partition("/")
+    return bool(sep and domain and path and "." in domain)
+
+
+def validate_csr_api(settings: ServeSettings) -> None:
+    """--signer kubernetes-csr and the audit mirror (docs/kubernetes-csr-mode.md)."""
+    if settings.signer == "kubernetes-csr":
+        if not _signer_name_ok(settings.signer_name):
+            raise SettingsError(
+                "--signer kubernetes-csr needs --signer-name domain/path (e.g. clusterissuers.cert-manager.io/istio-ca)"
+            )
+        if not settings.root_ca_file:
+            raise SettingsError(
+                "--signer kubernetes-csr needs --root-ca-file (the CSR API carries no CA to verify chains against)"
+            )
+        if settings.mirror_certificate_signing_requests:
+            raise SettingsError(
+                "--mirror-certificate-signing-requests is for --signer cert-manager and local: with kubernetes-csr the "
+                "requests already are CertificateSigningRequests"
+            )
+    if settings.mirror_certificate_signing_requests and not _signer_name_ok(settings.mirror_signer_name):
+        raise SettingsError("--mirror-signer-name must be domain/path (e.g. meshsigner.io/audit)")
+    if settings.mirror_certificate_signing_requests and settings.mirror_signer_name == settings.signer_name:
+        raise SettingsError("--mirror-signer-name must differ from --signer-name")
 
 
 def parse_serve_args(argv: Sequence[str], environment: Mapping[str, str] | None = None) -> ServeSettings:

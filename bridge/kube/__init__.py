@@ -13,7 +13,7 @@
 Callers import from ``bridge.kube`` (this module), not from the submodules.
 """
 
-from bridge.kube.client import KubeClient
+from bridge.kube.client import AccessReview, KubeClient
 from bridge.kube.configuration import KubeOptions
 from bridge.kube.errors import (
     KubeConflict,
@@ -30,9 +30,11 @@ from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import Budget, TokenBucket, split_budgets
 from bridge.kube.resources import (
     CERTIFICATE_REQUESTS,
+    CERTIFICATE_SIGNING_REQUESTS,
     CERTIFICATES,
     CM_GROUP,
     CONFIG_MAPS,
+    CSR_GROUP,
     CTB_VERSIONS,
     LEASES,
     NAMESPACES,
@@ -49,14 +51,17 @@ from bridge.kube.resources import (
 __all__ = [
     "CERTIFICATES",
     "CERTIFICATE_REQUESTS",
+    "CERTIFICATE_SIGNING_REQUESTS",
     "CM_GROUP",
     "CONFIG_MAPS",
+    "CSR_GROUP",
     "CTB_VERSIONS",
     "LEASES",
     "NAMESPACES",
     "PODS",
     "SECRETS",
     "SERVICE_ACCOUNTS",
+    "AccessReview",
     "Budget",
     "KubeClient",
     "KubeConflict",

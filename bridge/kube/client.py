@@ -14,6 +14,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import urllib3
@@ -103,12 +104,22 @@ def _rest_json(
     return _json_object(data, f"{method} {path}")
 
 
+@dataclass(frozen=True, slots=True)
+class AccessReview:
+    """A SelfSubjectAccessReview's answer: may this client do ``verb`` on the resource?"""
+
+    allowed: bool
+    reason: str
+
+
 class KubeClient:
     def __init__(self, options: KubeOptions, metrics: KubeMetrics, *, clock: Clock | None = None) -> None:
         self._api = client.ApiClient(load_configuration(options))
         self._custom = client.CustomObjectsApi(self._api)
         self._core = client.CoreV1Api(self._api)
         self._authn = client.AuthenticationV1Api(self._api)
+        self._authz = client.AuthorizationV1Api(self._api)
+        self._certificates = client.CertificatesV1Api(self._api)
         self._pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="kube")
         self.clock: Clock = clock or SystemClock()
         self._budgets = (
@@ -200,31 +211,77 @@ class KubeClient:
             return False
         return any(isinstance(r, dict) and r.get("name") == resource.plural for r in listing.get("resources") or [])
 
-    async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
+        """Create ``body`` (``namespace`` is ignored for a cluster-scoped resource)."""
         r = resource
-        created = await self._call(
-            "create", r.plural, self._custom.create_namespaced_custom_object, r.group, r.version, namespace, r.plural,
-            body,
-        )  # fmt: skip
+        if r.namespaced:
+            created = await self._call(
+                "create", r.plural, self._custom.create_namespaced_custom_object, r.group, r.version, namespace,
+                r.plural, body,
+            )  # fmt: skip
+        else:
+            created = await self._call(
+                "create", r.plural, self._custom.create_cluster_custom_object, r.group, r.version, r.plural, body
+            )
         return _json_object(created, "create")
 
-    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+    async def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> None:
         """Delete (only the object with ``uid`` when given); an object already gone is not an error."""
         r = resource
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
         with contextlib.suppress(KubeNotFound):
-            await self._call(
-                "delete", r.plural, self._custom.delete_namespaced_custom_object, r.group, r.version, namespace,
-                r.plural, name, body=options,
-            )  # fmt: skip
+            if r.namespaced:
+                await self._call(
+                    "delete", r.plural, self._custom.delete_namespaced_custom_object, r.group, r.version, namespace,
+                    r.plural, name, body=options,
+                )  # fmt: skip
+            else:
+                await self._call(
+                    "delete", r.plural, self._custom.delete_cluster_custom_object, r.group, r.version, r.plural,
+                    name, body=options,
+                )  # fmt: skip
 
-    async def replace_status(self, resource: Resource, namespace: str, name: str, body: Obj) -> Obj:
+    async def replace_status(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj:
         r = resource
-        replaced = await self._call(
-            "update", f"{r.plural}/status", self._custom.replace_namespaced_custom_object_status, r.group, r.version,
-            namespace, r.plural, name, body,
-        )  # fmt: skip
+        if r.namespaced:
+            replaced = await self._call(
+                "update", f"{r.plural}/status", self._custom.replace_namespaced_custom_object_status, r.group,
+                r.version, namespace, r.plural, name, body,
+            )  # fmt: skip
+        else:
+            replaced = await self._call(
+                "update", f"{r.plural}/status", self._custom.replace_cluster_custom_object_status, r.group,
+                r.version, r.plural, name, body,
+            )  # fmt: skip
         return _json_object(replaced, "update")
+
+    async def update_approval(self, name: str, body: Obj) -> Obj:
+        """PUT a CertificateSigningRequest's ``approval`` subresource (its Approved/Denied conditions)."""
+        function = self._certificates.replace_certificate_signing_request_approval
+        return await self._call("update", "certificatesigningrequests/approval", _read_json, function, name, body)
+
+    async def may(
+        self, verb: str, group: str, resource: str, *, name: str = "", subresource: str = "", namespace: str = ""
+    ) -> AccessReview:
+        """A SelfSubjectAccessReview: whether this client's own identity may do ``verb`` on the resource."""
+        attributes: Obj = {"verb": verb, "group": group, "resource": resource}
+        if name:
+            attributes["name"] = name
+        if subresource:
+            attributes["subresource"] = subresource
+        if namespace:
+            attributes["namespace"] = namespace
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        function = self._authz.create_self_subject_access_review
+        answer = await self._call("create", "selfsubjectaccessreviews", _read_json, function, body)
+        status = answer.get("status") or {}
+        return AccessReview(
+            bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
+        )
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
         r = resource

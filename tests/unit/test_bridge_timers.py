@@ -44,7 +44,7 @@ class Store:
     ) -> tuple[list[Obj], str]:
         return list(self.objects), "1"
 
-    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None = None) -> None:
+    async def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> None:
         self.deleted.append(name)
         self.objects = [o for o in self.objects if o["metadata"]["name"] != name]
         self.changed.set()

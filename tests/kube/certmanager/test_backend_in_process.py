@@ -73,7 +73,7 @@ async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
     posted, release = threading.Event(), threading.Event()
 
     class AnswerHeldBack(KubeClient):
-        async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+        async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
             created = await super().create(resource, namespace, body)
             posted.set()
             await asyncio.to_thread(release.wait, 20)  # the answer is held back until the caller was cancelled
@@ -102,7 +102,7 @@ async def test_create_whose_answer_is_lost_is_deleted_by_name(
     namespace = make_namespace("istio-system")
 
     class AnswerLost(KubeClient):
-        async def create(self, resource: Resource, namespace: str, body: Obj) -> Obj:
+        async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
             await super().create(resource, namespace, body)
             raise KubeUnavailable(0, "ReadTimeoutError: Read timed out.")  # what the seam makes of a lost answer
 

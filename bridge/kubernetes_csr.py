@@ -1,0 +1,343 @@
+"""The Kubernetes CSR API backend (``--signer kubernetes-csr --signer-name NAME``): one certificates.k8s.io/v1
+CertificateSigningRequest per allowed CSR, approved by meshsigner (``--approve-certificate-signing-requests``),
+resolved by the shared watch (bridge/certificate_request_watch.py), deleted after use.
+
+Per request (bridge/request_lifecycle.py, shared with the cert-manager backend): create (1 write) → approval
+subresource (1 write) → the shared watch sees ``status.certificate`` or a Denied/Failed condition (no read) →
+delete (1 write), unless ``--preserve-certificate-signing-requests``. The CSR API carries no CA: the chain
+(``status.certificate``: leaf and intermediates) must verify to the pinned ``--root-ca-file``.
+
+Lifetimes: ``spec.expirationSeconds`` is the granted lifetime. The API refuses values under 600 s (and cert-manager
+fails such requests), and meshsigner never issues longer than granted, so a grant under 600 s is refused before any
+object is made (FAILED_PRECONDITION, ``LIFETIME_BELOW_CSR_API_MINIMUM``), and an issued notAfter later than the
+grant (plus 5 s of rounding) is refused too (``ISSUED_TOO_LONG``).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from loguru import logger
+
+from bridge.cert_manager import certificate_request_wait, request_outcome, workload_usages
+from bridge.certificate_request_watch import (
+    LABEL_KEY,
+    LABEL_SELECTOR,
+    LABEL_VALUE,
+    Issued,
+    RequestWatch,
+    condition_message,
+    conditions,
+    decode_base64,
+)
+from bridge.certificates import certificate_pem, split_issued_chain, verify_issued_chain
+from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, IssuerFailed
+from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, KubeConflict, Obj, WatchSource
+from bridge.metrics import BridgeMetrics
+from bridge.request_lifecycle import RequestKind, RequestLifecycle
+from bridge.request_trail import current_trail
+from bridge.root_bundle import RootBundle
+from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
+from clocks import Clock
+
+NAME_PREFIX = "meshsigner-"
+PURPOSE_LABEL = "meshsigner.io/purpose"
+IDENTITIES_ANNOTATION = "meshsigner.io/identities"
+DECISION_ANNOTATION = "meshsigner.io/decision-id"
+MIN_EXPIRATION_SECONDS = 600  # the CSR API's minimum for spec.expirationSeconds
+NOT_AFTER_TOLERANCE = timedelta(seconds=5)  # signers round to whole seconds
+# the watch and the sweep see only this backend's request objects, never the audit mirror's (purpose=audit)
+REQUEST_SELECTOR = f"{LABEL_SELECTOR},{PURPOSE_LABEL} in (workload,serving)"
+
+
+def signer_field_selector(signer_name: str) -> str:
+    """Only CSRs of one signer name: replicas or installations with other signer names are not ours to sweep."""
+    return f"spec.signerName={signer_name}"
+
+
+def csr_terminal_state(obj: Obj) -> Issued | BackendError | None:
+    """What a CertificateSigningRequest says about its end: ``status.certificate`` (issued), Denied
+    (PERMISSION_DENIED), Failed (UNAVAILABLE: a signer outage may pass), or None (pending)."""
+    certificate = decode_base64((obj.get("status") or {}).get("certificate"))
+    if certificate:
+        return Issued(certificate, b"")
+    by_type = conditions(obj)
+    denied = by_type.get("Denied")
+    if denied and denied.get("status") == "True":
+        return IssuerDenied("CERTIFICATE_SIGNING_REQUEST_DENIED", condition_message(denied))
+    failed = by_type.get("Failed")
+    if failed and failed.get("status") == "True":
+        return BackendUnavailable("CERTIFICATE_SIGNING_REQUEST_FAILED", condition_message(failed))
+    return None
+
+
+def csr_watch(kube: WatchSource, signer_name: str) -> RequestWatch:
+    """The one shared watch over this server's CertificateSigningRequests of ``signer_name``."""
+    return RequestWatch(
+        kube,
+        CERTIFICATE_SIGNING_REQUESTS,
+        None,
+        csr_terminal_state,
+        label_selector=REQUEST_SELECTOR,
+        field_selector=signer_field_selector(signer_name),
+        deleted_reason="CERTIFICATE_SIGNING_REQUEST_DELETED",
+        name="certificatesigningrequests",
+    )
+
+
+@dataclass(frozen=True)
+class KubernetesCsrOptions:
+    signer_name: str
+    approve: bool = True
+    preserve: bool = False
+    timeout_seconds: float = 30.0  # --certificate-request-timeout
+    request_timeout_seconds: float | None = None  # --request-timeout
+
+    def wait_seconds(self, purpose: str) -> float:
+        if purpose == "serving" or self.request_timeout_seconds is None:
+            return self.timeout_seconds
+        return certificate_request_wait(self.timeout_seconds, self.request_timeout_seconds)
+
+
+def approval_condition(name: str, decision_id: str, identities: str, now: datetime) -> Obj:
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    decision = f"decision {decision_id}" if decision_id else "its decision"
+    return {
+        "type": "Approved",
+        "status": "True",
+        "reason": "MeshsignerPolicyAllowed",
+        "message": f"{name} approved by meshsigner: {decision} allowed {identities}"[:1000],
+        "lastUpdateTime": stamp,
+        "lastTransitionTime": stamp,
+    }
+
+
+class KubernetesCsrBackend:
+    def __init__(
+        self,
+        kube: KubeClient,
+        options: KubernetesCsrOptions,
+        *,
+        watch: RequestWatch,
+        roots: RootBundle,
+        metrics: BridgeMetrics,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or kube.clock
+        self._kube = kube
+        self._options = options
+        self._watch = watch
+        self._roots = roots
+        self._metrics = metrics
+        self._lifecycle = RequestLifecycle(
+            kube,
+            RequestKind(CERTIFICATE_SIGNING_REQUESTS, None, "CERTIFICATE_SIGNING_REQUEST", "CertificateSigningRequest"),
+            watch=watch,
+            metrics=metrics,
+            preserve=options.preserve,
+            outcome_of=request_outcome,
+            clock=self._clock,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._watch.ready and self._roots.ready
+
+    @property
+    def ca_not_after(self) -> datetime | None:
+        return None  # the signer's CA is not known here
+
+    def _body(self, csr_pem: bytes, seconds: int, usages: list[str], purpose: str, identities: str) -> Obj:
+        trail = current_trail()
+        return {
+            "apiVersion": f"{CSR_GROUP}/v1",
+            "kind": "CertificateSigningRequest",
+            "metadata": {
+                "generateName": NAME_PREFIX,
+                "labels": {LABEL_KEY: LABEL_VALUE, PURPOSE_LABEL: purpose},
+                "annotations": {IDENTITIES_ANNOTATION: identities, DECISION_ANNOTATION: trail.decision_id},
+            },
+            "spec": {
+                "request": base64.b64encode(csr_pem).decode("ascii"),
+                "signerName": self._options.signer_name,
+                "usages": usages,
+                "expirationSeconds": seconds,
+            },
+        }
+
+    async def _approve(self, created: Obj) -> None:
+        name = str(created["metadata"]["name"])
+        annotations = created["metadata"].get("annotations") or {}
+        condition = approval_condition(
+            name,
+            str(annotations.get(DECISION_ANNOTATION) or ""),
+            str(annotations.get(IDENTITIES_ANNOTATION) or ""),
+            self._clock.now(),
+        )
+        obj = created
+        for _ in range(3):
+            present = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Approved"]
+            if any(c.get("type") in ("Denied", "Failed") for c in present):
+                return  # someone else decided first; the watch reports it
+            obj.setdefault("status", {})["conditions"] = [*present, condition]
+            try:
+                await self._kube.update_approval(name, obj)
+                return
+            except KubeConflict:
+                obj = await self._kube.get(CERTIFICATE_SIGNING_REQUESTS, None, name)
+        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: kept conflicting with other writers")
+
+    async def _issue(self, body: Obj, purpose: str, seconds: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        if seconds < MIN_EXPIRATION_SECONDS:
+            raise IssuerFailed(
+                "LIFETIME_BELOW_CSR_API_MINIMUM",
+                f"granted lifetime {seconds}s is under the Kubernetes CSR API's minimum of {MIN_EXPIRATION_SECONDS}s; "
+                "meshsigner never issues longer than granted",
+            )
+        if not self._watch.ready:
+            raise BackendUnavailable("WATCH_NOT_SYNCED", "the CertificateSigningRequest watch has not listed yet")
+        if not self._roots.ready:
+            raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
+        approve = self._approve if self._options.approve else None
+        issued = await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
+        leaf, intermediates = self._verified_chain(issued, purpose)
+        latest = self._clock.now() + timedelta(seconds=seconds) + NOT_AFTER_TOLERANCE
+        if leaf.not_valid_after_utc > latest:
+            self._metrics.outcomes.labels(purpose, "too_long").inc()
+            raise IssuerFailed(
+                "ISSUED_TOO_LONG",
+                f"notAfter {leaf.not_valid_after_utc.isoformat()} is past the granted {latest.isoformat()}",
+            )
+        return leaf, intermediates
+
+    def _verified_chain(self, issued: Issued, purpose: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        try:
+            leaf, intermediates = split_issued_chain(issued.certificate_pem, what="status.certificate")
+        except IssuerFailed:
+            self._metrics.outcomes.labels(purpose, "bad_chain").inc()
+            raise
+        try:
+            verify_issued_chain(leaf, intermediates, self._roots.roots, now=self._clock.now())
+        except IssuerFailed as exc:
+            self._metrics.untrusted_chains.inc()
+            self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
+            logger.bind(event="untrusted_chain", purpose=purpose).error(
+                "REFUSED an issued chain: {} (pinned roots: {})",
+                exc.detail,
+                "; ".join(r.subject.rfc4514_string() for r in self._roots.roots),
+            )
+            raise
+        return leaf, intermediates
+
+    async def sign(self, request: SigningRequest) -> SignedChain:
+        body = self._body(
+            request.csr_pem.encode("ascii"),
+            request.duration_seconds,
+            workload_usages(request.csr),
+            "workload",
+            request.identities_annotation or ",".join(request.uris),
+        )
+        leaf, intermediates = await self._issue(body, "workload", request.duration_seconds)
+        return SignedChain(
+            leaf=leaf,
+            chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
+            roots_pem=self._roots.pem,
+        )
+
+    async def issue_serving_certificate(
+        self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
+    ) -> ServingMaterial:
+        key = await new_serving_key(key_algorithm, key_size)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        seconds = max(MIN_EXPIRATION_SECONDS, int(duration_seconds))
+        body = self._body(
+            csr.public_bytes(serialization.Encoding.PEM),
+            seconds,
+            ["server auth", "digital signature", "key encipherment"],
+            "serving",
+            ",".join(dns_names),
+        )
+        leaf, intermediates = await self._issue(body, "serving", seconds)
+        if leaf.public_key() != key.public_key():
+            raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
+        return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
+
+    async def close(self) -> None:
+        await self._lifecycle.close()
+
+
+# --- start-up permission check ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Permission:
+    verb: str
+    resource: str
+    subresource: str = ""
+    name: str = ""
+
+    def rule(self) -> str:
+        resource = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        names = f', resourceNames: ["{self.name}"]' if self.name else ""
+        return f'{{apiGroups: ["{CSR_GROUP}"], resources: ["{resource}"]{names}, verbs: ["{self.verb}"]}}'
+
+    def describe(self) -> str:
+        resource = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        return f"{self.verb} {resource}{'/' + self.name if self.name else ''} ({CSR_GROUP})"
+
+
+def needed_permissions(signer_name: str, *, approve: bool, delete: bool, sign: bool = False) -> list[Permission]:
+    """What meshsigner needs for CSRs of ``signer_name``: create, list and watch (the shared watch), delete (after
+    use and the sweep); with approval, update on the approval subresource and ``approve`` on the signer name; to
+    write certificates (the audit mirror), update on the status subresource and ``sign`` on the signer name."""
+    needed = [Permission(verb, "certificatesigningrequests") for verb in ("create", "list", "watch")]
+    if delete:
+        needed.append(Permission("delete", "certificatesigningrequests"))
+    if approve:
+        needed += [
+            Permission("update", "certificatesigningrequests", "approval"),
+            Permission("approve", "signers", name=signer_name),
+        ]
+    if sign:
+        needed += [
+            Permission("update", "certificatesigningrequests", "status"),
+            Permission("sign", "signers", name=signer_name),
+        ]
+    return needed
+
+
+async def missing_permissions(kube: KubeClient, needed: list[Permission]) -> list[str]:
+    """One line per permission the API server's SelfSubjectAccessReview refuses: what is missing and the RBAC rule
+    (of a ClusterRole bound to meshsigner's service account) that grants it."""
+    missing = []
+    for permission in needed:
+        review = await kube.may(
+            permission.verb,
+            CSR_GROUP,
+            permission.resource,
+            name=permission.name,
+            subresource=permission.subresource,
+        )
+        if not review.allowed:
+            missing.append(
+                f"missing permission: {permission.describe()}; grant it with the ClusterRole rule {permission.rule()}"
+            )
+    return missing
+
+
+__all__ = [
+    "KubernetesCsrBackend",
+    "KubernetesCsrOptions",
+    "Permission",
+    "csr_terminal_state",
+    "csr_watch",
+    "missing_permissions",
+    "needed_permissions",
+]

@@ -1,0 +1,191 @@
+"""One signing request's life as an API object, shared by the CertificateRequest and the CertificateSigningRequest
+backends: create (1 write) → [approve: 1 write] → the shared watch sees the terminal state (no read) → delete in
+the background (1 write), unless preserved.
+
+The wait is bounded by the caller's timeout and by the RPC itself (cancellation reaches here); every return path,
+cancellation included, deletes the object. A create whose answer was lost is deleted by name when the name was
+chosen here (CertificateRequests); with ``generateName`` (CertificateSigningRequests) the name is unknown and the
+leftover sweep removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from bridge.certificate_request_watch import Issued, RequestWatch
+from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
+from bridge.kube import KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj, Resource
+from bridge.metrics import BridgeMetrics
+from bridge.request_trail import current_trail
+from clocks import Clock, within
+
+DELETE_DRAIN_SECONDS = 10.0
+DELETE_RETRY_SECONDS = 60.0
+
+Approver = Callable[[Obj], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    """How one kind of object is named in reasons and logs: ``prefix`` starts every reason code
+    (CERTIFICATE_REQUEST_TIMEOUT, CERTIFICATE_SIGNING_REQUEST_TIMEOUT ...)."""
+
+    resource: Resource
+    namespace: str | None
+    prefix: str
+    what: str
+
+
+class RequestLifecycle:
+    def __init__(
+        self,
+        kube: KubeClient,
+        kind: RequestKind,
+        *,
+        watch: RequestWatch,
+        metrics: BridgeMetrics,
+        preserve: bool,
+        outcome_of: Callable[[str], str],
+        clock: Clock | None = None,
+    ) -> None:
+        self._kube = kube
+        self._kind = kind
+        self._watch = watch
+        self._metrics = metrics
+        self._preserve = preserve
+        self._outcome_of = outcome_of
+        self._clock: Clock = clock or kube.clock
+        self._deletes: set[asyncio.Task[None]] = set()
+
+    async def run(
+        self,
+        body: Obj,
+        purpose: str,
+        wait_seconds: float,
+        approve: Approver | None,
+    ) -> Issued:
+        """Create ``body``, approve it with ``approve`` (when given), and wait at most ``wait_seconds`` for the
+        watch to see it end. The request's trail records the object's name (the audit mirror names it)."""
+        kind = self._kind
+        outcome = "cancelled"
+        started = self._clock.monotonic()
+        name = str(body["metadata"].get("name") or "")
+        # Shielded: a cancelled RPC does not stop the POST already handed to a pool thread, so the create runs to
+        # its end and the object it may have made is deleted afterwards (by UID when the answer arrived).
+        creating = asyncio.ensure_future(self._kube.create(kind.resource, kind.namespace, body))
+        try:
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            self._metrics.outcomes.labels(purpose, "cancelled").inc()
+            if not self._preserve:
+                self._delete_after_create(creating, name)
+            raise
+        except KubeInvalid as exc:
+            self._metrics.outcomes.labels(purpose, "create_failed").inc()
+            raise IssuerFailed(f"{kind.prefix}_REFUSED", str(exc)) from None
+        except KubeError as exc:
+            self._metrics.outcomes.labels(purpose, "create_failed").inc()
+            if isinstance(exc, KubeUnavailable) and not self._preserve and name:
+                self._delete_later(name, None)  # the answer was lost, not necessarily the create
+            raise BackendUnavailable(f"{kind.prefix}_CREATE_FAILED", str(exc)) from None
+        name, uid = str(created["metadata"]["name"]), str(created["metadata"]["uid"])
+        current_trail().object_name = name
+        future = self._watch.register(name, uid)
+        self._metrics.in_flight.inc()
+        try:
+            issued = await within(wait_seconds, self._approve_and_await(created, future, approve), self._clock)
+            outcome = "issued"
+            return issued
+        except TimeoutError:
+            outcome = "timeout"
+            raise BackendUnavailable(
+                f"{kind.prefix}_TIMEOUT",
+                f"{name} not signed within {wait_seconds:.1f}s (approved? signer working?)",
+            ) from None
+        except BackendError as exc:
+            if outcome == "cancelled":
+                outcome = self._outcome_of(exc.reason)
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+            self._metrics.outcomes.labels(purpose, outcome).inc()
+            self._metrics.seconds.labels(purpose).observe(self._clock.monotonic() - started)
+            self._watch.forget(name)
+            if not future.done():
+                future.cancel()
+            if not self._preserve:
+                self._delete_later(name, uid)
+
+    async def _approve_and_await(
+        self, created: Obj, issued: asyncio.Future[Issued], approve: Approver | None
+    ) -> Issued:
+        if approve is not None:
+            try:
+                await approve(created)
+            except KubeError as exc:
+                raise BackendUnavailable("APPROVAL_FAILED", f"{created['metadata']['name']}: {exc}") from None
+        return await issued
+
+    def _delete_later(self, name: str, uid: str | None) -> None:
+        """Delete in the background: only the object with ``uid`` when known; by name alone when the create's
+        answer was lost (the name was chosen here, at random, so it is this request's)."""
+        self._track(self._delete(name, uid), name)
+
+    def _delete_after_create(self, creating: asyncio.Future[Obj], name: str) -> None:
+        """The RPC was cancelled during the create: once the create has ended, delete what it made."""
+
+        async def delete() -> None:
+            try:
+                created = await creating
+            except KubeUnavailable:
+                if name:
+                    await self._delete(name, None)
+                # else: generateName, the name is unknown; the leftover sweep removes the object
+            except KubeError:  # refused by the API server: nothing was created
+                return
+            else:
+                await self._delete(str(created["metadata"]["name"]), str(created["metadata"]["uid"]))
+
+        self._track(delete(), name or "generated")
+
+    def _track(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=f"delete-{name}")
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
+    async def _delete(self, name: str, uid: str | None) -> None:
+        """Delete, retrying through an API outage for up to DELETE_RETRY_SECONDS (then the sweep takes over). Only
+        an outage is retried: a refusal (RBAC, invalid request) would be refused again for the whole minute."""
+        deadline = self._clock.monotonic() + DELETE_RETRY_SECONDS
+        delay = 0.25
+        while True:
+            try:
+                await self._kube.delete(self._kind.resource, self._kind.namespace, name, uid)
+                return
+            except KubeConflict:
+                return  # the UID precondition failed: that name is someone else's object now
+            except KubeUnavailable as exc:
+                if self._clock.monotonic() + delay > deadline:
+                    self._delete_failed(name, exc)
+                    return
+            except KubeError as exc:
+                self._delete_failed(name, exc)
+                return
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _delete_failed(self, name: str, error: KubeError) -> None:
+        self._metrics.delete_failures.inc()
+        logger.bind(event="delete_failed", name=name).warning(
+            "cannot delete {} {} (the sweep will): {}", self._kind.what, name, error
+        )
+
+    async def close(self) -> None:
+        """Finish the pending deletes (bounded), so a clean shutdown leaves nothing behind."""
+        if self._deletes:
+            await asyncio.wait(set(self._deletes), timeout=DELETE_DRAIN_SECONDS)
