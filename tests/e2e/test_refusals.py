@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from tests.e2e.calls import create
 from tests.support.csr_builder import key_usage, make_csr, with_bad_signature
 from tests.support.tokens import TokenIssuer
+from tests.support.waiting import wait_for
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -217,12 +218,12 @@ def test_tokens_never_reach_the_log(signer):
     token = signer.issuer.token("orders", "leaky")
     _, _, other_identity = create(signer.stub(), make_csr([OWN]), token)  # refused: another identity
     _, _, bad_signature = create(signer.stub(), make_csr([OWN]), token[:-4] + "AAAA")  # refused: bad signature
+    request_ids = [details.rsplit("request ", 1)[1].rstrip(")") for details in (other_identity, bad_signature)]
+    # both refusals reach the log (decision records are written by a writer thread), found by the request id the
+    # client was given
+    wait_for(lambda: all(request_id in signer.server.log() for request_id in request_ids), "both refusals logged")
     log = signer.server.log()
     assert token not in log and token.split(".")[2] not in log and token.split(".")[1] not in log
-    # both refusals are in the log, found by the request id the client was given
-    for details in (other_identity, bad_signature):
-        request_id = details.rsplit("request ", 1)[1].rstrip(")")
-        assert request_id in log, details
 
 
 def test_oversized_message_is_refused_by_the_transport(signer):
