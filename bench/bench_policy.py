@@ -13,6 +13,7 @@ one ECDSA P-256 leaf signature as baselines, with ratios; and the time to load, 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -84,16 +85,8 @@ def compliance(rule_count: int) -> str:
     )
 
 
-def team(index: int) -> str:
-    namespaces = f"[team-{index}-*]" if index % 5 == 4 else f"[team-{index}, team-{index}-canary]"
-    return (
-        HEADER
-        + f"""kind: IdentityPolicy
-metadata: {{name: team-{index}}}
-spec:
-  priority: {index % 7}
-  subjects: {{namespaces: {namespaces}, serviceAccounts: [api, "worker-*", web]}}
-  rules:
+def team_rules(index: int) -> str:
+    return f"""  rules:
     - name: service-dns
       effect: Allow
       identities: ["{OWN}"]
@@ -115,6 +108,19 @@ spec:
       effect: Deny
       dnsNames: ["*.internal"]
 """
+
+
+def team(index: int) -> str:
+    namespaces = f"[team-{index}-*]" if index % 5 == 4 else f"[team-{index}, team-{index}-canary]"
+    return (
+        HEADER
+        + f"""kind: IdentityPolicy
+metadata: {{name: team-{index}}}
+spec:
+  priority: {index % 7}
+  subjects: {{namespaces: {namespaces}, serviceAccounts: [api, "worker-*", web]}}
+"""
+        + team_rules(index)
     )
 
 
@@ -174,6 +180,151 @@ def workload() -> list[tuple[Caller, IssuanceRequest]]:
             (Caller(TD, namespace, "debug-x"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/{namespace}/sa/debug-x",))),
         ]
     cases.append((Caller(TD, "orders", "web"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/orders/sa/web",))))
+    return cases
+
+
+# The scaled sets of ``--scaling``: what a large mesh's policy repository looks like. A handful of mesh-wide
+# policies (a baseline, compliance Deny rules by service account, an Audit-mode tightening, a weak-key ban, grants
+# for mesh-wide agents by service account, a gateway grant and limits for namespaces labelled tier=prod), then one
+# policy of five rules per team, selecting its workloads in the ways people write: literal namespaces, a namespace
+# prefix glob, Istio principals, "namespace/name" service accounts; some in Audit mode, some with `when` conditions.
+SCALED_SETTINGS = SETTINGS + "  trustedNamespaceLabelKeys: [tier]\n"
+MESH_WIDE = 7
+
+
+def mesh_wide_policies(team_count: int) -> dict[str, str]:
+    denies = max(8, team_count // 50)
+    compliance_rules = "".join(
+        f"    - name: deny-{i}\n      effect: Deny\n      subjects: {{serviceAccounts: [legacy-{i}-*]}}\n"
+        for i in range(denies)
+    )
+    doc = HEADER + "kind: IdentityPolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+    return {
+        "mesh-baseline": BASELINE,
+        "compliance-denies": doc.format(
+            name="compliance-denies", body=f"  subjects: {{namespaces: ['*']}}\n  rules:\n{compliance_rules}"
+        ),
+        "tighten-to-12h": AUDIT,
+        "no-weak-keys": doc.format(
+            name="no-weak-keys",
+            body="  subjects: {namespaces: ['*']}\n  rules:\n"
+            "    - {name: rsa-1024, effect: Deny, key: {algorithms: [RSA-1024]}, message: use a stronger key}\n",
+        ),
+        "mesh-agents": doc.format(
+            name="mesh-agents",
+            body=f"  subjects: {{serviceAccounts: [prometheus, otel-collector]}}\n  rules:\n"
+            f'    - {{name: own, effect: Allow, identities: ["{OWN}"]}}\n'
+            f'    - {{name: scrape-dns, effect: Allow, identities: ["{OWN}"], '
+            f'dnsNames: ["{{serviceAccount}}.{{namespace}}.svc"]}}\n',
+        ),
+        "ingress-gateways": doc.format(
+            name="ingress-gateways",
+            body="  subjects: {namespaces: [istio-system], serviceAccounts: [istio-ingressgateway*]}\n  rules:\n"
+            f'    - {{name: gateway, effect: Allow, identities: ["{OWN}"], dnsNames: [gateway.example.com]}}\n',
+        ),
+        "prod-limits": doc.format(
+            name="prod-limits",
+            body="  subjects: {namespaces: ['*'], namespaceSelector: {matchLabels: {tier: prod}}}\n"
+            "  limits: {duration: {max: 48h}}\n",
+        ),
+    }
+
+
+def scaled_team(index: int) -> str:
+    """Team ``index``'s policy: its subjects form and mode follow ``index % 10`` (see ``scaled_namespace``)."""
+    form = index % 10
+    subjects = {
+        5: f"{{namespaces: [team-{index}-*], serviceAccounts: [api, 'worker-*', web]}}",
+        6: f"{{principals: ['{TD}/ns/team-{index}/sa/*']}}",
+        7: f"{{serviceAccounts: [team-{index}/api, 'team-{index}/worker-*', team-{index}/web]}}",
+    }.get(form, f"{{namespaces: [team-{index}, team-{index}-canary], serviceAccounts: [api, 'worker-*', web]}}")
+    text = (
+        HEADER
+        + f"kind: IdentityPolicy\nmetadata: {{name: team-{index}}}\nspec:\n"
+        + ("  mode: Audit\n" if form == 8 else "")
+        + f"  priority: {10 if index % 13 == 0 else 0}\n  subjects: {subjects}\n"
+        + team_rules(index)
+    )
+    return with_conditions(text) if form == 9 else text
+
+
+def scaled_namespace(index: int, variant: int) -> str:
+    """A namespace team ``index``'s policy covers (``variant`` picks among its namespaces)."""
+    if index % 10 == 5:
+        return f"team-{index}-{('eu', 'us', 'ap')[variant % 3]}"
+    if index % 10 < 5 and variant % 4 == 3:
+        return f"team-{index}-canary"
+    return f"team-{index}"
+
+
+def write_scaled_set(directory: Path, policies: int) -> int:
+    """One file per policy; returns the team count (policies minus the mesh-wide ones)."""
+    teams = policies - MESH_WIDE
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "settings.yaml").write_text(SCALED_SETTINGS)
+    for name, text in mesh_wide_policies(teams).items():
+        (directory / f"{name}.yaml").write_text(text)
+    for index in range(teams):
+        (directory / f"team-{index:05d}.yaml").write_text(scaled_team(index))
+    return teams
+
+
+def namespace_labels(namespace: str) -> dict[str, str]:
+    """The label informer's answer in the scaled bench: every third team namespace is tier=prod."""
+    digits = "".join(ch for ch in namespace.split("-")[1] if ch.isdigit()) if namespace.startswith("team-") else ""
+    return {"tier": "prod"} if digits and int(digits) % 3 == 0 else {"tier": "dev"}
+
+
+def scaled_workload(teams: int, count: int, seed: int = 14) -> list[tuple[Caller, IssuanceRequest]]:
+    """``count`` requests spread over every team: grants of own IDs, DNS names and shards, Deny-rule hits, requests
+    nothing grants, mesh-wide agents and gateways, compliance denials."""
+    rng = random.Random(seed)
+    cases: list[tuple[Caller, IssuanceRequest]] = []
+    while len(cases) < count:
+        index, variant = rng.randrange(teams), rng.randrange(12)
+        namespace = scaled_namespace(index, variant)
+        account = ("api", "web", "worker-7")[variant % 3]
+        own = f"spiffe://{TD}/ns/{namespace}/sa/{account}"
+        caller = Caller(TD, namespace, account)
+        kind = rng.randrange(10)
+        if kind < 3:
+            cases.append((caller, IssuanceRequest(uris=(own,), validity_seconds=86400)))
+        elif kind < 5:
+            dns = f"{account}.{namespace}.svc"
+            cases.append((caller, IssuanceRequest(uris=(own,), dns_names=(dns,), validity_seconds=3600)))
+        elif kind == 5:
+            cases.append((caller, IssuanceRequest(uris=(own + "/shard/2",), validity_seconds=3600)))
+        elif kind == 6:
+            cases.append((caller, IssuanceRequest(uris=(own,), dns_names=("api.other.svc",), validity_seconds=3600)))
+        elif kind == 7:
+            debug = Caller(TD, namespace, "debug-x")
+            cases.append((debug, IssuanceRequest(uris=(f"spiffe://{TD}/ns/{namespace}/sa/debug-x",))))
+        elif kind == 8:
+            agent = Caller(TD, namespace, "prometheus")
+            dns = (f"prometheus.{namespace}.svc",)
+            cases.append((agent, IssuanceRequest(uris=(agent.spiffe_id,), dns_names=dns, validity_seconds=3600)))
+        else:
+            odd = rng.choice(
+                [
+                    Caller(TD, "istio-system", "istio-ingressgateway"),
+                    Caller(TD, namespace, f"legacy-{rng.randrange(8)}-etl"),
+                    Caller(TD, f"unknown-{rng.randrange(1000)}", "default"),
+                ]
+            )
+            cases.append((odd, IssuanceRequest(uris=(odd.spiffe_id,), validity_seconds=3600)))
+    return cases
+
+
+def fresh_callers(teams: int, count: int, seed: int = 41) -> list[tuple[Caller, IssuanceRequest]]:
+    """Requests from ``count`` distinct service accounts no earlier decision saw (``worker-<n>``, which the team
+    policies grant): each one misses the set's per-(namespace, service account) cache."""
+    rng = random.Random(seed)
+    cases = []
+    for number in range(count):
+        index = rng.randrange(teams)
+        namespace = scaled_namespace(index, rng.randrange(12))
+        caller = Caller(TD, namespace, f"worker-{number}-{seed}")
+        cases.append((caller, IssuanceRequest(uris=(caller.spiffe_id,), validity_seconds=3600)))
     return cases
 
 
