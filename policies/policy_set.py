@@ -32,7 +32,9 @@ class Applicable:
 
 def _rules_for(rules: tuple[Rule, ...], ctx: EvaluationContext) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
     """The Allow and the Deny rules of ``rules`` whose own subjects match the caller (label selectors aside)."""
-    allow = tuple(r for r in rules if r.effect is Effect.ALLOW and (r.subjects is None or r.subjects.static_matches(ctx)))
+    allow = tuple(
+        r for r in rules if r.effect is Effect.ALLOW and (r.subjects is None or r.subjects.static_matches(ctx))
+    )
     deny = tuple(r for r in rules if r.effect is Effect.DENY and (r.subjects is None or r.subjects.static_matches(ctx)))
     return allow, deny
 

@@ -78,7 +78,12 @@ def policy_documents(draw: st.DrawFn, index: int) -> dict[str, Any]:
     }
     if rules:
         spec["rules"] = rules
-    return {"apiVersion": "meshsigner.io/v1alpha1", "kind": "IdentityPolicy", "metadata": {"name": f"p{index}"}, "spec": spec}
+    return {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": f"p{index}"},
+        "spec": spec,
+    }
 
 
 @st.composite
