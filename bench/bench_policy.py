@@ -1,6 +1,7 @@
 """Policy evaluation cost for a large set, against baselines measured in the same run.
 
     python bench/bench_policy.py [--policies 200] [--rules 1000] [--decisions 20000]
+    python bench/bench_policy.py --scaling 200,2000,10000 [--runs 3] [--decisions 20000]
 
 Builds a synthetic set of ``--policies`` IdentityPolicy documents holding ``--rules`` rules (a cluster baseline,
 compliance Deny rules, an Audit-mode tightening that applies everywhere, and team policies with DNS, shard and
@@ -8,13 +9,22 @@ Deny rules; a fifth of the teams select namespaces by glob, so the namespace ind
 decisions per second and p50/p90/p99 per decision for a mix of granted and denied requests, through both the pure
 evaluator and the ``PolicyStore`` (metrics included); the built-in istio-csr rule's cost on the same requests and
 one ECDSA P-256 leaf signature as baselines, with ratios; and the time to load, validate and compile the set.
+
+``--scaling`` shows how the cost grows with the set instead: generated sets of the given sizes (mesh-wide policies
+plus one five-rule policy per team, see ``scaled_team``), each measured in fresh processes: load + compile CPU
+time, the resident memory the loaded set adds, and the CPU time per decision for callers the set has already seen
+(warm) and for a new service account each time (cold: what follows a reload, or a large mesh's renewals).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -402,12 +412,116 @@ def signing_cost(rounds: int = 300) -> list[float]:
     return timed(sign, rounds)
 
 
+def cpu_samples(calls: list[Callable[[], object]], rounds: int) -> list[float]:
+    """CPU time (µs) of each call, ``rounds`` times over the list: other processes' load barely moves it."""
+    clock = time.process_time_ns
+    samples = []
+    for _ in range(rounds):
+        for call in calls:
+            started = clock()
+            call()
+            samples.append((clock() - started) / 1000)
+    return samples
+
+
+def resident_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def measure_scaled(directory: Path, teams: int, decisions: int, loads: int) -> dict[str, float]:
+    """One run at one size, in a fresh process: load CPU time, resident growth, warm and cold decision CPU time."""
+    gc.collect()
+    before = resident_kib()
+    load_cpu = []
+    policy_set = None
+    for _ in range(loads):
+        policy_set = None
+        gc.collect()
+        started = time.process_time()
+        policy_set = load_policy_set([directory], trust_domain=TD)
+        load_cpu.append(time.process_time() - started)
+    assert policy_set is not None
+    gc.collect()
+    grown = resident_kib() - before
+    baseline = OwnIdentityOnly(TD, 86400)
+    cases = scaled_workload(teams, 400)
+
+    def engine(c: Caller, r: IssuanceRequest) -> Callable[[], object]:
+        return lambda: evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=namespace_labels)
+
+    calls = [engine(c, r) for c, r in cases]
+    for call in calls:  # each (namespace, service account) once: the cache holds them from here on
+        call()
+    warm = cpu_samples(calls, max(1, decisions // len(calls)))
+    cold = cpu_samples([engine(c, r) for c, r in fresh_callers(teams, min(decisions, 5000))], 1)
+    own = cpu_samples([lambda c=c, r=r: baseline.decide(c, r, now=NOW, ca_not_after=CA_NOT_AFTER) for c, r in cases], 5)
+    decided = [
+        evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=namespace_labels)
+        for c, r in cases
+    ]
+    return {
+        "policies": len(policy_set.policies),
+        "rules": policy_set.rule_count,
+        "allowed": sum(d.allowed for d in decided) / len(decided),
+        "load_cpu_s": statistics.median(load_cpu),
+        "rss_mib": grown / 1024,
+        "warm_p50": percentile(warm, 0.5),
+        "warm_p99": percentile(warm, 0.99),
+        "cold_p50": percentile(cold, 0.5),
+        "cold_p99": percentile(cold, 0.99),
+        "builtin_p50": percentile(own, 0.5),
+    }
+
+
+def scaling(sizes: list[int], runs: int, decisions: int) -> None:
+    """Each size in ``runs`` fresh processes; prints the median of each figure over the runs."""
+    print(
+        f"scaled sets (one file per policy, ~5 rules per policy), {runs} runs per size, medians; CPU time "
+        "(time.process_time); warm = callers the set has seen, cold = a new service account each decision"
+    )
+    header = (
+        f"{'policies':>8} {'rules':>7} {'load+compile':>13} {'RSS':>8} {'warm p50':>9} {'warm p99':>9} "
+        f"{'cold p50':>9} {'cold p99':>9} {'built-in p50':>13}"
+    )
+    print(header)
+    with tempfile.TemporaryDirectory() as raw:
+        for size in sizes:
+            directory = Path(raw) / str(size)
+            teams = write_scaled_set(directory, size)
+            results = []
+            for _ in range(runs):
+                command = [sys.executable, __file__, "--measure-scaled", str(directory), "--teams", str(teams)]
+                command += ["--decisions", str(decisions), "--loads", "3" if size <= 2000 else "2"]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                results.append(json.loads(output.strip().splitlines()[-1]))
+            med = {key: statistics.median(r[key] for r in results) for key in results[0]}
+            print(
+                f"{med['policies']:>8,.0f} {med['rules']:>7,.0f} {med['load_cpu_s']:>11.2f} s "
+                f"{med['rss_mib']:>5.0f} MiB {med['warm_p50']:>6.1f} µs {med['warm_p99']:>6.1f} µs "
+                f"{med['cold_p50']:>6.1f} µs {med['cold_p99']:>6.1f} µs {med['builtin_p50']:>10.1f} µs"
+                f"   ({med['allowed']:.0%} allowed)",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--decisions", type=int, default=20000)
+    parser.add_argument("--scaling", metavar="SIZES", help="e.g. 200,2000,10000: how cost grows with the set")
+    parser.add_argument("--runs", type=int, default=3, help="with --scaling: fresh processes per size")
+    parser.add_argument("--measure-scaled", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--teams", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loads", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_scaled is not None:
+        print(json.dumps(measure_scaled(args.measure_scaled, args.teams, args.decisions, args.loads)))
+        return
+    if args.scaling:
+        scaling([int(size) for size in args.scaling.split(",")], args.runs, args.decisions)
+        return
 
     with tempfile.TemporaryDirectory() as raw:
         directory = Path(raw)
