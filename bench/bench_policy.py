@@ -1,6 +1,7 @@
 """Policy evaluation cost for a large set, against baselines measured in the same run.
 
     python bench/bench_policy.py [--policies 200] [--rules 1000] [--decisions 20000]
+    python bench/bench_policy.py --scaling 200,2000,10000 [--runs 3] [--decisions 20000]
 
 Builds a synthetic set of ``--policies`` IdentityPolicy documents holding ``--rules`` rules (a cluster baseline,
 compliance Deny rules, an Audit-mode tightening that applies everywhere, and team policies with DNS, shard and
@@ -8,12 +9,22 @@ Deny rules; a fifth of the teams select namespaces by glob, so the namespace ind
 decisions per second and p50/p90/p99 per decision for a mix of granted and denied requests, through both the pure
 evaluator and the ``PolicyStore`` (metrics included); the built-in istio-csr rule's cost on the same requests and
 one ECDSA P-256 leaf signature as baselines, with ratios; and the time to load, validate and compile the set.
+
+``--scaling`` shows how the cost grows with the set instead: generated sets of the given sizes (mesh-wide policies
+plus one five-rule policy per team, see ``scaled_team``), each measured in fresh processes: load + compile CPU
+time, the resident memory the loaded set adds, and the CPU time per decision for callers the set has already seen
+(warm) and for a new service account each time (cold: what follows a reload, or a large mesh's renewals).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import os
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,16 +95,8 @@ def compliance(rule_count: int) -> str:
     )
 
 
-def team(index: int) -> str:
-    namespaces = f"[team-{index}-*]" if index % 5 == 4 else f"[team-{index}, team-{index}-canary]"
-    return (
-        HEADER
-        + f"""kind: IdentityPolicy
-metadata: {{name: team-{index}}}
-spec:
-  priority: {index % 7}
-  subjects: {{namespaces: {namespaces}, serviceAccounts: [api, "worker-*", web]}}
-  rules:
+def team_rules(index: int) -> str:
+    return f"""  rules:
     - name: service-dns
       effect: Allow
       identities: ["{OWN}"]
@@ -115,6 +118,19 @@ spec:
       effect: Deny
       dnsNames: ["*.internal"]
 """
+
+
+def team(index: int) -> str:
+    namespaces = f"[team-{index}-*]" if index % 5 == 4 else f"[team-{index}, team-{index}-canary]"
+    return (
+        HEADER
+        + f"""kind: IdentityPolicy
+metadata: {{name: team-{index}}}
+spec:
+  priority: {index % 7}
+  subjects: {{namespaces: {namespaces}, serviceAccounts: [api, "worker-*", web]}}
+"""
+        + team_rules(index)
     )
 
 
@@ -174,6 +190,151 @@ def workload() -> list[tuple[Caller, IssuanceRequest]]:
             (Caller(TD, namespace, "debug-x"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/{namespace}/sa/debug-x",))),
         ]
     cases.append((Caller(TD, "orders", "web"), IssuanceRequest(uris=(f"spiffe://{TD}/ns/orders/sa/web",))))
+    return cases
+
+
+# The scaled sets of ``--scaling``: what a large mesh's policy repository looks like. A handful of mesh-wide
+# policies (a baseline, compliance Deny rules by service account, an Audit-mode tightening, a weak-key ban, grants
+# for mesh-wide agents by service account, a gateway grant and limits for namespaces labelled tier=prod), then one
+# policy of five rules per team, selecting its workloads in the ways people write: literal namespaces, a namespace
+# prefix glob, Istio principals, "namespace/name" service accounts; some in Audit mode, some with `when` conditions.
+SCALED_SETTINGS = SETTINGS + "  trustedNamespaceLabelKeys: [tier]\n"
+MESH_WIDE = 7
+
+
+def mesh_wide_policies(team_count: int) -> dict[str, str]:
+    denies = max(8, team_count // 50)
+    compliance_rules = "".join(
+        f"    - name: deny-{i}\n      effect: Deny\n      subjects: {{serviceAccounts: [legacy-{i}-*]}}\n"
+        for i in range(denies)
+    )
+    doc = HEADER + "kind: IdentityPolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+    return {
+        "mesh-baseline": BASELINE,
+        "compliance-denies": doc.format(
+            name="compliance-denies", body=f"  subjects: {{namespaces: ['*']}}\n  rules:\n{compliance_rules}"
+        ),
+        "tighten-to-12h": AUDIT,
+        "no-weak-keys": doc.format(
+            name="no-weak-keys",
+            body="  subjects: {namespaces: ['*']}\n  rules:\n"
+            "    - {name: rsa-1024, effect: Deny, key: {algorithms: [RSA-1024]}, message: use a stronger key}\n",
+        ),
+        "mesh-agents": doc.format(
+            name="mesh-agents",
+            body=f"  subjects: {{serviceAccounts: [prometheus, otel-collector]}}\n  rules:\n"
+            f'    - {{name: own, effect: Allow, identities: ["{OWN}"]}}\n'
+            f'    - {{name: scrape-dns, effect: Allow, identities: ["{OWN}"], '
+            f'dnsNames: ["{{serviceAccount}}.{{namespace}}.svc"]}}\n',
+        ),
+        "ingress-gateways": doc.format(
+            name="ingress-gateways",
+            body="  subjects: {namespaces: [istio-system], serviceAccounts: [istio-ingressgateway*]}\n  rules:\n"
+            f'    - {{name: gateway, effect: Allow, identities: ["{OWN}"], dnsNames: [gateway.example.com]}}\n',
+        ),
+        "prod-limits": doc.format(
+            name="prod-limits",
+            body="  subjects: {namespaces: ['*'], namespaceSelector: {matchLabels: {tier: prod}}}\n"
+            "  limits: {duration: {max: 48h}}\n",
+        ),
+    }
+
+
+def scaled_team(index: int) -> str:
+    """Team ``index``'s policy: its subjects form and mode follow ``index % 10`` (see ``scaled_namespace``)."""
+    form = index % 10
+    subjects = {
+        5: f"{{namespaces: [team-{index}-*], serviceAccounts: [api, 'worker-*', web]}}",
+        6: f"{{principals: ['{TD}/ns/team-{index}/sa/*']}}",
+        7: f"{{serviceAccounts: [team-{index}/api, 'team-{index}/worker-*', team-{index}/web]}}",
+    }.get(form, f"{{namespaces: [team-{index}, team-{index}-canary], serviceAccounts: [api, 'worker-*', web]}}")
+    text = (
+        HEADER
+        + f"kind: IdentityPolicy\nmetadata: {{name: team-{index}}}\nspec:\n"
+        + ("  mode: Audit\n" if form == 8 else "")
+        + f"  priority: {10 if index % 13 == 0 else 0}\n  subjects: {subjects}\n"
+        + team_rules(index)
+    )
+    return with_conditions(text) if form == 9 else text
+
+
+def scaled_namespace(index: int, variant: int) -> str:
+    """A namespace team ``index``'s policy covers (``variant`` picks among its namespaces)."""
+    if index % 10 == 5:
+        return f"team-{index}-{('eu', 'us', 'ap')[variant % 3]}"
+    if index % 10 < 5 and variant % 4 == 3:
+        return f"team-{index}-canary"
+    return f"team-{index}"
+
+
+def write_scaled_set(directory: Path, policies: int) -> int:
+    """One file per policy; returns the team count (policies minus the mesh-wide ones)."""
+    teams = policies - MESH_WIDE
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "settings.yaml").write_text(SCALED_SETTINGS)
+    for name, text in mesh_wide_policies(teams).items():
+        (directory / f"{name}.yaml").write_text(text)
+    for index in range(teams):
+        (directory / f"team-{index:05d}.yaml").write_text(scaled_team(index))
+    return teams
+
+
+def namespace_labels(namespace: str) -> dict[str, str]:
+    """The label informer's answer in the scaled bench: every third team namespace is tier=prod."""
+    digits = "".join(ch for ch in namespace.split("-")[1] if ch.isdigit()) if namespace.startswith("team-") else ""
+    return {"tier": "prod"} if digits and int(digits) % 3 == 0 else {"tier": "dev"}
+
+
+def scaled_workload(teams: int, count: int, seed: int = 14) -> list[tuple[Caller, IssuanceRequest]]:
+    """``count`` requests spread over every team: grants of own IDs, DNS names and shards, Deny-rule hits, requests
+    nothing grants, mesh-wide agents and gateways, compliance denials."""
+    rng = random.Random(seed)
+    cases: list[tuple[Caller, IssuanceRequest]] = []
+    while len(cases) < count:
+        index, variant = rng.randrange(teams), rng.randrange(12)
+        namespace = scaled_namespace(index, variant)
+        account = ("api", "web", "worker-7")[variant % 3]
+        own = f"spiffe://{TD}/ns/{namespace}/sa/{account}"
+        caller = Caller(TD, namespace, account)
+        kind = rng.randrange(10)
+        if kind < 3:
+            cases.append((caller, IssuanceRequest(uris=(own,), validity_seconds=86400)))
+        elif kind < 5:
+            dns = f"{account}.{namespace}.svc"
+            cases.append((caller, IssuanceRequest(uris=(own,), dns_names=(dns,), validity_seconds=3600)))
+        elif kind == 5:
+            cases.append((caller, IssuanceRequest(uris=(own + "/shard/2",), validity_seconds=3600)))
+        elif kind == 6:
+            cases.append((caller, IssuanceRequest(uris=(own,), dns_names=("api.other.svc",), validity_seconds=3600)))
+        elif kind == 7:
+            debug = Caller(TD, namespace, "debug-x")
+            cases.append((debug, IssuanceRequest(uris=(f"spiffe://{TD}/ns/{namespace}/sa/debug-x",))))
+        elif kind == 8:
+            agent = Caller(TD, namespace, "prometheus")
+            dns = (f"prometheus.{namespace}.svc",)
+            cases.append((agent, IssuanceRequest(uris=(agent.spiffe_id,), dns_names=dns, validity_seconds=3600)))
+        else:
+            odd = rng.choice(
+                [
+                    Caller(TD, "istio-system", "istio-ingressgateway"),
+                    Caller(TD, namespace, f"legacy-{rng.randrange(8)}-etl"),
+                    Caller(TD, f"unknown-{rng.randrange(1000)}", "default"),
+                ]
+            )
+            cases.append((odd, IssuanceRequest(uris=(odd.spiffe_id,), validity_seconds=3600)))
+    return cases
+
+
+def fresh_callers(teams: int, count: int, seed: int = 41) -> list[tuple[Caller, IssuanceRequest]]:
+    """Requests from ``count`` distinct service accounts no earlier decision saw (``worker-<n>``, which the team
+    policies grant): each one misses the set's per-(namespace, service account) cache."""
+    rng = random.Random(seed)
+    cases = []
+    for number in range(count):
+        index = rng.randrange(teams)
+        namespace = scaled_namespace(index, rng.randrange(12))
+        caller = Caller(TD, namespace, f"worker-{number}-{seed}")
+        cases.append((caller, IssuanceRequest(uris=(caller.spiffe_id,), validity_seconds=3600)))
     return cases
 
 
@@ -251,12 +412,116 @@ def signing_cost(rounds: int = 300) -> list[float]:
     return timed(sign, rounds)
 
 
+def cpu_samples(calls: list[Callable[[], object]], rounds: int) -> list[float]:
+    """CPU time (µs) of each call, ``rounds`` times over the list: other processes' load barely moves it."""
+    clock = time.process_time_ns
+    samples = []
+    for _ in range(rounds):
+        for call in calls:
+            started = clock()
+            call()
+            samples.append((clock() - started) / 1000)
+    return samples
+
+
+def resident_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def measure_scaled(directory: Path, teams: int, decisions: int, loads: int) -> dict[str, float]:
+    """One run at one size, in a fresh process: load CPU time, resident growth, warm and cold decision CPU time."""
+    gc.collect()
+    before = resident_kib()
+    load_cpu = []
+    policy_set = None
+    for _ in range(loads):
+        policy_set = None
+        gc.collect()
+        started = time.process_time()
+        policy_set = load_policy_set([directory], trust_domain=TD)
+        load_cpu.append(time.process_time() - started)
+    assert policy_set is not None
+    gc.collect()
+    grown = resident_kib() - before
+    baseline = OwnIdentityOnly(TD, 86400)
+    cases = scaled_workload(teams, 400)
+
+    def engine(c: Caller, r: IssuanceRequest) -> Callable[[], object]:
+        return lambda: evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=namespace_labels)
+
+    calls = [engine(c, r) for c, r in cases]
+    for call in calls:  # each (namespace, service account) once: the cache holds them from here on
+        call()
+    warm = cpu_samples(calls, max(1, decisions // len(calls)))
+    cold = cpu_samples([engine(c, r) for c, r in fresh_callers(teams, min(decisions, 5000))], 1)
+    own = cpu_samples([lambda c=c, r=r: baseline.decide(c, r, now=NOW, ca_not_after=CA_NOT_AFTER) for c, r in cases], 5)
+    decided = [
+        evaluate(policy_set, c, r, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=namespace_labels)
+        for c, r in cases
+    ]
+    return {
+        "policies": len(policy_set.policies),
+        "rules": policy_set.rule_count,
+        "allowed": sum(d.allowed for d in decided) / len(decided),
+        "load_cpu_s": statistics.median(load_cpu),
+        "rss_mib": grown / 1024,
+        "warm_p50": percentile(warm, 0.5),
+        "warm_p99": percentile(warm, 0.99),
+        "cold_p50": percentile(cold, 0.5),
+        "cold_p99": percentile(cold, 0.99),
+        "builtin_p50": percentile(own, 0.5),
+    }
+
+
+def scaling(sizes: list[int], runs: int, decisions: int) -> None:
+    """Each size in ``runs`` fresh processes; prints the median of each figure over the runs."""
+    print(
+        f"scaled sets (one file per policy, ~5 rules per policy), {runs} runs per size, medians; CPU time "
+        "(time.process_time); warm = callers the set has seen, cold = a new service account each decision"
+    )
+    header = (
+        f"{'policies':>8} {'rules':>7} {'load+compile':>13} {'RSS':>8} {'warm p50':>9} {'warm p99':>9} "
+        f"{'cold p50':>9} {'cold p99':>9} {'built-in p50':>13}"
+    )
+    print(header)
+    with tempfile.TemporaryDirectory() as raw:
+        for size in sizes:
+            directory = Path(raw) / str(size)
+            teams = write_scaled_set(directory, size)
+            results = []
+            for _ in range(runs):
+                command = [sys.executable, __file__, "--measure-scaled", str(directory), "--teams", str(teams)]
+                command += ["--decisions", str(decisions), "--loads", "3" if size <= 2000 else "2"]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                results.append(json.loads(output.strip().splitlines()[-1]))
+            med = {key: statistics.median(r[key] for r in results) for key in results[0]}
+            print(
+                f"{med['policies']:>8,.0f} {med['rules']:>7,.0f} {med['load_cpu_s']:>11.2f} s "
+                f"{med['rss_mib']:>5.0f} MiB {med['warm_p50']:>6.1f} µs {med['warm_p99']:>6.1f} µs "
+                f"{med['cold_p50']:>6.1f} µs {med['cold_p99']:>6.1f} µs {med['builtin_p50']:>10.1f} µs"
+                f"   ({med['allowed']:.0%} allowed)",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--decisions", type=int, default=20000)
+    parser.add_argument("--scaling", metavar="SIZES", help="e.g. 200,2000,10000: how cost grows with the set")
+    parser.add_argument("--runs", type=int, default=3, help="with --scaling: fresh processes per size")
+    parser.add_argument("--measure-scaled", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--teams", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loads", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_scaled is not None:
+        print(json.dumps(measure_scaled(args.measure_scaled, args.teams, args.decisions, args.loads)))
+        return
+    if args.scaling:
+        scaling([int(size) for size in args.scaling.split(",")], args.runs, args.decisions)
+        return
 
     with tempfile.TemporaryDirectory() as raw:
         directory = Path(raw)

@@ -11,7 +11,8 @@ Where things live:
 - ``builtin``: the istio-csr rule. ``policy_store`` + ``directory_watch``: the YAML decider and its hot reload.
 - ``yaml_source`` → ``schema_readers`` → ``document_schemas``: YAML text to checked documents, with positions.
 - ``compiler``/``subject_compiler`` → ``compiled``: checked documents to the immutable set the evaluator reads;
-  ``loader`` runs the whole load, ``policy_set`` indexes the result.
+  ``loader`` runs the whole load, ``policy_set`` indexes the result (with ``subject_index``: by the namespaces or
+  service accounts subjects pin, so a decision reads only what can apply to its caller).
 - ``precheck`` → ``evaluator`` (with ``rule_checks``, ``context``, ``ca_validity``): one decision;
   ``conditions``: the CEL ``when`` expressions (compiled and bounded at load, evaluated last in a rule).
 - ``shadow``: the shadow policy set's report next to the enforced decision (the store evaluates it).

@@ -33,7 +33,7 @@ from policies.globs import NameGlob
 from policies.schema_readers import Reporter
 from policies.subject_compiler import compile_subjects
 from policies.subjects import Subjects
-from policies.templates import DnsTemplate, IdentityTemplate, TemplateError
+from policies.templates import IdentityTemplate, TemplateCompiler, TemplateError
 
 GIT_SHA_ANNOTATION = "meshsigner.io/git-sha"
 _ALLOW_ONLY_FIELDS = ("trustDomains", "allowWildcardDNSNames", "allowCrossNamespace", "duration", "usages")
@@ -177,15 +177,19 @@ def compile_policy(
     *,
     source: str,
     conditions: ConditionCompiler | None = None,
+    templates: TemplateCompiler | None = None,
     confined_to: str | None = None,
 ) -> Policy:
-    """``conditions`` compiles ``when`` expressions; share one per load (its CEL environment is built once).
+    """``conditions`` compiles ``when`` expressions and ``templates`` identity and DNS templates; share one of each
+    per load (each distinct text is compiled once).
 
     ``confined_to`` is the namespace of a namespaced object outside the root namespace: the policy then applies
     only to that namespace's workloads and may grant only identities and DNS names of that namespace, so the
     namespace's owners hold grants for their own workloads and no one else's. Its name becomes ``<ns>:<name>``.
     """
     conditions = conditions if conditions is not None else ConditionCompiler()
+    if templates is None:
+        templates = TemplateCompiler(settings.trust_domain, settings.trusted_namespace_label_keys)
     name = fields["metadata"]["name"]
     spec = fields["spec"]
     if confined_to is not None:
@@ -205,7 +209,7 @@ def compile_policy(
                 f"{path}.name", f"duplicate rule name {rule_spec['name']!r} (also rules[{seen[rule_spec['name']]}])"
             )
         seen.setdefault(rule_spec["name"], index)
-        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings, conditions))
+        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings, conditions, templates))
     limits = None
     if "limits" in spec:
         limits = _limits(name, spec["limits"], report, settings)
@@ -267,6 +271,7 @@ def _rule(
     report: Reporter,
     settings: PolicySettings,
     conditions: ConditionCompiler,
+    templates: TemplateCompiler,
 ) -> Rule:
     effect = Effect(spec["effect"])
     if effect is Effect.DENY:
@@ -284,12 +289,11 @@ def _rule(
                 f"{path}.trustDomains[{td_index}]",
                 f"{trust_domain!r} is neither the primary trust domain nor in settings.trustDomainAliases",
             )
-    labels = settings.trusted_namespace_label_keys
     identities = []
     for id_index, text in enumerate(spec.get("identities", [])):
         where = f"{path}.identities[{id_index}]"
         try:
-            template = IdentityTemplate.compile(text, settings.trust_domain, labels)
+            template = templates.identity(text)
         except TemplateError as exc:
             report.error(where, str(exc))
             continue
@@ -328,7 +332,7 @@ def _rule(
     dns_names = []
     for dns_index, text in enumerate(spec.get("dnsNames", [])):
         try:
-            dns_names.append(DnsTemplate.compile(text, labels))
+            dns_names.append(templates.dns(text))
         except TemplateError as exc:
             report.error(f"{path}.dnsNames[{dns_index}]", str(exc))
     duration = None

@@ -22,6 +22,7 @@ from policies.document_schemas import read_document
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.schema_readers import Reporter
+from policies.templates import TemplateCompiler
 from policies.yaml_source import parse_documents
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
@@ -125,6 +126,7 @@ def build_policy_set(
     policies: list[Policy] = []
     first_seen: dict[str, str] = {}
     conditions = ConditionCompiler()
+    templates = TemplateCompiler(settings.trust_domain, settings.trusted_namespace_label_keys)
     for kind, fields, report, source in read:
         if kind != "IdentityPolicy":
             continue
@@ -144,7 +146,15 @@ def build_policy_set(
             report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
         first_seen.setdefault(name, source)
         policies.append(
-            compile_policy(fields, report, settings, source=source, conditions=conditions, confined_to=confined)
+            compile_policy(
+                fields,
+                report,
+                settings,
+                source=source,
+                conditions=conditions,
+                templates=templates,
+                confined_to=confined,
+            )
         )
         problems.extend(report.problems[before:])
 

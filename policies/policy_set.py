@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policies.compiled import Limits, Mode, Policy, PolicySettings, Rule
+from policies.compiled import Effect, Limits, Mode, Policy, PolicySettings, Rule
 from policies.compiler import istio_compatible_rule
 from policies.context import EvaluationContext
 from policies.precheck import PrecheckSettings
 from policies.problems import Problem
+from policies.subject_index import SubjectIndex
 
-_CANDIDATE_CACHE_LIMIT = 16384
 _APPLICABLE_CACHE_LIMIT = 65536
+# A policy with more rules than this gets an index of its own rules (a compliance policy of many Deny rules, each
+# about a few service accounts); a smaller one is cheaper to scan.
+_RULE_INDEX_THRESHOLD = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +30,33 @@ class Applicable:
     deny_rules: tuple[Rule, ...]
 
 
-class PolicySet:
-    """Settings plus policies in step 4's order, indexed by namespace so a decision reads only what can apply.
+def _rules_for(rules: tuple[Rule, ...], ctx: EvaluationContext) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+    """The Allow and the Deny rules of ``rules`` whose own subjects match the caller (label selectors aside)."""
+    allow = tuple(
+        r for r in rules if r.effect is Effect.ALLOW and (r.subjects is None or r.subjects.static_matches(ctx))
+    )
+    deny = tuple(r for r in rules if r.effect is Effect.DENY and (r.subjects is None or r.subjects.static_matches(ctx)))
+    return allow, deny
 
-    A policy whose ``subjects.namespaces`` are all literal is indexed under those names; the others are filtered
-    by their namespace patterns. The per-namespace result is cached (bounded) because the set never changes, so a
-    decision only looks at the policies whose namespace patterns already match.
+
+def scan_applicable(policies: Sequence[Policy], ctx: EvaluationContext) -> tuple[Applicable, ...]:
+    """What ``PolicySet.applicable`` answers, by testing every policy and rule: the reference its index must
+    reproduce exactly (and what the property tests compare it with)."""
+    result = []
+    for policy in policies:
+        if policy.mode is Mode.DISABLED or not policy.subjects.static_matches(ctx):
+            continue
+        result.append(Applicable(policy, *_rules_for(policy.rules, ctx)))
+    return tuple(result)
+
+
+class PolicySet:
+    """Settings plus policies in step 4's order, indexed so a decision reads only what can apply to its caller.
+
+    Policies are filed under the namespaces (or else the service accounts) their subjects pin, and so are the rules
+    of a policy with many rules (``subject_index``); a decision looks up the caller's namespace and service account
+    and runs the full subject check only on what it finds. The result per (namespace, service account) is cached
+    (bounded) because the set never changes.
     """
 
     def __init__(
@@ -49,18 +73,13 @@ class PolicySet:
         self.revision = revision
         self.warnings = tuple(warnings)
         self.files = tuple(files)
-        self._by_namespace: dict[str, list[int]] = {}
-        self._everywhere: list[int] = []
-        for position, policy in enumerate(self.policies):
-            if policy.mode is Mode.DISABLED:
-                continue
-            names = policy.subjects.literal_namespaces
-            if names is None:
-                self._everywhere.append(position)
-            else:
-                for name in names:
-                    self._by_namespace.setdefault(name, []).append(position)
-        self._candidates: dict[str, tuple[Policy, ...]] = {}
+        self._active = tuple(p for p in self.policies if p.mode is not Mode.DISABLED)
+        self._index = SubjectIndex([p.subjects for p in self._active])
+        self._rule_indexes = {
+            position: SubjectIndex([r.subjects for r in policy.rules])
+            for position, policy in enumerate(self._active)
+            if len(policy.rules) > _RULE_INDEX_THRESHOLD
+        }
         self._by_name = {policy.name: policy for policy in self.policies}
         self._applicable: dict[tuple[str, str], tuple[Applicable, ...]] = {}
         self.fallback_rule: Rule | None = (
@@ -81,36 +100,31 @@ class PolicySet:
         )
         self.needs_namespace_labels = any(p.needs_labels for p in self.policies if p.mode is not Mode.DISABLED)
 
-    def candidates(self, namespace: str) -> tuple[Policy, ...]:
-        """Enforce- and Audit-mode policies whose namespace patterns match ``namespace``, in step 4's order."""
-        cached = self._candidates.get(namespace)
-        if cached is None:
-            positions = sorted({*self._everywhere, *self._by_namespace.get(namespace, ())})
-            candidates = (self.policies[p] for p in positions)
-            cached = tuple(p for p in candidates if p.subjects.namespace_matches(namespace))
-            if len(self._candidates) >= _CANDIDATE_CACHE_LIMIT:
-                self._candidates.clear()
-            self._candidates[namespace] = cached
-        return cached
-
     def applicable(self, ctx: EvaluationContext) -> tuple[Applicable, ...]:
         """The policies and rules whose subjects match the caller, ignoring label selectors (cached)."""
         key = (ctx.caller.namespace, ctx.caller.service_account)
         cached = self._applicable.get(key)
         if cached is None:
-            cached = tuple(
-                Applicable(
-                    policy,
-                    tuple(r for r in policy.allow_rules if r.subjects is None or r.subjects.static_matches(ctx)),
-                    tuple(r for r in policy.deny_rules if r.subjects is None or r.subjects.static_matches(ctx)),
-                )
-                for policy in self.candidates(ctx.caller.namespace)
-                if policy.subjects.static_matches(ctx)
-            )
+            cached = self.lookup(ctx)
             if len(self._applicable) >= _APPLICABLE_CACHE_LIMIT:
                 self._applicable.clear()
             self._applicable[key] = cached
         return cached
+
+    def lookup(self, ctx: EvaluationContext) -> tuple[Applicable, ...]:
+        """``applicable`` without the cache: through the indexes, the same answer as ``scan_applicable``."""
+        namespace, account = ctx.caller.namespace, ctx.caller.service_account
+        result = []
+        for position in self._index.candidates(namespace, account):
+            policy = self._active[position]
+            if not policy.subjects.static_matches(ctx):
+                continue
+            rules = policy.rules
+            rule_index = self._rule_indexes.get(position)
+            if rule_index is not None:
+                rules = tuple(rules[i] for i in rule_index.candidates(namespace, account))
+            result.append(Applicable(policy, *_rules_for(rules, ctx)))
+        return tuple(result)
 
     @property
     def has_settings_document(self) -> bool:

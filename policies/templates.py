@@ -297,3 +297,40 @@ class DnsTemplate:
     def describe(self, lookup: Lookup) -> str:
         rendered = _render(self.parts, lookup, _dns_value_ok)
         return self.text if rendered is None else rendered.replace(_STAR, "*")
+
+
+class TemplateCompiler:
+    """Compiles templates once per distinct text within a load (large sets repeat the same few templates in every
+    policy). Each call returns a template of its own, so every rule keeps its own render cache."""
+
+    def __init__(self, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> None:
+        self._trust_domain = primary_trust_domain
+        self._labels = trusted_label_keys
+        self._identities: dict[str, IdentityTemplate | TemplateError] = {}
+        self._dns: dict[str, DnsTemplate | TemplateError] = {}
+
+    def identity(self, text: str) -> IdentityTemplate:
+        """``IdentityTemplate.compile`` with this load's trust domain and label keys; raises TemplateError too."""
+        known = self._identities.get(text)
+        if known is None:
+            try:
+                known = IdentityTemplate.compile(text, self._trust_domain, self._labels)
+            except TemplateError as exc:
+                known = exc
+            self._identities[text] = known
+        if isinstance(known, TemplateError):
+            raise TemplateError(str(known))
+        t = known
+        return IdentityTemplate(t.text, t.trust_domain, t.parts, t.globstar, t.variables, t.static, t._names)
+
+    def dns(self, text: str) -> DnsTemplate:
+        known = self._dns.get(text)
+        if known is None:
+            try:
+                known = DnsTemplate.compile(text, self._labels)
+            except TemplateError as exc:
+                known = exc
+            self._dns[text] = known
+        if isinstance(known, TemplateError):
+            raise TemplateError(str(known))
+        return DnsTemplate(known.text, known.parts, known.variables, known.static, known._names)
