@@ -193,7 +193,8 @@ def test_everything_on_grants_exactly_what_meshsigner_calls(helm):
             ("Role", "cert-manager.io", "certificaterequests/status", "patch", "*"),
             ("ClusterRole", "cert-manager.io", "signers", "approve", "issuers.cert-manager.io/istio-system.istio-ca"),
         }),
-        ("app.runtimeConfiguration.name=", {("Role", "", "configmaps", v, "istio-issuer") for v in ("get", "list", "watch")}),
+        ("app.runtimeConfiguration.name=",
+         {("Role", "", "configmaps", v, "istio-issuer") for v in ("get", "list", "watch")}),
         ("app.server.caTrustedNodeAccounts=", {("ClusterRole", "", "pods", v, "*") for v in ("list", "watch")}),
         # the root ConfigMaps still need the namespaces listed and watched
         ("app.policies=null", {("ClusterRole", "", "namespaces", "get", "*")}),
@@ -213,7 +214,8 @@ def test_cluster_duties_off_removes_the_lease_root_configmaps_namespaces_and_bun
     on, off = rules(render(helm, *base)), rules(render(helm, *base, "app.controller.clusterDuties=false"))
     assert on - off == LEASE | ROOT_CONFIGMAPS | NAMESPACE_WATCH | CLUSTER_TRUST_BUNDLE
     assert off - on == set()
-    assert parse_serve_args(container_args(render(helm, *base, "app.controller.clusterDuties=false"))).cluster_duties is False
+    off_args = container_args(render(helm, *base, "app.controller.clusterDuties=false"))
+    assert parse_serve_args(off_args).cluster_duties is False
 
 
 def test_the_duties_roles_live_where_their_objects_are(helm):
@@ -224,7 +226,8 @@ def test_the_duties_roles_live_where_their_objects_are(helm):
     assert lease["metadata"]["namespace"] == "mesh-leases" and istiod["metadata"]["namespace"] == "mesh-istio"
     assert ("Role", "coordination.k8s.io", "leases", "update", "meshsigner-b") in rules([lease])
     bindings = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "RoleBinding"}
-    for name, role in (("cert-manager-istio-csr-leader-election", lease), ("cert-manager-istio-csr-istiod-certificate", istiod)):
+    for role in (lease, istiod):
+        name = role["metadata"]["name"]
         assert bindings[name]["metadata"]["namespace"] == role["metadata"]["namespace"]
         assert bindings[name]["roleRef"]["name"] == name
     settings = parse_serve_args(container_args(docs))
@@ -254,7 +257,8 @@ def test_istio_csr_istiod_values_become_the_dynamic_flags(helm):
         "app.tls.istiodPrivateKeySize=384", "app.tls.istiodAdditionalDNSNames={istiod.example.com,ca.example.com}",
         "app.istio.revisions={default,canary}", "app.istio.namespace=mesh",
         "app.certmanager.additionalAnnotations[0].name=team", "app.certmanager.additionalAnnotations[0].value=mesh",
-        "app.controller.maxConcurrentReconciles=4", "app.controller.configmapNamespaceSelector=istio-injection in (enabled\\,on)",
+        "app.controller.maxConcurrentReconciles=4",
+        "app.controller.configmapNamespaceSelector=istio-injection in (enabled\\,on)",
         f"app.controller.clusterTrustBundleName={CTB_NAME}",
     )  # fmt: skip
     assert not any(doc["kind"] == "Certificate" for doc in docs), "meshsigner keeps it, not the chart"
@@ -307,7 +311,7 @@ def test_the_local_signer_campaigns_once_it_talks_to_the_cluster(helm):
     gives it access, and the pod then campaigns and distributes the local roots."""
     pinned = rules(render(helm, "app.signer=local", *PINNED_JWKS))
     cluster = render(helm, "app.signer=local", *CLUSTER_JWKS)
-    assert pinned == set() and LEASE | ROOT_CONFIGMAPS | NAMESPACE_WATCH <= rules(cluster)
+    assert pinned == set() and rules(cluster) >= LEASE | ROOT_CONFIGMAPS | NAMESPACE_WATCH
     assert parse_serve_args(container_args(cluster)).cluster_duties
 
 
@@ -336,7 +340,7 @@ def test_the_local_signer_drops_every_cert_manager_rule(helm):
     off = render(helm, *ALL_ON, "app.signer=local")
     assert not any(group == "cert-manager.io" for _, group, _, _, _ in rules(off))
     assert not any(kind == "Role" and resource == "configmaps" for kind, _, resource, _, _ in rules(off))
-    assert ISTIOD_SECRET <= rules(off), "dynamic: the local signer writes istiod-tls itself"
+    assert rules(off) >= ISTIOD_SECRET, "dynamic: the local signer writes istiod-tls itself"
     assert not any(doc["kind"] == "Certificate" for doc in off)
 
 
