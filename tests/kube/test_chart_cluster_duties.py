@@ -88,6 +88,7 @@ def test_under_the_charts_rbac_meshsigner_leads_and_distributes_the_roots(
     try:
         wait_for(lambda: server.metric("meshsigner_leader") == 1, timeout=30, what="meshsigner leads")
         lease = client.CoordinationV1Api(kube_api).read_namespaced_lease(release.lease_name, release.lease_namespace)
+        assert lease.spec is not None
         holder = lease.spec.holder_identity
         assert holder and holder in server.log(), "the Lease names this process as its holder"
         core = client.CoreV1Api(kube_api)
