@@ -87,6 +87,9 @@ def test_an_istio_csr_values_file_installs_as_is(helm):
     assert settings.runtime_issuance_config_map_name == "istio-issuer"
     assert settings.serving_tls_curve_preferences == ("X25519", "CurveP256")
     assert settings.log_format == "json" and settings.log_level == "1"
+    assert settings.configmap_namespace_selector == "maistra.io/member-of=istio-system"
+    assert (settings.leader_election_namespace, settings.max_concurrent_reconciles) == ("istio-system", 1)
+    assert settings.cluster_duties and not settings.istiod_cert_enabled, "true: the chart's static Certificate"
     kinds = {doc["kind"] for doc in docs}
     assert {"Certificate", "ServiceMonitor", "PodDisruptionBudget", "ConfigMap"} <= kinds
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate")
