@@ -1,17 +1,22 @@
 """The cluster duties under exactly the RBAC the Helm chart grants, with the chart's own arguments: meshsigner
 (local signer, TokenReviews, so it talks to the API server) takes the chart's Lease and, as leader, writes
-istio-ca-root-cert into a namespace created afterwards, with no request refused for want of a permission. Without the
-chart's Lease rules it keeps serving certificates, logs the 403, never leads and distributes nothing."""
+istio-ca-root-cert into a namespace created afterwards, the ClusterTrustBundle and (istiodCertificateEnable=dynamic)
+the Secret istiod-tls, all with rules limited to those names, and no request is refused for want of a permission.
+Without the chart's Lease rules it keeps serving certificates, logs the 403, never leads and distributes nothing."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client, utils
 
 from tests.e2e.calls import create
@@ -24,6 +29,7 @@ from tests.support.csr_builder import make_csr
 from tests.support.processes import ServerProcess, start_server
 
 ROOT_CONFIG_MAP = "istio-ca-root-cert"
+CTB = ("certificates.k8s.io", "clustertrustbundles")
 
 
 def _root_config_map(core: client.CoreV1Api, namespace: str) -> str | None:
@@ -45,6 +51,8 @@ class Release:
         self.name = f"meshsigner-duties-{secrets.token_hex(3)}"
         self.lease_name = f"lease-{secrets.token_hex(3)}"
         self.label = f"meshsigner-duties-{secrets.token_hex(3)}"
+        self.istio_namespace = make_namespace("istio")
+        self.bundle = f"meshsigner-duties-{secrets.token_hex(3)}"  # unlinked: no signer, no attest
         self.docs = render(
             helm,
             f"nameOverride={self.name}",
@@ -56,6 +64,11 @@ class Release:
             "app.controller.leaderElectionRenewDeadline=3s",
             "app.controller.leaderElectionRetryPeriod=1s",
             f"app.controller.configmapNamespaceSelector={self.label}=yes",
+            f"app.controller.clusterTrustBundleName={self.bundle}",
+            "app.tls.istiodCertificateEnable=dynamic",
+            f"app.istio.namespace={self.istio_namespace}",
+            "app.tls.istiodPrivateKeyAlgorithm=ECDSA",
+            "app.tls.istiodPrivateKeySize=256",
             namespace=self.namespace,
         )
         self.rbac = [doc for doc in self.docs if doc["kind"] in RBAC_KINDS]
@@ -69,6 +82,30 @@ def release(helm, kube_api, make_namespace) -> Iterator[Release]:
     for delete in (rbac_api.delete_cluster_role_binding, rbac_api.delete_cluster_role):
         with contextlib.suppress(client.ApiException):
             delete(rendered.name)
+    for version in ("v1", "v1beta1", "v1alpha1"):
+        with contextlib.suppress(client.ApiException):
+            client.CustomObjectsApi(kube_api).delete_cluster_custom_object(CTB[0], version, CTB[1], rendered.bundle)
+
+
+def _bundle(kube_api, name: str) -> str | None:
+    for version in ("v1", "v1beta1", "v1alpha1"):
+        try:
+            found: Any = client.CustomObjectsApi(kube_api).get_cluster_custom_object(CTB[0], version, CTB[1], name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        return str(found["spec"]["trustBundle"])
+    return None
+
+
+def _istiod_secret(core: client.CoreV1Api, namespace: str) -> Any:
+    try:
+        return core.read_namespaced_secret("istiod-tls", namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def _serve(release: Release, rbac: list[dict], kube_plane, kube_api, mint_token, tmp_path: Path) -> ServerProcess:
@@ -95,6 +132,12 @@ def test_under_the_charts_rbac_meshsigner_leads_and_distributes_the_roots(
         fresh = make_namespace("dist", labels={release.label: "yes"})
         roots = (tmp_path / "ca" / "root-cert.pem").read_text()
         wait_for(lambda: _root_config_map(core, fresh) == roots, timeout=30, what="istio-ca-root-cert written")
+        wait_for(lambda: _bundle(kube_api, release.bundle) == roots, timeout=30, what="ClusterTrustBundle written")
+        secret = wait_for(lambda: _istiod_secret(core, release.istio_namespace), timeout=30, what="istiod-tls written")
+        leaf = x509.load_pem_x509_certificate(base64.b64decode(secret.data["tls.crt"]))
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [f"istiod.{release.istio_namespace}.svc"]
+        assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey), "the chart's istiod key values reach it"
         unselected = make_namespace("dist")
         log = server.log()
         # nothing was refused for want of a permission along the way
@@ -122,6 +165,7 @@ def test_without_the_lease_rules_meshsigner_serves_logs_the_403_and_distributes_
         assert "leases" in log and "403" in log, log[-3000:]
         assert server.metric("meshsigner_leader") == 0
         assert _root_config_map(core, fresh) is None, "no leader, no root ConfigMap"
+        assert _istiod_secret(core, release.istio_namespace) is None and _bundle(kube_api, release.bundle) is None
         # still serving: a workload gets its certificate from this replica
         workload_ns = make_namespace("app")
         make_service_account(workload_ns, "web")

@@ -1,7 +1,7 @@
 """meshsigner runs under exactly the RBAC the Helm chart grants (not the admin credentials the other plane tests
 use): the chart's ServiceAccount, Roles and bindings are rendered with helm, applied to the real API server, and
 a workload gets its certificate through cert-manager with self-approval on, and the process takes the chart's
-Lease."""
+Lease and keeps istiod's dynamic Certificate (istiodCertificateEnable=dynamic)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.helm.test_chart import container_args, render
 from tests.support.csr_builder import make_csr
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
-DUTY_FLAGS = ("--cluster-duties=", "--leader-election-", "--configmap-namespace-selector=")
+DUTY_FLAGS = ("--cluster-duties=", "--leader-election-", "--configmap-namespace-selector=", "--istiod-cert-")
 
 
 def _kubeconfig(kube_plane, token: str, path: Path) -> Path:
@@ -38,6 +38,7 @@ def test_issuance_under_the_charts_rbac(
 ):  # fmt: skip
     release_ns = make_namespace("release")
     cert_ns = make_namespace("certs")
+    istio_ns = make_namespace("istio")
     name = f"meshsigner-rbac-{secrets.token_hex(3)}"  # cluster-scoped names must not collide across runs
     docs = render(
         helm,
@@ -46,6 +47,8 @@ def test_issuance_under_the_charts_rbac(
         f"app.controller.leaderElectionNamespace={make_namespace('lease')}",
         f"app.controller.leaderElectionName={name}",
         f"app.controller.configmapNamespaceSelector={name}=yes",
+        "app.tls.istiodCertificateEnable=dynamic",
+        f"app.istio.namespace={istio_ns}",
         f"app.certmanager.namespace={cert_ns}",
         f"app.certmanager.issuer.name={ca_cluster_issuer.name}",
         "app.certmanager.issuer.kind=ClusterIssuer",
@@ -69,6 +72,15 @@ def test_issuance_under_the_charts_rbac(
         assert code is grpc.StatusCode.OK, details + signer.server.log()[-3000:]
         assert len(chain) >= 2
         wait_for(lambda: signer.server.metric("meshsigner_leader") == 1, timeout=30, what="the Lease taken")
+        co = client.CustomObjectsApi(kube_api)
+        certificate = ("cert-manager.io", "v1", istio_ns, "certificates", "istiod-dynamic")
+        istiod = wait_for(
+            lambda: co.get_namespaced_custom_object(*certificate),
+            timeout=30,
+            what="the leader's istiod-dynamic Certificate",
+        )
+        assert istiod["spec"]["secretName"] == "istiod-tls"
+        assert istiod["spec"]["issuerRef"]["name"] == ca_cluster_issuer.name
         # nothing was refused for want of a permission along the way
         assert '"status": "403"' not in signer.server.log() and "Forbidden" not in signer.server.log()
     finally:
