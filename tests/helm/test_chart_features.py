@@ -20,6 +20,29 @@ PINNED_JWKS = (
 CLUSTER_JWKS = ("app.server.authenticator=jwks",)  # offline, against the cluster's own keys
 NON_RESOURCE = "nonResourceURLs"
 DISCOVERY = {f"{NON_RESOURCE}//.well-known/openid-configuration", f"{NON_RESOURCE}//openid/v1/jwks"}
+CTB_NAME = "example.com:mesh:roots"  # linked to signer example.com/mesh
+
+# The cluster duties' rules (docs/cluster-duties.md), by name wherever Kubernetes can check a name.
+LEASE = {("Role", "coordination.k8s.io", "leases", verb, "istio-csr") for verb in ("get", "update")} | {
+    ("Role", "coordination.k8s.io", "leases", "create", "*")
+}
+NAMESPACE_WATCH = {("ClusterRole", "", "namespaces", verb, "*") for verb in ("list", "watch")}
+ROOT_CONFIGMAPS = {
+    ("ClusterRole", "", "configmaps", verb, "istio-ca-root-cert") for verb in ("get", "list", "watch", "update")
+} | {("ClusterRole", "", "configmaps", "create", "*")}
+CLUSTER_TRUST_BUNDLE = {
+    ("ClusterRole", "certificates.k8s.io", "clustertrustbundles", verb, CTB_NAME)
+    for verb in ("get", "list", "watch", "update")
+} | {
+    ("ClusterRole", "certificates.k8s.io", "clustertrustbundles", "create", "*"),
+    ("ClusterRole", "certificates.k8s.io", "signers", "attest", "example.com/mesh"),
+}
+ISTIOD_CERTIFICATE = {
+    ("Role", "cert-manager.io", "certificates", verb, "istiod-dynamic") for verb in ("get", "list", "watch", "update")
+} | {("Role", "cert-manager.io", "certificates", "create", "*")}
+ISTIOD_SECRET = {("Role", "", "secrets", verb, "istiod-tls") for verb in ("get", "list", "watch", "update")} | {
+    ("Role", "", "secrets", "create", "*")
+}
 
 
 def render_error(helm: str, *values: str) -> str:
@@ -64,6 +87,9 @@ def test_an_istio_csr_values_file_installs_as_is(helm):
     assert settings.runtime_issuance_config_map_name == "istio-issuer"
     assert settings.serving_tls_curve_preferences == ("X25519", "CurveP256")
     assert settings.log_format == "json" and settings.log_level == "1"
+    assert settings.configmap_namespace_selector == "maistra.io/member-of=istio-system"
+    assert (settings.leader_election_namespace, settings.max_concurrent_reconciles) == ("istio-system", 1)
+    assert settings.cluster_duties and not settings.istiod_cert_enabled, "true: the chart's static Certificate"
     kinds = {doc["kind"] for doc in docs}
     assert {"Certificate", "ServiceMonitor", "PodDisruptionBudget", "ConfigMap"} <= kinds
     certificate = next(doc for doc in docs if doc["kind"] == "Certificate")
@@ -86,7 +112,24 @@ def test_the_schema_rejects_misspelt_keys(helm, typo):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("app.tls.istiodCertificateEnable=dynamic", "dynamic is not available"),
+        (
+            "app.tls.istiodCertificateEnable=dynamic,app.controller.clusterDuties=false",
+            "app.controller.clusterDuties=false turns them off",
+        ),
+        (
+            "app.signer=local,app.server.authenticator=jwks,app.server.jwks.file=/j.json,app.server.jwks.issuer=https://i,"
+            "app.tls.istiodCertificateEnable=dynamic",
+            "dynamic needs the Kubernetes API",
+        ),
+        (
+            "app.tls.istiodCertificateEnable=dynamic,app.tls.istiodPrivateKeyAlgorithm=ECDSA",
+            "istiodPrivateKeySize=2048: ECDSA keys are 256 or 384",
+        ),
+        ("app.tls.istiodCertificateEnable=dynamic,app.tls.istiodPrivateKeySize=1024", "at least 2048 bits"),
+        ("app.tls.istiodCertificateEnable=dynamic,app.tls.istiodCertificateRenewBefore=2h", "must be shorter than"),
+        ("app.controller.leaderElectionRenewDeadline=20s", "must exceed leaderElectionRenewDeadline"),
+        ("app.controller.maxConcurrentReconciles=0", "maxConcurrentReconciles"),
+        ("app.controller.leaderElectionName=Istio_CSR", "leaderElectionName"),
         ("app.server.authenticators.enableClientCert=true", "needs pinned roots to verify client certificates"),
         ("app.signer=kubernetes-csr", "not available in this meshsigner version"),
         ("image.repository=quay.io/jetstack/cert-manager-istio-csr", "is istio-csr's, not meshsigner's"),
@@ -117,6 +160,8 @@ ALL_ON = (
     "app.runtimeConfiguration.name=istio-issuer",
     "app.server.caTrustedNodeAccounts=istio-system/ztunnel",
     "app.policies.a\\.yaml=x",
+    "app.tls.istiodCertificateEnable=dynamic",
+    f"app.controller.clusterTrustBundleName={CTB_NAME}",
 )
 
 
@@ -140,22 +185,106 @@ def test_everything_on_grants_exactly_what_meshsigner_calls(helm):
         for group, resource in (("cert-manager.io", "issuers"), ("cert-manager.io", "clusterissuers"),
                                 ("", "namespaces"))
         for verb in ("get", "list", "watch")
-    }  # fmt: skip
+    } | LEASE | ROOT_CONFIGMAPS | CLUSTER_TRUST_BUNDLE | ISTIOD_CERTIFICATE  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("feature_off", "removed"),
     [
-        ("app.certmanager.approveCertificateRequests=false", {"cert-manager.io/certificaterequests/status",
-                                                              "cert-manager.io/signers"}),
-        ("app.runtimeConfiguration.name=", {"/configmaps"}),
-        ("app.server.caTrustedNodeAccounts=", {"/pods"}),
-        ("app.policies=null", {"/namespaces"}),
+        ("app.certmanager.approveCertificateRequests=false", {
+            ("Role", "cert-manager.io", "certificaterequests/status", "update", "*"),
+            ("Role", "cert-manager.io", "certificaterequests/status", "patch", "*"),
+            ("ClusterRole", "cert-manager.io", "signers", "approve", "issuers.cert-manager.io/istio-system.istio-ca"),
+        }),
+        ("app.runtimeConfiguration.name=",
+         {("Role", "", "configmaps", v, "istio-issuer") for v in ("get", "list", "watch")}),
+        ("app.server.caTrustedNodeAccounts=", {("ClusterRole", "", "pods", v, "*") for v in ("list", "watch")}),
+        # the root ConfigMaps still need the namespaces listed and watched
+        ("app.policies=null", {("ClusterRole", "", "namespaces", "get", "*")}),
+        ("app.controller.clusterTrustBundleName=", CLUSTER_TRUST_BUNDLE),
+        ("app.tls.istiodCertificateEnable=true", ISTIOD_CERTIFICATE),
+        ("app.tls.istiodCertificateEnable=false", ISTIOD_CERTIFICATE),
     ],
 )  # fmt: skip
-def test_each_feature_off_removes_its_rules(helm, feature_off, removed):
-    on, off = resources(render(helm, *ALL_ON)), resources(render(helm, *ALL_ON, feature_off))
+def test_each_feature_off_removes_exactly_its_rules(helm, feature_off, removed):
+    on, off = rules(render(helm, *ALL_ON)), rules(render(helm, *ALL_ON, feature_off))
     assert on - off == removed
+    assert off - on == set()
+
+
+def test_cluster_duties_off_removes_the_lease_root_configmaps_namespaces_and_bundle(helm):
+    base = (*ALL_ON, "app.tls.istiodCertificateEnable=true", "app.policies=null")
+    on, off = rules(render(helm, *base)), rules(render(helm, *base, "app.controller.clusterDuties=false"))
+    assert on - off == LEASE | ROOT_CONFIGMAPS | NAMESPACE_WATCH | CLUSTER_TRUST_BUNDLE
+    assert off - on == set()
+    off_args = container_args(render(helm, *base, "app.controller.clusterDuties=false"))
+    assert parse_serve_args(off_args).cluster_duties is False
+
+
+def test_the_duties_roles_live_where_their_objects_are(helm):
+    docs = render(helm, "app.tls.istiodCertificateEnable=dynamic", "app.controller.leaderElectionNamespace=mesh-leases",
+                  "app.controller.leaderElectionName=meshsigner-b", "app.istio.namespace=mesh-istio")  # fmt: skip
+    roles = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Role"}
+    lease, istiod = roles["cert-manager-istio-csr-leader-election"], roles["cert-manager-istio-csr-istiod-certificate"]
+    assert lease["metadata"]["namespace"] == "mesh-leases" and istiod["metadata"]["namespace"] == "mesh-istio"
+    assert ("Role", "coordination.k8s.io", "leases", "update", "meshsigner-b") in rules([lease])
+    bindings = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "RoleBinding"}
+    for role in (lease, istiod):
+        name = role["metadata"]["name"]
+        assert bindings[name]["metadata"]["namespace"] == role["metadata"]["namespace"]
+        assert bindings[name]["roleRef"]["name"] == name
+    settings = parse_serve_args(container_args(docs))
+    assert (settings.leader_election_namespace, settings.leader_election_name) == ("mesh-leases", "meshsigner-b")
+    assert settings.istiod_cert_namespace == "mesh-istio" and settings.istiod_cert_name == "istiod-dynamic"
+
+
+def test_an_unlinked_cluster_trust_bundle_needs_no_attest(helm):
+    found = rules(render(helm, "app.controller.clusterTrustBundleName=mesh-roots"))
+    assert ("ClusterRole", "certificates.k8s.io", "clustertrustbundles", "update", "mesh-roots") in found
+    assert not any(resource == "signers" for _, _, resource, _, _ in found)
+
+
+def test_dynamic_istiod_with_the_local_signer_writes_the_secret_instead(helm):
+    static, dynamic = (rules(render(helm, "app.signer=local", f"app.tls.istiodCertificateEnable={mode}"))
+                       for mode in ("true", "dynamic"))  # fmt: skip
+    assert dynamic - static == ISTIOD_SECRET and static - dynamic == set()
+    docs = render(helm, "app.signer=local", "app.tls.istiodCertificateEnable=true")
+    assert not any(doc["kind"] == "Certificate" for doc in docs), "no cert-manager to keep a static Certificate"
+    assert parse_serve_args(container_args(docs)).istiod_cert_enabled is False
+
+
+def test_istio_csr_istiod_values_become_the_dynamic_flags(helm):
+    docs = render(
+        helm, "app.tls.istiodCertificateEnable=dynamic", "app.tls.istiodCertificateDuration=2h",
+        "app.tls.istiodCertificateRenewBefore=1h", "app.tls.istiodPrivateKeyAlgorithm=ECDSA",
+        "app.tls.istiodPrivateKeySize=384", "app.tls.istiodAdditionalDNSNames={istiod.example.com,ca.example.com}",
+        "app.istio.revisions={default,canary}", "app.istio.namespace=mesh",
+        "app.certmanager.additionalAnnotations[0].name=team", "app.certmanager.additionalAnnotations[0].value=mesh",
+        "app.controller.maxConcurrentReconciles=4",
+        "app.controller.configmapNamespaceSelector=istio-injection in (enabled\\,on)",
+        f"app.controller.clusterTrustBundleName={CTB_NAME}",
+    )  # fmt: skip
+    assert not any(doc["kind"] == "Certificate" for doc in docs), "meshsigner keeps it, not the chart"
+    settings = parse_serve_args(container_args(docs))
+    assert settings.istiod_cert_enabled and settings.istiod_cert_namespace == "mesh"
+    assert (settings.istiod_cert_duration, settings.istiod_cert_renew_before) == (7200, 3600)
+    assert (settings.istiod_cert_key_algorithm, settings.istiod_cert_key_size) == ("ECDSA", 384)
+    assert settings.istiod_cert_additional_dns_names == ("istiod.example.com", "ca.example.com")
+    assert settings.istiod_cert_istio_revisions == ("default", "canary")
+    assert settings.istiod_cert_additional_annotations == (("team", "mesh"),)
+    assert settings.max_concurrent_reconciles == 4
+    assert settings.configmap_namespace_selector == "istio-injection in (enabled,on)"
+    assert settings.cluster_trust_bundle_name == CTB_NAME
+
+
+def test_cluster_duty_defaults_are_istio_csrs(helm):
+    settings = parse_serve_args(container_args(render(helm)))
+    assert settings.cluster_duties and not settings.istiod_cert_enabled
+    assert (settings.leader_election_namespace, settings.leader_election_name) == ("istio-system", "istio-csr")
+    assert (settings.leader_election_lease_duration, settings.leader_election_renew_deadline,
+            settings.leader_election_retry_period) == (15, 10, 2)  # fmt: skip
+    assert settings.configmap_namespace_selector == "" and settings.max_concurrent_reconciles == 1
+    assert settings.cluster_trust_bundle_name == ""
 
 
 def test_a_pinned_jwks_file_removes_tokenreviews_and_discovery(helm):
@@ -167,7 +296,7 @@ def test_a_pinned_jwks_file_removes_tokenreviews_and_discovery(helm):
 @pytest.mark.parametrize("signer", ["cert-manager", "local"])
 def test_offline_in_cluster_mode_adds_exactly_its_rules(helm, signer):
     """jwks without a file reads the cluster's keys and watches service accounts and pods, nothing more."""
-    base = (f"app.signer={signer}",)
+    base = (f"app.signer={signer}", "app.controller.clusterDuties=false")  # (the local signer gains them: below)
     pinned, cluster = rules(render(helm, *base, *PINNED_JWKS)), rules(render(helm, *base, *CLUSTER_JWKS))
     assert cluster - pinned == {
         ("ClusterRole", NON_RESOURCE, "/.well-known/openid-configuration", "get", "*"),
@@ -178,6 +307,15 @@ def test_offline_in_cluster_mode_adds_exactly_its_rules(helm, signer):
         for verb in ("list", "watch")
     }
     assert pinned - cluster == set()
+
+
+def test_the_local_signer_campaigns_once_it_talks_to_the_cluster(helm):
+    """The local signer with a pinned JWKS file has no Kubernetes access and so no duties; reading the cluster's keys
+    gives it access, and the pod then campaigns and distributes the local roots."""
+    pinned = rules(render(helm, "app.signer=local", *PINNED_JWKS))
+    cluster = render(helm, "app.signer=local", *CLUSTER_JWKS)
+    assert pinned == set() and rules(cluster) >= LEASE | ROOT_CONFIGMAPS | NAMESPACE_WATCH
+    assert parse_serve_args(container_args(cluster)).cluster_duties
 
 
 def test_offline_in_cluster_mode_replaces_tokenreviews_by_its_informers(helm):
@@ -204,7 +342,8 @@ def test_node_accounts_and_offline_mode_share_one_pods_rule(helm):
 def test_the_local_signer_drops_every_cert_manager_rule(helm):
     off = render(helm, *ALL_ON, "app.signer=local")
     assert not any(group == "cert-manager.io" for _, group, _, _, _ in rules(off))
-    assert "/configmaps" not in resources(off)
+    assert not any(kind == "Role" and resource == "configmaps" for kind, _, resource, _, _ in rules(off))
+    assert rules(off) >= ISTIOD_SECRET, "dynamic: the local signer writes istiod-tls itself"
     assert not any(doc["kind"] == "Certificate" for doc in off)
 
 

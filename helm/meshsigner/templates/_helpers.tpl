@@ -75,8 +75,35 @@ each at most), the worker processes' exit and the last CertificateRequest delete
 {{- end -}}
 {{- end -}}
 
+{{- /* istiod's certificate: "true" is the chart's static Certificate (cert-manager signer only); "dynamic" is
+meshsigner's leader keeping it (--istiod-cert-enabled): a Certificate with cert-manager, the Secret with local. */ -}}
 {{- define "meshsigner.istiodCertificate" -}}
 {{- if and (eq .Values.app.signer "cert-manager") (eq (toString .Values.app.tls.istiodCertificateEnable) "true") }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.istiodDynamic" -}}
+{{- if and (include "meshsigner.clusterDuties" .) (eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic") }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.istiodKeyAlgorithm" -}}
+{{- .Values.app.tls.istiodPrivateKeyAlgorithm | default .Values.app.server.serving.signatureAlgorithm -}}
+{{- end -}}
+
+{{- /* Cluster duties (docs/cluster-duties.md): they run when the pod talks to the Kubernetes API at all (the
+cert-manager signer, TokenReviews, or the cluster's own keys) and app.controller.clusterDuties is on: the Lease, then,
+while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (when named) and istiod's certificate
+("dynamic"). */ -}}
+{{- define "meshsigner.kubeAccess" -}}
+{{- if or (include "meshsigner.certManager" .) (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.clusterDuties" -}}
+{{- if and .Values.app.controller.clusterDuties (include "meshsigner.kubeAccess" .) }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.clusterTrustBundle" -}}
+{{- if and (include "meshsigner.clusterDuties" .) .Values.app.controller.clusterTrustBundleName }}true{{ end -}}
+{{- end -}}
+{{- /* A ClusterTrustBundle named <domain>:<path>:<suffix> is linked to signer <domain>/<path>. */ -}}
+{{- define "meshsigner.clusterTrustBundleSigner" -}}
+{{- $parts := splitList ":" .Values.app.controller.clusterTrustBundleName -}}
+{{- if ge (len $parts) 3 }}{{ index $parts 0 }}/{{ index $parts 1 }}{{ end -}}
 {{- end -}}
 
 {{/* Refuse values meshsigner cannot honour rather than install something that silently differs. */}}
@@ -84,8 +111,33 @@ each at most), the worker processes' exit and the last CertificateRequest delete
 {{- if not (has .Values.app.signer (list "local" "cert-manager")) -}}
 {{- fail (printf "app.signer=%s is not available in this meshsigner version (local or cert-manager)" .Values.app.signer) -}}
 {{- end -}}
-{{- if eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic" -}}
-{{- fail "app.tls.istiodCertificateEnable=dynamic is not available in this meshsigner version: use true (a static Certificate) or false" -}}
+{{- if and (eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic") (not (include "meshsigner.clusterDuties" .)) -}}
+{{- if not .Values.app.controller.clusterDuties -}}
+{{- fail "app.tls.istiodCertificateEnable=dynamic is kept by the leader's cluster duties: app.controller.clusterDuties=false turns them off (use true for the chart's static Certificate, or false)" -}}
+{{- else -}}
+{{- fail "app.tls.istiodCertificateEnable=dynamic needs the Kubernetes API, which this configuration does not use (app.signer=local with app.server.jwks.file): use the tokenreview authenticator or jwks without a file" -}}
+{{- end -}}
+{{- end -}}
+{{- if include "meshsigner.istiodDynamic" . -}}
+{{- $algorithm := include "meshsigner.istiodKeyAlgorithm" . -}}
+{{- $size := int .Values.app.tls.istiodPrivateKeySize -}}
+{{- if and (eq $algorithm "RSA") $size (lt $size 2048) -}}
+{{- fail (printf "app.tls.istiodPrivateKeySize=%d: RSA keys must have at least 2048 bits" $size) -}}
+{{- end -}}
+{{- if and (eq $algorithm "ECDSA") (not (has $size (list 0 256 384))) -}}
+{{- fail (printf "app.tls.istiodPrivateKeySize=%d: ECDSA keys are 256 or 384" $size) -}}
+{{- end -}}
+{{- if ge (include "meshsigner.seconds" .Values.app.tls.istiodCertificateRenewBefore | int) (include "meshsigner.seconds" .Values.app.tls.istiodCertificateDuration | int) -}}
+{{- fail "app.tls.istiodCertificateRenewBefore must be shorter than app.tls.istiodCertificateDuration" -}}
+{{- end -}}
+{{- end -}}
+{{- if include "meshsigner.clusterDuties" . -}}
+{{- $lease := include "meshsigner.seconds" .Values.app.controller.leaderElectionLeaseDuration | int -}}
+{{- $renew := include "meshsigner.seconds" .Values.app.controller.leaderElectionRenewDeadline | int -}}
+{{- $retry := include "meshsigner.seconds" .Values.app.controller.leaderElectionRetryPeriod | int -}}
+{{- if not (and (gt $lease $renew) (gt $renew $retry)) -}}
+{{- fail "app.controller.leaderElectionLeaseDuration must exceed leaderElectionRenewDeadline, which must exceed leaderElectionRetryPeriod" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.app.server.authenticators.enableClientCert (ne .Values.app.signer "local") (not .Values.app.tls.rootCAFile) -}}
 {{- fail "app.server.authenticators.enableClientCert=true needs pinned roots to verify client certificates against: set app.tls.rootCAFile (mount the root bundle with volumes/volumeMounts), or use app.signer=local" -}}

@@ -36,16 +36,36 @@ MATRIX = {
         "app.tls.rootCAFile=/var/run/secrets/istio-csr/ca.pem", "app.server.caTrustedNodeAccounts=istio-system/ztunnel",
         "app.shutdownGracePeriod=1m", "app.server.tokenPrescreen=false",
     ),
+    "cluster duties, dynamic istiod certificate": (
+        "app.tls.istiodCertificateEnable=dynamic", "app.controller.clusterTrustBundleName=example.com:mesh:roots",
+        "app.controller.configmapNamespaceSelector=istio-injection=enabled", "app.controller.maxConcurrentReconciles=4",
+        "app.tls.istiodPrivateKeyAlgorithm=ECDSA", "app.tls.istiodPrivateKeySize=256",
+        "app.istio.revisions={default,canary}",
+        "app.certmanager.additionalAnnotations[0].name=team", "app.certmanager.additionalAnnotations[0].value=mesh",
+    ),
+    "local signer, istiod secret, unlinked bundle": (
+        "app.signer=local", "app.local.caSecretName=cacerts", "app.tls.istiodCertificateEnable=dynamic",
+        "app.controller.clusterTrustBundleName=mesh-roots", "app.controller.leaderElectionName=meshsigner-b",
+    ),
+    "no cluster duties": ("app.controller.clusterDuties=false",),
     "istio-csr values file": (),
 }  # fmt: skip
+DUTY_ROLES = {"leader-election", "istiod-certificate"}
+DUTY_CASES = {
+    "cluster duties, dynamic istiod certificate": DUTY_ROLES,
+    "local signer, istiod secret, unlinked bundle": DUTY_ROLES,
+    "local signer, offline tokens": set(),  # a pinned JWKS file: no Kubernetes access, no duties
+    "no cluster duties": set(),
+}
 
 
 @pytest.mark.parametrize("case", list(MATRIX))
 def test_every_rendered_object_is_accepted_by_the_api_server(helm, kube_api, make_namespace, case):
     release_ns, cert_ns, istio_ns = make_namespace("release"), make_namespace("certs"), make_namespace("istio")
+    lease_ns = make_namespace("lease")
     values = (
         *MATRIX[case], f"app.certmanager.namespace={cert_ns}", f"app.istio.namespace={istio_ns}", "image.tag=0.1.0",
-        f"nameOverride=meshsigner-{case.split()[0].rstrip(',')}",
+        f"app.controller.leaderElectionNamespace={lease_ns}", f"nameOverride=meshsigner-{case.split()[0].rstrip(',')}",
     )  # fmt: skip
     files = (ISTIO_CSR_VALUES,) if case == "istio-csr values file" else ()
     docs = render(helm, *values, namespace=release_ns, value_files=files)
@@ -64,6 +84,9 @@ def test_every_rendered_object_is_accepted_by_the_api_server(helm, kube_api, mak
         resource.create(body=doc, namespace=namespace, dry_run="All")
         accepted.append(what)
     assert any(a.startswith("Deployment/") for a in accepted)
+    roles = {duty for duty in DUTY_ROLES for a in accepted if a.startswith("Role/") and a.endswith(f"-{duty}")}
+    if case in DUTY_CASES:
+        assert roles == DUTY_CASES[case], accepted
     if case == "everything on":
         assert sorted(k.split("/")[0] for k in not_served) == ["PrometheusRule", "ServiceMonitor"]
         assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Certificate"} <= {a.split("/")[0] for a in accepted}

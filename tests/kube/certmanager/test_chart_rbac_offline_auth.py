@@ -40,6 +40,7 @@ def test_offline_in_cluster_authentication_under_the_charts_rbac(
         f"app.signer={signer}",
         "app.server.authenticator=jwks",
         "app.logFormat=json",
+        "app.controller.clusterDuties=false",  # (their rules: tests/kube/test_chart_cluster_duties.py)
         f"app.certmanager.namespace={cert_ns}",
         f"app.certmanager.issuer.name={ca_cluster_issuer.name}",
         "app.certmanager.issuer.kind=ClusterIssuer",

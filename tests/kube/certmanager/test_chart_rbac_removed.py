@@ -41,6 +41,7 @@ def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_
     docs = render(
         helm,
         f"nameOverride={name}",
+        "app.controller.clusterDuties=false",  # (their rules: tests/kube/test_chart_cluster_duties.py)
         f"app.certmanager.namespace={cert_ns}",
         f"app.certmanager.issuer.name={ca_cluster_issuer.name}",
         "app.certmanager.issuer.kind=ClusterIssuer",
@@ -53,7 +54,7 @@ def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_
             utils.create_from_dict(kube_api, doc)
         token = mint_token(release_ns, name, audience=None)
         kubeconfig = _kubeconfig(kube_plane, token, tmp_path / "sa.kubeconfig")
-        signer = signer_factory(cert_ns, ca_cluster_issuer, f"--kubeconfig={kubeconfig}")
+        signer = signer_factory(cert_ns, ca_cluster_issuer, "--cluster-duties=false", f"--kubeconfig={kubeconfig}")
         workload_ns = make_namespace("app")
         make_service_account(workload_ns, "web")
         own = f"spiffe://cluster.local/ns/{workload_ns}/sa/web"
@@ -78,7 +79,7 @@ def test_offline_mode_without_the_serviceaccounts_rule_is_not_ready_and_the_log_
     name = f"meshsigner-nosa-{secrets.token_hex(3)}"
     docs = render(
         helm, f"nameOverride={name}", "app.signer=local", "app.server.authenticator=jwks", "app.logFormat=json",
-        namespace=release_ns,
+        "app.controller.clusterDuties=false", namespace=release_ns,
     )  # fmt: skip
     rbac = _without([d for d in docs if d["kind"] in RBAC_KINDS], "", "serviceaccounts")
     try:
