@@ -152,12 +152,19 @@ class MeshSigner:
         path = self.base / "decisions.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-    def decisions_for(self, namespace: str, service_account: str) -> list[dict]:
-        return [
-            d
-            for d in self.decisions()
-            if (d["caller"]["namespace"], d["caller"]["serviceAccount"]) == (namespace, service_account)
-        ]
+    def decisions_for(self, namespace: str, service_account: str, at_least: int = 1) -> list[dict]:
+        """The caller's decision records, once at least ``at_least`` are in the file (a writer thread appends them
+        after the answer went out, so a test that just saw a certificate waits a moment for its record)."""
+        deadline = time.monotonic() + 15
+        while True:
+            records = [
+                d
+                for d in self.decisions()
+                if (d["caller"]["namespace"], d["caller"]["serviceAccount"]) == (namespace, service_account)
+            ]
+            if len(records) >= at_least or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
 
 
 def _ready(server: ServerProcess) -> bool:
