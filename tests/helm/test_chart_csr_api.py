@@ -22,9 +22,11 @@ CSR_APPROVAL = {
     ("ClusterRole", GROUP, f"{CSRS}/approval", "update", "*"),
     ("ClusterRole", GROUP, "signers", "approve", SIGNER),
 }
-MIRROR = {("ClusterRole", GROUP, CSRS, verb, "*") for verb in ("create", "list", "watch", "delete")} | {
-    ("ClusterRole", GROUP, f"{CSRS}/{sub}", "update", "*") for sub in ("approval", "status")
-} | {("ClusterRole", GROUP, "signers", verb, "meshsigner.io/audit") for verb in ("approve", "sign")}
+MIRROR = (
+    {("ClusterRole", GROUP, CSRS, verb, "*") for verb in ("create", "list", "watch", "delete")}
+    | {("ClusterRole", GROUP, f"{CSRS}/{sub}", "update", "*") for sub in ("approval", "status")}
+    | {("ClusterRole", GROUP, "signers", verb, "meshsigner.io/audit") for verb in ("approve", "sign")}
+)
 
 
 def test_kubernetes_csr_values_become_its_flags(helm):
