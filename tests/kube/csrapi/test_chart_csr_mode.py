@@ -137,3 +137,7 @@ def test_the_audit_mirror_writes_its_record_under_the_charts_rbac(
         _no_forbidden(server)
     finally:
         assert server.stop() == 0
+        certificates = client.CertificatesV1Api(kube_api)
+        for record in our_csrs(mirror_signer, "meshsigner.io/purpose=audit"):  # (kept an hour otherwise)
+            with contextlib.suppress(client.ApiException):
+                certificates.delete_certificate_signing_request(record.metadata.name)
