@@ -131,7 +131,7 @@ def test_the_schema_rejects_misspelt_keys(helm, typo):
         ("app.controller.maxConcurrentReconciles=0", "maxConcurrentReconciles"),
         ("app.controller.leaderElectionName=Istio_CSR", "leaderElectionName"),
         ("app.server.authenticators.enableClientCert=true", "needs pinned roots to verify client certificates"),
-        ("app.signer=kubernetes-csr", "not available in this meshsigner version"),
+        ("app.signer=kubernetes-csr,app.signerName=example.com/mesh", "kubernetes-csr needs app.tls.rootCAFile"),
         ("image.repository=quay.io/jetstack/cert-manager-istio-csr", "is istio-csr's, not meshsigner's"),
         (
             "app.server.authenticator=jwks,app.server.jwks.file=/j.json",

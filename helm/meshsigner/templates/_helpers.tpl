@@ -33,6 +33,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Features the rendered RBAC follows. */}}
 {{- define "meshsigner.certManager" -}}{{ if eq .Values.app.signer "cert-manager" }}true{{ end }}{{- end -}}
+{{- define "meshsigner.kubernetesCSR" -}}{{ if eq .Values.app.signer "kubernetes-csr" }}true{{ end }}{{- end -}}
+{{- /* The audit mirror (--mirror-certificate-signing-requests): cert-manager and local signers only (validated). */ -}}
+{{- define "meshsigner.mirror" -}}
+{{- if and .Values.app.mirror.enabled (not (include "meshsigner.kubernetesCSR" .)) }}true{{ end -}}
+{{- end -}}
 {{- define "meshsigner.runtimeConfigMap" -}}
 {{- if and (eq .Values.app.signer "cert-manager") .Values.app.runtimeConfiguration.name }}true{{ end -}}
 {{- end -}}
@@ -92,7 +97,7 @@ cert-manager signer, TokenReviews, or the cluster's own keys) and app.controller
 while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (when named) and istiod's certificate
 ("dynamic"). */ -}}
 {{- define "meshsigner.kubeAccess" -}}
-{{- if or (include "meshsigner.certManager" .) (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) }}true{{ end -}}
+{{- if or (include "meshsigner.certManager" .) (include "meshsigner.kubernetesCSR" .) (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) (include "meshsigner.mirror" .) }}true{{ end -}}
 {{- end -}}
 {{- define "meshsigner.clusterDuties" -}}
 {{- if and .Values.app.controller.clusterDuties (include "meshsigner.kubeAccess" .) }}true{{ end -}}
@@ -108,8 +113,22 @@ while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (
 
 {{/* Refuse values meshsigner cannot honour rather than install something that silently differs. */}}
 {{- define "meshsigner.validate" -}}
-{{- if not (has .Values.app.signer (list "local" "cert-manager")) -}}
-{{- fail (printf "app.signer=%s is not available in this meshsigner version (local or cert-manager)" .Values.app.signer) -}}
+{{- if not (has .Values.app.signer (list "local" "cert-manager" "kubernetes-csr")) -}}
+{{- fail (printf "app.signer=%s is not available in this meshsigner version (local, cert-manager or kubernetes-csr)" .Values.app.signer) -}}
+{{- end -}}
+{{- if include "meshsigner.kubernetesCSR" . -}}
+{{- if not .Values.app.signerName -}}
+{{- fail "app.signer=kubernetes-csr needs app.signerName (domain/path, e.g. clusterissuers.cert-manager.io/istio-ca)" -}}
+{{- end -}}
+{{- if not .Values.app.tls.rootCAFile -}}
+{{- fail "app.signer=kubernetes-csr needs app.tls.rootCAFile (--root-ca-file): the CSR API carries no CA to verify issued chains against; mount the root bundle with volumes/volumeMounts and set its path" -}}
+{{- end -}}
+{{- if .Values.app.mirror.enabled -}}
+{{- fail "app.mirror.enabled is for app.signer cert-manager and local: with kubernetes-csr the requests already are CertificateSigningRequests" -}}
+{{- end -}}
+{{- if eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic" -}}
+{{- fail "app.tls.istiodCertificateEnable=dynamic is not available with app.signer=kubernetes-csr yet (use false, and give istiod its certificate otherwise)" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic") (not (include "meshsigner.clusterDuties" .)) -}}
 {{- if not .Values.app.controller.clusterDuties -}}
