@@ -108,6 +108,11 @@ def start_server(
     flags: list[str], log_path: Path, *, env: dict[str, str] | None = None, wait: bool = True
 ) -> ServerProcess:
     grpc_port, readiness_port, metrics_port = free_port(), free_port(), free_port()
+    # Cluster duties (the Lease, root ConfigMaps in every namespace, istiod's certificate) would make every test
+    # server on the shared plane compete for the default Lease and write its own roots everywhere: only the tests
+    # that ask for them (by a duty or leader-election flag) get them.
+    if not any(flag.startswith(("--cluster-duties", "--leader-election-")) for flag in flags):
+        flags = [*flags, "--cluster-duties=false"]
     command = [
         sys.executable, "-m", "signer.cli", "serve",
         f"--serving-address=127.0.0.1:{grpc_port}",
