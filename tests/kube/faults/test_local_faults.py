@@ -1,20 +1,16 @@
-"""Faults that need no cluster, against ``meshsigner serve --signer local --authenticator jwks``: the JWKS file
-replaced by garbage and then rotated, and a reconnect storm of 2,000 agents against --max-in-flight. (They sit with
-the other fault scenarios, so tests/kube marks them ``cluster`` although they never touch the plane.)"""
+"""A fault that needs no cluster, against ``meshsigner serve --signer local --authenticator jwks``: the JWKS file
+replaced by garbage and then rotated. (It sits with the other fault scenarios, so tests/kube marks it ``cluster``
+although it never touches the plane.)"""
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from pathlib import Path
 
 import grpc
 
-from proto import istio_ca_pb2_grpc
 from tests.kube.faults.tally import Answer, Tally, burst, call
 from tests.support.csr_builder import make_csr
-from tests.support.processes import SERVER_NAME, local_signer_flags, start_server
+from tests.support.processes import local_signer_flags, start_server
 from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
 
@@ -68,7 +64,7 @@ def test_jwks_replaced_by_garbage_then_rotated(tmp_path):
         new.write_jwks(jwks)
         wait_for(lambda: server.log().count('"jwks_loaded"') + server.log().count("JWKS loaded") > loads,
                  "the new key set loaded")  # fmt: skip
-        retired = burst(sender(old), 20, 10)
+        retired = burst(sender(old), 10, 5)  # fewer than --peer-auth-failure-burst (20)
         assert all(a.code == grpc.StatusCode.UNAUTHENTICATED for a in retired), [a.details for a in retired]
         current = burst(sender(new), 20, 10)
         assert all(a.code == grpc.StatusCode.OK for a in current), [a.details for a in current]
@@ -92,61 +88,3 @@ def _kid_sender(stub, workloads, issuer: TokenIssuer, kid: str):
         return call(stub, csr, issuer.token(ns, sa, kid=kid), deadline=15)
 
     return send
-
-
-def _open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def test_reconnect_storm_of_2000_agents_engages_max_in_flight_and_recovers(tmp_path):
-    agents, concurrency, max_in_flight = 2000, 160, 8
-    issuer = TokenIssuer()
-    server = _local_signer(tmp_path, issuer, f"--max-in-flight={max_in_flight}", "--request-timeout=10s")
-    try:
-        root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
-        workloads = [(csr, issuer.token(ns, sa)) for ns, sa, csr in _workloads(50)]
-        fds_before = _open_fds(server.process.pid)
-        connected = [0]
-        lock = threading.Lock()
-
-        def agent(index: int) -> Answer:
-            """A restarting agent: its own fresh TLS connection, one request, gone."""
-            channel = grpc.secure_channel(
-                server.address,
-                grpc.ssl_channel_credentials(root_certificates=root),
-                options=[("grpc.ssl_target_name_override", SERVER_NAME), ("grpc.use_local_subchannel_pool", 1)],
-            )
-            try:
-                answer = call(istio_ca_pb2_grpc.IstioCertificateServiceStub(channel), *workloads[index % 50],
-                              deadline=40)  # fmt: skip
-            finally:
-                channel.close()
-            with lock:
-                connected[0] += 1
-            return answer
-
-        started = time.perf_counter()
-        tally = Tally(f"reconnect storm: {agents} agents, new TLS connection each, {concurrency} at once, "
-                      f"--max-in-flight={max_in_flight}")  # fmt: skip
-        tally.add(burst(agent, agents, concurrency))
-        elapsed = time.perf_counter() - started
-        assert connected[0] == agents
-        codes = tally.codes
-        assert codes["RESOURCE_EXHAUSTED"] > 0, f"--max-in-flight never engaged: {codes}"
-        assert all("TOO_MANY_IN_FLIGHT" in a.details for a in tally.answers if a.code.name == "RESOURCE_EXHAUSTED")
-
-        stub = server.stub(root)
-        recovery = [call(stub, *workloads[i % 50], deadline=15) for i in range(20)]
-        assert all(a.code == grpc.StatusCode.OK for a in recovery), [a.details for a in recovery]
-        tally.add(recovery)
-        wait_for(lambda: server.metric("meshsigner_csr_in_flight") == 0, "nothing left in flight")
-        wait_for(lambda: _open_fds(server.process.pid) <= fds_before + 5, "the storm's connections closed", timeout=30)
-        tally.notes = (
-            f"{elapsed:.1f}s, {agents / elapsed:.0f} agents/s; server fds {fds_before} before, "
-            f"{_open_fds(server.process.pid)} after"
-        )
-        row = tally.report()
-        assert tally.lost == 0, row
-        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, row
-    finally:
-        assert server.stop() == 0, server.log()[-3000:]
