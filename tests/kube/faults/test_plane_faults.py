@@ -397,3 +397,51 @@ def test_reconnect_storm_of_2000_agents_engages_max_in_flight_and_recovers(
         "of them kube client connections to the API)"
     )
     _check(tally, allowed={grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def test_root_file_replaced_by_garbage_then_rotated(
+    kube_api, plane, make_namespace, identities, make_ca_issuer, signer_factory, tmp_path, pki
+):
+    """--root-ca-file overwritten with garbage (the previous roots stay pinned, requests go on), then a valid
+    rotation: a bundle of the old and a new CA, after which the issuer switches to the new CA and its chains verify."""
+    cr_ns = make_namespace("istio-system")
+    issuer = make_ca_issuer(cr_ns)
+    roots = tmp_path / "pinned-roots.pem"
+    roots.write_bytes(issuer.ca_cert_pem)
+    signer = signer_factory(cr_ns, issuer, *FAST_API, "--request-timeout=8s", root_file=roots)
+    send = _sender(signer.stub(), identities, deadline=20)
+    tally = Tally("--root-ca-file replaced by garbage (2 kinds), then rotated (old+new CA), issuer moved to new CA")
+    tally.add(burst(send, 20, 10))
+    rejections = "meshsigner_root_bundle_rejections_total"
+    for number, garbage in enumerate((b"-----BEGIN CERTIFICATE-----\nnot base64\n", b"\x00" * 300), start=1):
+        roots.write_bytes(garbage)
+        wait_for(lambda n=number: signer.server.metric(rejections) >= n, "the garbage bundle refused")
+        tally.add(burst(send, 20, 10))
+    _all_ok(tally.answers)
+
+    new_ca = pki.make_ca("meshsigner-rotated-root", days=30)
+    loaded = signer.server.log().count("root_bundle_loaded")
+    roots.write_bytes(issuer.ca_cert_pem + new_ca.cert_pem)
+    wait_for(lambda: signer.server.log().count("root_bundle_loaded") > loaded, "the rotated bundle loaded")
+    core = client.CoreV1Api(kube_api)
+    secret = core.read_namespaced_secret(issuer.secret_name, cr_ns)
+    secret.data = {
+        "tls.crt": base64.b64encode(new_ca.cert_pem).decode(),
+        "tls.key": base64.b64encode(new_ca.key_pem).decode(),
+    }
+    core.replace_namespaced_secret(issuer.secret_name, cr_ns, secret)
+    new_subject = new_ca.cert.subject
+    deadline = time.monotonic() + 60
+    while True:  # cert-manager picks the new key up; every answer meanwhile is OK from either CA
+        answer = send(len(tally.answers))
+        tally.add([answer])
+        assert answer.code == grpc.StatusCode.OK, answer
+        if x509.load_pem_x509_certificate(answer.chain[0].encode()).issuer == new_subject:
+            break
+        assert time.monotonic() < deadline, "the issuer never signed with the new CA"
+        time.sleep(0.3)
+    after = burst(send, 20, 10)
+    _all_ok(after)
+    tally.add(after)
+    tally.leaked = _leaked(kube_api, cr_ns)
+    _check(tally, allowed={grpc.StatusCode.OK})
