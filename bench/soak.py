@@ -108,7 +108,7 @@ def run(
             code = server.stop()
             if code != 0:
                 result.failures.append(f"serve exited with {code}")
-    _judge(result, warmup_seconds, max_rss_slope, max_fd_growth)
+    judge(result, warmup_seconds, max_rss_slope, max_fd_growth)
     return result
 
 
@@ -173,7 +173,7 @@ def _drive(server, issuer, base, result, minutes, rate, sample_seconds, connecti
     result.codes = dict(codes)
 
 
-def _judge(result: SoakResult, warmup_seconds: float, max_rss_slope: float, max_fd_growth: int) -> None:
+def judge(result: SoakResult, warmup_seconds: float, max_rss_slope: float, max_fd_growth: int) -> None:
     steady = [s for s in result.samples if s.seconds >= warmup_seconds] or result.samples
     if not steady:
         result.failures.append("no samples")

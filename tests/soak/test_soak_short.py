@@ -19,6 +19,30 @@ def _soak_module():
     return module
 
 
+def _series(soak, rss_step_mib: float, fd_every: int = 0):
+    """A result with 10 minutes of 5 s samples: RSS rising by ``rss_step_mib`` a sample (with +-0.3 MiB of
+    allocator noise), one more fd every ``fd_every`` samples."""
+    result = soak.SoakResult(minutes=10, rate=20, sent=100, codes={"OK": 100})
+    for i in range(120):
+        noise = 0.3 if i % 2 else -0.3
+        fds = 20 + (i // fd_every if fd_every else 0)
+        result.samples.append(soak.Sample(seconds=i * 5.0, rss_mib=70 + i * rss_step_mib + noise, fds=fds, sent=i))
+    return result
+
+
+def test_the_soak_bounds_catch_growth_and_pass_noise():
+    soak = _soak_module()
+    flat = _series(soak, 0.0)
+    soak.judge(flat, warmup_seconds=60, max_rss_slope=8.0, max_fd_growth=4)
+    assert flat.passed, flat.failures
+    leaking = _series(soak, 0.05)  # 0.05 MiB per 5 s = 36 MiB/h
+    soak.judge(leaking, warmup_seconds=60, max_rss_slope=8.0, max_fd_growth=4)
+    assert not leaking.passed and "RSS grows" in leaking.failures[0], leaking.failures
+    fd_leak = _series(soak, 0.0, fd_every=10)
+    soak.judge(fd_leak, warmup_seconds=60, max_rss_slope=8.0, max_fd_growth=4)
+    assert any("open fds" in f for f in fd_leak.failures), fd_leak.failures
+
+
 def test_short_soak_keeps_rss_and_fds_flat():
     soak = _soak_module()
     # A minute is too short to tell a slow leak from allocator noise, so the short bound is loose (a leak of a
