@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.kube.faults.tally import Answer, Tally, burst, call
 from tests.support.csr_builder import make_csr
@@ -91,3 +92,28 @@ def _kid_sender(stub, workloads, issuer: TokenIssuer, kid: str):
         return call(stub, csr, issuer.token(ns, sa, kid=kid), deadline=15)
 
     return send
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="signer/auth/jwks.py JwksAuthenticator.reload does not remember a refused file: every 1 s check logs "
+    "jwks_reload_failed at ERROR again while the same garbage stays in place (RootBundle logs it once)",
+)
+def test_a_bad_jwks_file_is_logged_once_not_at_every_check(tmp_path):
+    from loguru import logger
+
+    from signer.auth.jwks import JwksAuthenticator
+    from tests.support.clock import ManualClock
+
+    jwks = TokenIssuer().write_jwks(tmp_path / "jwks.json")
+    auth = JwksAuthenticator(jwks, issuer="https://issuer.test", audiences=("istio-ca",), clock=ManualClock())
+    jwks.write_bytes(b"\x00 not a key set")
+    failures: list[str] = []
+    sink = logger.add(lambda m: failures.append(m), filter=lambda r: r["extra"].get("event") == "jwks_reload_failed")
+    try:
+        for _ in range(5):  # five watch ticks over the same bad file
+            assert auth.reload() is False
+    finally:
+        logger.remove(sink)
+    assert auth.ready, "the last good keys stay in force"
+    assert len(failures) == 1, f"{len(failures)} error lines for one bad file"
