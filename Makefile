@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .state/dev
 
-.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean image lock fuzz fuzz-short
+.PHONY: venv run test test-unit lint proto cluster cluster-down bench clean image lock fuzz fuzz-short soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ fuzz: venv
 
 fuzz-short: venv
 	$(PY) -m pytest -q tests/fuzz
+
+# Soak (docs/faults.md): serve --signer local at a steady rate for SOAK_MINUTES, RSS and open fds sampled;
+# fails when either keeps growing. `make test` runs its 60 s version (tests/soak).
+SOAK_MINUTES ?= 30
+soak: venv
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The OCI image archive without a container engine (root, mmdebstrap, umoci; Debian mirror + PyPI). Prints its path.
 image:

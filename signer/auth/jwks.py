@@ -62,6 +62,7 @@ class JwksAuthenticator:
         self._audiences = list(audiences)
         self._keys: dict[str, PublicKey] = {}
         self._stamp: tuple[int, int] | None = None
+        self._rejected: tuple[tuple[int, int] | None, str] | None = None  # the bad file (or error) last reported
         self._cache = TokenCache(clock=clock, max_entries=CACHE_ENTRIES)
         self.reload()
 
@@ -71,18 +72,22 @@ class JwksAuthenticator:
 
     def reload(self) -> bool:
         """Re-read the file if it changed. Returns True when a new key set became active."""
+        stamp: tuple[int, int] | None = None
         try:
             stat = self._path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return False
+            if stamp == self._stamp or (self._rejected is not None and stamp == self._rejected[0]):
+                return False  # unchanged, or the same bad file already reported
             keys = load_jwks(self._path.read_bytes())
         except (OSError, ValueError) as exc:
-            logger.bind(event="jwks_reload_failed", path=str(self._path)).error(
-                "JWKS not loaded, keeping {} keys: {}", len(self._keys), exc
-            )
+            problem = (stamp, str(exc))
+            if problem != self._rejected:  # once per bad file or error, not at every check
+                self._rejected = problem
+                logger.bind(event="jwks_reload_failed", path=str(self._path)).error(
+                    "JWKS not loaded, keeping {} keys: {}", len(self._keys), exc
+                )
             return False
-        self._keys, self._stamp = keys, stamp
+        self._keys, self._stamp, self._rejected = keys, stamp, None
         self._cache.clear()  # a removed key must stop authenticating at once
         logger.bind(event="jwks_loaded", path=str(self._path), keys=len(keys)).info("JWKS loaded")
         return True
