@@ -23,7 +23,7 @@ from bridge.errors import BackendUnavailable
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningBackend
 from clocks import Clock, SystemClock
-from policies import IdentityDecider, OwnIdentityOnly, PolicyStore
+from policies import IdentityDecider, OwnIdentityOnly
 from signer.auth.base import Authenticator
 from signer.auth.client_cert import ClientCertAuthenticator
 from signer.auth.jwks import JwksAuthenticator
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.leader_election import LeaderElector
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
+    from policies.policy_store import PolicyStore  # the YAML engine: imported only with --policy-dir
     from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, InClusterAuth, KubernetesCsrParts
 
 EXIT_CANNOT_START = 2
@@ -253,19 +254,22 @@ def client_cert_roots(
 
 def build_decider(
     settings: ServeSettings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
-) -> IdentityDecider:
-    """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists);
-    otherwise istio-csr's built-in rule."""
+) -> tuple[IdentityDecider, PolicyStore | None]:
+    """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists), returned
+    twice (as the decider and as the store to watch); otherwise istio-csr's built-in rule and no store."""
     if settings.policy_dir:
         if not Path(settings.policy_dir).is_dir():
             raise StartupError(f"--policy-dir {settings.policy_dir}: not a directory")
-        return PolicyStore(
+        from policies.policy_store import PolicyStore  # the YAML engine loads only when it is used
+
+        store = PolicyStore(
             settings.policy_dir,
             trust_domain=settings.trust_domain,
             registry=registry,
             namespace_labels=namespace_labels.labels if namespace_labels is not None else None,
         )
-    return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration))
+        return store, store
+    return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration)), None
 
 
 async def run(
@@ -310,7 +314,7 @@ async def run(
             from signer.serve_in_cluster import build_namespace_labels
 
             namespace_labels = build_namespace_labels(kube)
-        decider = build_decider(settings, registry, namespace_labels)
+        decider, policy_store = build_decider(settings, registry, namespace_labels)
         pods, node_authorizer = build_node_authorization(
             settings, kube, in_cluster_auth.pods if in_cluster_auth is not None else None
         )
@@ -338,7 +342,7 @@ async def run(
         if namespace_labels is not None:
             labels = namespace_labels
             tasks.start("namespace-labels", lambda: labels.watch.run(stop))
-            if isinstance(decider, PolicyStore) and decider.needs_namespace_labels:
+            if policy_store is not None and policy_store.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
         if pods is not None:
             pod_cache = pods
@@ -420,9 +424,9 @@ async def run(
         if isinstance(authenticator.inner, JwksAuthenticator):
             jwks = authenticator.inner
             tasks.start("jwks-watch", lambda: jwks.watch(stop))
-        if isinstance(decider, PolicyStore):
-            policies = decider
-            tasks.start("policy-watch", lambda: policies.watch(stop))
+        if policy_store is not None:
+            store = policy_store
+            tasks.start("policy-watch", lambda: store.watch(stop))
         logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(
             "meshsigner serving on {} (trust domain {})", settings.serving_address, settings.trust_domain
         )
