@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from policies.decider import Caller, IssuanceRequest
 from policies.explain import explain, render_text
 from policies.loader import load_policy_set
+from policies.policy_set import PolicySet
 from policies.policy_test_runner import run_policy_tests
 from policies.problems import PolicySetInvalid, Severity
 from policies.schema_readers import parse_time
@@ -62,15 +64,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def lint_command(args: argparse.Namespace) -> int:
-    try:
-        policy_set = load_policy_set(args.dirs, trust_domain=args.trust_domain)
-    except PolicySetInvalid as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"policy set invalid: {len(exc.errors)} error(s)")
+    policy_set = _lint(args.dirs, args.trust_domain, "policy set")
+    if policy_set is None:
         return 1
-    for warning in policy_set.warnings:
-        print(warning)
     warnings = sum(w.severity is Severity.WARNING for w in policy_set.warnings)
     print(
         f"policy set valid: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
@@ -81,17 +77,25 @@ def lint_command(args: argparse.Namespace) -> int:
     if shadow is None or not directories:
         return 0
     # The shadow set is a sub-directory of the policy directory, as the server reads it.
+    shadow_set = _lint([directories[0] / shadow], args.trust_domain, f"shadow policy set {shadow!r}")
+    if shadow_set is None:
+        return 1
+    print(f"shadow policy set {shadow!r} valid: {len(shadow_set.policies)} policies, revision {shadow_set.revision}")
+    return 0
+
+
+def _lint(dirs: Iterable[str | Path], trust_domain: str | None, what: str) -> PolicySet | None:
+    """Load a set and print its problems (or warnings); None when it is invalid."""
     try:
-        shadow_set = load_policy_set([directories[0] / shadow], trust_domain=args.trust_domain)
+        policy_set = load_policy_set(dirs, trust_domain=trust_domain)
     except PolicySetInvalid as exc:
         for problem in exc.problems:
             print(problem)
-        print(f"shadow policy set {shadow!r} invalid: {len(exc.errors)} error(s)")
-        return 1
-    for warning in shadow_set.warnings:
+        print(f"{what} invalid: {len(exc.errors)} error(s)")
+        return None
+    for warning in policy_set.warnings:
         print(warning)
-    print(f"shadow policy set {shadow!r} valid: {len(shadow_set.policies)} policies, revision {shadow_set.revision}")
-    return 0
+    return policy_set
 
 
 def test_command(args: argparse.Namespace) -> int:
