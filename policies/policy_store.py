@@ -33,6 +33,12 @@ from policies.shadow import shadow_error_report, shadow_report
 _ShadowBuild = tuple[str, PolicySet | PolicySetInvalid]  # the shadow set's name and its build result
 
 
+def _log_rejection(what: str, kept: str, problems: list[Problem]) -> None:
+    logger.error("{} rejected ({}):", what, kept)
+    for problem in problems:
+        (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
+
+
 class PolicyStore:
     """Serves decisions from the last good policy set of ``directory``.
 
@@ -157,9 +163,7 @@ class PolicyStore:
             self._metrics.shadow_reload_failed()
             active = self._shadow
             kept = f"keeping revision {active.revision}" if active is not None else "no shadow set is active"
-            logger.error("policy: shadow set {} rejected ({}):", name, kept)
-            for problem in built.problems:
-                (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
+            _log_rejection(f"policy: shadow set {name}", kept, built.problems)
             return
         self._shadow, self._shadow_name, self._shadow_problems = built, name, list(built.warnings)
         self._metrics.shadow_installed(built.revision)
@@ -175,9 +179,7 @@ class PolicyStore:
             self._last_problems = built.problems
             self._metrics.reload_failed()
             kept = f"keeping revision {self.revision}" if self._active is not None else "no policy set is active"
-            logger.error("policy set in {} rejected ({}):", self._directory, kept)
-            for problem in built.problems:
-                (logger.error if problem.severity is Severity.ERROR else logger.warning)("  {}", problem)
+            _log_rejection(f"policy set in {self._directory}", kept, built.problems)
             return False
         new_set = built
         previous = self.revision
