@@ -14,6 +14,14 @@ from policies.decider import Decision
 _LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
 
 
+def _child(counter: Counter, children: dict[tuple[str, ...], Any], labels: tuple[str, ...]) -> Any:
+    """``counter.labels(*labels)``, kept in ``children``: labels() takes a lock and builds a key on every call."""
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = counter.labels(*labels)
+    return child
+
+
 class PolicyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.decisions = Counter(
@@ -42,8 +50,7 @@ class PolicyMetrics:
             multiprocess_mode="livemax",  # with --workers: every revision a live worker holds
         )
         self.reloads = Counter("policy_reload_total", "Policy set reloads by result.", ("result",), registry=registry)
-        # labels() takes a lock and builds a key on every call; the children are kept instead. Both are bounded by
-        # the label sets the policy sets produce, like the metric itself.
+        # The children of the hot-path counters (``_child``), bounded by the label sets the policy sets produce.
         self._decision_children: dict[tuple[str, ...], Any] = {}
         self._finding_children: dict[tuple[str, ...], Any] = {}
         self.shadow_decisions = Counter(
@@ -71,17 +78,11 @@ class PolicyMetrics:
 
     def observe_decision(self, decision: Decision, seconds: float, *, policy: str, rule: str, mode: str) -> None:
         labels = (decision.verdict.value, decision.reason, policy, rule, mode)
-        counter = self._decision_children.get(labels)
-        if counter is None:
-            counter = self._decision_children[labels] = self.decisions.labels(*labels)
-        counter.inc()
+        _child(self.decisions, self._decision_children, labels).inc()
         self.evaluation_seconds.observe(seconds)
         for finding in decision.audit_findings:
             key = (finding.policy, finding.rule or "", finding.finding)
-            found = self._finding_children.get(key)
-            if found is None:
-                found = self._finding_children[key] = self.audit_findings.labels(*key)
-            found.inc()
+            _child(self.audit_findings, self._finding_children, key).inc()
 
     def reloaded(self, revision: str | None, previous: str | None, *, at: float) -> None:
         """A set was installed at ``at`` (Unix time) in place of ``previous``."""
@@ -96,11 +97,7 @@ class PolicyMetrics:
         self.reloads.labels("error").inc()
 
     def observe_shadow(self, enforced: str, shadow: str, difference: str) -> None:
-        key = (enforced, shadow, difference)
-        counter = self._shadow_children.get(key)
-        if counter is None:
-            counter = self._shadow_children[key] = self.shadow_decisions.labels(*key)
-        counter.inc()
+        _child(self.shadow_decisions, self._shadow_children, (enforced, shadow, difference)).inc()
 
     def shadow_installed(self, revision: str | None) -> None:
         """The shadow set now active (None: none), after a successful load or when it was dropped."""
