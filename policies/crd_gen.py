@@ -139,28 +139,17 @@ def identity_policy_crd() -> dict[str, Any]:
     spec = openapi(POLICY_SPEC)
     spec["properties"]["mode"]["default"] = "Enforce"  # so the Mode column shows what the loader assumes
     spec["properties"]["rules"]["items"]["x-kubernetes-validations"] = RULE_VALIDATIONS
-    status = {
-        "type": "object",
-        "properties": {
-            "observedGeneration": {"type": "integer", "format": "int64"},
-            "activeRevision": {"type": "string"},
-            "ruleCount": {"type": "integer", "format": "int64", "description": "rules in spec.rules"},
-            "conditions": _conditions_status(),
-        },
-    }
     return _crd(
         kind="IdentityPolicy",
         plural="identitypolicies",
         scope="Namespaced",
         short_names=["idp"],
         spec=spec,
-        status=status,
+        status_fields={"ruleCount": {"type": "integer", "format": "int64", "description": "rules in spec.rules"}},
         columns=[
             {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
             # A column shows only the first match of [*], so the count comes from the status (its writer sets it).
             {"name": "Rules", "type": "integer", "jsonPath": ".status.ruleCount"},
-            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         description="Which workloads may hold which SPIFFE IDs, DNS names, keys and lifetimes (meshsigner).",
     )
@@ -169,28 +158,17 @@ def identity_policy_crd() -> dict[str, Any]:
 def policy_settings_crd() -> dict[str, Any]:
     spec = openapi(SETTINGS_SPEC)
     spec["x-kubernetes-validations"] = SETTINGS_VALIDATIONS
-    status = {
-        "type": "object",
-        "properties": {
-            "observedGeneration": {"type": "integer", "format": "int64"},
-            "activeRevision": {"type": "string"},
-            "shadowRevision": {"type": "string"},
-            "conditions": _conditions_status(),
-        },
-    }
     crd = _crd(
         kind="PolicySettings",
         plural="policysettings",
         scope="Cluster",
         short_names=["mps"],
         spec=spec,
-        status=status,
+        status_fields={"shadowRevision": {"type": "string"}},
         columns=[
             {"name": "Trust Domain", "type": "string", "jsonPath": ".spec.trustDomain"},
             {"name": "Shadow Set", "type": "string", "jsonPath": ".spec.shadowPolicySet"},
             {"name": "Revision", "type": "string", "jsonPath": ".status.activeRevision"},
-            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         description="Installation-wide policy settings (meshsigner); a singleton named settings.",
     )
@@ -211,10 +189,26 @@ def _crd(
     scope: str,
     short_names: list[str],
     spec: dict[str, Any],
-    status: dict[str, Any],
+    status_fields: dict[str, Any],
     columns: list[dict[str, str]],
     description: str,
 ) -> dict[str, Any]:
+    """The CRD of one kind. ``status_fields`` come between the shared ``activeRevision`` and ``conditions``;
+    ``columns`` come before the shared Ready and Age columns."""
+    status_schema = {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "activeRevision": {"type": "string"},
+            **status_fields,
+            "conditions": _conditions_status(),
+        },
+    }
+    columns = [
+        *columns,
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -247,7 +241,7 @@ def _crd(
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec,
-                                "status": status,
+                                "status": status_schema,
                             },
                         }
                     },
