@@ -132,22 +132,16 @@ def _duration(
         granted, flags, defaulted = min(max(span.default, span.minimum), span.maximum), ("DURATION_DEFAULTED",), True
     elif requested < span.minimum:
         if span.on_below != "Raise":
-            if exhaustive:
-                shown = format_duration(requested)
-                note = f"requested {shown} below min {format_duration(span.minimum)} (onBelow: Deny)"
-                results.append(Check("duration", False, _range(rule), shown, "DURATION_TOO_SHORT", note))
-            else:
-                results.append(FAILED)
+            _refuse_duration(
+                rule, requested, results, exhaustive, "DURATION_TOO_SHORT", "below min {} (onBelow: Deny)", span.minimum
+            )
             return None
         granted, flags, defaulted = span.minimum, ("DURATION_RAISED",), False
     elif requested > span.maximum:
         if span.on_exceed != "Clamp":
-            if exhaustive:
-                shown = format_duration(requested)
-                note = f"requested {shown} > max {format_duration(span.maximum)} (onExceed: Deny)"
-                results.append(Check("duration", False, _range(rule), shown, "DURATION_TOO_LONG", note))
-            else:
-                results.append(FAILED)
+            _refuse_duration(
+                rule, requested, results, exhaustive, "DURATION_TOO_LONG", "> max {} (onExceed: Deny)", span.maximum
+            )
             return None
         granted, flags, defaulted = span.maximum, ("DURATION_CLAMPED",), False
     else:
@@ -158,6 +152,18 @@ def _duration(
             actual += f" -> {format_duration(granted)} ({', '.join(flags)})"  # the one flag that moved it
         results.append(Check("duration", True, _range(rule), actual))
     return granted, flags, defaulted
+
+
+def _refuse_duration(
+    rule: Rule, requested: int, results: list[Check], exhaustive: bool, code: str, why: str, bound: int
+) -> None:
+    """Record a requested duration outside the range that onBelow/onExceed refuses; ``why`` formats ``bound``."""
+    if not exhaustive:
+        results.append(FAILED)
+        return
+    shown = format_duration(requested)
+    note = f"requested {shown} {why.format(format_duration(bound))}"
+    results.append(Check("duration", False, _range(rule), shown, code, note))
 
 
 def _range(rule: Rule) -> str:
