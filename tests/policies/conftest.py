@@ -29,6 +29,17 @@ spec:
 """
 
 
+# A valid policy on its own: a Deny rule freezing namespace orders (added to the §2.1 set by reload tests).
+DENY_ORDERS = """apiVersion: meshsigner.io/v1alpha1
+kind: IdentityPolicy
+metadata: {name: freeze-orders}
+spec:
+  subjects: {namespaces: [orders]}
+  rules:
+    - {name: freeze, effect: Deny, message: orders is frozen}
+"""
+
+
 def caller(
     namespace: str = "orders",
     service_account: str = "web",

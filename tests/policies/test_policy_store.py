@@ -20,16 +20,7 @@ from policies.loader import build_policy_set
 from policies.policy_store import PolicyStore
 from tests.support.clock import ManualClock
 
-from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, TD, caller, own_id, request
-
-DENY_ORDERS = """apiVersion: meshsigner.io/v1alpha1
-kind: IdentityPolicy
-metadata: {name: freeze-orders}
-spec:
-  subjects: {namespaces: [orders]}
-  rules:
-    - {name: freeze, effect: Deny, message: orders is frozen}
-"""
+from .conftest import CA_NOT_AFTER, DENY_ORDERS, NOW, SECTION_2_1, TD, caller, own_id, request
 
 
 @pytest.fixture

@@ -13,19 +13,10 @@ from prometheus_client import CollectorRegistry
 from policies.decider import Decision
 from policies.decision_records import decision_record
 from policies.loader import build_policy_set
-from policies.policy_store import PolicyStore
 from policies.problems import PolicySetInvalid
-from tests.policies.conftest import CA_NOT_AFTER, NOW, SECTION_2_1, SETTINGS, TD, caller, own_id, request
+from tests.policies.conftest import DENY_ORDERS, SECTION_2_1, SETTINGS, TD, caller, own_id, request
 from tests.policies.test_commands import run
-
-DENY_ORDERS = """apiVersion: meshsigner.io/v1alpha1
-kind: IdentityPolicy
-metadata: {name: freeze-orders}
-spec:
-  subjects: {namespaces: [orders]}
-  rules:
-    - {name: freeze, effect: Deny, message: orders is frozen}
-"""
+from tests.policies.test_policy_store import decide, store_for
 
 
 def name_shadow(directory: Path, name: str | None) -> None:
@@ -45,20 +36,6 @@ def policy_dir(tmp_path: Path) -> Path:
     (directory / "next" / "freeze.yaml").write_text(DENY_ORDERS)
     name_shadow(directory, "next")
     return directory
-
-
-def store_for(directory: Path) -> tuple[PolicyStore, CollectorRegistry]:
-    registry = CollectorRegistry()
-    return PolicyStore(directory, trust_domain=TD, registry=registry), registry
-
-
-def decide(store: PolicyStore, namespace: str = "orders", account: str = "web", validity: int = 3600) -> Decision:
-    return store.decide(
-        caller(namespace, account),
-        request(own_id(namespace, account), validity=validity),
-        now=NOW,
-        ca_not_after=CA_NOT_AFTER,
-    )
 
 
 def shadow_of(decision: Decision) -> dict[str, Any]:
