@@ -32,11 +32,12 @@ class Applicable:
 
 def _rules_for(rules: tuple[Rule, ...], ctx: EvaluationContext) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
     """The Allow and the Deny rules of ``rules`` whose own subjects match the caller (label selectors aside)."""
-    allow = tuple(
-        r for r in rules if r.effect is Effect.ALLOW and (r.subjects is None or r.subjects.static_matches(ctx))
-    )
-    deny = tuple(r for r in rules if r.effect is Effect.DENY and (r.subjects is None or r.subjects.static_matches(ctx)))
-    return allow, deny
+    allow: list[Rule] = []
+    deny: list[Rule] = []
+    for rule in rules:
+        if rule.subjects is None or rule.subjects.static_matches(ctx):
+            (allow if rule.effect is Effect.ALLOW else deny).append(rule)
+    return tuple(allow), tuple(deny)
 
 
 def scan_applicable(policies: Sequence[Policy], ctx: EvaluationContext) -> tuple[Applicable, ...]:
@@ -98,7 +99,7 @@ class PolicySet:
             stamp_caller_identity_when_missing=settings.on_missing_uri == "UseCallerIdentity",
             revision=revision,
         )
-        self.needs_namespace_labels = any(p.needs_labels for p in self.policies if p.mode is not Mode.DISABLED)
+        self.needs_namespace_labels = any(p.needs_labels for p in self._active)
 
     def applicable(self, ctx: EvaluationContext) -> tuple[Applicable, ...]:
         """The policies and rules whose subjects match the caller, ignoring label selectors (cached)."""
