@@ -9,7 +9,7 @@ caller still runs the full ``static_matches`` on each, so the index changes what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from policies.globs import NameGlob, PathGlob
 from policies.subjects import SubjectPattern, Subjects
@@ -24,26 +24,22 @@ class GlobIndex:
     use; only other shapes are scanned (and returned unfiltered: the caller's full check decides).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entries: Iterable[tuple[str, int]]) -> None:
+        """``entries``: (pattern, position) pairs."""
         self._literals: dict[str, list[int]] = {}
         self._prefixes: dict[str, list[int]] = {}
         self._suffixes: dict[str, list[int]] = {}
-        self._prefix_lengths: list[int] = []
-        self._suffix_lengths: list[int] = []
         self._other: list[int] = []
-
-    def add(self, pattern: str, position: int) -> None:
-        pieces = pattern.split("*")
-        if len(pieces) == 1:
-            self._literals.setdefault(pattern, []).append(position)
-        elif len(pieces) == 2 and not pieces[1] and pieces[0]:
-            self._prefixes.setdefault(pieces[0], []).append(position)
-        elif len(pieces) == 2 and not pieces[0] and pieces[1]:
-            self._suffixes.setdefault(pieces[1], []).append(position)
-        else:
-            self._other.append(position)
-
-    def freeze(self) -> None:
+        for pattern, position in entries:
+            pieces = pattern.split("*")
+            if len(pieces) == 1:
+                self._literals.setdefault(pattern, []).append(position)
+            elif len(pieces) == 2 and not pieces[1] and pieces[0]:
+                self._prefixes.setdefault(pieces[0], []).append(position)
+            elif len(pieces) == 2 and not pieces[0] and pieces[1]:
+                self._suffixes.setdefault(pieces[1], []).append(position)
+            else:
+                self._other.append(position)
         self._prefix_lengths = sorted({len(p) for p in self._prefixes})
         self._suffix_lengths = sorted({len(s) for s in self._suffixes})
 
@@ -111,27 +107,21 @@ class SubjectIndex:
     """Entries with optional subjects (a policy's, or a rule's where None means "everyone"), by position."""
 
     def __init__(self, subjects: Sequence[Subjects | None]) -> None:
-        self._by_namespace = GlobIndex()
-        self._by_account = GlobIndex()
+        by_namespace: list[tuple[str, int]] = []
+        by_account: list[tuple[str, int]] = []
         self._everyone: list[int] = []
         self._size = len(subjects)
         for position, entry in enumerate(subjects):
-            if entry is None:
-                self._everyone.append(position)
-                continue
-            namespaces = _namespace_patterns(entry)
+            namespaces = _namespace_patterns(entry) if entry is not None else None
+            accounts = _account_patterns(entry) if entry is not None and namespaces is None else None
             if namespaces is not None:
-                for pattern in namespaces:
-                    self._by_namespace.add(pattern, position)
-                continue
-            accounts = _account_patterns(entry)
-            if accounts is not None:
-                for pattern in accounts:
-                    self._by_account.add(pattern, position)
-                continue
-            self._everyone.append(position)
-        self._by_namespace.freeze()
-        self._by_account.freeze()
+                by_namespace += ((pattern, position) for pattern in namespaces)
+            elif accounts is not None:
+                by_account += ((pattern, position) for pattern in accounts)
+            else:
+                self._everyone.append(position)
+        self._by_namespace = GlobIndex(by_namespace)
+        self._by_account = GlobIndex(by_account)
 
     def candidates(self, namespace: str, service_account: str) -> list[int]:
         """Positions, ascending, of every entry whose subjects could match the caller (a superset)."""
