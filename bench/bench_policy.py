@@ -349,7 +349,7 @@ def timed(call: Callable[[], object], count: int) -> list[float]:
 
 
 def run(calls: list[Callable[[], object]], decisions: int) -> tuple[list[float], float]:
-    for call in calls:  # warm caches (the per-namespace candidate lists)
+    for call in calls:  # warm the set's per-(namespace, service account) cache
         call()
     samples: list[float] = []
     started = time.perf_counter()
