@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from policies.decider import Decision, matched_rule
@@ -19,6 +20,13 @@ def expectation_mismatches(expect: dict[str, Any], decision: Decision) -> list[s
         if key in expect and expect[key] != actual:
             problems.append(f"{key}: expected {expect[key]!r}, got {actual!r}")
 
+    def differs_list(key: str, actual: Sequence[str], *, ordered: bool = True) -> None:
+        if key not in expect:
+            return
+        if (list(expect[key]) == list(actual)) if ordered else (sorted(expect[key]) == sorted(actual)):
+            return
+        problems.append(f"{key}: expected {expect[key]}, got {list(actual)}")
+
     wanted = expect["decision"].capitalize()
     if wanted != decision.verdict.value:
         problems.append(f"decision: expected {wanted}, got {decision.verdict.value} ({decision.reason})")
@@ -35,16 +43,12 @@ def expectation_mismatches(expect: dict[str, Any], decision: Decision) -> list[s
         and expect["matched"] not in decision.deny_rules
     ):
         problems.append(f"matched: expected {expect['matched']}, got {matched_rule(decision)}")
-    if "denyRules" in expect and list(expect["denyRules"]) != list(decision.deny_rules):
-        problems.append(f"denyRules: expected {expect['denyRules']}, got {list(decision.deny_rules)}")
+    differs_list("denyRules", decision.deny_rules)
     differs("durationSeconds", decision.duration_seconds)
     differs("notAfter", decision.not_after)
-    if "flags" in expect and sorted(expect["flags"]) != sorted(decision.flags):
-        problems.append(f"flags: expected {expect['flags']}, got {list(decision.flags)}")
-    if "uris" in expect and list(expect["uris"]) != list(decision.uris):
-        problems.append(f"uris: expected {expect['uris']}, got {list(decision.uris)}")
-    if "dnsNames" in expect and list(expect["dnsNames"]) != list(decision.dns_names):
-        problems.append(f"dnsNames: expected {expect['dnsNames']}, got {list(decision.dns_names)}")
+    differs_list("flags", decision.flags, ordered=False)
+    differs_list("uris", decision.uris)
+    differs_list("dnsNames", decision.dns_names)
     if "auditFindings" in expect:
         problems.extend(_compare_findings(expect["auditFindings"], decision))
     if "message" in expect and expect["message"] not in decision.message:
