@@ -32,6 +32,8 @@ from typing import Any
 
 import cel_expr_python.cel as cel
 
+from policies.compile_once import CompileOnce
+
 MAX_EXPRESSION_LENGTH = 1024
 MAX_AST_NODES = 400
 MAX_AST_DEPTH = 48
@@ -102,20 +104,11 @@ class ConditionCompiler:
 
     def __init__(self) -> None:
         self._env: Any = None
-        self._compiled: dict[str, Condition | ConditionError] = {}
+        self._once = CompileOnce(self._compile, ConditionError)
 
     def compile(self, text: str) -> Condition:
         """Raises ConditionError with a message naming the position and the problem."""
-        known = self._compiled.get(text)
-        if known is None:
-            try:
-                known = self._compile(text)
-            except ConditionError as exc:
-                known = exc
-            self._compiled[text] = known
-        if isinstance(known, ConditionError):
-            raise ConditionError(str(known))
-        return known  # immutable, and evaluations keep their results per rule, so rules can share it
+        return self._once(text)  # immutable, and evaluations keep their results per rule, so rules can share it
 
     def _compile(self, text: str) -> Condition:
         if len(text) > MAX_EXPRESSION_LENGTH:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from policies.compile_once import CompileOnce
 from policies.globs import GLOBSTAR, match_pieces
 from policies.spiffe import InvalidSpiffeID, SpiffeID, parse_spiffe_id
 
@@ -304,33 +305,16 @@ class TemplateCompiler:
     policy). Each call returns a template of its own, so every rule keeps its own render cache."""
 
     def __init__(self, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> None:
-        self._trust_domain = primary_trust_domain
-        self._labels = trusted_label_keys
-        self._identities: dict[str, IdentityTemplate | TemplateError] = {}
-        self._dns: dict[str, DnsTemplate | TemplateError] = {}
+        self._identities = CompileOnce(
+            lambda text: IdentityTemplate.compile(text, primary_trust_domain, trusted_label_keys), TemplateError
+        )
+        self._dns = CompileOnce(lambda text: DnsTemplate.compile(text, trusted_label_keys), TemplateError)
 
     def identity(self, text: str) -> IdentityTemplate:
         """``IdentityTemplate.compile`` with this load's trust domain and label keys; raises TemplateError too."""
-        known = self._identities.get(text)
-        if known is None:
-            try:
-                known = IdentityTemplate.compile(text, self._trust_domain, self._labels)
-            except TemplateError as exc:
-                known = exc
-            self._identities[text] = known
-        if isinstance(known, TemplateError):
-            raise TemplateError(str(known))
-        t = known
+        t = self._identities(text)
         return IdentityTemplate(t.text, t.trust_domain, t.parts, t.globstar, t.variables, t.static, t._names)
 
     def dns(self, text: str) -> DnsTemplate:
-        known = self._dns.get(text)
-        if known is None:
-            try:
-                known = DnsTemplate.compile(text, self._labels)
-            except TemplateError as exc:
-                known = exc
-            self._dns[text] = known
-        if isinstance(known, TemplateError):
-            raise TemplateError(str(known))
-        return DnsTemplate(known.text, known.parts, known.variables, known.static, known._names)
+        t = self._dns(text)
+        return DnsTemplate(t.text, t.parts, t.variables, t.static, t._names)
