@@ -101,17 +101,16 @@ def build_leader_election(
     from signer.serve_in_cluster import build_cluster_duties
 
     local_ca = backend if isinstance(backend, LocalCA) else None
+    issuers = None
     if local_ca is not None:
         roots_pem = local_ca.roots_pem
         roots = lambda: roots_pem  # noqa: E731  # the local CA's roots do not change while it runs
     elif parts is not None:
-        bundle = parts.roots
+        bundle, issuers = parts.roots, parts.issuers
         roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
     else:
         return None
-    return build_cluster_duties(
-        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=getattr(parts, "issuers", None)
-    )
+    return build_cluster_duties(settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers)
 
 
 def build_backend(
