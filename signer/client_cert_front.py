@@ -27,6 +27,7 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -40,6 +41,14 @@ HANDSHAKE_TIMEOUT_SECONDS = 10.0  # the same bound the gRPC listener puts on han
 PIPE_CHUNK = 64 * 1024
 MAX_PRESENTED_CERTIFICATES = 8  # a longer chain is not kept (the authenticator refuses more than it allows anyway)
 MAX_CONNECTIONS = 4096  # the gRPC listener's grpc.max_allowed_incoming_connections
+
+
+@dataclass(frozen=True, slots=True)
+class _Piped:
+    """What the front knows of one piped connection, by the unix path gRPC reports as its peer."""
+
+    chain: tuple[x509.Certificate, ...]  # the client certificates presented (empty: none)
+    remote: str  # the TLS client's address, as gRPC would name it
 
 
 class ClientCertFront:
@@ -63,8 +72,7 @@ class ClientCertFront:
         self._context: ssl.SSLContext | None = None
         self._context_key: tuple[int, bytes] | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._peers: dict[str, tuple[x509.Certificate, ...]] = {}
-        self._remote_peers: dict[str, str] = {}  # unix path -> the TLS client's address, as gRPC would name it
+        self._piped: dict[str, _Piped] = {}  # by unix path
         self._connections: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count()
         self._log_limit = RateLimiter()
@@ -80,12 +88,14 @@ class ClientCertFront:
 
     def peer_chain(self, peer: str) -> tuple[x509.Certificate, ...]:
         """The certificates the client on ``peer`` (a gRPC ``context.peer()``) presented; empty when none."""
-        return self._peers.get(peer.removeprefix("unix:"), ())
+        piped = self._piped.get(peer.removeprefix("unix:"))
+        return piped.chain if piped is not None else ()
 
     def remote_peer(self, peer: str) -> str:
         """The TLS client's own address for a gRPC ``context.peer()`` of a piped connection (per-peer limits must
         see the caller, not the pipe); ``peer`` itself when it did not come through this front."""
-        return self._remote_peers.get(peer.removeprefix("unix:"), peer)
+        piped = self._piped.get(peer.removeprefix("unix:"))
+        return piped.remote if piped is not None else peer
 
     async def start(self, address: str) -> int:
         host, _, port = address.rpartition(":")
@@ -203,21 +213,18 @@ class ClientCertFront:
             upstream.bind(path)  # gRPC reports this path as the call's peer
             upstream.setblocking(False)
             await asyncio.get_running_loop().sock_connect(upstream, str(self._grpc_socket))
-            if chain:
-                self._peers[path] = chain
-            self._remote_peers[path] = _grpc_peer_name(writer.get_extra_info("peername"))
+            self._piped[path] = _Piped(chain, _grpc_peer_name(writer.get_extra_info("peername")))
             up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream)
         except BaseException:
-            self._peers.pop(path, None)
-            self._remote_peers.pop(path, None)
+            self._piped.pop(path, None)
             upstream.close()
-            os.unlink(path)
+            with contextlib.suppress(OSError):  # not there when bind() failed: keep the first error
+                os.unlink(path)
             raise
         try:
             await _pipe_both_ways(reader, writer, up_reader, up_writer)
         finally:
-            self._peers.pop(path, None)  # forget the identity before the path can be reused
-            self._remote_peers.pop(path, None)
+            self._piped.pop(path, None)  # forget the identity before the path can be reused
             up_writer.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)

@@ -49,7 +49,6 @@ _EKU_NAMES = {
     ExtendedKeyUsageOID.OCSP_SIGNING: "ocspSigning",
     ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "any",
 }
-_EXTENSION_REQUEST_OID = "1.2.840.113549.1.9.14"
 
 
 _ISTIO_SUBJECTS = (x509.Name([]), x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "")]))
@@ -170,11 +169,7 @@ def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert
         signature_valid = csr.is_signature_valid
     if not signature_valid:
         raise CsrRejected("CSR_SIGNATURE_INVALID", "the CSR's self-signature does not verify")
-    with _library_errors("CSR_MALFORMED", "attributes"):
-        attribute_oids = [attribute.oid.dotted_string for attribute in csr.attributes]
-    for attribute_oid in attribute_oids:
-        if attribute_oid != _EXTENSION_REQUEST_OID:
-            raise CsrRejected("CSR_ATTRIBUTE_NOT_ALLOWED", f"attribute {attribute_oid}")
+    # attributes: check_csr_structure allowed one extensionRequest and nothing else, on these very bytes
     with _library_errors("CSR_MALFORMED", "subject"), warnings.catch_warnings():
         # pilot-agent's "O=" is shorter than X.520 allows and the library warns about it; a warning is no refusal
         warnings.simplefilter("ignore", UserWarning)

@@ -101,23 +101,25 @@ def build_leader_election(
     from signer.serve_in_cluster import build_cluster_duties
 
     local_ca = backend if isinstance(backend, LocalCA) else None
+    issuers = None
     if local_ca is not None:
         roots_pem = local_ca.roots_pem
         roots = lambda: roots_pem  # noqa: E731  # the local CA's roots do not change while it runs
     elif parts is not None:
-        bundle = parts.roots
+        bundle, issuers = parts.roots, parts.issuers
         roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
     else:
         return None
-    return build_cluster_duties(
-        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=getattr(parts, "issuers", None)
-    )
+    return build_cluster_duties(settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers)
 
 
 def build_backend(
-    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry
+    settings: ServeSettings, kube: KubeClient | None, registry: CollectorRegistry, local_ca: LocalCA | None = None
 ) -> tuple[SigningBackend, CertManagerParts | KubernetesCsrParts | None]:
+    """``local_ca``: the CA ``serve`` already opened (before the workers start), not read a second time."""
     if settings.signer == "local":
+        if local_ca is not None:
+            return local_ca, None
         try:
             return LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type), None
         except (OSError, ValueError) as exc:
@@ -278,6 +280,7 @@ async def run(
     stop: asyncio.Event | None = None,
     clock: Clock | None = None,
     shutdown_hooks: ShutdownHooks | None = None,
+    local_ca: LocalCA | None = None,
 ) -> int:
     """Build every piece, serve until ``stop``, then shut down in order. Raises StartupError when it cannot start.
 
@@ -303,7 +306,7 @@ async def run(
     front: ClientCertFront | None = None
     mirror = None
     try:
-        backend, parts = build_backend(settings, kube, registry)
+        backend, parts = build_backend(settings, kube, registry, local_ca)
         mirror = build_audit_mirror(settings, kube, registry)
         if mirror is not None:
             await mirror.preflight()
@@ -478,16 +481,17 @@ def serve(settings: ServeSettings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     with shared_metrics_directory(settings):
         workers = WorkerProcesses(settings)
+        local_ca = None
         try:
             if settings.signer == "local":  # create the CA once, before any worker could race to create it
-                LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type)
+                local_ca = LocalCA.open(settings.local_ca_dir, key_type=settings.local_ca_key_type)
             workers.start()
         except (OSError, ValueError) as exc:
             logger.error("cannot start: {}", exc)
             workers.stop()
             return EXIT_CANNOT_START
         try:
-            return asyncio.run(_serve_until_signalled(per_process_settings(settings), workers))
+            return asyncio.run(_serve_until_signalled(per_process_settings(settings), workers, local_ca))
         except StartupError as exc:
             logger.error("cannot start: {}", exc)
             return EXIT_CANNOT_START
@@ -495,9 +499,9 @@ def serve(settings: ServeSettings) -> int:
             workers.stop()
 
 
-async def _serve_until_signalled(settings: ServeSettings, workers: WorkerProcesses) -> int:
+async def _serve_until_signalled(settings: ServeSettings, workers: WorkerProcesses, local_ca: LocalCA | None) -> int:
     stop = asyncio.Event()
     # the workers drain at the same time as this process, not after it
     stop_on_signals(stop, also=workers.terminate)
     clock = SystemClock()
-    return await run(settings, stop=stop, clock=clock, shutdown_hooks=ShutdownHooks(clock))
+    return await run(settings, stop=stop, clock=clock, shutdown_hooks=ShutdownHooks(clock), local_ca=local_ca)

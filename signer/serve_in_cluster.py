@@ -43,6 +43,7 @@ from bridge.kubernetes_csr import (
     REQUEST_SELECTOR,
     KubernetesCsrBackend,
     KubernetesCsrOptions,
+    Permission,
     csr_watch,
     missing_permissions,
     needed_permissions,
@@ -101,6 +102,50 @@ def build_kube(
         raise StartupError(f"Kubernetes client: {exc.message}") from None
 
 
+def open_roots(root_ca_file: str | None, metrics: BridgeMetrics) -> RootBundle:
+    """The root bundle (pinned by --root-ca-file when given); an unreadable file stops the start."""
+    try:
+        return RootBundle(root_ca_file, metrics)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def sweeper_unless_preserved(
+    preserve_flag: str, what: str, preserve: bool, sweeper: Callable[[], LeftoverSweeper]
+) -> LeftoverSweeper | None:
+    """The leftover sweep, or none (said once, as a warning) when the requests are kept for debugging."""
+    if not preserve:
+        return sweeper()
+    logger.bind(event="preserving_requests").warning(
+        "--{}: {} are kept (debugging only); the leftover sweep is off", preserve_flag, what
+    )
+    return None
+
+
+async def require_permissions(kube: KubeClient, needed: list[Permission], needed_for: str) -> None:
+    """SelfSubjectAccessReviews: refuse to start, naming each missing permission and the RBAC rule that grants
+    it, rather than fail every request (``needed_for``: the flags that need them)."""
+    try:
+        missing = await missing_permissions(kube, needed)
+    except KubeError as exc:
+        raise StartupError(f"{needed_for}: cannot check permissions: {exc}") from None
+    if missing:
+        raise StartupError(f"{needed_for}: " + "; ".join(missing))
+
+
+def backend_tasks(
+    stop: asyncio.Event, watch_name: str, watch: RequestWatch, roots: RootBundle, sweeper: LeftoverSweeper | None
+) -> dict[str, TaskFactory]:
+    """What runs beside either cluster backend: its request watch, the pinned roots' file watch, the leftover
+    sweep. Each runs until ``stop`` (the supervisor restarts one that ends before)."""
+    runners: dict[str, TaskFactory] = {watch_name: lambda: watch.run(stop)}
+    if roots.pinned:
+        runners["root-bundle-watch"] = lambda: roots.watch(stop)
+    if sweeper is not None:
+        runners["leftover-sweep"] = lambda: sweeper.run(stop)
+    return runners
+
+
 @dataclass
 class CertManagerParts:
     """The cert-manager backend and what runs beside it (each a readiness check and/or a task)."""
@@ -126,18 +171,10 @@ class CertManagerParts:
             raise StartupError(f"issuer {self.issuers.current}: {self.issuer_check.reason}")
 
     def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
-        """The long-lived tasks by name; each runs until ``stop`` (the supervisor restarts one that ends before)."""
-        runners: dict[str, TaskFactory] = {
-            "certificate-request-watch": lambda: self.watch.run(stop),
-            "issuer-check": lambda: self.issuer_check.run(stop),
-        }
+        runners = backend_tasks(stop, "certificate-request-watch", self.watch, self.roots, self.sweeper)
+        runners["issuer-check"] = lambda: self.issuer_check.run(stop)
         if self.issuers.watching:
             runners["runtime-issuer-watch"] = lambda: self.issuers.run(stop)
-        if self.roots.pinned:
-            runners["root-bundle-watch"] = lambda: self.roots.watch(stop)
-        if self.sweeper is not None:
-            sweeper = self.sweeper
-            runners["leftover-sweep"] = lambda: sweeper.run(stop)
         return runners
 
 
@@ -151,19 +188,12 @@ def build_cert_manager(settings: ServeSettings, kube: KubeClient, registry: Coll
     )
     namespace = settings.certificate_namespace
     metrics = BridgeMetrics(registry)
-    try:
-        roots = RootBundle(settings.root_ca_file or None, metrics)
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
+    roots = open_roots(settings.root_ca_file or None, metrics)
     if not roots.pinned:
         logger.bind(event="roots_not_pinned").warning(
             "NO --root-ca-file: the mesh root bundle will be whatever the issuer reports in status.ca (trust on "
             "first use). Anyone able to change the issuer or write CertificateRequest status can make this "
             "server distribute their CA (signer hijacking). Pin the roots with --root-ca-file in production."
-        )
-    if settings.preserve_certificate_requests:
-        logger.bind(event="preserving_requests").warning(
-            "--preserve-certificate-requests: CertificateRequests are kept (debugging only); the leftover sweep is off"
         )
     wait = certificate_request_wait(settings.certificate_request_timeout, settings.request_timeout)
     if wait < settings.certificate_request_timeout:
@@ -192,11 +222,14 @@ def build_cert_manager(settings: ServeSettings, kube: KubeClient, registry: Coll
         roots=roots,
         metrics=metrics,
     )
-    sweeper = None
-    if not settings.preserve_certificate_requests:
-        sweeper = LeftoverSweeper(
+    sweeper = sweeper_unless_preserved(
+        "preserve-certificate-requests",
+        "CertificateRequests",
+        settings.preserve_certificate_requests,
+        lambda: LeftoverSweeper(
             kube, namespace, request_timeout_seconds=settings.certificate_request_timeout, registry=registry
-        )
+        ),
+    )
     return CertManagerParts(backend, issuers, issuer_check, watch, roots, sweeper)
 
 
@@ -245,11 +278,6 @@ def build_in_cluster_auth(
     return InClusterAuth(authenticator, keys, service_accounts, pods)
 
 
-def refuse_without_permissions(needed_for: str, missing: list[str]) -> None:
-    if missing:
-        raise StartupError(f"{needed_for}: " + "; ".join(missing))
-
-
 @dataclass
 class KubernetesCsrParts:
     """The Kubernetes CSR API backend and what runs beside it."""
@@ -259,43 +287,24 @@ class KubernetesCsrParts:
     roots: RootBundle
     sweeper: LeftoverSweeper | None
     kube: KubeClient
-    settings: ServeSettings
+    needed: list[Permission]  # on CertificateSigningRequests of --signer-name
+    signer_name: str
+    issuers: None = None  # no cert-manager issuer in this mode
 
     def checks(self) -> dict[str, ReadinessCheck]:
         return {"certificate_signing_request_watch": self.watch, "root_bundle": self.roots}
 
     async def preflight(self) -> None:
-        """SelfSubjectAccessReviews: refuse to start, naming the missing permission and the RBAC rule that grants
-        it, rather than fail every request."""
-        settings = self.settings
-        needed = needed_permissions(
-            settings.signer_name,
-            approve=settings.approve_certificate_signing_requests,
-            delete=not settings.preserve_certificate_signing_requests,
-        )
-        try:
-            missing = await missing_permissions(self.kube, needed)
-        except KubeError as exc:
-            raise StartupError(f"--signer kubernetes-csr: cannot check permissions: {exc}") from None
-        refuse_without_permissions(f"--signer kubernetes-csr --signer-name {settings.signer_name}", missing)
+        await require_permissions(self.kube, self.needed, f"--signer kubernetes-csr --signer-name {self.signer_name}")
 
     def tasks(self, stop: asyncio.Event) -> dict[str, TaskFactory]:
-        runners: dict[str, TaskFactory] = {
-            "certificate-signing-request-watch": lambda: self.watch.run(stop),
-            "root-bundle-watch": lambda: self.roots.watch(stop),
-        }
-        if self.sweeper is not None:
-            sweeper = self.sweeper
-            runners["leftover-sweep"] = lambda: sweeper.run(stop)
-        return runners
+        # --root-ca-file is required in this mode (settings.py), so the roots are always pinned and watched
+        return backend_tasks(stop, "certificate-signing-request-watch", self.watch, self.roots, self.sweeper)
 
 
 def build_kubernetes_csr(settings: ServeSettings, kube: KubeClient, registry: CollectorRegistry) -> KubernetesCsrParts:
     metrics = BridgeMetrics(registry)
-    try:
-        roots = RootBundle(settings.root_ca_file, metrics)
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
+    roots = open_roots(settings.root_ca_file, metrics)
     watch = csr_watch(kube, settings.signer_name)
     backend = KubernetesCsrBackend(
         kube,
@@ -310,14 +319,11 @@ def build_kubernetes_csr(settings: ServeSettings, kube: KubeClient, registry: Co
         roots=roots,
         metrics=metrics,
     )
-    sweeper = None
-    if settings.preserve_certificate_signing_requests:
-        logger.bind(event="preserving_requests").warning(
-            "--preserve-certificate-signing-requests: CertificateSigningRequests are kept (debugging only); the "
-            "leftover sweep is off"
-        )
-    else:
-        sweeper = LeftoverSweeper(
+    sweeper = sweeper_unless_preserved(
+        "preserve-certificate-signing-requests",
+        "CertificateSigningRequests",
+        settings.preserve_certificate_signing_requests,
+        lambda: LeftoverSweeper(
             kube,
             None,
             request_timeout_seconds=settings.certificate_request_timeout,
@@ -327,8 +333,14 @@ def build_kubernetes_csr(settings: ServeSettings, kube: KubeClient, registry: Co
             field_selector=signer_field_selector(settings.signer_name),
             what="CertificateSigningRequests",
             metric="meshsigner_certificate_signing_requests_swept_total",
-        )
-    return KubernetesCsrParts(backend, watch, roots, sweeper, kube, settings)
+        ),
+    )
+    needed = needed_permissions(
+        settings.signer_name,
+        approve=settings.approve_certificate_signing_requests,
+        delete=not settings.preserve_certificate_signing_requests,
+    )
+    return KubernetesCsrParts(backend, watch, roots, sweeper, kube, needed, settings.signer_name)
 
 
 @dataclass
@@ -339,13 +351,11 @@ class AuditMirrorParts:
     kube: KubeClient
 
     async def preflight(self) -> None:
-        needed = needed_permissions(self.mirror.signer_name, approve=True, delete=True, sign=True)
-        try:
-            missing = await missing_permissions(self.kube, needed)
-        except KubeError as exc:
-            raise StartupError(f"--mirror-certificate-signing-requests: cannot check permissions: {exc}") from None
-        refuse_without_permissions(
-            f"--mirror-certificate-signing-requests --mirror-signer-name {self.mirror.signer_name}", missing
+        signer_name = self.mirror.signer_name
+        await require_permissions(
+            self.kube,
+            needed_permissions(signer_name, approve=True, delete=True, sign=True),
+            f"--mirror-certificate-signing-requests --mirror-signer-name {signer_name}",
         )
 
     def wrap(self, backend: SigningBackend) -> SigningBackend:

@@ -189,7 +189,7 @@ def _annotations(text: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
-# --- cluster duties (leader election, trust distribution, istiod's certificate) ---------------------------------
+# parsers of the cluster duties' flags (leader election, trust distribution, istiod's certificate)
 _LABEL_KEY = (
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 )
@@ -235,68 +235,6 @@ def _revisions(text: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", revision):
             raise ValueError(f"{revision!r} is not a revision name (DNS label)")
     return revisions
-
-
-CLUSTER_DUTY_FLAGS: tuple[Flag, ...] = (
-    Flag(
-        "cluster-duties",
-        True,
-        "with Kubernetes access, take part in leader election and, when leading, run the cluster controllers",
-        parse_bool,
-        is_bool=True,
-    ),
-    Flag("leader-election-namespace", "istio-system", "namespace of the leader-election Lease"),
-    Flag("leader-election-name", "istio-csr", "name of the Lease (istio-csr's: one writer across both during a move)"),
-    Flag("leader-election-lease-duration", 15.0, "how long a Lease is valid without renewal", _positive_duration),
-    Flag(
-        "leader-election-renew-deadline", 10.0, "the leader stops leading after this long unrenewed", _positive_duration
-    ),
-    Flag("leader-election-retry-period", 2.0, "between Lease reads and renewals", _positive_duration),
-    Flag(
-        "configmap-namespace-selector",
-        "",
-        "label selector of the namespaces given istio-ca-root-cert (empty: all)",
-        _label_selector,
-    ),
-    Flag("max-concurrent-reconciles", 1, "namespaces (ConfigMap writes) reconciled at once", _positive_int),
-    Flag("cluster-trust-bundle-name", "", "also publish the roots as this ClusterTrustBundle (when the API serves it)"),
-    Flag("istiod-cert-enabled", False, "keep istiod's certificate in the Secret istiod-tls", parse_bool, is_bool=True),
-    Flag("istiod-cert-name", "istiod-dynamic", "name of istiod's cert-manager Certificate"),
-    Flag("istiod-cert-namespace", "istio-system", "namespace of istiod's Certificate and Secret"),
-    Flag("istiod-cert-duration", 3600.0, "lifetime of istiod's certificate", _positive_duration),
-    Flag(
-        "istiod-cert-renew-before", 1800.0, "renew istiod's certificate this long before it expires", _positive_duration
-    ),
-    Flag("istiod-cert-key-algorithm", "RSA", "istiod's key algorithm", _key_algorithm, ("RSA", "ECDSA")),
-    Flag("istiod-cert-key-size", 2048, "istiod's key size (RSA >= 2048; ECDSA 256 or 384; 0: the default)", int),
-    Flag("istiod-cert-additional-dns-names", (), "extra DNS names of istiod's certificate", _dns_names),
-    Flag("istiod-cert-additional-annotations", (), "k=v annotations set on istiod's Certificate", _annotations),
-    Flag("istiod-cert-istio-revisions", (), "revisions: istiod.<ns>.svc (default), istiod-<rev>.<ns>.svc", _revisions),
-)
-
-
-def validate_cluster_duties(settings: ServeSettings) -> None:
-    lease, renew, retry = (
-        settings.leader_election_lease_duration,
-        settings.leader_election_renew_deadline,
-        settings.leader_election_retry_period,
-    )
-    if not lease > renew > retry:
-        raise SettingsError(
-            "--leader-election-lease-duration must exceed --leader-election-renew-deadline, which must exceed "
-            "--leader-election-retry-period"
-        )
-    if settings.istiod_cert_renew_before >= settings.istiod_cert_duration:
-        raise SettingsError("--istiod-cert-renew-before must be shorter than --istiod-cert-duration")
-    algorithm, size = settings.istiod_cert_key_algorithm, settings.istiod_cert_key_size
-    if algorithm == "RSA" and size and size < 2048:
-        raise SettingsError("--istiod-cert-key-size must be at least 2048 for RSA")
-    if algorithm == "ECDSA" and size not in (0, 256, 384):
-        raise SettingsError("--istiod-cert-key-size must be 256 or 384 for ECDSA")
-    if settings.cluster_trust_bundle_name and not _DNS_SUBDOMAIN.match(
-        settings.cluster_trust_bundle_name.replace(":", ".")
-    ):
-        raise SettingsError(f"--cluster-trust-bundle-name {settings.cluster_trust_bundle_name!r} is not a valid name")
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -466,7 +404,41 @@ FLAGS: tuple[Flag, ...] = (
         "serving-tls-cipher-suites", (), "TLS 1.2 cipher suites of the gRPC listener (Kubernetes names)", _cipher_suites
     ),
     Flag("serving-tls-curve-preferences", (), "key-exchange curves of the gRPC listener", _curves),
-    *CLUSTER_DUTY_FLAGS,
+    # cluster duties (leader election, trust distribution, istiod's certificate)
+    Flag(
+        "cluster-duties",
+        True,
+        "with Kubernetes access, take part in leader election and, when leading, run the cluster controllers",
+        parse_bool,
+        is_bool=True,
+    ),
+    Flag("leader-election-namespace", "istio-system", "namespace of the leader-election Lease"),
+    Flag("leader-election-name", "istio-csr", "name of the Lease (istio-csr's: one writer across both during a move)"),
+    Flag("leader-election-lease-duration", 15.0, "how long a Lease is valid without renewal", _positive_duration),
+    Flag(
+        "leader-election-renew-deadline", 10.0, "the leader stops leading after this long unrenewed", _positive_duration
+    ),
+    Flag("leader-election-retry-period", 2.0, "between Lease reads and renewals", _positive_duration),
+    Flag(
+        "configmap-namespace-selector",
+        "",
+        "label selector of the namespaces given istio-ca-root-cert (empty: all)",
+        _label_selector,
+    ),
+    Flag("max-concurrent-reconciles", 1, "namespaces (ConfigMap writes) reconciled at once", _positive_int),
+    Flag("cluster-trust-bundle-name", "", "also publish the roots as this ClusterTrustBundle (when the API serves it)"),
+    Flag("istiod-cert-enabled", False, "keep istiod's certificate in the Secret istiod-tls", parse_bool, is_bool=True),
+    Flag("istiod-cert-name", "istiod-dynamic", "name of istiod's cert-manager Certificate"),
+    Flag("istiod-cert-namespace", "istio-system", "namespace of istiod's Certificate and Secret"),
+    Flag("istiod-cert-duration", 3600.0, "lifetime of istiod's certificate", _positive_duration),
+    Flag(
+        "istiod-cert-renew-before", 1800.0, "renew istiod's certificate this long before it expires", _positive_duration
+    ),
+    Flag("istiod-cert-key-algorithm", "RSA", "istiod's key algorithm", _key_algorithm, ("RSA", "ECDSA")),
+    Flag("istiod-cert-key-size", 2048, "istiod's key size (RSA >= 2048; ECDSA 256 or 384; 0: the default)", int),
+    Flag("istiod-cert-additional-dns-names", (), "extra DNS names of istiod's certificate", _dns_names),
+    Flag("istiod-cert-additional-annotations", (), "k=v annotations set on istiod's Certificate", _annotations),
+    Flag("istiod-cert-istio-revisions", (), "revisions: istiod.<ns>.svc (default), istiod-<rev>.<ns>.svc", _revisions),
 )
 
 
@@ -535,7 +507,7 @@ class ServeSettings:
     serving_tls_min_version: str
     serving_tls_cipher_suites: tuple[str, ...]
     serving_tls_curve_preferences: tuple[str, ...]
-    # cluster duties (CLUSTER_DUTY_FLAGS)
+    # cluster duties
     cluster_duties: bool
     leader_election_namespace: str
     leader_election_name: str
@@ -617,11 +589,29 @@ def resolve(cli: argparse.Namespace, environment: Mapping[str, str] | None = Non
             values[flag.attr] = _convert(flag, raw, f"{flag.env_name} (--{flag.name})")
     settings = ServeSettings(**values)
     validate(settings)
-    validate_cluster_duties(settings)
     return settings
 
 
+def _signer_name_ok(name: str) -> bool:
+    domain, sep, path = name.partition("/")
+    return bool(sep and domain and path and "." in domain)
+
+
 def validate(settings: ServeSettings) -> None:
+    """Combinations of flags that cannot work together stop the start (each check: one topic, in this order)."""
+    for check in (
+        _check_server,
+        _check_cert_manager,
+        _check_client_certs,
+        _check_csr_api,
+        _check_node_accounts,
+        _check_cluster_duties,
+    ):
+        check(settings)
+
+
+def _check_server(settings: ServeSettings) -> None:
+    """The listener, its certificate, the signer and the authenticator."""
     if not settings.serving_certificate_dns_names:
         raise SettingsError("--serving-certificate-dns-names must not be empty")
     if not settings.token_audiences:
@@ -642,6 +632,10 @@ def validate(settings: ServeSettings) -> None:
         raise SettingsError("--serving-certificate-key-size must be at least 2048 for RSA")
     if algorithm == "ECDSA" and size not in (256, 384):
         raise SettingsError("--serving-certificate-key-size must be 256 or 384 for ECDSA")
+
+
+def _check_cert_manager(settings: ServeSettings) -> None:
+    """The static and runtime issuers (--signer cert-manager)."""
     if settings.static_issuer is not None and not all(settings.static_issuer):
         raise SettingsError("--issuer-name, --issuer-kind and --issuer-group must all be set (or all empty)")
     if settings.runtime_issuance_config_map_name and not settings.runtime_issuance_config_map_namespace:
@@ -654,24 +648,24 @@ def validate(settings: ServeSettings) -> None:
             )
         if not settings.certificate_namespace:
             raise SettingsError("--certificate-namespace must not be empty")
+
+
+def _check_client_certs(settings: ServeSettings) -> None:
     if settings.enable_client_cert_authenticator and settings.signer != "local" and not settings.root_ca_file:
         raise SettingsError(
             "--enable-client-cert-authenticator needs pinned roots to verify client certificates against: "
             "--root-ca-file (or --signer local, whose roots are its own)"
         )
-    validate_csr_api(settings)
+
+
+def _check_node_accounts(settings: ServeSettings) -> None:
     for account in settings.ca_trusted_node_accounts:
         namespace, sep, name = account.partition("/")
         if not sep or not namespace or not name or "/" in name:
             raise SettingsError(f"--ca-trusted-node-accounts entry {account!r} must be namespace/serviceaccount")
 
 
-def _signer_name_ok(name: str) -> bool:
-    domain, sep, path = name.partition("/")
-    return bool(sep and domain and path and "." in domain)
-
-
-def validate_csr_api(settings: ServeSettings) -> None:
+def _check_csr_api(settings: ServeSettings) -> None:
     """--signer kubernetes-csr and the audit mirror (docs/kubernetes-csr-mode.md)."""
     if settings.signer == "kubernetes-csr":
         if not _signer_name_ok(settings.signer_name):
@@ -691,6 +685,31 @@ def validate_csr_api(settings: ServeSettings) -> None:
         raise SettingsError("--mirror-signer-name must be domain/path (e.g. meshsigner.io/audit)")
     if settings.mirror_certificate_signing_requests and settings.mirror_signer_name == settings.signer_name:
         raise SettingsError("--mirror-signer-name must differ from --signer-name")
+
+
+def _check_cluster_duties(settings: ServeSettings) -> None:
+    """Leader election, the ClusterTrustBundle and istiod's certificate."""
+    lease, renew, retry = (
+        settings.leader_election_lease_duration,
+        settings.leader_election_renew_deadline,
+        settings.leader_election_retry_period,
+    )
+    if not lease > renew > retry:
+        raise SettingsError(
+            "--leader-election-lease-duration must exceed --leader-election-renew-deadline, which must exceed "
+            "--leader-election-retry-period"
+        )
+    if settings.istiod_cert_renew_before >= settings.istiod_cert_duration:
+        raise SettingsError("--istiod-cert-renew-before must be shorter than --istiod-cert-duration")
+    algorithm, size = settings.istiod_cert_key_algorithm, settings.istiod_cert_key_size
+    if algorithm == "RSA" and size and size < 2048:
+        raise SettingsError("--istiod-cert-key-size must be at least 2048 for RSA")
+    if algorithm == "ECDSA" and size not in (0, 256, 384):
+        raise SettingsError("--istiod-cert-key-size must be 256 or 384 for ECDSA")
+    if settings.cluster_trust_bundle_name and not _DNS_SUBDOMAIN.match(
+        settings.cluster_trust_bundle_name.replace(":", ".")
+    ):
+        raise SettingsError(f"--cluster-trust-bundle-name {settings.cluster_trust_bundle_name!r} is not a valid name")
 
 
 def parse_serve_args(argv: Sequence[str], environment: Mapping[str, str] | None = None) -> ServeSettings:

@@ -15,6 +15,7 @@ from proto import istio_ca_pb2
 from tests.e2e.calls import create
 from tests.support import der
 from tests.support.csr_builder import make_csr
+from tests.support.wire import deeply_nested_request
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
 INVAL = grpc.StatusCode.INVALID_ARGUMENT
@@ -102,30 +103,8 @@ def test_metadata_with_70000_keys_is_refused(signer):
     assert error.code() == INVAL and error.details().startswith("METADATA_TOO_LARGE")
 
 
-def _deep_struct_payload(levels: int) -> bytes:
-    """Hand-written protobuf wire bytes: Struct{fields{"a": Value{struct_value: ...}}} nested ``levels`` deep."""
-
-    def length_delimited(field: int, body: bytes) -> bytes:
-        size = len(body)
-        varint = bytearray()
-        while True:
-            byte = size & 0x7F
-            size >>= 7
-            varint.append(byte | (0x80 if size else 0))
-            if not size:
-                break
-        return bytes([(field << 3) | 2]) + bytes(varint) + body
-
-    struct = b""
-    for _ in range(levels):
-        value = length_delimited(5, struct)  # Value.struct_value = 5
-        entry = length_delimited(1, b"a") + length_delimited(2, value)  # map entry key=1, value=2
-        struct = length_delimited(1, entry)  # Struct.fields = 1
-    return length_delimited(1, make_csr([OWN]).encode()) + length_delimited(4, struct)
-
-
 def test_too_deep_metadata_is_invalid_argument_without_parser_internals(signer):
-    error = _raw_call(signer, _deep_struct_payload(200))
+    error = _raw_call(signer, deeply_nested_request(make_csr([OWN]).encode(), 200))
     assert isinstance(error, grpc.RpcError)
     assert error.code() == INVAL
     assert error.details().startswith("REQUEST_MALFORMED")

@@ -193,7 +193,7 @@ def intermediate_server(tmp_path_factory: pytest.TempPathFactory, issuer: TokenI
     (cacerts / "root-cert.pem").write_bytes(pem(root.certificate))
     (cacerts / "ca-cert.pem").write_bytes(pem(intermediate.certificate))
     (cacerts / "cert-chain.pem").write_bytes(pem(intermediate.certificate) + pem(root.certificate))
-    (cacerts / "ca-key.pem").write_bytes(key_pem(intermediate.key))  # type: ignore[arg-type]
+    (cacerts / "ca-key.pem").write_bytes(key_pem(intermediate.key))
     (cacerts / "ca-key.pem").chmod(0o600)
     server = start(base, issuer, "--enable-client-cert-authenticator")
     yield server

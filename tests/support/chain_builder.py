@@ -77,9 +77,12 @@ def make_leaf(
     ca: bool = False,
     not_before: datetime = NOW - timedelta(hours=1),
     not_after: datetime = NOW + timedelta(hours=23),
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return (
+    """A leaf shaped like Istio's (empty subject, critical SANs); ``sans`` None: the workload's SPIFFE ID, empty:
+    no SAN extension; ``usages`` empty: no extended key usage."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
         .issuer_name(parent.certificate.subject)
@@ -87,10 +90,17 @@ def make_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(sans or [x509.UniformResourceIdentifier(SPIFFE_ID)]), critical=True)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(key_usage(cert_sign=ca), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), critical=False)
-        .sign(parent.key, hashes.SHA256())
     )
+    if sans is None:
+        sans = [x509.UniformResourceIdentifier(SPIFFE_ID)]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
+    builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True).add_extension(
+        key_usage(cert_sign=ca), critical=True
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), critical=False
+    )
+    return builder.sign(parent.key, hashes.SHA256())

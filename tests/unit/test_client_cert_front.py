@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge.signing import ServingMaterial
 from signer.client_cert_front import ClientCertFront
+from tests.support.chain_builder import Authority, make_leaf
 from tests.support.client_certs import MeshCA, key_pem, pem
 
 SERVER_NAME = "meshsigner.test"
@@ -30,17 +30,13 @@ WEB = "spiffe://cluster.local/ns/orders/sa/web"
 def serving_material(ca: MeshCA) -> ServingMaterial:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
+    leaf = make_leaf(
+        Authority(ca.certificate, ca.key),
+        sans=[x509.DNSName(SERVER_NAME)],
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(hours=1),
+        key=key,
     )
     return ServingMaterial(key_pem(key), pem(leaf), leaf.not_valid_before_utc, leaf.not_valid_after_utc)
 

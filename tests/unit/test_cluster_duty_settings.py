@@ -41,7 +41,8 @@ def test_istiod_renew_before_must_be_shorter_than_the_duration() -> None:
 
 
 def test_istiod_key_algorithm_is_upper_cased_and_sizes_checked() -> None:
-    assert parse_serve_args([*LOCAL, "--istiod-cert-key-algorithm=ecdsa", "--istiod-cert-key-size=384"])
+    settings = parse_serve_args([*LOCAL, "--istiod-cert-key-algorithm=ecdsa", "--istiod-cert-key-size=384"])
+    assert (settings.istiod_cert_key_algorithm, settings.istiod_cert_key_size) == ("ECDSA", 384)
     with pytest.raises(SettingsError, match="istiod-cert-key-size"):
         parse_serve_args([*LOCAL, "--istiod-cert-key-algorithm=ECDSA", "--istiod-cert-key-size=2048"])
 

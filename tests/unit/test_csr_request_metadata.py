@@ -15,6 +15,7 @@ from signer.request_checks import (
     admitted_request,
     decode_request,
 )
+from tests.support.wire import deeply_nested_request
 
 
 def _request(metadata: dict | None) -> bytes:
@@ -81,21 +82,8 @@ def test_one_hundred_thousand_keys_are_refused_before_protobuf_builds_them():
     assert elapsed < 0.05  # parsing it would take about 0.2 s; the wire pre-check is microseconds
 
 
-def _field(number: int, body: bytes) -> bytes:
-    """A length-delimited protobuf field, written by hand (the library refuses to build what we need)."""
-    size, varint = len(body), bytearray()
-    while True:
-        varint.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
-        size >>= 7
-        if not size:
-            return bytes([(number << 3) | 2]) + bytes(varint) + body
-
-
 def test_a_struct_nested_past_the_parser_limit_is_a_refusal_not_an_exception():
-    struct = b""
-    for _ in range(150):  # Struct.fields{key "a", value Value.struct_value{...}}
-        struct = _field(1, _field(1, b"a") + _field(2, _field(5, struct)))
-    assert _refusal(_field(1, b"csr") + _field(4, struct)) == "REQUEST_MALFORMED"
+    assert _refusal(deeply_nested_request(b"csr", 150)) == "REQUEST_MALFORMED"
 
 
 @pytest.mark.parametrize(
