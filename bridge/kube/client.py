@@ -59,48 +59,39 @@ DISCOVERY_PATHS = frozenset({"/.well-known/openid-configuration", "/openid/v1/jw
 MAX_DISCOVERY_BYTES = 1 << 20  # a key set is a few KB; refuse to parse anything absurd
 
 
-def _read_raw_json(api: client.ApiClient, path: str, *, _request_timeout: Any = REQUEST_TIMEOUT) -> Obj:
-    """Blocking (runs in a pool thread): GET a non-resource path with the client's credentials and parse it."""
-    method, url, headers, body, post = api.param_serialize(
-        "GET", path, header_params={"Accept": "application/json, application/jwk-set+json"},
-        auth_settings=["BearerToken"],
-    )  # fmt: skip
-    response = api.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
-    try:
-        data = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=str(response.reason))
-        if len(data) > MAX_DISCOVERY_BYTES:
-            raise KubeUnavailable(0, f"{path} answered {len(data)} bytes")
-        document = json.loads(data)
-    except ValueError:  # the server's answer, not our bug
-        raise KubeUnavailable(0, f"{path} answer is not JSON") from None
-    finally:
-        with contextlib.suppress(Exception):
-            response.response.release_conn()
-    return _json_object(document, path)
-
-
 def _rest_json(
-    api: client.ApiClient, method: str, path: str, body: Obj | None, *, _request_timeout: Any = REQUEST_TIMEOUT
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    body: Obj | None = None,
+    *,
+    accept: str = "application/json",
+    max_bytes: int | None = None,
+    _request_timeout: Any = REQUEST_TIMEOUT,
 ) -> Obj:
-    """Blocking (runs in a pool thread): one REST call by path, JSON in and out, without the model classes (so one
-    code path serves core objects, Leases and custom resources alike)."""
+    """Blocking (runs in a pool thread): one REST call by path with the client's credentials, JSON in and out,
+    without the model classes (so one code path serves core objects, Leases, custom resources and the non-resource
+    discovery documents alike). ``max_bytes`` refuses to parse an absurdly large answer."""
     serialized = api.param_serialize(
         method,
         path,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        header_params={"Accept": accept, "Content-Type": "application/json"},
         body=body,
         auth_settings=["BearerToken"],
     )
     response = api.call_api(*serialized, _request_timeout=_request_timeout)
-    raw: bytes = response.read()  # type: ignore[no-untyped-call]  # the generated RESTResponse is not annotated
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
     try:
+        raw: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise KubeUnavailable(0, f"{method} {path}: answered {len(raw)} bytes")
         data: Any = json.loads(raw) if raw else {}
-    except ValueError:
+    except ValueError:  # the server's answer, not our bug
         raise KubeUnavailable(0, f"{method} {path}: answer is not JSON") from None
+    finally:
+        with contextlib.suppress(Exception):  # a connection broken mid-answer must still go back to the pool
+            response.response.release_conn()
     return _json_object(data, f"{method} {path}")
 
 
@@ -183,7 +174,10 @@ class KubeClient:
         configuration``, ``/openid/v1/jwks``) as a JSON object; on the review budget."""
         if path not in DISCOVERY_PATHS:
             raise ValueError(f"{path} is not an OIDC discovery path")
-        return await self._call("get", "oidc-discovery", _read_raw_json, self._api, path, budget=Budget.REVIEW)
+        return await self._call(
+            "get", "oidc-discovery", _rest_json, self._api, "GET", path,
+            accept="application/json, application/jwk-set+json", max_bytes=MAX_DISCOVERY_BYTES, budget=Budget.REVIEW,
+        )  # fmt: skip
 
     # --- objects -----------------------------------------------------------------------------------------------
     async def _rest(self, verb: str, resource: Resource, method: str, path: str, body: Obj | None = None) -> Obj:
