@@ -18,7 +18,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued
+from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued, condition_time
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, Obj
@@ -172,7 +172,7 @@ class CertManagerBackend:
             "status": "True",
             "reason": "meshsigner",
             "message": "approved by meshsigner after its own checks and policy allowed the request",
-            "lastTransitionTime": self._clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": condition_time(self._clock.now()),
         }
         await self._lifecycle.approve(created, condition, decided=("Denied",), write=self._write_status)
 

@@ -29,6 +29,7 @@ from bridge.certificate_request_watch import (
     Issued,
     RequestWatch,
     condition_message,
+    condition_time,
     conditions,
     decode_base64,
 )
@@ -106,17 +107,26 @@ class KubernetesCsrOptions:
         return wait_seconds_for(purpose, self.timeout_seconds, self.request_timeout_seconds)
 
 
-def approval_condition(name: str, decision_id: str, identities: str, now: datetime) -> Obj:
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    decision = f"decision {decision_id}" if decision_id else "its decision"
+MAX_CONDITION_MESSAGE = 1000
+
+
+def csr_condition(kind: str, reason: str, message: str, now: datetime) -> Obj:
+    """A CertificateSigningRequest condition (``Approved``, ``Denied``) set at ``now``, its message bounded."""
+    stamp = condition_time(now)
     return {
-        "type": "Approved",
+        "type": kind,
         "status": "True",
-        "reason": "MeshsignerPolicyAllowed",
-        "message": f"{name} approved by meshsigner: {decision} allowed {identities}"[:1000],
+        "reason": reason,
+        "message": message[:MAX_CONDITION_MESSAGE],
         "lastUpdateTime": stamp,
         "lastTransitionTime": stamp,
     }
+
+
+def approval_condition(name: str, decision_id: str, identities: str, now: datetime) -> Obj:
+    decision = f"decision {decision_id}" if decision_id else "its decision"
+    message = f"{name} approved by meshsigner: {decision} allowed {identities}"
+    return csr_condition("Approved", "MeshsignerPolicyAllowed", message, now)
 
 
 class KubernetesCsrBackend:
