@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -121,13 +121,20 @@ class KubeClient:
         self.metrics = metrics
         self.host = self._api.configuration.host
 
-    def _count(self, verb: str, resource: str, exc: BaseException | None) -> None:
-        if exc is None:
-            code = "2xx"
-        else:
+    @contextlib.contextmanager
+    def _counted(self, verb: str, resource: str) -> Iterator[None]:
+        """Count one API call by its answer; an API or transport failure becomes KubeError, anything else (a bug)
+        propagates as it is."""
+        try:
+            yield
+        except Exception as exc:
             error = as_kube_error(exc)
             code = str(error.status or "error") if error is not None else "error"
-        self.metrics.requests.labels(verb, resource, code).inc()
+            self.metrics.requests.labels(verb, resource, code).inc()
+            if error is None:
+                raise
+            raise error from None
+        self.metrics.requests.labels(verb, resource, "2xx").inc()
 
     async def _call(
         self,
@@ -144,16 +151,8 @@ class KubeClient:
             await self._budgets[budget].acquire()
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        except Exception as exc:
-            self._count(verb, resource, exc)
-            error = as_kube_error(exc)
-            if error is None:
-                raise
-            raise error from None
-        self._count(verb, resource, None)
-        return result
+        with self._counted(verb, resource):
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -335,13 +334,6 @@ class KubeClient:
         if field_selector:
             kwargs["field_selector"] = field_selector
         function, positional = list_call(self._core, self._custom, resource, namespace)
-        try:
+        with self._counted("watch", resource.plural):
             response: urllib3.HTTPResponse = function(*positional, **kwargs)
-        except Exception as exc:
-            self._count("watch", resource.plural, exc)
-            error = as_kube_error(exc)
-            if error is None:
-                raise
-            raise error from None
-        self._count("watch", resource.plural, None)
         return response
