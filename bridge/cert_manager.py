@@ -116,7 +116,6 @@ class CertManagerBackend:
         self._issuer_check = issuer_check
         self._watch = watch
         self._roots = roots
-        self._metrics = metrics
         self._lifecycle = RequestLifecycle(
             kube,
             RequestKind(CERTIFICATE_REQUESTS, options.namespace, "CERTIFICATE_REQUEST", "CertificateRequest"),
