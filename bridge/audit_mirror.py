@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from bridge.certificate_request_watch import LABEL_KEY, LABEL_SELECTOR, LABEL_VALUE
 from bridge.cleanup import LeftoverSweeper
 from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, KubeError, Obj
-from bridge.kubernetes_csr import PURPOSE_LABEL, signer_field_selector
+from bridge.kubernetes_csr import PURPOSE_LABEL, csr_condition, signer_field_selector
 from bridge.request_trail import current_trail
 from bridge.signing import ServingMaterial, SignedChain, SigningBackend, SigningRequest
 from clocks import Clock
@@ -40,7 +40,6 @@ WRITERS = 2
 MIRROR_USAGES = ["digital signature", "key encipherment", "server auth", "client auth"]
 AUDIT_SELECTOR = f"{LABEL_SELECTOR},{PURPOSE_LABEL}=audit"
 MAX_ANNOTATION = 1000
-MAX_MESSAGE = 1000
 
 CALLER_ANNOTATION = "meshsigner.io/caller"
 NODE_ANNOTATION = "meshsigner.io/node-principal"
@@ -99,10 +98,6 @@ class MirrorMetrics:
         )
 
 
-def _stamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _annotation(value: str) -> str:
     return value[:MAX_ANNOTATION]
 
@@ -144,14 +139,12 @@ def decision_condition(entry: MirrorEntry, now: datetime) -> Obj:
     """Approved (allowed) or Denied (refused), with the decision's reason, rule and message."""
     rule = f" by {entry.rule}" if entry.rule else ""
     detail = f": {entry.message}" if entry.message else ""
-    return {
-        "type": "Approved" if entry.allowed else "Denied",
-        "status": "True",
-        "reason": "MeshsignerPolicyAllowed" if entry.allowed else "MeshsignerPolicyDenied",
-        "message": f"decision {entry.decision_id}: {entry.reason}{rule}{detail}"[:MAX_MESSAGE],
-        "lastUpdateTime": _stamp(now),
-        "lastTransitionTime": _stamp(now),
-    }
+    return csr_condition(
+        "Approved" if entry.allowed else "Denied",
+        "MeshsignerPolicyAllowed" if entry.allowed else "MeshsignerPolicyDenied",
+        f"decision {entry.decision_id}: {entry.reason}{rule}{detail}",
+        now,
+    )
 
 
 class AuditMirror:

@@ -23,6 +23,7 @@ import base64
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, IssuerFailed
 from bridge.kube import CERTIFICATE_REQUESTS, ListWatch, Obj, Resource, WatchSource
@@ -51,6 +52,11 @@ def conditions(obj: Obj) -> dict[str, Obj]:
 def condition_message(condition: Obj) -> str:
     """A condition's message (else its reason), bounded."""
     return str(condition.get("message") or condition.get("reason") or "")[:MAX_MESSAGE]
+
+
+def condition_time(now: datetime) -> str:
+    """A condition's timestamp as the API writes one (RFC 3339 UTC, whole seconds)."""
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def decode_base64(value: object) -> bytes:

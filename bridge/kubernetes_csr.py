@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from loguru import logger
 
-from bridge.cert_manager import certificate_request_wait, request_outcome, workload_usages
+from bridge.cert_manager import workload_usages
 from bridge.certificate_request_watch import (
     LABEL_KEY,
     LABEL_SELECTOR,
@@ -31,17 +29,25 @@ from bridge.certificate_request_watch import (
     Issued,
     RequestWatch,
     condition_message,
+    condition_time,
     conditions,
     decode_base64,
 )
-from bridge.certificates import certificate_pem, split_issued_chain, verify_issued_chain
 from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, IssuerFailed
-from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, KubeConflict, Obj, WatchSource
+from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, Obj, WatchSource
 from bridge.metrics import BridgeMetrics
-from bridge.request_lifecycle import RequestKind, RequestLifecycle
+from bridge.request_lifecycle import RequestKind, RequestLifecycle, wait_seconds_for
 from bridge.request_trail import current_trail
 from bridge.root_bundle import RootBundle
-from bridge.signing import ServingMaterial, SignedChain, SigningRequest, new_serving_key, serving_material
+from bridge.signing import (
+    ServingMaterial,
+    SignedChain,
+    SigningRequest,
+    issued_chain,
+    issued_serving_material,
+    new_serving_key,
+    serving_csr_pem,
+)
 from clocks import Clock
 
 NAME_PREFIX = "meshsigner-"
@@ -98,22 +104,29 @@ class KubernetesCsrOptions:
     request_timeout_seconds: float | None = None  # --request-timeout
 
     def wait_seconds(self, purpose: str) -> float:
-        if purpose == "serving" or self.request_timeout_seconds is None:
-            return self.timeout_seconds
-        return certificate_request_wait(self.timeout_seconds, self.request_timeout_seconds)
+        return wait_seconds_for(purpose, self.timeout_seconds, self.request_timeout_seconds)
 
 
-def approval_condition(name: str, decision_id: str, identities: str, now: datetime) -> Obj:
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    decision = f"decision {decision_id}" if decision_id else "its decision"
+MAX_CONDITION_MESSAGE = 1000
+
+
+def csr_condition(kind: str, reason: str, message: str, now: datetime) -> Obj:
+    """A CertificateSigningRequest condition (``Approved``, ``Denied``) set at ``now``, its message bounded."""
+    stamp = condition_time(now)
     return {
-        "type": "Approved",
+        "type": kind,
         "status": "True",
-        "reason": "MeshsignerPolicyAllowed",
-        "message": f"{name} approved by meshsigner: {decision} allowed {identities}"[:1000],
+        "reason": reason,
+        "message": message[:MAX_CONDITION_MESSAGE],
         "lastUpdateTime": stamp,
         "lastTransitionTime": stamp,
     }
+
+
+def approval_condition(name: str, decision_id: str, identities: str, now: datetime) -> Obj:
+    decision = f"decision {decision_id}" if decision_id else "its decision"
+    message = f"{name} approved by meshsigner: {decision} allowed {identities}"
+    return csr_condition("Approved", "MeshsignerPolicyAllowed", message, now)
 
 
 class KubernetesCsrBackend:
@@ -139,7 +152,6 @@ class KubernetesCsrBackend:
             watch=watch,
             metrics=metrics,
             preserve=options.preserve,
-            outcome_of=request_outcome,
             clock=self._clock,
         )
 
@@ -178,18 +190,9 @@ class KubernetesCsrBackend:
             str(annotations.get(IDENTITIES_ANNOTATION) or ""),
             self._clock.now(),
         )
-        obj = created
-        for _ in range(3):
-            present = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Approved"]
-            if any(c.get("type") in ("Denied", "Failed") for c in present):
-                return  # someone else decided first; the watch reports it
-            obj.setdefault("status", {})["conditions"] = [*present, condition]
-            try:
-                await self._kube.update_approval(name, obj)
-                return
-            except KubeConflict:
-                obj = await self._kube.get(CERTIFICATE_SIGNING_REQUESTS, None, name)
-        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: kept conflicting with other writers")
+        await self._lifecycle.approve(
+            created, condition, decided=("Denied", "Failed"), write=self._kube.update_approval
+        )
 
     async def _issue(self, body: Obj, purpose: str, seconds: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
         if seconds < MIN_EXPIRATION_SECONDS:
@@ -204,7 +207,7 @@ class KubernetesCsrBackend:
             raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
         approve = self._approve if self._options.approve else None
         issued = await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
-        leaf, intermediates = self._verified_chain(issued, purpose)
+        leaf, intermediates = self._lifecycle.verified_chain(issued, purpose, self._roots.roots)
         latest = self._clock.now() + timedelta(seconds=seconds) + NOT_AFTER_TOLERANCE
         if leaf.not_valid_after_utc > latest:
             self._metrics.outcomes.labels(purpose, "too_long").inc()
@@ -212,25 +215,6 @@ class KubernetesCsrBackend:
                 "ISSUED_TOO_LONG",
                 f"notAfter {leaf.not_valid_after_utc.isoformat()} is past the granted {latest.isoformat()}",
             )
-        return leaf, intermediates
-
-    def _verified_chain(self, issued: Issued, purpose: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
-        try:
-            leaf, intermediates = split_issued_chain(issued.certificate_pem, what="status.certificate")
-        except IssuerFailed:
-            self._metrics.outcomes.labels(purpose, "bad_chain").inc()
-            raise
-        try:
-            verify_issued_chain(leaf, intermediates, self._roots.roots, now=self._clock.now())
-        except IssuerFailed as exc:
-            self._metrics.untrusted_chains.inc()
-            self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
-            logger.bind(event="untrusted_chain", purpose=purpose).error(
-                "REFUSED an issued chain: {} (pinned roots: {})",
-                exc.detail,
-                "; ".join(r.subject.rfc4514_string() for r in self._roots.roots),
-            )
-            raise
         return leaf, intermediates
 
     async def sign(self, request: SigningRequest) -> SignedChain:
@@ -242,34 +226,22 @@ class KubernetesCsrBackend:
             request.identities_annotation or ",".join(request.uris),
         )
         leaf, intermediates = await self._issue(body, "workload", request.duration_seconds)
-        return SignedChain(
-            leaf=leaf,
-            chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
-            roots_pem=self._roots.pem,
-        )
+        return issued_chain(leaf, intermediates, self._roots.pem)
 
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
     ) -> ServingMaterial:
         key = await new_serving_key(key_algorithm, key_size)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
-            .sign(key, hashes.SHA256())
-        )
         seconds = max(MIN_EXPIRATION_SECONDS, int(duration_seconds))
         body = self._body(
-            csr.public_bytes(serialization.Encoding.PEM),
+            serving_csr_pem(key, dns_names),
             seconds,
             ["server auth", "digital signature", "key encipherment"],
             "serving",
             ",".join(dns_names),
         )
         leaf, intermediates = await self._issue(body, "serving", seconds)
-        if leaf.public_key() != key.public_key():
-            raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
-        return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
+        return issued_serving_material(key, leaf, intermediates)
 
     async def close(self) -> None:
         await self._lifecycle.close()

@@ -11,13 +11,15 @@ leftover sweep removes it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from loguru import logger
 
 from bridge.certificate_request_watch import Issued, RequestWatch
+from bridge.certificates import split_issued_chain, verify_issued_chain
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj, Resource
 from bridge.metrics import BridgeMetrics
@@ -26,8 +28,44 @@ from clocks import Clock, within
 
 DELETE_DRAIN_SECONDS = 10.0
 DELETE_RETRY_SECONDS = 60.0
+APPROVE_ATTEMPTS = 3
+RPC_SHARE = 0.9  # of --request-timeout a workload's request object may wait (the rest: review, create, answer)
 
 Approver = Callable[[Obj], Awaitable[None]]
+ApprovalWrite = Callable[[str, Obj], Awaitable[Obj]]
+
+
+def certificate_request_wait(certificate_request_timeout: float, request_timeout: float) -> float:
+    """A workload's request object waits at most ``--certificate-request-timeout`` and at most 90 % of
+    ``--request-timeout``: the RPC's bound also covers the TokenReview and the create, so with equal values (the
+    defaults, 30 s) the CertificateRequest timeout could never fire first, and a request nobody signs would end as
+    the RPC's generic DEADLINE_EXCEEDED instead of CERTIFICATE_REQUEST_TIMEOUT."""
+    return min(certificate_request_timeout, request_timeout * RPC_SHARE)
+
+
+def wait_seconds_for(purpose: str, certificate_request_timeout: float, request_timeout: float | None) -> float:
+    """How long a request object of ``purpose`` may wait for its terminal state: the serving certificate is not
+    under any RPC's bound; a workload's is (see :func:`certificate_request_wait`)."""
+    if purpose == "serving" or request_timeout is None:
+        return certificate_request_timeout
+    return certificate_request_wait(certificate_request_timeout, request_timeout)
+
+
+_OUTCOMES = {
+    "CERTIFICATE_REQUEST_DENIED": "denied",
+    "CERTIFICATE_REQUEST_INVALID": "invalid",
+    "CERTIFICATE_REQUEST_FAILED": "failed",
+    "CERTIFICATE_REQUEST_DELETED": "deleted",
+    "CERTIFICATE_SIGNING_REQUEST_DENIED": "denied",
+    "CERTIFICATE_SIGNING_REQUEST_FAILED": "failed",
+    "CERTIFICATE_SIGNING_REQUEST_DELETED": "deleted",
+    "APPROVAL_FAILED": "approve_failed",
+}
+
+
+def request_outcome(reason: str) -> str:
+    """The ``outcome`` label of meshsigner_certificate_requests_total for a request that ended with ``reason``."""
+    return _OUTCOMES.get(reason, "failed")
 
 
 @dataclass(frozen=True)
@@ -50,7 +88,6 @@ class RequestLifecycle:
         watch: RequestWatch,
         metrics: BridgeMetrics,
         preserve: bool,
-        outcome_of: Callable[[str], str],
         clock: Clock | None = None,
     ) -> None:
         self._kube = kube
@@ -58,7 +95,6 @@ class RequestLifecycle:
         self._watch = watch
         self._metrics = metrics
         self._preserve = preserve
-        self._outcome_of = outcome_of
         self._clock: Clock = clock or kube.clock
         self._deletes: set[asyncio.Task[None]] = set()
 
@@ -109,7 +145,7 @@ class RequestLifecycle:
             ) from None
         except BackendError as exc:
             if outcome == "cancelled":
-                outcome = self._outcome_of(exc.reason)
+                outcome = request_outcome(exc.reason)
             raise
         finally:
             self._metrics.in_flight.dec()
@@ -130,6 +166,46 @@ class RequestLifecycle:
             except KubeError as exc:
                 raise BackendUnavailable("APPROVAL_FAILED", f"{created['metadata']['name']}: {exc}") from None
         return await issued
+
+    async def approve(self, created: Obj, condition: Obj, *, decided: Collection[str], write: ApprovalWrite) -> None:
+        """Add the Approved ``condition`` to ``created`` with ``write`` (the status or the approval subresource),
+        re-reading after a conflict; a condition of a type in ``decided`` (someone else decided first) ends it
+        without a write: the watch reports that decision."""
+        kind, name, obj = self._kind, str(created["metadata"]["name"]), created
+        for _ in range(APPROVE_ATTEMPTS):
+            present = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Approved"]
+            if any(c.get("type") in decided for c in present):
+                return
+            obj.setdefault("status", {})["conditions"] = [*present, condition]
+            try:
+                await write(name, obj)
+                return
+            except KubeConflict:
+                obj = await self._kube.get(kind.resource, kind.namespace, name)
+        raise BackendUnavailable("APPROVAL_FAILED", f"{name}: kept conflicting with other writers")
+
+    def verified_chain(
+        self, issued: Issued, purpose: str, roots: tuple[x509.Certificate, ...]
+    ) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        """The issued leaf and intermediates (``status.certificate``), verified to lead to ``roots``; a chain
+        that cannot be parsed or does not verify is counted and refused (IssuerFailed)."""
+        try:
+            leaf, intermediates = split_issued_chain(issued.certificate_pem, what="status.certificate")
+        except IssuerFailed:
+            self._metrics.outcomes.labels(purpose, "bad_chain").inc()
+            raise
+        try:
+            verify_issued_chain(leaf, intermediates, roots, now=self._clock.now())
+        except IssuerFailed as exc:
+            self._metrics.untrusted_chains.inc()
+            self._metrics.outcomes.labels(purpose, "untrusted_chain").inc()
+            logger.bind(event="untrusted_chain", purpose=purpose).error(
+                "REFUSED an issued chain: {} (pinned roots: {})",
+                exc.detail,
+                "; ".join(r.subject.rfc4514_string() for r in roots),
+            )
+            raise
+        return leaf, intermediates
 
     def _delete_later(self, name: str, uid: str | None) -> None:
         """Delete in the background: only the object with ``uid`` when known; by name alone when the create's

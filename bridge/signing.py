@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from bridge.certificates import certificate_pem
+from bridge.errors import IssuerFailed
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -65,6 +66,35 @@ def new_private_key(algorithm: str, size: int) -> PrivateKey:
 async def new_serving_key(algorithm: str, size: int) -> PrivateKey:
     """A fresh serving key, generated in a worker thread so that the event loop keeps serving meanwhile."""
     return await asyncio.to_thread(new_private_key, algorithm, size)
+
+
+def serving_csr_pem(key: PrivateKey, dns_names: Iterable[str]) -> bytes:
+    """The serving certificate's CSR (PEM) for an issuer that signs by API object: no subject, the DNS names."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def issued_serving_material(
+    key: PrivateKey, leaf: x509.Certificate, intermediates: Iterable[x509.Certificate]
+) -> ServingMaterial:
+    """The listener's material from an issuer's answer, which must be for the key sent (ISSUED_KEY_MISMATCH)."""
+    if leaf.public_key() != key.public_key():
+        raise IssuerFailed("ISSUED_KEY_MISMATCH", "the serving certificate is not for the key sent")
+    return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
+
+
+def issued_chain(leaf: x509.Certificate, intermediates: Iterable[x509.Certificate], roots_pem: str) -> SignedChain:
+    """A workload's answer from an issuer's verified leaf and intermediates, and the root bundle (PEM)."""
+    return SignedChain(
+        leaf=leaf,
+        chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
+        roots_pem=roots_pem,
+    )
 
 
 def serving_material(key: PrivateKey, leaf: x509.Certificate, intermediate_pems: Iterable[str]) -> ServingMaterial:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,48 +59,39 @@ DISCOVERY_PATHS = frozenset({"/.well-known/openid-configuration", "/openid/v1/jw
 MAX_DISCOVERY_BYTES = 1 << 20  # a key set is a few KB; refuse to parse anything absurd
 
 
-def _read_raw_json(api: client.ApiClient, path: str, *, _request_timeout: Any = REQUEST_TIMEOUT) -> Obj:
-    """Blocking (runs in a pool thread): GET a non-resource path with the client's credentials and parse it."""
-    method, url, headers, body, post = api.param_serialize(
-        "GET", path, header_params={"Accept": "application/json, application/jwk-set+json"},
-        auth_settings=["BearerToken"],
-    )  # fmt: skip
-    response = api.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
-    try:
-        data = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=str(response.reason))
-        if len(data) > MAX_DISCOVERY_BYTES:
-            raise KubeUnavailable(0, f"{path} answered {len(data)} bytes")
-        document = json.loads(data)
-    except ValueError:  # the server's answer, not our bug
-        raise KubeUnavailable(0, f"{path} answer is not JSON") from None
-    finally:
-        with contextlib.suppress(Exception):
-            response.response.release_conn()
-    return _json_object(document, path)
-
-
 def _rest_json(
-    api: client.ApiClient, method: str, path: str, body: Obj | None, *, _request_timeout: Any = REQUEST_TIMEOUT
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    body: Obj | None = None,
+    *,
+    accept: str = "application/json",
+    max_bytes: int | None = None,
+    _request_timeout: Any = REQUEST_TIMEOUT,
 ) -> Obj:
-    """Blocking (runs in a pool thread): one REST call by path, JSON in and out, without the model classes (so one
-    code path serves core objects, Leases and custom resources alike)."""
+    """Blocking (runs in a pool thread): one REST call by path with the client's credentials, JSON in and out,
+    without the model classes (so one code path serves core objects, Leases, custom resources and the non-resource
+    discovery documents alike). ``max_bytes`` refuses to parse an absurdly large answer."""
     serialized = api.param_serialize(
         method,
         path,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        header_params={"Accept": accept, "Content-Type": "application/json"},
         body=body,
         auth_settings=["BearerToken"],
     )
     response = api.call_api(*serialized, _request_timeout=_request_timeout)
-    raw: bytes = response.read()  # type: ignore[no-untyped-call]  # the generated RESTResponse is not annotated
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
     try:
+        raw: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise KubeUnavailable(0, f"{method} {path}: answered {len(raw)} bytes")
         data: Any = json.loads(raw) if raw else {}
-    except ValueError:
+    except ValueError:  # the server's answer, not our bug
         raise KubeUnavailable(0, f"{method} {path}: answer is not JSON") from None
+    finally:
+        with contextlib.suppress(Exception):  # a connection broken mid-answer must still go back to the pool
+            response.response.release_conn()
     return _json_object(data, f"{method} {path}")
 
 
@@ -130,13 +121,20 @@ class KubeClient:
         self.metrics = metrics
         self.host = self._api.configuration.host
 
-    def _count(self, verb: str, resource: str, exc: BaseException | None) -> None:
-        if exc is None:
-            code = "2xx"
-        else:
+    @contextlib.contextmanager
+    def _counted(self, verb: str, resource: str) -> Iterator[None]:
+        """Count one API call by its answer; an API or transport failure becomes KubeError, anything else (a bug)
+        propagates as it is."""
+        try:
+            yield
+        except Exception as exc:
             error = as_kube_error(exc)
             code = str(error.status or "error") if error is not None else "error"
-        self.metrics.requests.labels(verb, resource, code).inc()
+            self.metrics.requests.labels(verb, resource, code).inc()
+            if error is None:
+                raise
+            raise error from None
+        self.metrics.requests.labels(verb, resource, "2xx").inc()
 
     async def _call(
         self,
@@ -153,16 +151,8 @@ class KubeClient:
             await self._budgets[budget].acquire()
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
         loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        except Exception as exc:
-            self._count(verb, resource, exc)
-            error = as_kube_error(exc)
-            if error is None:
-                raise
-            raise error from None
-        self._count(verb, resource, None)
-        return result
+        with self._counted(verb, resource):
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -183,7 +173,10 @@ class KubeClient:
         configuration``, ``/openid/v1/jwks``) as a JSON object; on the review budget."""
         if path not in DISCOVERY_PATHS:
             raise ValueError(f"{path} is not an OIDC discovery path")
-        return await self._call("get", "oidc-discovery", _read_raw_json, self._api, path, budget=Budget.REVIEW)
+        return await self._call(
+            "get", "oidc-discovery", _rest_json, self._api, "GET", path,
+            accept="application/json, application/jwk-set+json", max_bytes=MAX_DISCOVERY_BYTES, budget=Budget.REVIEW,
+        )  # fmt: skip
 
     # --- objects -----------------------------------------------------------------------------------------------
     async def _rest(self, verb: str, resource: Resource, method: str, path: str, body: Obj | None = None) -> Obj:
@@ -341,13 +334,6 @@ class KubeClient:
         if field_selector:
             kwargs["field_selector"] = field_selector
         function, positional = list_call(self._core, self._custom, resource, namespace)
-        try:
+        with self._counted("watch", resource.plural):
             response: urllib3.HTTPResponse = function(*positional, **kwargs)
-        except Exception as exc:
-            self._count("watch", resource.plural, exc)
-            error = as_kube_error(exc)
-            if error is None:
-                raise
-            raise error from None
-        self._count("watch", resource.plural, None)
         return response

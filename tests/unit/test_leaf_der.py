@@ -15,20 +15,11 @@ from bridge.certificates import verify_issued_chain
 from bridge.leaf_der import LeafTemplate, der_to_pem
 from bridge.local_ca import LocalCA
 from bridge.signing import SigningRequest
+from tests.support.chain_builder import key_usage
 from tests.support.csr_builder import make_csr
 
 SPIFFE = "spiffe://cluster.local/ns/orders/sa/web"
-LEAF_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=True,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+LEAF_KEY_USAGE = key_usage(cert_sign=False)  # the test's own, not bridge/local_ca.py's constant
 
 
 def _new_key(kind: str):

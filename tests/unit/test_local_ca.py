@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge.local_ca import LocalCA
-from bridge.signing import SigningRequest
-from tests.support.csr_builder import make_csr
+from tests.support.signing_request import signing_request
 
 OWN = "spiffe://cluster.local/ns/orders/sa/web"
 
@@ -44,20 +43,6 @@ def _key_pem(key) -> bytes:
     )
 
 
-def _request(not_after: datetime, csr_pem: str | None = None) -> SigningRequest:
-    pem = csr_pem or make_csr([OWN])
-    csr = x509.load_pem_x509_csr(pem.encode())
-    return SigningRequest(
-        csr_pem=pem,
-        csr=csr,
-        public_key=csr.public_key(),
-        uris=(OWN,),
-        dns_names=(),
-        not_after=not_after,
-        duration_seconds=3600,
-    )
-
-
 def test_empty_folder_gets_a_root_with_a_private_key(tmp_path):
     ca = LocalCA.open(tmp_path / "ca", key_type="ecdsa")
     assert stat.S_IMODE(os.stat(tmp_path / "ca" / "ca-key.pem").st_mode) == 0o600
@@ -80,7 +65,7 @@ def test_istio_cacerts_layout_signs_with_the_intermediate(tmp_path):
     (tmp_path / "cert-chain.pem").write_bytes(_pem(intermediate) + _pem(root))
     (tmp_path / "root-cert.pem").write_bytes(_pem(root))
     ca = LocalCA.open(tmp_path)
-    signed = asyncio.run(ca.sign(_request(datetime.now(UTC) + timedelta(hours=1))))
+    signed = asyncio.run(ca.sign(signing_request(OWN, not_after=datetime.now(UTC) + timedelta(hours=1))))
     assert len(signed.chain_pems) == 2, "leaf then the intermediate; the root travels separately"
     assert signed.chain_pems[1].encode() == _pem(intermediate)
     assert signed.roots_pem.encode() == _pem(root)
@@ -94,7 +79,7 @@ def test_leaf_never_outlives_the_ca(tmp_path):
     (tmp_path / "root-cert.pem").write_bytes(_pem(root))
     (tmp_path / "ca-key.pem").write_bytes(_key_pem(key))
     ca = LocalCA.open(tmp_path)
-    signed = ca.sign_now(_request(datetime.now(UTC) + timedelta(hours=2)))
+    signed = ca.sign_now(signing_request(OWN, not_after=datetime.now(UTC) + timedelta(hours=2)))
     assert signed.leaf.not_valid_after_utc <= root.not_valid_after_utc
 
 

@@ -26,9 +26,8 @@ from prometheus_client import CollectorRegistry
 from bridge.cert_manager import CertManagerBackend
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions, KubeUnavailable, Obj, Resource
-from bridge.signing import SigningRequest
 from tests.kube.certmanager.conftest import CM, kubeconfig_for_token, list_requests, running_backend
-from tests.support.csr_builder import make_csr
+from tests.support.signing_request import signing_request
 
 
 @pytest.fixture
@@ -36,20 +35,6 @@ def kube(kube_plane) -> Iterator[KubeClient]:
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     yield seam
     seam.close()
-
-
-def _request(uri: str = "spiffe://cluster.local/ns/app/sa/web") -> SigningRequest:
-    pem = make_csr([uri])
-    csr = x509.load_pem_x509_csr(pem.encode())
-    return SigningRequest(
-        csr_pem=pem,
-        csr=csr,
-        public_key=csr.public_key(),
-        uris=(uri,),
-        dns_names=(),
-        not_after=datetime.now(UTC) + timedelta(hours=1),
-        duration_seconds=3600,
-    )
 
 
 def _roots(tmp_path: Path, issuer) -> Path:
@@ -81,7 +66,7 @@ async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
 
     kube = AnswerHeldBack(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
-        signing = asyncio.create_task(backend.sign(_request()))
+        signing = asyncio.create_task(backend.sign(signing_request()))
         assert await asyncio.to_thread(posted.wait, 20), "the create never reached the API server"
         assert len(list_requests(kube_api, namespace)) == 1
         signing.cancel()
@@ -109,7 +94,7 @@ async def test_create_whose_answer_is_lost_is_deleted_by_name(
     kube = AnswerLost(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
         with pytest.raises(BackendUnavailable) as failed:
-            await backend.sign(_request())
+            await backend.sign(signing_request())
         assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
         await backend.close()
     kube.close()
@@ -191,7 +176,7 @@ async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(ku
             assert refused.value.reason == "CHAIN_NOT_TRUSTED"
             assert not backend.ready, "a status.ca that did not verify the chain was adopted as the mesh root"
             with pytest.raises(BackendUnavailable, match="NO_ROOTS"):
-                await backend.sign(_request())
+                await backend.sign(signing_request())
 
             status_ca["pem"] = signing_ca.cert_pem
             material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "ECDSA", 256)
@@ -236,7 +221,7 @@ async def test_a_refused_delete_is_not_retried(
     seam = KubeClient(KubeOptions(kubeconfig=str(kubeconfig)), KubeMetrics(CollectorRegistry()))
     try:
         async with running_backend(seam, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
-            await backend.sign(_request())  # issued; its delete is refused (403)
+            await backend.sign(signing_request())  # issued; its delete is refused (403)
             started = time.monotonic()
             await backend.close()
             drained = time.monotonic() - started
