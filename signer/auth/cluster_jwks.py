@@ -27,16 +27,8 @@ from bridge.pods import PodInfo
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity
 from signer.auth.jwks import identity_from_claims
-from signer.auth.jws import (
-    LEEWAY_SECONDS,
-    check_audience,
-    check_issuer,
-    check_times,
-    parse_compact,
-    select_key,
-    verify_signature,
-)
-from signer.auth.prescreen import IssuerKeys
+from signer.auth.jws import LEEWAY_SECONDS, read_token
+from signer.auth.prescreen import IssuerKeys, verify_with_issuer_keys
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 
@@ -101,17 +93,8 @@ class ClusterJwksAuthenticator:
         keys, issuer = self._keys.keys, self._keys.issuer
         if keys is None or issuer is None:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "the cluster's keys have not been read yet")
-        parsed = parse_compact(token)
-        check_issuer(parsed.claims, issuer)
-        check_audience(parsed.claims, self._audiences)
-        now = self._clock.now().timestamp()
-        check_times(parsed.claims, now)
-        key = select_key(keys, parsed)
-        if key is None and await self._keys.refresh_for_unknown_kid():
-            key = select_key(self._keys.keys or {}, parsed)
-        if key is None:
-            raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {parsed.kid!r:.80}")
-        verify_signature(token, key, parsed.algorithm)
+        parsed = read_token(token, issuer=issuer, audiences=self._audiences, clock=self._clock)
+        await verify_with_issuer_keys(parsed, self._keys, keys)
         return identity_from_claims(parsed.claims), float(parsed.claims["exp"])
 
     def _check_binding(self, identity: WorkloadIdentity) -> None:

@@ -23,16 +23,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter
 
 from clocks import Clock
-from signer.auth.jws import (
-    PublicKey,
-    UnverifiedToken,
-    check_audience,
-    check_issuer,
-    check_times,
-    parse_compact,
-    select_key,
-    verify_signature,
-)
+from signer.auth.jws import PublicKey, UnverifiedToken, read_token, select_key, verify_signed
 from signer.errors import AuthenticationFailed
 
 
@@ -53,6 +44,14 @@ class IssuerKeys(Protocol):
     async def refresh_for_unknown_kid(self) -> bool:
         """Re-read the key set unless one was read too recently; True when the set changed."""
         ...
+
+
+async def verify_with_issuer_keys(token: UnverifiedToken, source: IssuerKeys, keys: dict[str, PublicKey]) -> None:
+    """:func:`verify_signed` with ``keys`` (the source's current set), re-read once (rate-limited by the source)
+    when the token names a key not in it."""
+    if select_key(keys, token) is None and await source.refresh_for_unknown_kid():
+        keys = source.keys or {}
+    verify_signed(token, keys)
 
 
 class PrescreenMetrics:
@@ -106,17 +105,8 @@ class TokenPrescreen:
         return parsed
 
     async def _screen(self, token: str) -> UnverifiedToken:
-        parsed = parse_compact(token)
-        issuer = self.issuer
-        if issuer is not None:
-            check_issuer(parsed.claims, issuer)
-        check_audience(parsed.claims, self._audiences)
-        check_times(parsed.claims, self._clock.now().timestamp())
-        if self._keys is not None and self._keys.keys is not None:
-            key = select_key(self._keys.keys, parsed)
-            if key is None and await self._keys.refresh_for_unknown_kid():
-                key = select_key(self._keys.keys or {}, parsed)
-            if key is None:
-                raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {parsed.kid!r:.80}")
-            verify_signature(token, key, parsed.algorithm)
+        parsed = read_token(token, issuer=self.issuer, audiences=self._audiences, clock=self._clock)
+        keys = self._keys.keys if self._keys is not None else None
+        if self._keys is not None and keys is not None:
+            await verify_with_issuer_keys(parsed, self._keys, keys)
         return parsed
