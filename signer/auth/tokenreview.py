@@ -17,8 +17,6 @@ never ``AuthenticationFailed``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from typing import Any, Protocol
 
 from loguru import logger
@@ -26,6 +24,7 @@ from loguru import logger
 from bridge.kube import KubeError
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.jws import segment_json
 from signer.auth.token_cache import RejectedTokens, TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
@@ -44,12 +43,11 @@ class TokenReviewer(Protocol):
 def token_expiry(token: str) -> float | None:
     """The ``exp`` claim of a JWT, unverified (used only to cap a cache entry); None when unreadable."""
     parts = token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 8192:
+    if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        exp = payload.get("exp") if isinstance(payload, dict) else None
-    except (ValueError, TypeError):
+        exp = segment_json(parts[1], "payload").get("exp")
+    except AuthenticationFailed:
         return None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
