@@ -25,7 +25,7 @@ from typing import Protocol
 
 from bridge.pods import PodInfo
 from clocks import Clock
-from signer.auth.base import WorkloadIdentity
+from signer.auth.base import Screen, WorkloadIdentity
 from signer.auth.jwks import identity_from_claims
 from signer.auth.jws import LEEWAY_SECONDS, read_token
 from signer.auth.prescreen import IssuerKeys, verify_with_issuer_keys
@@ -78,12 +78,20 @@ class ClusterJwksAuthenticator:
         return "" if self.ready else "the cluster's service-account keys have not been read yet"
 
     async def authenticate(self, token: str) -> WorkloadIdentity:
+        return await self._authenticate(token, None)
+
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        return await self._authenticate(token, screen)
+
+    async def _authenticate(self, token: str, screen: Screen | None) -> WorkloadIdentity:
         if self._keys.generation != self._generation:
             self._verified.clear()  # a removed key must stop authenticating at once
             self._generation = self._keys.generation
         digest = token_digest(token)
         identity = self._verified.get(digest)
         if identity is None:
+            if screen is not None:
+                await screen(token)
             identity, expires = await self._verify(token)
             self._verified.put(digest, identity, expires + LEEWAY_SECONDS)
         self._check_binding(identity)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from clocks import Clock, sleep_unless_stopped
-from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.base import Screen, WorkloadIdentity, parse_service_account_username
 from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
 from signer.auth.jws import PublicKey, read_token, verify_signed
 from signer.auth.token_cache import TokenCache, token_digest
@@ -100,13 +100,19 @@ class JwksAuthenticator:
     async def authenticate(self, token: str) -> WorkloadIdentity:
         return self.verify(token)
 
-    def verify(self, token: str) -> WorkloadIdentity:
-        if not token.isascii():  # a compact JWS is base64url and dots; anything else is not a token
-            raise AuthenticationFailed("TOKEN_MALFORMED", "token is not ASCII")
-        digest = token_digest(token)
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        digest = _digest(token)
         identity = self._cache.get(digest)
-        if identity is not None:
-            return identity
+        if identity is None:
+            await screen(token)
+            identity = self._verify_new(token, digest)
+        return identity
+
+    def verify(self, token: str) -> WorkloadIdentity:
+        digest = _digest(token)
+        return self._cache.get(digest) or self._verify_new(token, digest)
+
+    def _verify_new(self, token: str, digest: bytes) -> WorkloadIdentity:
         if not self._keys:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
         parsed = read_token(token, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
@@ -114,6 +120,12 @@ class JwksAuthenticator:
         identity = identity_from_claims(parsed.claims)
         self._cache.put(digest, identity, float(parsed.claims["exp"]) + LEEWAY_SECONDS)
         return identity
+
+
+def _digest(token: str) -> bytes:
+    if not token.isascii():  # a compact JWS is base64url and dots; anything else is not a token
+        raise AuthenticationFailed("TOKEN_MALFORMED", "token is not ASCII")
+    return token_digest(token)
 
 
 def identity_from_claims(claims: dict[str, Any]) -> WorkloadIdentity:

@@ -13,7 +13,8 @@ A forged token must cost less than a real one. Checked locally, in this order, e
    discovery read per interval.
 
 Only what passes reaches the authenticator, which still decides binding and revocation (TokenReview, or the
-informers in offline mode). Verdicts are not cached: every step is a dictionary lookup or one signature check.
+informers in offline mode). Verdicts are not cached here; an authenticator that already verified a token (and
+still caches it) skips the screen for it (:class:`signer.auth.screened.ScreenedAuthenticator`).
 """
 
 from __future__ import annotations
