@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from signer.errors import AuthenticationFailed
 
@@ -34,19 +34,6 @@ class Authenticator(Protocol):
     def ready(self) -> bool: ...
 
     async def authenticate(self, token: str) -> WorkloadIdentity: ...
-
-
-Screen = Callable[[str], Awaitable[object]]  # refuses a token (raises AuthenticationFailed) before costly work
-
-
-@runtime_checkable
-class ScreensOnMiss(Protocol):
-    """An authenticator that remembers the tokens it verified and runs a screen only on the others."""
-
-    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
-        """``authenticate``, with ``screen(token)`` run before anything beyond a lookup of the tokens this
-        authenticator already verified (and still trusts): a remembered token is not screened again."""
-        ...
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:

@@ -25,10 +25,10 @@ from typing import Protocol
 
 from bridge.pods import PodInfo
 from clocks import Clock
-from signer.auth.base import Screen, WorkloadIdentity
+from signer.auth.base import WorkloadIdentity
 from signer.auth.jwks import identity_from_claims
-from signer.auth.jws import LEEWAY_SECONDS, read_token
-from signer.auth.prescreen import IssuerKeys, verify_with_issuer_keys
+from signer.auth.jws import LEEWAY_SECONDS, check_claims, read_token
+from signer.auth.prescreen import IssuerKeys, Screen, ScreenedToken, verify_with_issuer_keys
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 
@@ -90,19 +90,23 @@ class ClusterJwksAuthenticator:
         digest = token_digest(token)
         identity = self._verified.get(digest)
         if identity is None:
-            if screen is not None:
-                await screen(token)
-            identity, expires = await self._verify(token)
+            identity, expires = await self._verify(token, await screen(token) if screen is not None else None)
             self._verified.put(digest, identity, expires + LEEWAY_SECONDS)
         self._check_binding(identity)
         return identity
 
-    async def _verify(self, token: str) -> tuple[WorkloadIdentity, float]:
+    async def _verify(self, token: str, screened: ScreenedToken | None) -> tuple[WorkloadIdentity, float]:
+        """Claims and signature against the cluster's issuer and keys. The screen's parse is reused, and its
+        signature check when it was made with a key of this same key source (the pre-screen in JWKS mode)."""
         keys, issuer = self._keys.keys, self._keys.issuer
         if keys is None or issuer is None:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "the cluster's keys have not been read yet")
-        parsed = read_token(token, issuer=issuer, audiences=self._audiences, clock=self._clock)
-        await verify_with_issuer_keys(parsed, self._keys, keys)
+        if screened is None:
+            parsed = read_token(token, issuer=issuer, audiences=self._audiences, clock=self._clock)
+        else:
+            parsed = check_claims(screened.parsed, issuer=issuer, audiences=self._audiences, clock=self._clock)
+        if screened is None or screened.signed_by is not self._keys:
+            await verify_with_issuer_keys(parsed, self._keys, keys)
         return identity_from_claims(parsed.claims), float(parsed.claims["exp"])
 
     def _check_binding(self, identity: WorkloadIdentity) -> None:

@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from clocks import Clock, sleep_unless_stopped
-from signer.auth.base import Screen, WorkloadIdentity, parse_service_account_username
+from signer.auth.base import WorkloadIdentity, parse_service_account_username
 from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
-from signer.auth.jws import PublicKey, read_token, verify_signed
+from signer.auth.jws import PublicKey, check_claims, read_token, verify_signed
+from signer.auth.prescreen import Screen, ScreenedToken
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 
@@ -104,18 +105,22 @@ class JwksAuthenticator:
         digest = _digest(token)
         identity = self._cache.get(digest)
         if identity is None:
-            await screen(token)
-            identity = self._verify_new(token, digest)
+            identity = self._verify_new(token, digest, await screen(token))
         return identity
 
     def verify(self, token: str) -> WorkloadIdentity:
         digest = _digest(token)
-        return self._cache.get(digest) or self._verify_new(token, digest)
+        return self._cache.get(digest) or self._verify_new(token, digest, None)
 
-    def _verify_new(self, token: str, digest: bytes) -> WorkloadIdentity:
+    def _verify_new(self, token: str, digest: bytes, screened: ScreenedToken | None) -> WorkloadIdentity:
+        """Claims and signature against this file's issuer and keys (the screen's parse reused, never its verdict)."""
         if not self._keys:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
-        parsed = read_token(token, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
+        parsed = (
+            check_claims(screened.parsed, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
+            if screened is not None
+            else read_token(token, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
+        )
         verify_signed(parsed, self._keys)
         identity = identity_from_claims(parsed.claims)
         self._cache.put(digest, identity, float(parsed.claims["exp"]) + LEEWAY_SECONDS)

@@ -94,7 +94,13 @@ def parse_compact(token: str) -> UnverifiedToken:
 def read_token(token: str, *, issuer: str | None, audiences: tuple[str, ...], clock: Clock) -> UnverifiedToken:
     """:func:`parse_compact`, then ``iss`` (unless ``issuer`` is None: not known), ``aud`` and the time claims
     against ``clock``; the signature is not checked yet (:func:`verify_signed`)."""
-    parsed = parse_compact(token)
+    return check_claims(parse_compact(token), issuer=issuer, audiences=audiences, clock=clock)
+
+
+def check_claims(
+    parsed: UnverifiedToken, *, issuer: str | None, audiences: tuple[str, ...], clock: Clock
+) -> UnverifiedToken:
+    """The claim checks of :func:`read_token` on a token already parsed."""
     if issuer is not None:
         check_issuer(parsed.claims, issuer)
     check_audience(parsed.claims, audiences)

@@ -19,11 +19,14 @@ still caches it) skips the screen for it (:class:`signer.auth.screened.ScreenedA
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter
 
 from clocks import Clock
+from signer.auth.base import WorkloadIdentity
 from signer.auth.jws import PublicKey, UnverifiedToken, read_token, select_key, verify_signed
 from signer.errors import AuthenticationFailed
 
@@ -53,6 +56,33 @@ async def verify_with_issuer_keys(token: UnverifiedToken, source: IssuerKeys, ke
     if select_key(keys, token) is None and await source.refresh_for_unknown_kid():
         keys = source.keys or {}
     verify_signed(token, keys)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenedToken:
+    """A token that passed the pre-screen: its parsed parts, and the key source one of whose keys verified its
+    signature (None: the signature was not checked, no keys known)."""
+
+    parsed: UnverifiedToken
+    signed_by: IssuerKeys | None
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self.parsed.claims
+
+
+Screen = Callable[[str], Awaitable[ScreenedToken]]  # raises AuthenticationFailed to refuse
+
+
+@runtime_checkable
+class ScreensOnMiss(Protocol):
+    """An authenticator that remembers the tokens it verified and screens only the others."""
+
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        """``authenticate``, with ``screen(token)`` run before anything beyond a lookup of the tokens this
+        authenticator already verified (and still trusts): a remembered token is not screened again. The screen's
+        result may spare work (the parse, a signature the same key source verified), never a check."""
+        ...
 
 
 class PrescreenMetrics:
@@ -95,7 +125,7 @@ class TokenPrescreen:
             return self._issuer
         return self._keys.issuer if self._keys is not None else None
 
-    async def screen(self, token: str) -> UnverifiedToken:
+    async def screen(self, token: str) -> ScreenedToken:
         """The parsed token when it may be worth an authenticator's time; AuthenticationFailed otherwise."""
         try:
             parsed = await self._screen(token)
@@ -105,9 +135,10 @@ class TokenPrescreen:
         self._metrics.passed.inc()
         return parsed
 
-    async def _screen(self, token: str) -> UnverifiedToken:
+    async def _screen(self, token: str) -> ScreenedToken:
         parsed = read_token(token, issuer=self.issuer, audiences=self._audiences, clock=self._clock)
         keys = self._keys.keys if self._keys is not None else None
-        if self._keys is not None and keys is not None:
-            await verify_with_issuer_keys(parsed, self._keys, keys)
-        return parsed
+        if self._keys is None or keys is None:
+            return ScreenedToken(parsed, None)
+        await verify_with_issuer_keys(parsed, self._keys, keys)
+        return ScreenedToken(parsed, self._keys)

@@ -2,8 +2,9 @@
 the configured authenticator (TokenReview, pinned JWKS, the cluster's JWKS).
 
 The pre-screen runs before any work the authenticator would spend on a token; an authenticator that remembers the
-tokens it verified (all three do: :class:`signer.auth.base.ScreensOnMiss`) looks those up first and screens only
-the others, so a token it already verified costs a digest and a lookup, not a second signature check.
+tokens it verified (all three do: :class:`signer.auth.prescreen.ScreensOnMiss`) looks those up first and screens
+only the others. A token it already verified costs a digest and a lookup; a new one is parsed once and, with the
+cluster's keys, signature-checked once.
 
 Every AuthenticationFailed on the way (pre-screen or authenticator) is charged to the caller's peer address; a peer
 that has used up its failures is refused with RESOURCE_EXHAUSTED before any of its tokens is looked at.
@@ -11,8 +12,8 @@ that has used up its failures is refused with RESOURCE_EXHAUSTED before any of i
 
 from __future__ import annotations
 
-from signer.auth.base import Authenticator, ScreensOnMiss, WorkloadIdentity
-from signer.auth.prescreen import TokenPrescreen
+from signer.auth.base import Authenticator, WorkloadIdentity
+from signer.auth.prescreen import ScreensOnMiss, TokenPrescreen
 from signer.auth.refusal_limit import PeerRefusalLimiter, current_peer
 from signer.errors import AuthenticationFailed
 

@@ -23,8 +23,9 @@ from loguru import logger
 
 from bridge.kube import KubeError
 from clocks import Clock
-from signer.auth.base import Screen, WorkloadIdentity, parse_service_account_username
+from signer.auth.base import WorkloadIdentity, parse_service_account_username
 from signer.auth.jws import segment_json
+from signer.auth.prescreen import Screen
 from signer.auth.token_cache import RejectedTokens, TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
