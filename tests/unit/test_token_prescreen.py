@@ -448,3 +448,38 @@ async def test_the_prescreen_refuses_before_any_token_review_and_a_reviewed_toke
     for _ in range(3):
         assert (await screened.authenticate(token)).principal == "apps/web"
     assert reviewer.reviews == 1 and _passed(registry) == 1
+
+
+async def test_a_screen_spares_no_check_of_the_authenticator_but_a_signature_by_its_own_key_source(cluster, stranger):
+    from signer.auth.jws import parse_compact
+    from signer.auth.prescreen import ScreenedToken
+
+    clock, registry = _clock(), CollectorRegistry()
+    keys = await _keys(Discovery(cluster), clock, registry)
+    other_source = await _keys(Discovery(stranger), clock, CollectorRegistry())
+    service_accounts, pods = ServiceAccountIndex(), PodIndex()
+    service_accounts.replace_all([_service_account("web", SA_UID)])
+    pods.replace_all([_pod("web-0", POD_UID)])
+    authenticator = ClusterJwksAuthenticator(
+        keys, service_accounts=service_accounts, pods=pods, audiences=("istio-ca",), clock=clock
+    )
+
+    def screen_claiming(source: ClusterIssuerKeys | None):
+        async def screen(token: str) -> ScreenedToken:
+            return ScreenedToken(parse_compact(token), source)  # a lax screen: checks nothing itself
+
+        return screen
+
+    forged = _bound_token(stranger)
+    with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
+        await authenticator.authenticate_screened(forged, screen_claiming(other_source))  # verified elsewhere
+    with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
+        await authenticator.authenticate_screened(forged, screen_claiming(None))
+    foreign = TokenIssuer(issuer="https://attacker.example").token("apps", "web")
+    with pytest.raises(AuthenticationFailed, match="TOKEN_ISSUER"):
+        await authenticator.authenticate_screened(foreign, screen_claiming(keys))  # claims are checked again
+    expired = cluster.token("apps", "web", lifetime=-120)
+    with pytest.raises(AuthenticationFailed, match="TOKEN_EXPIRED"):
+        await authenticator.authenticate_screened(expired, screen_claiming(keys))
+    token = _bound_token(cluster)
+    assert (await authenticator.authenticate_screened(token, screen_claiming(keys))).principal == "apps/web"
