@@ -27,16 +27,8 @@ from bridge.pods import PodInfo
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity
 from signer.auth.jwks import identity_from_claims
-from signer.auth.jws import (
-    LEEWAY_SECONDS,
-    check_audience,
-    check_issuer,
-    check_times,
-    parse_compact,
-    select_key,
-    verify_signature,
-)
-from signer.auth.prescreen import IssuerKeys
+from signer.auth.jws import LEEWAY_SECONDS, check_claims, read_token
+from signer.auth.prescreen import IssuerKeys, Screen, ScreenedToken, verify_with_issuer_keys
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 
@@ -86,32 +78,35 @@ class ClusterJwksAuthenticator:
         return "" if self.ready else "the cluster's service-account keys have not been read yet"
 
     async def authenticate(self, token: str) -> WorkloadIdentity:
+        return await self._authenticate(token, None)
+
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        return await self._authenticate(token, screen)
+
+    async def _authenticate(self, token: str, screen: Screen | None) -> WorkloadIdentity:
         if self._keys.generation != self._generation:
             self._verified.clear()  # a removed key must stop authenticating at once
             self._generation = self._keys.generation
         digest = token_digest(token)
         identity = self._verified.get(digest)
         if identity is None:
-            identity, expires = await self._verify(token)
+            identity, expires = await self._verify(token, await screen(token) if screen is not None else None)
             self._verified.put(digest, identity, expires + LEEWAY_SECONDS)
         self._check_binding(identity)
         return identity
 
-    async def _verify(self, token: str) -> tuple[WorkloadIdentity, float]:
+    async def _verify(self, token: str, screened: ScreenedToken | None) -> tuple[WorkloadIdentity, float]:
+        """Claims and signature against the cluster's issuer and keys. The screen's parse is reused, and its
+        signature check when it was made with a key of this same key source (the pre-screen in JWKS mode)."""
         keys, issuer = self._keys.keys, self._keys.issuer
         if keys is None or issuer is None:
             raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "the cluster's keys have not been read yet")
-        parsed = parse_compact(token)
-        check_issuer(parsed.claims, issuer)
-        check_audience(parsed.claims, self._audiences)
-        now = self._clock.now().timestamp()
-        check_times(parsed.claims, now)
-        key = select_key(keys, parsed)
-        if key is None and await self._keys.refresh_for_unknown_kid():
-            key = select_key(self._keys.keys or {}, parsed)
-        if key is None:
-            raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {parsed.kid!r:.80}")
-        verify_signature(token, key, parsed.algorithm)
+        if screened is None:
+            parsed = read_token(token, issuer=issuer, audiences=self._audiences, clock=self._clock)
+        else:
+            parsed = check_claims(screened.parsed, issuer=issuer, audiences=self._audiences, clock=self._clock)
+        if screened is None or screened.signed_by is not self._keys:
+            await verify_with_issuer_keys(parsed, self._keys, keys)
         return identity_from_claims(parsed.claims), float(parsed.claims["exp"])
 
     def _check_binding(self, identity: WorkloadIdentity) -> None:

@@ -20,8 +20,9 @@ from loguru import logger
 
 from clocks import Clock, sleep_unless_stopped
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
-from signer.auth.jws import ALGORITHMS, PublicKey, check_times
 from signer.auth.jws import LEEWAY_SECONDS as LEEWAY_SECONDS  # re-exported: callers and tests read it here
+from signer.auth.jws import PublicKey, check_claims, read_token, verify_signed
+from signer.auth.prescreen import Screen, ScreenedToken
 from signer.auth.token_cache import TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 
@@ -59,7 +60,7 @@ class JwksAuthenticator:
         self._clock = clock
         self._path = Path(jwks_file)
         self._issuer = issuer
-        self._audiences = list(audiences)
+        self._audiences = audiences
         self._keys: dict[str, PublicKey] = {}
         self._stamp: tuple[int, int] | None = None
         self._rejected: tuple[tuple[int, int] | None, str] | None = None  # the bad file (or error) last reported
@@ -100,62 +101,36 @@ class JwksAuthenticator:
     async def authenticate(self, token: str) -> WorkloadIdentity:
         return self.verify(token)
 
-    def verify(self, token: str) -> WorkloadIdentity:
-        if not token.isascii():  # a compact JWS is base64url and dots; anything else is not a token
-            raise AuthenticationFailed("TOKEN_MALFORMED", "token is not ASCII")
-        digest = token_digest(token)
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        digest = _digest(token)
         identity = self._cache.get(digest)
-        if identity is not None:
-            return identity
-        if not self._keys:
-            raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
-        claims = self._decode(token)
-        check_times(claims, self._cache.now())
-        identity = identity_from_claims(claims)
-        self._cache.put(digest, identity, float(claims["exp"]) + LEEWAY_SECONDS)
+        if identity is None:
+            identity = self._verify_new(token, digest, await screen(token))
         return identity
 
-    def _decode(self, token: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise AuthenticationFailed("TOKEN_MALFORMED", str(exc)) from None
-        algorithm = header.get("alg")
-        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-            raise AuthenticationFailed("TOKEN_ALGORITHM", f"algorithm {algorithm!r:.20} not accepted")
-        key_type = ALGORITHMS[algorithm]
-        kid = header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else None
-        if key is None and kid is None and len(self._keys) == 1:
-            key = next(iter(self._keys.values()))
-        if key is None:
-            raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {kid!r:.80}")
-        if not isinstance(key, key_type) or (
-            isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name != "secp256r1"
-        ):
-            raise AuthenticationFailed("TOKEN_KEY_MISMATCH", f"key {kid!r:.80} does not fit {algorithm}")
-        try:
-            return jwt.decode(
-                token,
-                key,
-                algorithms=[algorithm],
-                audience=self._audiences,
-                issuer=self._issuer,
-                # exp, nbf and iat are checked against the injected clock (check_times), not PyJWT's own
-                options={
-                    "require": ["exp", "iss", "aud"],
-                    "strict_aud": False,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidAudienceError:
-            raise AuthenticationFailed("TOKEN_AUDIENCE", "token audience not accepted") from None
-        except jwt.InvalidIssuerError:
-            raise AuthenticationFailed("TOKEN_ISSUER", "token issuer not accepted") from None
-        except jwt.PyJWTError as exc:
-            raise AuthenticationFailed("TOKEN_INVALID", str(exc)[:200]) from None
+    def verify(self, token: str) -> WorkloadIdentity:
+        digest = _digest(token)
+        return self._cache.get(digest) or self._verify_new(token, digest, None)
+
+    def _verify_new(self, token: str, digest: bytes, screened: ScreenedToken | None) -> WorkloadIdentity:
+        """Claims and signature against this file's issuer and keys (the screen's parse reused, never its verdict)."""
+        if not self._keys:
+            raise TemporarilyUnavailable("JWKS_UNAVAILABLE", "no verification keys loaded")
+        parsed = (
+            check_claims(screened.parsed, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
+            if screened is not None
+            else read_token(token, issuer=self._issuer, audiences=self._audiences, clock=self._clock)
+        )
+        verify_signed(parsed, self._keys)
+        identity = identity_from_claims(parsed.claims)
+        self._cache.put(digest, identity, float(parsed.claims["exp"]) + LEEWAY_SECONDS)
+        return identity
+
+
+def _digest(token: str) -> bytes:
+    if not token.isascii():  # a compact JWS is base64url and dots; anything else is not a token
+        raise AuthenticationFailed("TOKEN_MALFORMED", "token is not ASCII")
+    return token_digest(token)
 
 
 def identity_from_claims(claims: dict[str, Any]) -> WorkloadIdentity:

@@ -1,5 +1,8 @@
-"""Compact JWS tokens as the authenticators see them: a bounded parse of the unverified parts, the key that may
-verify them, the signature check, and the time claims against the injected clock.
+"""Compact JWS tokens as the authenticators see them. Two steps, each in one place:
+
+- :func:`read_token`: a bounded parse of the unverified parts, an accepted ``alg``, then ``iss``, ``aud`` and the
+  time claims against the injected clock;
+- :func:`verify_signed`: the key named by ``kid`` (fitting ``alg``) verifies the signature over the parsed parts.
 
 Shared by the JWKS authenticators (pinned file, or the cluster's keys from OIDC discovery) and the offline
 pre-screen that runs before any TokenReview. Everything raises :class:`AuthenticationFailed` with a short reason.
@@ -11,12 +14,14 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import get_default_algorithms
 
+from clocks import Clock
 from signer.auth.base import MAX_TOKEN_BYTES
 from signer.errors import AuthenticationFailed
 
@@ -28,14 +33,17 @@ ALGORITHMS: dict[str, type[rsa.RSAPublicKey] | type[ec.EllipticCurvePublicKey]] 
 LEEWAY_SECONDS = 30
 MAX_HEADER_BYTES = 1024  # {"alg":"RS256","kid":"<43 chars>"} is about 70 bytes
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_SIGNATURE_CHECKS = {name: get_default_algorithms()[name] for name in ALGORITHMS}
 
 
 @dataclass(frozen=True, slots=True)
 class UnverifiedToken:
-    """The decoded header and claims of a compact JWS, nothing verified yet."""
+    """The decoded parts of a compact JWS, nothing verified yet."""
 
     header: dict[str, Any]
     claims: dict[str, Any]
+    signing_input: bytes  # ``header.payload`` as sent: what the signature covers
+    signature: bytes
 
     @property
     def algorithm(self) -> str:
@@ -47,11 +55,16 @@ class UnverifiedToken:
         return kid if isinstance(kid, str) else None
 
 
-def _segment_json(segment: str, what: str, limit: int) -> dict[str, Any]:
+def _base64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def segment_json(segment: str, what: str, limit: int = MAX_TOKEN_BYTES) -> dict[str, Any]:
+    """One base64url JSON-object segment of at most ``limit`` decoded bytes; TOKEN_MALFORMED otherwise."""
     if len(segment) > limit * 4 // 3 + 4 or not _SEGMENT.fullmatch(segment):
         raise AuthenticationFailed("TOKEN_MALFORMED", f"the {what} is not bounded base64url")
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        value = json.loads(_base64url(segment))
     except (binascii.Error, ValueError):
         raise AuthenticationFailed("TOKEN_MALFORMED", f"the {what} is not base64url JSON") from None
     if not isinstance(value, dict):
@@ -66,12 +79,33 @@ def parse_compact(token: str) -> UnverifiedToken:
     parts = token.split(".")
     if len(parts) != 3 or not _SEGMENT.fullmatch(parts[2]):
         raise AuthenticationFailed("TOKEN_MALFORMED", "not a compact JWS (header.payload.signature)")
-    header = _segment_json(parts[0], "header", MAX_HEADER_BYTES)
-    claims = _segment_json(parts[1], "payload", MAX_TOKEN_BYTES)
+    header = segment_json(parts[0], "header", MAX_HEADER_BYTES)
+    claims = segment_json(parts[1], "payload")
     algorithm = header.get("alg")
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise AuthenticationFailed("TOKEN_ALGORITHM", f"algorithm {algorithm!r:.20} not accepted")
-    return UnverifiedToken(header, claims)
+    try:
+        signature = _base64url(parts[2])
+    except binascii.Error:
+        raise AuthenticationFailed("TOKEN_MALFORMED", "the signature is not base64url") from None
+    return UnverifiedToken(header, claims, f"{parts[0]}.{parts[1]}".encode(), signature)
+
+
+def read_token(token: str, *, issuer: str | None, audiences: tuple[str, ...], clock: Clock) -> UnverifiedToken:
+    """:func:`parse_compact`, then ``iss`` (unless ``issuer`` is None: not known), ``aud`` and the time claims
+    against ``clock``; the signature is not checked yet (:func:`verify_signed`)."""
+    return check_claims(parse_compact(token), issuer=issuer, audiences=audiences, clock=clock)
+
+
+def check_claims(
+    parsed: UnverifiedToken, *, issuer: str | None, audiences: tuple[str, ...], clock: Clock
+) -> UnverifiedToken:
+    """The claim checks of :func:`read_token` on a token already parsed."""
+    if issuer is not None:
+        check_issuer(parsed.claims, issuer)
+    check_audience(parsed.claims, audiences)
+    check_times(parsed.claims, clock.now().timestamp())
+    return parsed
 
 
 def check_issuer(claims: dict[str, Any], issuer: str) -> None:
@@ -86,7 +120,7 @@ def check_audience(claims: dict[str, Any], audiences: tuple[str, ...]) -> None:
         raise AuthenticationFailed("TOKEN_AUDIENCE", "token audience not accepted")
 
 
-def select_key(keys: dict[str, PublicKey], token: UnverifiedToken) -> PublicKey | None:
+def select_key(keys: Mapping[str, PublicKey], token: UnverifiedToken) -> PublicKey | None:
     """The key named by ``kid`` (the only key when the token names none); None when unknown. Raises when the key
     does not fit the token's algorithm."""
     kid = token.kid
@@ -102,11 +136,13 @@ def select_key(keys: dict[str, PublicKey], token: UnverifiedToken) -> PublicKey 
     return key
 
 
-def verify_signature(token: str, key: PublicKey, algorithm: str) -> None:
-    try:
-        jwt.PyJWS().decode(token, key, algorithms=[algorithm])
-    except jwt.PyJWTError:
-        raise AuthenticationFailed("TOKEN_SIGNATURE", "token signature does not verify") from None
+def verify_signed(token: UnverifiedToken, keys: Mapping[str, PublicKey]) -> None:
+    """The key :func:`select_key` picks verifies the token's signature; TOKEN_UNKNOWN_KEY when there is none."""
+    key = select_key(keys, token)
+    if key is None:
+        raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {token.kid!r:.80}")
+    if not _SIGNATURE_CHECKS[token.algorithm].verify(token.signing_input, key, token.signature):
+        raise AuthenticationFailed("TOKEN_SIGNATURE", "token signature does not verify")
 
 
 def _time_claim(claims: dict[str, Any], name: str) -> float | None:

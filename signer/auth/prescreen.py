@@ -13,26 +13,21 @@ A forged token must cost less than a real one. Checked locally, in this order, e
    discovery read per interval.
 
 Only what passes reaches the authenticator, which still decides binding and revocation (TokenReview, or the
-informers in offline mode). Verdicts are not cached: every step is a dictionary lookup or one signature check.
+informers in offline mode). Verdicts are not cached here; an authenticator that already verified a token (and
+still caches it) skips the screen for it (:class:`signer.auth.screened.ScreenedAuthenticator`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter
 
 from clocks import Clock
-from signer.auth.jws import (
-    PublicKey,
-    UnverifiedToken,
-    check_audience,
-    check_issuer,
-    check_times,
-    parse_compact,
-    select_key,
-    verify_signature,
-)
+from signer.auth.base import WorkloadIdentity
+from signer.auth.jws import PublicKey, UnverifiedToken, read_token, select_key, verify_signed
 from signer.errors import AuthenticationFailed
 
 
@@ -52,6 +47,41 @@ class IssuerKeys(Protocol):
 
     async def refresh_for_unknown_kid(self) -> bool:
         """Re-read the key set unless one was read too recently; True when the set changed."""
+        ...
+
+
+async def verify_with_issuer_keys(token: UnverifiedToken, source: IssuerKeys, keys: dict[str, PublicKey]) -> None:
+    """:func:`verify_signed` with ``keys`` (the source's current set), re-read once (rate-limited by the source)
+    when the token names a key not in it."""
+    if select_key(keys, token) is None and await source.refresh_for_unknown_kid():
+        keys = source.keys or {}
+    verify_signed(token, keys)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenedToken:
+    """A token that passed the pre-screen: its parsed parts, and the key source one of whose keys verified its
+    signature (None: the signature was not checked, no keys known)."""
+
+    parsed: UnverifiedToken
+    signed_by: IssuerKeys | None
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self.parsed.claims
+
+
+Screen = Callable[[str], Awaitable[ScreenedToken]]  # raises AuthenticationFailed to refuse
+
+
+@runtime_checkable
+class ScreensOnMiss(Protocol):
+    """An authenticator that remembers the tokens it verified and screens only the others."""
+
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        """``authenticate``, with ``screen(token)`` run before anything beyond a lookup of the tokens this
+        authenticator already verified (and still trusts): a remembered token is not screened again. The screen's
+        result may spare work (the parse, a signature the same key source verified), never a check."""
         ...
 
 
@@ -95,7 +125,7 @@ class TokenPrescreen:
             return self._issuer
         return self._keys.issuer if self._keys is not None else None
 
-    async def screen(self, token: str) -> UnverifiedToken:
+    async def screen(self, token: str) -> ScreenedToken:
         """The parsed token when it may be worth an authenticator's time; AuthenticationFailed otherwise."""
         try:
             parsed = await self._screen(token)
@@ -105,18 +135,10 @@ class TokenPrescreen:
         self._metrics.passed.inc()
         return parsed
 
-    async def _screen(self, token: str) -> UnverifiedToken:
-        parsed = parse_compact(token)
-        issuer = self.issuer
-        if issuer is not None:
-            check_issuer(parsed.claims, issuer)
-        check_audience(parsed.claims, self._audiences)
-        check_times(parsed.claims, self._clock.now().timestamp())
-        if self._keys is not None and self._keys.keys is not None:
-            key = select_key(self._keys.keys, parsed)
-            if key is None and await self._keys.refresh_for_unknown_kid():
-                key = select_key(self._keys.keys or {}, parsed)
-            if key is None:
-                raise AuthenticationFailed("TOKEN_UNKNOWN_KEY", f"no key with kid {parsed.kid!r:.80}")
-            verify_signature(token, key, parsed.algorithm)
-        return parsed
+    async def _screen(self, token: str) -> ScreenedToken:
+        parsed = read_token(token, issuer=self.issuer, audiences=self._audiences, clock=self._clock)
+        keys = self._keys.keys if self._keys is not None else None
+        if self._keys is None or keys is None:
+            return ScreenedToken(parsed, None)
+        await verify_with_issuer_keys(parsed, self._keys, keys)
+        return ScreenedToken(parsed, self._keys)

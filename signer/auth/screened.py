@@ -1,6 +1,11 @@
 """The authenticator ``serve`` hands to the service: the per-peer refusal limit, then the offline pre-screen, then
 the configured authenticator (TokenReview, pinned JWKS, the cluster's JWKS).
 
+The pre-screen runs before any work the authenticator would spend on a token; an authenticator that remembers the
+tokens it verified (all three do: :class:`signer.auth.prescreen.ScreensOnMiss`) looks those up first and screens
+only the others. A token it already verified costs a digest and a lookup; a new one is parsed once and, with the
+cluster's keys, signature-checked once.
+
 Every AuthenticationFailed on the way (pre-screen or authenticator) is charged to the caller's peer address; a peer
 that has used up its failures is refused with RESOURCE_EXHAUSTED before any of its tokens is looked at.
 """
@@ -8,7 +13,7 @@ that has used up its failures is refused with RESOURCE_EXHAUSTED before any of i
 from __future__ import annotations
 
 from signer.auth.base import Authenticator, WorkloadIdentity
-from signer.auth.prescreen import TokenPrescreen
+from signer.auth.prescreen import ScreensOnMiss, TokenPrescreen
 from signer.auth.refusal_limit import PeerRefusalLimiter, current_peer
 from signer.errors import AuthenticationFailed
 
@@ -38,8 +43,11 @@ class ScreenedAuthenticator:
         if self._limiter is not None:
             self._limiter.admit(peer)
         try:
-            if self._prescreen is not None:
-                await self._prescreen.screen(token)
+            if self._prescreen is None:
+                return await self.inner.authenticate(token)
+            if isinstance(self.inner, ScreensOnMiss):  # a token it already verified is not screened again
+                return await self.inner.authenticate_screened(token, self._prescreen.screen)
+            await self._prescreen.screen(token)
             return await self.inner.authenticate(token)
         except AuthenticationFailed:
             if self._limiter is not None:

@@ -17,8 +17,6 @@ never ``AuthenticationFailed``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from typing import Any, Protocol
 
 from loguru import logger
@@ -26,6 +24,8 @@ from loguru import logger
 from bridge.kube import KubeError
 from clocks import Clock
 from signer.auth.base import WorkloadIdentity, parse_service_account_username
+from signer.auth.jws import segment_json
+from signer.auth.prescreen import Screen
 from signer.auth.token_cache import RejectedTokens, TokenCache, token_digest
 from signer.errors import AuthenticationFailed, TemporarilyUnavailable
 from signer.metrics import AuthMetrics
@@ -44,12 +44,11 @@ class TokenReviewer(Protocol):
 def token_expiry(token: str) -> float | None:
     """The ``exp`` claim of a JWT, unverified (used only to cap a cache entry); None when unreadable."""
     parts = token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 8192:
+    if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        exp = payload.get("exp") if isinstance(payload, dict) else None
-    except (ValueError, TypeError):
+        exp = segment_json(parts[1], "payload").get("exp")
+    except AuthenticationFailed:
         return None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
@@ -110,16 +109,21 @@ class TokenReviewAuthenticator:
         return True  # every call asks the API server; an outage answers UNAVAILABLE per request
 
     async def authenticate(self, token: str) -> WorkloadIdentity:
+        return await self._authenticate(token, None)
+
+    async def authenticate_screened(self, token: str, screen: Screen) -> WorkloadIdentity:
+        return await self._authenticate(token, screen)
+
+    async def _authenticate(self, token: str, screen: Screen | None) -> WorkloadIdentity:
         digest = token_digest(token)
-        identity = self._cache.get(digest)
-        if identity is not None:
-            self._metrics.token_review_cache.labels("hit").inc()
-            return identity
-        if digest in self._rejected:
-            self._metrics.token_review_cache.labels("rejected_hit").inc()
-            raise AuthenticationFailed("TOKEN_REJECTED", "rejected by a recent TokenReview")
-        review = self._in_flight.get(digest)
-        if review is not None:
+        known = self._known(digest)
+        if known is None and screen is not None:
+            await screen(token)
+            known = self._known(digest)  # another caller may have reviewed the token meanwhile
+        if isinstance(known, WorkloadIdentity):
+            return known
+        if known is not None:
+            review = known
             self._metrics.token_review_cache.labels("shared").inc()
         else:
             self._metrics.token_review_cache.labels("miss").inc()
@@ -129,6 +133,17 @@ class TokenReviewAuthenticator:
             self._in_flight[digest] = review
             review.add_done_callback(lambda done: self._review_done(digest, done))
         return await asyncio.shield(review)
+
+    def _known(self, digest: bytes) -> WorkloadIdentity | asyncio.Task[WorkloadIdentity] | None:
+        """A cached identity, the review in flight for this token, or None; a recently rejected token raises."""
+        identity = self._cache.get(digest)
+        if identity is not None:
+            self._metrics.token_review_cache.labels("hit").inc()
+            return identity
+        if digest in self._rejected:
+            self._metrics.token_review_cache.labels("rejected_hit").inc()
+            raise AuthenticationFailed("TOKEN_REJECTED", "rejected by a recent TokenReview")
+        return self._in_flight.get(digest)
 
     def _review_done(self, digest: bytes, review: asyncio.Task[WorkloadIdentity]) -> None:
         if self._in_flight.get(digest) is review:

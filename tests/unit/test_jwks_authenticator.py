@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jwt
 import pytest
 
 from signer.auth.jwks import LEEWAY_SECONDS, JwksAuthenticator
@@ -65,11 +66,14 @@ def test_bad_new_file_keeps_the_last_good_keys(tmp_path, issuers):
 
 async def test_cached_token_still_expires(tmp_path, issuers):
     first, _ = issuers
-    clock = _clock()
+    token = first.token(lifetime=60)
+    # from the second the token was issued in (not "now", which may already be the next second under load)
+    clock = ManualClock(
+        start=datetime.fromtimestamp(jwt.decode(token, options={"verify_signature": False})["iat"], UTC)
+    )
     auth = JwksAuthenticator(
         first.write_jwks(tmp_path / "jwks.json"), issuer=first.issuer, audiences=("istio-ca",), clock=clock
     )
-    token = first.token(lifetime=60)
     identity = auth.verify(token)
     await clock.advance(60 + LEEWAY_SECONDS - 1)
     assert auth.verify(token) == identity  # still within its life (and the clock-skew leeway)

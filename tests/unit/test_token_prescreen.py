@@ -395,3 +395,91 @@ def test_service_account_index_follows_events_and_ignores_a_late_deletion_of_an_
     assert cache.uid("apps", "web") == "uid-2"
     cache.on_event("DELETED", _service_account("web", "uid-2"))
     assert cache.uid("apps", "web") is None
+
+
+def _passed(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("meshsigner_token_prescreen_passed_total") or 0.0
+
+
+async def test_a_token_the_authenticator_verified_is_not_screened_again_and_forgeries_still_are(cluster, stranger):
+    clock, registry = _clock(), CollectorRegistry()
+    keys = await _keys(Discovery(cluster), clock, registry)
+    service_accounts, pods = ServiceAccountIndex(), PodIndex()
+    service_accounts.replace_all([_service_account("web", SA_UID)])
+    pods.replace_all([_pod("web-0", POD_UID)])
+    inner = ClusterJwksAuthenticator(
+        keys, service_accounts=service_accounts, pods=pods, audiences=("istio-ca",), clock=clock
+    )
+    prescreen = TokenPrescreen(audiences=("istio-ca",), clock=clock, metrics=PrescreenMetrics(registry), keys=keys)
+    screened = ScreenedAuthenticator(inner, prescreen=prescreen, limiter=None)
+    token = _bound_token(cluster)
+    for _ in range(3):
+        assert (await screened.authenticate(token)).principal == "apps/web"
+    assert _passed(registry) == 1  # verified once; the next two were found among the verified tokens
+    pods.remove(_pod("web-0", POD_UID))
+    with pytest.raises(AuthenticationFailed, match="TOKEN_POD_GONE"):
+        await screened.authenticate(token)  # the binding is still checked on every call
+    with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
+        await screened.authenticate(_bound_token(stranger))
+    assert _refusals(registry, "TOKEN_SIGNATURE") == 1  # refused by the pre-screen, counted there
+
+
+async def test_the_prescreen_refuses_before_any_token_review_and_a_reviewed_token_is_not_screened_again(cluster):
+    clock, registry = _clock(), CollectorRegistry()
+    keys = await _keys(Discovery(cluster), clock, registry)
+
+    class Approving(Reviewer):
+        async def review_token(self, token: str, audiences: tuple[str, ...]) -> dict[str, Any]:
+            self.reviews += 1
+            user = {"username": "system:serviceaccount:apps:web", "groups": ["system:serviceaccounts"]}
+            return {"authenticated": True, "audiences": list(audiences), "user": user}
+
+    reviewer = Approving()
+    inner = TokenReviewAuthenticator(
+        reviewer, audiences=("istio-ca",), metrics=AuthMetrics(registry), clock=clock, negative_cache_seconds=10
+    )
+    prescreen = TokenPrescreen(audiences=("istio-ca",), clock=clock, metrics=PrescreenMetrics(registry), keys=keys)
+    screened = ScreenedAuthenticator(inner, prescreen=prescreen, limiter=None)
+    for forged in ("garbage", TokenIssuer(issuer="https://attacker.example").token(), cluster.token(kid="invented")):
+        with pytest.raises(AuthenticationFailed):
+            await screened.authenticate(forged)
+    assert reviewer.reviews == 0
+    token = cluster.token("apps", "web")
+    for _ in range(3):
+        assert (await screened.authenticate(token)).principal == "apps/web"
+    assert reviewer.reviews == 1 and _passed(registry) == 1
+
+
+async def test_a_screen_spares_no_check_of_the_authenticator_but_a_signature_by_its_own_key_source(cluster, stranger):
+    from signer.auth.jws import parse_compact
+    from signer.auth.prescreen import ScreenedToken
+
+    clock, registry = _clock(), CollectorRegistry()
+    keys = await _keys(Discovery(cluster), clock, registry)
+    other_source = await _keys(Discovery(stranger), clock, CollectorRegistry())
+    service_accounts, pods = ServiceAccountIndex(), PodIndex()
+    service_accounts.replace_all([_service_account("web", SA_UID)])
+    pods.replace_all([_pod("web-0", POD_UID)])
+    authenticator = ClusterJwksAuthenticator(
+        keys, service_accounts=service_accounts, pods=pods, audiences=("istio-ca",), clock=clock
+    )
+
+    def screen_claiming(source: ClusterIssuerKeys | None):
+        async def screen(token: str) -> ScreenedToken:
+            return ScreenedToken(parse_compact(token), source)  # a lax screen: checks nothing itself
+
+        return screen
+
+    forged = _bound_token(stranger)
+    with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
+        await authenticator.authenticate_screened(forged, screen_claiming(other_source))  # verified elsewhere
+    with pytest.raises(AuthenticationFailed, match="TOKEN_SIGNATURE"):
+        await authenticator.authenticate_screened(forged, screen_claiming(None))
+    foreign = TokenIssuer(issuer="https://attacker.example").token("apps", "web")
+    with pytest.raises(AuthenticationFailed, match="TOKEN_ISSUER"):
+        await authenticator.authenticate_screened(foreign, screen_claiming(keys))  # claims are checked again
+    expired = cluster.token("apps", "web", lifetime=-120)
+    with pytest.raises(AuthenticationFailed, match="TOKEN_EXPIRED"):
+        await authenticator.authenticate_screened(expired, screen_claiming(keys))
+    token = _bound_token(cluster)
+    assert (await authenticator.authenticate_screened(token, screen_claiming(keys))).principal == "apps/web"
