@@ -9,7 +9,8 @@ in every selected namespace, holding the active root bundle, as istiod (and isti
 - The roots come from a callable (the pinned RootBundle, or the local CA's roots). It is polled each second (a
   string comparison); a change enqueues every selected namespace.
 - ``--max-concurrent-reconciles`` workers take namespaces from one de-duplicated queue; a failed one is retried with
-  backoff. Every write carries the resourceVersion it was based on.
+  its own backoff (0.5 s doubling to 30 s, reset by a success), so a namespace that keeps refusing the write (a
+  quota, a policy) costs one call per 30 s, not two a second. Every write carries the resourceVersion it was based on.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class TrustDistributor:
         self._pem = ""
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._retry_delays: dict[str, float] = {}  # the next retry's delay, by namespace, while its writes fail
         self._namespace_watch = ListWatch(
             api, NAMESPACES, None, _NamespaceEvents(self), label_selector=namespace_selector, name="namespaces"
         )
@@ -139,11 +141,15 @@ class TrustDistributor:
         while not stop.is_set():
             namespace = await self._queue.get()
             self._queued.discard(namespace)
-            if not await self._reconcile(namespace):
-                asyncio.create_task(self._retry_later(namespace, stop))  # noqa: RUF006  # ends with its sleep
+            if await self._reconcile(namespace):
+                self._retry_delays.pop(namespace, None)
+                continue
+            delay = self._retry_delays.get(namespace, RETRY_START)
+            self._retry_delays[namespace] = min(delay * 2, RETRY_MAX)
+            asyncio.create_task(self._retry_later(namespace, stop, delay))  # noqa: RUF006  # ends with its sleep
 
-    async def _retry_later(self, namespace: str, stop: asyncio.Event) -> None:
-        if not await sleep_unless_stopped(self._clock, stop, RETRY_START):
+    async def _retry_later(self, namespace: str, stop: asyncio.Event, delay: float) -> None:
+        if not await sleep_unless_stopped(self._clock, stop, delay):
             self.enqueue(namespace)
 
     async def _reconcile(self, namespace: str) -> bool:
@@ -194,6 +200,7 @@ class TrustDistributor:
         name = _name(obj)
         if kind == "DELETED":  # gone, or no longer matching the selector: its ConfigMap is left alone
             self._namespaces.pop(name, None)
+            self._retry_delays.pop(name, None)
             return
         self._namespaces[name] = obj
         self.enqueue(name)
