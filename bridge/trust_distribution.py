@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from bridge.controllers import ControllerMetrics
+from bridge.controllers import ControllerMetrics, follow_roots
 from bridge.kube import CONFIG_MAPS, NAMESPACES, KubeConflict, KubeError, KubeNotFound, ListWatch, Obj
 from bridge.object_keeper import KeeperApi
 from clocks import Clock, sleep_unless_stopped
@@ -30,7 +30,6 @@ CONFIG_MAP_NAME = "istio-ca-root-cert"
 ROOT_KEY = "root-cert.pem"
 LABEL_KEY, LABEL_VALUE = "istio.io/config", "true"
 CONTROLLER = "root-configmap"
-ROOTS_POLL_SECONDS = 1.0
 RETRY_START, RETRY_MAX = 0.5, 30.0
 
 
@@ -113,7 +112,9 @@ class TrustDistributor:
         tasks = [
             asyncio.create_task(self._namespace_watch.run(stop), name="watch-namespaces"),
             asyncio.create_task(self._config_map_watch.run(stop), name="watch-root-configmaps"),
-            asyncio.create_task(self._follow_roots(stop), name="follow-roots"),
+            asyncio.create_task(
+                follow_roots(self._roots, self._pem, self._roots_changed, stop, self._clock), name="follow-roots"
+            ),
             *(asyncio.create_task(self._work(stop), name=f"root-configmap-{i}") for i in range(self._workers)),
         ]
         stopper = asyncio.ensure_future(stop.wait())
@@ -127,15 +128,12 @@ class TrustDistributor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _follow_roots(self, stop: asyncio.Event) -> None:
-        while not await sleep_unless_stopped(self._clock, stop, ROOTS_POLL_SECONDS):
-            pem = self._roots()
-            if pem and pem != self._pem:
-                self._pem = pem
-                logger.bind(event="roots_changed", controller=CONTROLLER).info(
-                    "root bundle changed: updating {} in {} namespaces", CONFIG_MAP_NAME, len(self._namespaces)
-                )
-                self.enqueue_all()
+    def _roots_changed(self, pem: str) -> None:
+        self._pem = pem
+        logger.bind(event="roots_changed", controller=CONTROLLER).info(
+            "root bundle changed: updating {} in {} namespaces", CONFIG_MAP_NAME, len(self._namespaces)
+        )
+        self.enqueue_all()
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
