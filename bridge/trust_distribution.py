@@ -23,7 +23,7 @@ from loguru import logger
 
 from bridge.controllers import ControllerMetrics, follow_roots
 from bridge.kube import CONFIG_MAPS, NAMESPACES, KubeConflict, KubeError, KubeNotFound, ListWatch, Obj
-from bridge.object_keeper import KeeperApi
+from bridge.object_keeper import KeeperApi, write_decided
 from clocks import Clock, sleep_unless_stopped
 
 CONFIG_MAP_NAME = "istio-ca-root-cert"
@@ -181,13 +181,10 @@ class TrustDistributor:
 
     async def _write(self, namespace: str, pem: str, current: Obj | None) -> str:
         body = desired_config_map(namespace, pem, current)
-        if body is None:
-            return "unchanged"
-        if current is None:
-            self._config_maps[namespace] = await self._api.create_object(CONFIG_MAPS, namespace, body)
-            return "created"
-        self._config_maps[namespace] = await self._api.replace(CONFIG_MAPS, namespace, CONFIG_MAP_NAME, body)
-        return "updated"
+        result, stored = await write_decided(self._api, CONFIG_MAPS, namespace, CONFIG_MAP_NAME, current, body)
+        if stored is not None:
+            self._config_maps[namespace] = stored
+        return result
 
     # --- watch events ------------------------------------------------------------------------------------------
     def namespaces_listed(self, objects: list[Obj]) -> None:
