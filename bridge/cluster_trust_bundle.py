@@ -16,13 +16,12 @@ from typing import Protocol
 
 from loguru import logger
 
-from bridge.controllers import ControllerMetrics
+from bridge.controllers import ControllerMetrics, follow_roots
 from bridge.kube import CTB_VERSIONS, Obj, Resource, cluster_trust_bundles
 from bridge.object_keeper import KeeperApi, ObjectKeeper
-from clocks import Clock, sleep_unless_stopped
+from clocks import Clock
 
 CONTROLLER = "cluster-trust-bundle"
-ROOTS_POLL_SECONDS = 1.0
 
 
 class DiscoveryApi(KeeperApi, Protocol):
@@ -87,15 +86,17 @@ class ClusterTrustBundlePublisher:
             self._api, cluster_trust_bundles(version), None, self.name, decide,
             controller=CONTROLLER, metrics=self._metrics, clock=self._clock,
         )  # fmt: skip
-        task = asyncio.create_task(keeper.run(stop), name="cluster-trust-bundle-keeper")
+
+        def roots_changed(latest: str) -> None:
+            nonlocal pem
+            pem = latest
+            keeper.trigger()
+
+        follower = asyncio.create_task(
+            follow_roots(self._roots, pem, roots_changed, stop, self._clock), name="cluster-trust-bundle-roots"
+        )
         try:
-            while not task.done() and not await sleep_unless_stopped(self._clock, stop, ROOTS_POLL_SECONDS):
-                latest = self._roots()
-                if latest and latest != pem:
-                    pem = latest
-                    keeper.trigger()
-            if task.done():
-                task.result()
+            await keeper.run(stop)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)

@@ -4,6 +4,7 @@ process leads.
 A controller is a coroutine ``run(stop)`` that works until ``stop`` is set. :func:`run_controllers` restarts one that
 fails (an API error: one warning line; anything else: a traceback) after a backoff, and cancels them all when
 leadership ends. Each reconcile is counted in ``meshsigner_controller_reconciles_total{controller,result}``.
+The controllers that publish the roots notice a new bundle through :func:`follow_roots`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from clocks import Clock, sleep_unless_stopped
 Controller = Callable[[asyncio.Event], Awaitable[None]]
 
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+ROOTS_POLL_SECONDS = 1.0
 
 
 class ControllerMetrics:
@@ -75,3 +77,15 @@ async def run_controllers(controllers: Mapping[str, Controller], stop: asyncio.E
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def follow_roots(
+    roots: Callable[[], str], published: str, changed: Callable[[str], None], stop: asyncio.Event, clock: Clock
+) -> None:
+    """Until ``stop``: read ``roots()`` each second (a string comparison) and call ``changed`` with a bundle that is
+    new and not empty (an empty one is never published over the last good one)."""
+    while not await sleep_unless_stopped(clock, stop, ROOTS_POLL_SECONDS):
+        latest = roots()
+        if latest and latest != published:
+            published = latest
+            changed(latest)

@@ -23,9 +23,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from bridge.certificates import load_bundle
-from bridge.kube import CM_GROUP, Obj
+from bridge.controllers import ControllerMetrics
+from bridge.kube import CERTIFICATES, CM_GROUP, SECRETS, Obj
 from bridge.local_ca import LocalCA
-from bridge.runtime_issuer import IssuerRef
+from bridge.object_keeper import KeeperApi, ObjectKeeper
+from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import SigningRequest, new_serving_key
 from clocks import Clock
 
@@ -115,6 +117,22 @@ def desired_certificate(options: IstiodCertOptions, issuer: IssuerRef | None, cu
     return body
 
 
+def certificate_keeper(
+    api: KeeperApi, options: IstiodCertOptions, issuers: IssuerSelector, *, metrics: ControllerMetrics, clock: Clock
+) -> ObjectKeeper:
+    """The Certificate kept in place, following the active issuer (a runtime issuer change is a pass at once)."""
+
+    async def decide(current: Obj | None) -> Obj | None:
+        return desired_certificate(options, issuers.current, current)
+
+    keeper = ObjectKeeper(
+        api, CERTIFICATES, options.namespace, options.name, decide,
+        controller=CONTROLLER_CERTIFICATE, metrics=metrics, clock=clock,
+    )  # fmt: skip
+    issuers.subscribe(lambda _issuer: keeper.trigger())
+    return keeper
+
+
 # --- local CA: the Secret itself -------------------------------------------------------------------------------
 def _secret_bytes(secret: Obj, key: str) -> bytes:
     value = (secret.get("data") or {}).get(key) or ""
@@ -200,3 +218,21 @@ class IstiodSecretIssuer:
             "tls.key": encoded(key_pem),
             "ca.crt": encoded(chain.roots_pem.encode("ascii")),
         }
+
+
+def secret_keeper(
+    api: KeeperApi, ca: LocalCA, options: IstiodCertOptions, *, metrics: ControllerMetrics, clock: Clock
+) -> ObjectKeeper:
+    """The Secret kept in place and re-issued when due (the keeper's next pass is the certificate's renewal)."""
+    issuer = IstiodSecretIssuer(ca, options, clock)
+
+    async def decide(current: Obj | None) -> Obj | None:
+        body = await issuer.decide(current)
+        keeper.next_pass = issuer.renew_in
+        return body
+
+    keeper = ObjectKeeper(
+        api, SECRETS, options.namespace, SECRET_NAME, decide,
+        controller=CONTROLLER_SECRET, metrics=metrics, clock=clock,
+    )  # fmt: skip
+    return keeper

@@ -31,6 +31,18 @@ class KeeperApi(WatchSource, Protocol):
     async def replace(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj: ...
 
 
+async def write_decided(
+    api: KeeperApi, resource: Resource, namespace: str | None, name: str, current: Obj | None, body: Obj | None
+) -> tuple[str, Obj | None]:
+    """Write what a controller decided for ``current``: nothing for no ``body``, a create when there is no object,
+    else a replace (conditional on ``body``'s resourceVersion). The result label and the object as stored."""
+    if body is None:
+        return "unchanged", None
+    if current is None:
+        return "created", await api.create_object(resource, namespace, body)
+    return "updated", await api.replace(resource, namespace, name, body)
+
+
 class ObjectKeeper:
     def __init__(
         self,
@@ -116,15 +128,7 @@ class ObjectKeeper:
             except KubeNotFound:
                 current = None
             body = await self._decide(current)
-            if body is None:
-                self._metrics.count(self._controller, "unchanged")
-                return True
-            if current is None:
-                await self._api.create_object(self._resource, self._namespace, body)
-                result = "created"
-            else:
-                await self._api.replace(self._resource, self._namespace, self.name, body)
-                result = "updated"
+            result, _ = await write_decided(self._api, self._resource, self._namespace, self.name, current, body)
         except KubeConflict:
             self._metrics.count(self._controller, "conflict")
             return False
@@ -135,7 +139,8 @@ class ObjectKeeper:
             )
             return False
         self._metrics.count(self._controller, result)
-        logger.bind(event="reconciled", controller=self._controller, result=result).info(
-            "{} {} {}", self._resource.plural, where, result
-        )
+        if result != "unchanged":
+            logger.bind(event="reconciled", controller=self._controller, result=result).info(
+                "{} {} {}", self._resource.plural, where, result
+            )
         return True

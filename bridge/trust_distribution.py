@@ -9,7 +9,8 @@ in every selected namespace, holding the active root bundle, as istiod (and isti
 - The roots come from a callable (the pinned RootBundle, or the local CA's roots). It is polled each second (a
   string comparison); a change enqueues every selected namespace.
 - ``--max-concurrent-reconciles`` workers take namespaces from one de-duplicated queue; a failed one is retried with
-  backoff. Every write carries the resourceVersion it was based on.
+  its own backoff (0.5 s doubling to 30 s, reset by a success), so a namespace that keeps refusing the write (a
+  quota, a policy) costs one call per 30 s, not two a second. Every write carries the resourceVersion it was based on.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from bridge.controllers import ControllerMetrics
+from bridge.controllers import ControllerMetrics, follow_roots
 from bridge.kube import CONFIG_MAPS, NAMESPACES, KubeConflict, KubeError, KubeNotFound, ListWatch, Obj
-from bridge.object_keeper import KeeperApi
+from bridge.object_keeper import KeeperApi, write_decided
 from clocks import Clock, sleep_unless_stopped
 
 CONFIG_MAP_NAME = "istio-ca-root-cert"
 ROOT_KEY = "root-cert.pem"
 LABEL_KEY, LABEL_VALUE = "istio.io/config", "true"
 CONTROLLER = "root-configmap"
-ROOTS_POLL_SECONDS = 1.0
 RETRY_START, RETRY_MAX = 0.5, 30.0
 
 
@@ -81,6 +81,7 @@ class TrustDistributor:
         self._pem = ""
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._retry_delays: dict[str, float] = {}  # the next retry's delay, by namespace, while its writes fail
         self._namespace_watch = ListWatch(
             api, NAMESPACES, None, _NamespaceEvents(self), label_selector=namespace_selector, name="namespaces"
         )
@@ -111,7 +112,9 @@ class TrustDistributor:
         tasks = [
             asyncio.create_task(self._namespace_watch.run(stop), name="watch-namespaces"),
             asyncio.create_task(self._config_map_watch.run(stop), name="watch-root-configmaps"),
-            asyncio.create_task(self._follow_roots(stop), name="follow-roots"),
+            asyncio.create_task(
+                follow_roots(self._roots, self._pem, self._roots_changed, stop, self._clock), name="follow-roots"
+            ),
             *(asyncio.create_task(self._work(stop), name=f"root-configmap-{i}") for i in range(self._workers)),
         ]
         stopper = asyncio.ensure_future(stop.wait())
@@ -125,25 +128,26 @@ class TrustDistributor:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _follow_roots(self, stop: asyncio.Event) -> None:
-        while not await sleep_unless_stopped(self._clock, stop, ROOTS_POLL_SECONDS):
-            pem = self._roots()
-            if pem and pem != self._pem:
-                self._pem = pem
-                logger.bind(event="roots_changed", controller=CONTROLLER).info(
-                    "root bundle changed: updating {} in {} namespaces", CONFIG_MAP_NAME, len(self._namespaces)
-                )
-                self.enqueue_all()
+    def _roots_changed(self, pem: str) -> None:
+        self._pem = pem
+        logger.bind(event="roots_changed", controller=CONTROLLER).info(
+            "root bundle changed: updating {} in {} namespaces", CONFIG_MAP_NAME, len(self._namespaces)
+        )
+        self.enqueue_all()
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             namespace = await self._queue.get()
             self._queued.discard(namespace)
-            if not await self._reconcile(namespace):
-                asyncio.create_task(self._retry_later(namespace, stop))  # noqa: RUF006  # ends with its sleep
+            if await self._reconcile(namespace):
+                self._retry_delays.pop(namespace, None)
+                continue
+            delay = self._retry_delays.get(namespace, RETRY_START)
+            self._retry_delays[namespace] = min(delay * 2, RETRY_MAX)
+            asyncio.create_task(self._retry_later(namespace, stop, delay))  # noqa: RUF006  # ends with its sleep
 
-    async def _retry_later(self, namespace: str, stop: asyncio.Event) -> None:
-        if not await sleep_unless_stopped(self._clock, stop, RETRY_START):
+    async def _retry_later(self, namespace: str, stop: asyncio.Event, delay: float) -> None:
+        if not await sleep_unless_stopped(self._clock, stop, delay):
             self.enqueue(namespace)
 
     async def _reconcile(self, namespace: str) -> bool:
@@ -177,13 +181,10 @@ class TrustDistributor:
 
     async def _write(self, namespace: str, pem: str, current: Obj | None) -> str:
         body = desired_config_map(namespace, pem, current)
-        if body is None:
-            return "unchanged"
-        if current is None:
-            self._config_maps[namespace] = await self._api.create_object(CONFIG_MAPS, namespace, body)
-            return "created"
-        self._config_maps[namespace] = await self._api.replace(CONFIG_MAPS, namespace, CONFIG_MAP_NAME, body)
-        return "updated"
+        result, stored = await write_decided(self._api, CONFIG_MAPS, namespace, CONFIG_MAP_NAME, current, body)
+        if stored is not None:
+            self._config_maps[namespace] = stored
+        return result
 
     # --- watch events ------------------------------------------------------------------------------------------
     def namespaces_listed(self, objects: list[Obj]) -> None:
@@ -194,6 +195,7 @@ class TrustDistributor:
         name = _name(obj)
         if kind == "DELETED":  # gone, or no longer matching the selector: its ConfigMap is left alone
             self._namespaces.pop(name, None)
+            self._retry_delays.pop(name, None)
             return
         self._namespaces[name] = obj
         self.enqueue(name)

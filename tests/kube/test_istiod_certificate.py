@@ -18,9 +18,8 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from bridge.controllers import ControllerMetrics
-from bridge.istiod_certificate import CONTROLLER_CERTIFICATE, IstiodCertOptions, desired_certificate
-from bridge.kube import CERTIFICATES, KubeClient, KubeMetrics, KubeOptions, Obj
-from bridge.object_keeper import ObjectKeeper
+from bridge.istiod_certificate import IstiodCertOptions, certificate_keeper
+from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from clocks import SystemClock
 from tests.support.processes import local_signer_flags, start_server
@@ -47,13 +46,7 @@ async def test_istiod_certificate_is_kept_and_follows_the_issuer(kube_plane, kub
     registry = CollectorRegistry()
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
 
-    async def decide(current: Obj | None) -> Obj | None:
-        return desired_certificate(options, issuers.current, current)
-
-    keeper = ObjectKeeper(
-        seam, CERTIFICATES, namespace, options.name, decide,
-        controller=CONTROLLER_CERTIFICATE, metrics=ControllerMetrics(registry), clock=SystemClock(),
-    )  # fmt: skip
+    keeper = certificate_keeper(seam, options, issuers, metrics=ControllerMetrics(registry), clock=SystemClock())
     custom = client.CustomObjectsApi(kube_api)
 
     def read() -> dict | None:
@@ -83,7 +76,6 @@ async def test_istiod_certificate_is_kept_and_follows_the_issuer(kube_plane, kub
         await _until(read, "deleted Certificate recreated")
 
         # the runtime issuer changes (as the runtime ConfigMap would): the Certificate follows
-        issuers.subscribe(lambda _ref: keeper.trigger())
         issuers.on_event(
             "ADDED",
             {"data": {"issuer-name": "runtime-ca", "issuer-kind": "ClusterIssuer", "issuer-group": "cert-manager.io"}},

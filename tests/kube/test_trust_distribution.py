@@ -21,6 +21,7 @@ from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.root_bundle import RootBundle
 from bridge.trust_distribution import CONFIG_MAP_NAME, ROOT_KEY, TrustDistributor
 from clocks import SystemClock
+from tests.support.clock import ManualClock
 
 NAME = CONFIG_MAP_NAME
 
@@ -137,6 +138,59 @@ async def test_a_namespace_leaving_the_selector_keeps_its_config_map_unchanged(
         )
         # ... the namespace that left keeps what it had: not deleted, not updated
         assert _read(core, leaving).data == {ROOT_KEY: old}
+
+
+async def test_a_namespace_refusing_the_write_is_retried_with_a_growing_backoff(
+    kube_plane, pki, kube_api, make_namespace
+):
+    """A quota of zero ConfigMaps makes every create fail (403): the retries of that namespace wait 0.5 s, doubling,
+    instead of writing twice a second for as long as the quota stays. The retry timer runs on a ManualClock; the
+    writes go to the plane (time moves only once the failed write has armed its retry)."""
+    label = f"meshsigner-trust-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(kube_api)
+    namespace = make_namespace("quota")
+    quota = core.create_namespaced_resource_quota(
+        namespace,
+        client.V1ResourceQuota(
+            metadata=client.V1ObjectMeta(name="no-config-maps"),
+            spec=client.V1ResourceQuotaSpec(hard={"configmaps": "0"}),
+        ),
+    )
+    # no kube-controller-manager here to total the usage: the quota's status says it, as that controller would
+    quota.status = client.V1ResourceQuotaStatus(hard={"configmaps": "0"}, used={"configmaps": "0"})
+    core.replace_namespaced_resource_quota_status("no-config-maps", namespace, quota)
+    clock, registry = ManualClock(), CollectorRegistry()
+    seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(registry))
+    distributor = TrustDistributor(
+        seam, Roots(_ca_pem(pki, "root-a")), namespace_selector=f"{label}=yes", metrics=ControllerMetrics(registry),
+        clock=clock,
+    )  # fmt: skip
+
+    def failures() -> float:
+        labels = {"controller": "root-configmap", "result": "error"}
+        return registry.get_sample_value("meshsigner_controller_reconciles_total", labels) or 0.0
+
+    def retry_armed() -> bool:  # the roots poll and the namespace's pending retry wait on the clock
+        return clock.sleeper_count == 2
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(distributor.run(stop))
+    try:
+        await _until(lambda: distributor.synced, "both watches listed")
+        core.patch_namespace(namespace, {"metadata": {"labels": {label: "yes"}}})  # one event: one first attempt
+        await _until(lambda: failures() == 1 and retry_armed(), "the first write refused")
+        failed_at = [clock.monotonic()]
+        while clock.monotonic() < 8:
+            await clock.advance(0.25)
+            await _until(retry_armed, "the retry armed again")
+            if failures() > len(failed_at):
+                failed_at.append(clock.monotonic())
+        assert failed_at == [0.0, 0.5, 1.5, 3.5, 7.5]
+        assert _read(core, namespace) is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        seam.close()
 
 
 async def test_root_rotation_reaches_every_namespace(

@@ -1,6 +1,7 @@
 """A loopback TCP proxy in front of kube-apiserver that can cut every connection through it at once, so a test
 breaks meshsigner's watch (and its in-flight API calls) without touching the API server cert-manager uses. TLS
-passes through untouched: the API server's certificate names 127.0.0.1, which is where the proxy listens."""
+passes through untouched: the API server's certificate names 127.0.0.1, which is where the proxy listens. While
+``down`` (:meth:`set_down`), every new connection is reset as it arrives: the API server looks unreachable."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class CuttingProxy:
         self._open: set[socket.socket] = set()
         self.cuts = 0
         self.accepted = 0
+        self.down = False
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -30,6 +32,9 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.down:
+                _reset(client)
+                continue
             try:
                 upstream = socket.create_connection(self._upstream, timeout=5)
                 upstream.settimeout(None)
@@ -62,13 +67,14 @@ class CuttingProxy:
             self._open.clear()
             self.cuts += 1
         for sock in victims:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the pump threads blocked in recv
-            with contextlib.suppress(OSError):
-                sock.close()
+            _reset(sock)
         return len(victims)
+
+    def set_down(self, down: bool) -> None:
+        """Down: the open connections are cut and new ones reset (an unreachable API server); up: proxied again."""
+        self.down = down
+        if down:
+            self.cut()
 
     def kubeconfig(self, original: str, path: Path) -> Path:
         config = yaml.safe_load(Path(original).read_text())
@@ -81,3 +87,13 @@ class CuttingProxy:
         self._closed.set()
         self._listener.close()
         self.cut()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with linger 0, so the peer sees a reset rather than an orderly end."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the pump threads blocked in recv
+    with contextlib.suppress(OSError):
+        sock.close()
