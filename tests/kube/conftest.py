@@ -296,6 +296,12 @@ class CAIssuer:
     def issuer_ref(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "group": self.group}
 
+    def roots_file(self, directory: Path, name: str = "roots.pem") -> Path:
+        """Writes this issuer's CA certificate into ``directory`` (for ``--root-ca-file``); returns the file."""
+        path = directory / name
+        path.write_bytes(self.ca_cert_pem)
+        return path
+
 
 def _ready(obj: Any) -> bool:
     conds = (obj.get("status") or {}).get("conditions") or []

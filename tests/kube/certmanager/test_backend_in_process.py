@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,9 +25,8 @@ from prometheus_client import CollectorRegistry
 from bridge.cert_manager import CertManagerBackend
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions, KubeUnavailable, Obj, Resource
-from bridge.signing import SigningRequest
 from tests.kube.certmanager.conftest import CM, kubeconfig_for_token, list_requests, running_backend
-from tests.support.csr_builder import make_csr
+from tests.support.signing_requests import signing_request
 
 
 @pytest.fixture
@@ -36,26 +34,6 @@ def kube(kube_plane) -> Iterator[KubeClient]:
     seam = KubeClient(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
     yield seam
     seam.close()
-
-
-def _request(uri: str = "spiffe://cluster.local/ns/app/sa/web") -> SigningRequest:
-    pem = make_csr([uri])
-    csr = x509.load_pem_x509_csr(pem.encode())
-    return SigningRequest(
-        csr_pem=pem,
-        csr=csr,
-        public_key=csr.public_key(),
-        uris=(uri,),
-        dns_names=(),
-        not_after=datetime.now(UTC) + timedelta(hours=1),
-        duration_seconds=3600,
-    )
-
-
-def _roots(tmp_path: Path, issuer) -> Path:
-    path = tmp_path / "roots.pem"
-    path.write_bytes(issuer.ca_cert_pem)
-    return path
 
 
 def _outcome(backend: CertManagerBackend, outcome: str) -> float:
@@ -80,8 +58,8 @@ async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
             return created
 
     kube = AnswerHeldBack(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
-    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
-        signing = asyncio.create_task(backend.sign(_request()))
+    async with running_backend(kube, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)) as backend:
+        signing = asyncio.create_task(backend.sign(signing_request()))
         assert await asyncio.to_thread(posted.wait, 20), "the create never reached the API server"
         assert len(list_requests(kube_api, namespace)) == 1
         signing.cancel()
@@ -107,9 +85,9 @@ async def test_create_whose_answer_is_lost_is_deleted_by_name(
             raise KubeUnavailable(0, "ReadTimeoutError: Read timed out.")  # what the seam makes of a lost answer
 
     kube = AnswerLost(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
-    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+    async with running_backend(kube, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)) as backend:
         with pytest.raises(BackendUnavailable) as failed:
-            await backend.sign(_request())
+            await backend.sign(signing_request())
         assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
         await backend.close()
     kube.close()
@@ -129,7 +107,7 @@ async def test_serving_key_is_generated_off_the_event_loop(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(rsa, "generate_private_key", record)
-    roots = _roots(tmp_path, ca_cluster_issuer)
+    roots = ca_cluster_issuer.roots_file(tmp_path)
     async with running_backend(kube, namespace, ca_cluster_issuer, roots, approve=True) as backend:
         material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "RSA", 2048)
     assert threads and threading.get_ident() not in threads, "the serving key was generated on the event loop"
@@ -191,7 +169,7 @@ async def test_unpinned_status_ca_is_adopted_only_after_it_verifies_the_chain(ku
             assert refused.value.reason == "CHAIN_NOT_TRUSTED"
             assert not backend.ready, "a status.ca that did not verify the chain was adopted as the mesh root"
             with pytest.raises(BackendUnavailable, match="NO_ROOTS"):
-                await backend.sign(_request())
+                await backend.sign(signing_request())
 
             status_ca["pem"] = signing_ca.cert_pem
             material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "ECDSA", 256)
@@ -235,8 +213,10 @@ async def test_a_refused_delete_is_not_retried(
     kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "kubeconfig")
     seam = KubeClient(KubeOptions(kubeconfig=str(kubeconfig)), KubeMetrics(CollectorRegistry()))
     try:
-        async with running_backend(seam, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
-            await backend.sign(_request())  # issued; its delete is refused (403)
+        async with running_backend(
+            seam, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)
+        ) as backend:
+            await backend.sign(signing_request())  # issued; its delete is refused (403)
             started = time.monotonic()
             await backend.close()
             drained = time.monotonic() - started

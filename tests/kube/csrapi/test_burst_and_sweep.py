@@ -10,8 +10,6 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +22,10 @@ from bridge.cleanup import LeftoverSweeper
 from bridge.errors import BackendUnavailable
 from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, KubeClient, KubeMetrics, Obj, Resource
 from bridge.kubernetes_csr import REQUEST_SELECTOR, csr_watch, signer_field_selector
-from bridge.signing import SigningRequest
 from clocks import Clock
 from tests.kube.csrapi.conftest import plane_client, running_csr_backend
 from tests.support.csr_builder import make_csr
+from tests.support.signing_requests import signing_request
 
 
 @pytest.fixture
@@ -65,26 +63,6 @@ class CuttableWatchSource:
         self.cuts += len(streams)
 
 
-def _request(uri: str) -> SigningRequest:
-    pem = make_csr([uri])
-    csr = x509.load_pem_x509_csr(pem.encode())
-    return SigningRequest(
-        csr_pem=pem,
-        csr=csr,
-        public_key=csr.public_key(),
-        uris=(uri,),
-        dns_names=(),
-        not_after=datetime.now(UTC) + timedelta(hours=1),
-        duration_seconds=3600,
-    )
-
-
-def _roots(tmp_path: Path, issuer) -> Path:
-    path = tmp_path / "roots.pem"
-    path.write_bytes(issuer.ca_cert_pem)
-    return path
-
-
 async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
     kube, ca_cluster_issuer, tmp_path, our_csrs
 ):
@@ -93,14 +71,14 @@ async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
     total = 60
     root = x509.load_pem_x509_certificate(ca_cluster_issuer.ca_cert_pem)
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), watch=watch
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), watch=watch
     ) as backend:
         done = 0
         halfway = asyncio.Event()
 
         async def one(index: int):
             nonlocal done
-            signed = await backend.sign(_request(f"spiffe://cluster.local/ns/burst/sa/sa-{index % 10}"))
+            signed = await backend.sign(signing_request(f"spiffe://cluster.local/ns/burst/sa/sa-{index % 10}"))
             done += 1
             if done == total // 3:
                 halfway.set()
@@ -121,19 +99,19 @@ async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
 
 async def test_unapproved_request_times_out_unavailable_and_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), timeout_seconds=2.0, approve=False
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), timeout_seconds=2.0, approve=False
     ) as backend:
         with pytest.raises(BackendUnavailable) as unavailable:
-            await backend.sign(_request("spiffe://cluster.local/ns/slow/sa/web"))
+            await backend.sign(signing_request("spiffe://cluster.local/ns/slow/sa/web"))
         assert unavailable.value.reason == "CERTIFICATE_SIGNING_REQUEST_TIMEOUT"
     assert await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name) == []
 
 
 async def test_cancelled_request_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), approve=False
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), approve=False
     ) as backend:
-        signing = asyncio.create_task(backend.sign(_request("spiffe://cluster.local/ns/gone/sa/web")))
+        signing = asyncio.create_task(backend.sign(signing_request("spiffe://cluster.local/ns/gone/sa/web")))
         async with asyncio.timeout(30):  # wait until its CSR exists (nobody approves it)
             while not await asyncio.to_thread(our_csrs, ca_cluster_issuer.signer_name):
                 await asyncio.sleep(0.1)
