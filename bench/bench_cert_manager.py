@@ -279,34 +279,51 @@ def delete_mirrors(plane, signer_name: str) -> None:  # type: ignore[no-untyped-
     api.close()
 
 
+def measure_burst(plane, server, ca, pairs, args, kind: str):  # type: ignore[no-untyped-def]
+    """On a running server: the sequential run and the burst, with their latencies, the API calls per CSR and
+    meshsigner's writes and polling reads of ``kind`` (CertificateRequest or CertificateSigningRequest); returns the
+    burst's p99 and meshsigner's own API counters before and after it."""
+    # one at a time: the latency of a single issuance with nothing else going on
+    single = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 20, 1))[1]
+    print(
+        f"sequential issuance (20): p50 {statistics.median(single) * 1000:.0f} ms, "
+        f"p99 {percentile(single, 0.99) * 1000:.0f} ms"
+    )
+
+    api_before, own_before = scrape_apiserver(plane), scrape_meshsigner(server)
+    elapsed, latencies, codes = asyncio.run(
+        run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
+    )
+    time.sleep(2)  # let the background deletes (and mirror writes) land before counting
+    api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
+    p99 = percentile(latencies, 0.99)
+    print(
+        f"burst: {args.requests} CSRs from {args.identities} identities at concurrency {args.concurrency}: "
+        f"{elapsed:.1f}s, {args.requests / elapsed:.1f} CSR/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, outcomes {dict(codes)}"
+    )
+    n = args.requests
+    print_api_calls(n, api_before, api_after, own_before, own_after)
+    writes, reads = own_writes_and_reads(n, (f"{kind.lower()}s",), own_before, own_after)
+    print(f"meshsigner {kind} writes per CSR: {writes:.2f}; polling reads (GET) per CSR: {reads:.2f}")
+    return p99, own_before, own_after
+
+
+def report_left(left, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Waits up to 30 s for meshsigner's background deletes, then prints how many ``kind`` objects remain."""
+    deadline = time.monotonic() + 30
+    while (remaining := left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"{kind}s left behind: {remaining}")
+
+
 def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) -> float:  # type: ignore[no-untyped-def]
     """One server, the sequential run and the burst; returns the burst's p99."""
     server = start_server(flags, workdir / f"serve-{'mirror' if mirror else 'plain'}.log")
     try:
-        # one at a time: the latency of a single issuance with nothing else going on
-        single = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 20, 1))[1]
-        print(
-            f"sequential issuance (20): p50 {statistics.median(single) * 1000:.0f} ms, "
-            f"p99 {percentile(single, 0.99) * 1000:.0f} ms"
-        )
-
-        api_before, own_before = scrape_apiserver(plane), scrape_meshsigner(server)
-        elapsed, latencies, codes = asyncio.run(
-            run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
-        )
-        time.sleep(2)  # let the background deletes (and mirror writes) land before counting
-        api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
-        p99 = percentile(latencies, 0.99)
-        print(
-            f"burst: {args.requests} CSRs from {args.identities} identities at concurrency {args.concurrency}: "
-            f"{elapsed:.1f}s, {args.requests / elapsed:.1f} CSR/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
-            f"p99 {p99 * 1000:.0f} ms, outcomes {dict(codes)}"
-        )
-        n = args.requests
-        print_api_calls(n, api_before, api_after, own_before, own_after)
-        writes, reads = own_writes_and_reads(n, ("certificaterequests",), own_before, own_after)
-        print(f"meshsigner CertificateRequest writes per CSR: {writes:.2f}; polling reads (GET) per CSR: {reads:.2f}")
+        p99, own_before, own_after = measure_burst(plane, server, ca, pairs, args, "CertificateRequest")
         if mirror:
+            n = args.requests
             mirror_writes, _ = own_writes_and_reads(n, ("certificatesigningrequests",), own_before, own_after)
             written = sum(
                 server.metric(f'meshsigner_mirror_written_total{{decision="{d}"}}') for d in ("allowed", "denied")
@@ -327,10 +344,7 @@ def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) ->
                 f"{total_written:.0f} mirrors written in all"
             )
             delete_mirrors(plane, next(f for f in flags if f.startswith("--mirror-signer-name=")).split("=", 1)[1])
-        deadline = time.monotonic() + 30
-        while (remaining := left()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        print(f"CertificateRequests left behind: {remaining}")
+        report_left(left, "CertificateRequest")
         return p99
     finally:
         server.stop()

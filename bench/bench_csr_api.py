@@ -14,26 +14,14 @@ writes: create, approval, delete; 0 GETs) and the CSRs left afterwards (must be 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_cert_manager import (  # noqa: E402
-    load_plane,
-    own_writes_and_reads,
-    percentile,
-    print_api_calls,
-    run_burst,
-    scrape_apiserver,
-    scrape_meshsigner,
-    setup,
-)
+from bench.bench_cert_manager import load_plane, measure_burst, report_left, setup  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
 
 
@@ -82,30 +70,8 @@ def main() -> int:
     )
     server = start_server(flags, workdir / "serve.log")
     try:
-        single = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 20, 1))[1]
-        print(
-            f"sequential issuance (20): p50 {statistics.median(single) * 1000:.0f} ms, "
-            f"p99 {percentile(single, 0.99) * 1000:.0f} ms"
-        )
-        api_before, own_before = scrape_apiserver(plane), scrape_meshsigner(server)
-        elapsed, latencies, codes = asyncio.run(
-            run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
-        )
-        time.sleep(2)  # let the background deletes land before counting
-        api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
-        print(
-            f"burst: {args.requests} CSRs from {args.identities} identities at concurrency {args.concurrency}: "
-            f"{elapsed:.1f}s, {args.requests / elapsed:.1f} CSR/s, p50 {statistics.median(latencies) * 1000:.0f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, outcomes {dict(codes)}"
-        )
-        n = args.requests
-        print_api_calls(n, api_before, api_after, own_before, own_after)
-        writes, reads = own_writes_and_reads(n, ("certificatesigningrequests",), own_before, own_after)
-        print(f"meshsigner CertificateSigningRequest writes per CSR: {writes:.2f}; polling reads (GET): {reads:.2f}")
-        deadline = time.monotonic() + 30
-        while (remaining := csrs_left(plane, signer_name)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        print(f"CertificateSigningRequests left behind: {remaining}")
+        measure_burst(plane, server, ca, pairs, args, "CertificateSigningRequest")
+        report_left(lambda: csrs_left(plane, signer_name), "CertificateSigningRequest")
     finally:
         server.stop()
         cleanup()

@@ -2,11 +2,11 @@
 
     python bench/noop_ca_server.py --port P [--cert FILE --key FILE] [--sync]   (plaintext without --cert)
 
-Same gRPC server options as meshsigner's listener (copied here, not imported, so that this stays independent of
-the product's module layout); it answers every call with a fixed two-element chain. Driven by the same Go client
-as the real servers, its CPU per call is what gRPC core, HTTP/2, protobuf and the asyncio handler dispatch cost on
-their own; run once with TLS and once without, the difference is TLS. ``--sync`` serves with the threaded
-``grpc.server`` (a thread pool runs the handler) instead of grpc.aio, to compare the two transports' floors.
+Same gRPC server options as meshsigner's listener (imported from it, so the two cannot drift); it answers every
+call with a fixed two-element chain. Driven by the same Go client as the real servers, its CPU per call is what gRPC
+core, HTTP/2, protobuf and the asyncio handler dispatch cost on their own; run once with TLS and once without, the
+difference is TLS. ``--sync`` serves with the threaded ``grpc.server`` (a thread pool runs the handler) instead of
+grpc.aio, to compare the two transports' floors.
 """
 
 from __future__ import annotations
@@ -24,16 +24,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
+from signer.grpc_server import SERVER_OPTIONS
 
-OPTIONS = (
-    ("grpc.max_receive_message_length", 1024 * 1024),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    ("grpc.max_metadata_size", 16 * 1024),
-    ("grpc.max_concurrent_streams", 256),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-    ("grpc.server_handshake_timeout_ms", 10_000),
-)
 CHAIN = ["-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n", "root"]
 
 
@@ -47,14 +39,18 @@ class SyncNoop(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         return istio_ca_pb2.IstioCertificateResponse(cert_chain=CHAIN)
 
 
-def serve_sync(port: int, cert: Path | None, key: Path | None) -> None:
-    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=OPTIONS)
-    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(SyncNoop(), server)
+def _listen(server: grpc.Server | grpc.aio.Server, port: int, cert: Path | None, key: Path | None) -> None:
     address = f"127.0.0.1:{port}"
     if cert and key:
         server.add_secure_port(address, grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
     else:
         server.add_insecure_port(address)
+
+
+def serve_sync(port: int, cert: Path | None, key: Path | None) -> None:
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=SERVER_OPTIONS)
+    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(SyncNoop(), server)
+    _listen(server, port, cert, key)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -63,13 +59,9 @@ def serve_sync(port: int, cert: Path | None, key: Path | None) -> None:
 
 
 async def serve(port: int, cert: Path | None, key: Path | None) -> None:
-    server = grpc.aio.server(options=OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Noop(), server)
-    address = f"127.0.0.1:{port}"
-    if cert and key:
-        server.add_secure_port(address, grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
-    else:
-        server.add_insecure_port(address)
+    _listen(server, port, cert, key)
     await server.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -10,6 +10,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 
+# the test control plane's fixtures, defined once for the session (tests/kube and tests/istio both use them)
+pytest_plugins = ["tests.kube.plane_fixtures"]
+
 
 def _built(script: Path, what: str) -> str:
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)

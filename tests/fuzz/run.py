@@ -49,6 +49,7 @@ class Report:
     engine: str
     execs: int = 0
     findings: int = 0  # inputs that produced a finding
+    refused: int = 0  # inputs the code under test refused with an allowed error (the rest were accepted)
     distinct_findings: list[str] = field(default_factory=list)
     slow_inputs: int = 0
     max_ms: float = 0.0
@@ -70,6 +71,7 @@ class Recorder:
         self.slow_ms = slow_ms
         self.execs = 0
         self.findings = 0
+        self.refused = 0
         self.slow_inputs = 0
         self.max_ms = 0.0
         self.slowest = b""
@@ -83,7 +85,7 @@ class Recorder:
         try:
             self.target.one_input(data)
         except self.target.allowed:
-            pass
+            self.refused += 1
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as error:
@@ -98,7 +100,7 @@ class Recorder:
             self.write_summary()  # libFuzzer ends the process with exit(): no chance to write it afterwards
 
     def write_summary(self) -> None:
-        summary = {"execs": self.execs, "slow_inputs": self.slow_inputs, "max_ms": self.max_ms}
+        summary = {"execs": self.execs, "refused": self.refused, "slow_inputs": self.slow_inputs, "max_ms": self.max_ms}
         (self.artifacts / "summary.json").write_text(json.dumps(summary))
         (self.artifacts / "slowest.bin").write_bytes(self.slowest)  # to re-time alone: load can make any input slow
 
@@ -250,7 +252,7 @@ def run_atheris(
     summary_file = artifacts / "summary.json"
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
-        report.execs, report.slow_inputs = summary["execs"], summary["slow_inputs"]
+        report.execs, report.refused, report.slow_inputs = summary["execs"], summary["refused"], summary["slow_inputs"]
         report.max_ms = round(summary["max_ms"], 1)
     done = re.findall(r"Done (\d+) runs in (\d+) second", log)
     if done:
@@ -274,6 +276,7 @@ def _report(name: str, engine: str, recorder: Recorder, seconds: float, coverage
         engine,
         execs=recorder.execs,
         findings=recorder.findings,
+        refused=recorder.refused,
         distinct_findings=sorted(recorder.seen),
         slow_inputs=recorder.slow_inputs,
         max_ms=round(recorder.max_ms, 1),

@@ -163,7 +163,8 @@ def test_the_entrypoint_serves_as_its_user_and_issues_a_certificate(
     assert _uids(process.pid) == {uid}, "the server runs as the image's user, not root"
     ca_files = list((container_state / "ca").iterdir())
     assert ca_files and all(path.stat().st_uid == uid for path in ca_files)
-    assert any(p.stat().st_mode & 0o777 == 0o600 for p in ca_files if "key" in p.name), [p.name for p in ca_files]
+    keys = [path for path in ca_files if "key" in path.name]
+    assert keys and all(path.stat().st_mode & 0o777 == 0o600 for path in keys), [p.name for p in ca_files]
 
     # The image's own client, in a second container sharing the host network, asks like Istio's agent.
     request = subprocess.run(

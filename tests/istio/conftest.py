@@ -37,16 +37,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.istio import mesh
 from tests.istio.install_values import InstallValues, helm_values
-from tests.kube.conftest import (  # noqa: F401  (fixtures used by this folder's tests)
-    SKIP_ENV,
-    ca_cluster_issuer,
-    kube_api,
-    kube_plane,
-    make_namespace,
-    make_service_account,
-    mint_token,
-    wait_for,
-)
+from tests.kube.plane_fixtures import SKIP_ENV
 from tests.support.processes import ServerProcess, readyz, start_server
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +45,6 @@ POLICIES = HERE / "policies"
 ISTIOD_TLS_SECRET = "istiod-tls"
 ROOT_CONFIGMAP = "istio-ca-root-cert"
 SIGNERS = ["local", "cert-manager"]  # kubernetes-csr once it exists
-
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,7 +95,7 @@ def install_values() -> InstallValues:
 
 
 @pytest.fixture(scope="session")
-def istio_crds(kube_api, wait_for) -> list[str]:  # noqa: F811
+def istio_crds(kube_api, wait_for) -> list[str]:
     extensions = client.ApiextensionsV1Api(kube_api)
     names = []
     for crd in mesh.istio_crds(mesh.istio_module_dir()):
@@ -128,7 +118,7 @@ def istio_crds(kube_api, wait_for) -> list[str]:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def istio_system(kube_api) -> str:  # noqa: F811
+def istio_system(kube_api) -> str:
     with contextlib.suppress(ApiException):  # 409: it exists (never deleted: the plane has no namespace controller)
         client.CoreV1Api(kube_api).create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=mesh.ISTIO_NAMESPACE))
@@ -196,7 +186,7 @@ def _signer_flags(mode: str, base: Path, request: pytest.FixtureRequest, istio_s
 @pytest.fixture(scope="session", params=SIGNERS)
 def mesh_signer(
     request: pytest.FixtureRequest,
-    kube_plane,  # noqa: F811
+    kube_plane,
     install_values: InstallValues,
     istio_system: str,
     tmp_path_factory,
@@ -228,7 +218,7 @@ def mesh_signer(
 
 
 @pytest.fixture(scope="session")
-def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> dict[str, bytes]:  # noqa: F811
+def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> dict[str, bytes]:
     """STAND-IN for meshsigner's istiod-certificate controller, which does not exist yet: the ``istiod-tls``
     Secret, signed by the CA meshsigner signs with, in the shape istio-csr gives it. Replace the body with "wait
     for the controller's Secret" when the controller lands; istiod reads the Secret from the plane either way."""
@@ -249,7 +239,7 @@ def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> d
 
 
 @pytest.fixture(scope="session")
-def publish_mesh_root(kube_api, mesh_signer: MeshSigner) -> Callable[[str], None]:  # noqa: F811
+def publish_mesh_root(kube_api, mesh_signer: MeshSigner) -> Callable[[str], None]:
     """STAND-IN for meshsigner's root distribution (the ``istio-ca-root-cert`` ConfigMap in every namespace), which
     does not exist yet: publishes meshsigner's local CA root into one namespace."""
     core = client.CoreV1Api(kube_api)
@@ -268,7 +258,7 @@ def publish_mesh_root(kube_api, mesh_signer: MeshSigner) -> Callable[[str], None
     return publish
 
 
-def mounted_root(kube_api, namespace: str) -> bytes:  # noqa: F811
+def mounted_root(kube_api, namespace: str) -> bytes:
     """``root-cert.pem`` of the namespace's istio-ca-root-cert ConfigMap, as the chart and injector mount it."""
     configmap = client.CoreV1Api(kube_api).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
     return (configmap.data or {})["root-cert.pem"].encode()
@@ -276,8 +266,8 @@ def mounted_root(kube_api, namespace: str) -> bytes:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def istiod(
-    kube_plane,  # noqa: F811
-    kube_api,  # noqa: F811
+    kube_plane,
+    kube_api,
     istio_binaries: IstioBinaries,
     istio_crds: list[str],
     install_values: InstallValues,
@@ -303,7 +293,7 @@ def istiod(
 
 
 @pytest.fixture(scope="session")
-def make_workload(kube_api, make_service_account) -> Callable[[str, str], mesh.Workload]:  # noqa: F811
+def make_workload(kube_api, make_service_account) -> Callable[[str, str], mesh.Workload]:
     core = client.CoreV1Api(kube_api)
 
     def make(namespace: str, service_account: str) -> mesh.Workload:
@@ -329,8 +319,8 @@ def make_workload(kube_api, make_service_account) -> Callable[[str, str], mesh.W
 
 @pytest.fixture
 def start_workload_agent(
-    kube_api,  # noqa: F811
-    mint_token,  # noqa: F811
+    kube_api,
+    mint_token,
     make_workload,
     istio_binaries: IstioBinaries,
     install_values: InstallValues,

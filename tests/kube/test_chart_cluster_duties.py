@@ -21,7 +21,8 @@ from kubernetes import client, utils
 
 from tests.e2e.calls import create
 from tests.helm.test_chart import render
-from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS, _kubeconfig
+from tests.kube.certmanager.conftest import kubeconfig_for_token
+from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS
 from tests.kube.certmanager.test_chart_rbac_offline_auth import chart_flags
 from tests.kube.certmanager.test_chart_rbac_removed import _without
 from tests.kube.test_offline_incluster_auth import metric_sum
@@ -111,7 +112,9 @@ def _istiod_secret(core: client.CoreV1Api, namespace: str) -> Any:
 def _serve(release: Release, rbac: list[dict], kube_plane, kube_api, mint_token, tmp_path: Path) -> ServerProcess:
     for doc in rbac:
         utils.create_from_dict(kube_api, doc)
-    kubeconfig = _kubeconfig(kube_plane, mint_token(release.namespace, release.name, audience=None), tmp_path / "k")
+    kubeconfig = kubeconfig_for_token(
+        kube_plane, mint_token(release.namespace, release.name, audience=None), tmp_path / "k"
+    )
     flags = chart_flags(release.docs)
     assert "--cluster-duties=true" in flags and f"--leader-election-name={release.lease_name}" in flags
     return start_server([*flags, f"--local-ca-dir={tmp_path / 'ca'}", f"--kubeconfig={kubeconfig}"], tmp_path / "s.log")

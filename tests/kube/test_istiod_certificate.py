@@ -22,6 +22,7 @@ from bridge.istiod_certificate import IstiodCertOptions, certificate_keeper
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from clocks import SystemClock
+from tests.support.kube_edits import edit
 from tests.support.processes import local_signer_flags, start_server
 from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
@@ -67,9 +68,13 @@ async def test_istiod_certificate_is_kept_and_follows_the_issuer(kube_plane, kub
         assert spec["uris"] == [f"spiffe://cluster.local/ns/{namespace}/sa/istiod-service-account"]
         assert (spec["duration"], spec["renewBefore"]) == ("1h0m0s", "30m0s")
 
-        edited = read()
-        edited["spec"]["dnsNames"] = ["attacker.example.org"]
-        custom.replace_namespaced_custom_object(*CM, namespace, "certificates", options.name, edited)
+        edit(
+            read,
+            lambda certificate: certificate["spec"].update(dnsNames=["attacker.example.org"]),
+            lambda certificate: custom.replace_namespaced_custom_object(
+                *CM, namespace, "certificates", options.name, certificate
+            ),
+        )  # cert-manager writes its status meanwhile
         await _until(lambda: read()["spec"] == spec, "edited spec put back")
 
         custom.delete_namespaced_custom_object(*CM, namespace, "certificates", options.name)

@@ -20,6 +20,7 @@ from bridge.controllers import ControllerMetrics
 from bridge.kube import KubeClient, KubeMetrics, KubeOptions
 from bridge.leader_election import LeaderElector, LeaseTimings
 from clocks import SystemClock
+from tests.support.kube_edits import edit
 from tests.support.processes import ServerProcess, local_signer_flags, start_server
 from tests.support.tokens import TokenIssuer
 from tests.support.waiting import wait_for
@@ -132,10 +133,16 @@ async def test_a_leader_that_cannot_renew_stops_its_controllers(kube_plane, kube
     await _until(lambda: first.elector.leading, "first candidate leads", 10)
     # another writer takes the Lease away (as a candidate that saw it expire would)
     coordination = client.CoordinationV1Api(kube_api)
-    lease = coordination.read_namespaced_lease("meshsigner", namespace)
-    lease.spec.holder_identity = "someone-else"
-    lease.spec.lease_duration_seconds = 60
-    coordination.replace_namespaced_lease("meshsigner", namespace, lease)
+
+    def take(lease) -> None:
+        lease.spec.holder_identity = "someone-else"
+        lease.spec.lease_duration_seconds = 60
+
+    edit(
+        lambda: coordination.read_namespaced_lease("meshsigner", namespace),
+        take,
+        lambda lease: coordination.replace_namespaced_lease("meshsigner", namespace, lease),
+    )  # the leader renews meanwhile
     took = await _until(lambda: not first.elector.leading, "first stops leading", 10)
     assert took < FAST.retry_period * 2 + 1.0
     assert first.intervals[0][1] != float("inf")  # its controllers were stopped

@@ -22,6 +22,7 @@ from bridge.root_bundle import RootBundle
 from bridge.trust_distribution import CONFIG_MAP_NAME, ROOT_KEY, TrustDistributor
 from clocks import SystemClock
 from tests.support.clock import ManualClock
+from tests.support.kube_edits import edit
 
 NAME = CONFIG_MAP_NAME
 
@@ -102,10 +103,12 @@ async def test_root_config_map_is_kept_in_every_selected_namespace(kube_plane, p
         assert _read(core, other) is None
 
         # an edit is reverted and a foreign key removed; other labels and annotations are kept
-        cm.data = {ROOT_KEY: "tampered", "extra.pem": "foreign"}
-        cm.metadata.labels = {"team": "mesh"}
-        cm.metadata.annotations = {"note": "kept"}
-        core.replace_namespaced_config_map(NAME, selected, cm)
+        def tamper(cm) -> None:
+            cm.data = {ROOT_KEY: "tampered", "extra.pem": "foreign"}
+            cm.metadata.labels = {"team": "mesh"}
+            cm.metadata.annotations = {"note": "kept"}
+
+        edit(lambda: _read(core, selected), tamper, lambda cm: core.replace_namespaced_config_map(NAME, selected, cm))
         await _until(lambda: _read(core, selected).data == {ROOT_KEY: distribution.roots.pem}, "edit reverted")
         restored = _read(core, selected)
         assert restored.metadata.labels == {"team": "mesh", "istio.io/config": "true"}

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+# A minute is too short to tell a slow leak from allocator noise, so the short bound is loose (a leak of a few KiB
+# per request at 20/s still breaks it: test_the_short_bound_catches_a_per_request_leak); the 30-minute run holds
+# the tight one.
+SHORT = {"minutes": 1.0, "rate": 20.0, "sample_seconds": 2.0, "warmup_seconds": 20.0}
+SHORT_BOUNDS = {"max_rss_slope": 120.0, "max_fd_growth": 4}
 
 
 def _soak_module():
@@ -19,14 +24,15 @@ def _soak_module():
     return module
 
 
-def _series(soak, rss_step_mib: float, fd_every: int = 0):
-    """A result with 10 minutes of 5 s samples: RSS rising by ``rss_step_mib`` a sample (with +-0.3 MiB of
-    allocator noise), one more fd every ``fd_every`` samples."""
-    result = soak.SoakResult(minutes=10, rate=20, sent=100, codes={"OK": 100})
-    for i in range(120):
+def _series(soak, rss_step_mib: float, fd_every: int = 0, minutes: float = 10, sample_seconds: float = 5.0):
+    """A result of ``minutes`` of samples: RSS rising by ``rss_step_mib`` a sample (with +-0.3 MiB of allocator
+    noise), one more fd every ``fd_every`` samples."""
+    result = soak.SoakResult(minutes=minutes, rate=20, sent=100, codes={"OK": 100})
+    for i in range(int(minutes * 60 / sample_seconds)):
         noise = 0.3 if i % 2 else -0.3
         fds = 20 + (i // fd_every if fd_every else 0)
-        result.samples.append(soak.Sample(seconds=i * 5.0, rss_mib=70 + i * rss_step_mib + noise, fds=fds, sent=i))
+        rss = 70 + i * rss_step_mib + noise
+        result.samples.append(soak.Sample(seconds=i * sample_seconds, rss_mib=rss, fds=fds, sent=i))
     return result
 
 
@@ -43,18 +49,28 @@ def test_the_soak_bounds_catch_growth_and_pass_noise():
     assert any("open fds" in f for f in fd_leak.failures), fd_leak.failures
 
 
+def test_the_short_bound_catches_a_per_request_leak():
+    soak = _soak_module()
+    window = {"minutes": SHORT["minutes"], "sample_seconds": SHORT["sample_seconds"]}
+    flat = _series(soak, 0.0, **window)
+    middle = (SHORT["warmup_seconds"] + SHORT["minutes"] * 60) / 2
+    flat.samples = [  # the heap grown once by half a MiB in the middle of the measured part: a step, not a slope
+        soak.Sample(s.seconds, s.rss_mib + (0.5 if s.seconds >= middle else 0.0), s.fds, s.sent) for s in flat.samples
+    ]
+    soak.judge(flat, SHORT["warmup_seconds"], **SHORT_BOUNDS)
+    assert flat.passed, flat.failures
+    per_sample_mib = 4 / 1024 * SHORT["rate"] * SHORT["sample_seconds"]  # 4 KiB kept per request
+    leaking = _series(soak, per_sample_mib, **window)
+    soak.judge(leaking, SHORT["warmup_seconds"], **SHORT_BOUNDS)
+    assert not leaking.passed and "RSS grows" in leaking.failures[0], leaking.failures
+    fd_leak = _series(soak, 0.0, fd_every=3, **window)  # one socket kept every 6 s
+    soak.judge(fd_leak, SHORT["warmup_seconds"], **SHORT_BOUNDS)
+    assert any("open fds" in f for f in fd_leak.failures), fd_leak.failures
+
+
 def test_short_soak_keeps_rss_and_fds_flat():
     soak = _soak_module()
-    # A minute is too short to tell a slow leak from allocator noise, so the short bound is loose (a leak of a
-    # few KiB per request at 20/s still breaks it); the 30-minute run holds the tight one.
-    result = soak.run(
-        minutes=1.0,
-        rate=20.0,
-        sample_seconds=2.0,
-        warmup_seconds=20.0,
-        max_rss_slope=120.0,
-        max_fd_growth=4,
-    )
+    result = soak.run(**SHORT, **SHORT_BOUNDS)
     print(
         f"\nSOAK sent {result.sent} {result.codes}; RSS {result.rss_start_mib:.1f} -> {result.rss_end_mib:.1f} MiB "
         f"(max {result.rss_max_mib:.1f}, slope {result.rss_slope_mib_per_hour:+.1f} MiB/h); fds {result.fd_min}-"

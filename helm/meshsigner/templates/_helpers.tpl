@@ -13,6 +13,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 {{- end -}}
 
+{{- /* The RoleBinding of the release's ServiceAccount to the Role of the same name:
+(dict "root" $ "role" ROLE_NAME "namespace" NAMESPACE). */ -}}
+{{- define "meshsigner.roleBinding" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ .role }}
+  namespace: {{ .namespace }}
+  labels: {{- include "meshsigner.labels" .root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ .role }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ include "meshsigner.name" .root }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end -}}
+
 {{- define "meshsigner.selector" -}}
 app.kubernetes.io/name: {{ include "meshsigner.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}

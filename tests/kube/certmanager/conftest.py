@@ -12,10 +12,10 @@ need to reach inside a request.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from proto import istio_ca_pb2_grpc
+from tests.support.background import polling_threads, running_loops
 from tests.support.processes import ServerProcess, start_server
 
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
@@ -89,8 +90,7 @@ def signer_factory(kube_plane, tmp_path: Path) -> Iterator[Callable[..., Cluster
         roots_pem: bytes | None = None,
     ) -> ClusterSigner:
         if root_file == "issuer":
-            root_file = tmp_path / f"roots-{len(started)}.pem"
-            root_file.write_bytes(issuer.ca_cert_pem)
+            root_file = issuer.roots_file(tmp_path, f"roots-{len(started)}.pem")
         argv = [
             "--signer=cert-manager",
             "--authenticator=tokenreview",
@@ -122,8 +122,6 @@ def approver(kube_api) -> Iterator[Callable[..., None]]:
     ``decide(cr)`` returns "approve", "deny", "fail" (Ready=False reason Failed, as an issuer reports a failure)
     or None (leave it alone)."""
     co = client.CustomObjectsApi(kube_api)
-    stops: list[threading.Event] = []
-    threads: list[threading.Thread] = []
 
     def run(namespace: str, decide: Callable[[dict], str | None], stop: threading.Event) -> None:
         decided: set[str] = set()
@@ -164,17 +162,10 @@ def approver(kube_api) -> Iterator[Callable[..., None]]:
                     decided.add(uid)
 
     def start(namespace: str, decide: Callable[[dict], str | None] = lambda cr: "approve") -> None:
-        stop = threading.Event()
-        thread = threading.Thread(target=run, args=(namespace, decide, stop), daemon=True)
-        thread.start()
-        stops.append(stop)
-        threads.append(thread)
+        start_thread(functools.partial(run, namespace, decide))
 
-    yield start
-    for stop in stops:
-        stop.set()
-    for thread in threads:
-        thread.join(5)
+    with polling_threads() as start_thread:
+        yield start
 
 
 def purpose(cr: dict) -> str:
@@ -217,19 +208,11 @@ async def running_backend(
         metrics=BridgeMetrics(registry),
     )
     backend.registry = registry  # type: ignore[attr-defined]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(watch.run(stop)), asyncio.create_task(check.run(stop))]
-    try:
-        async with asyncio.timeout(30):
-            while not (watch.ready and check.ready):
-                await asyncio.sleep(0.05)
-        yield backend
-    finally:
-        await backend.close()
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async with running_loops([watch.run, check.run], ready=lambda: watch.ready and check.ready):
+        try:
+            yield backend
+        finally:
+            await backend.close()
 
 
 def kubeconfig_for_token(kube_plane, token: str, path: Path) -> Path:

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -37,12 +36,6 @@ def kube(kube_plane) -> Iterator[KubeClient]:
     seam.close()
 
 
-def _roots(tmp_path: Path, issuer) -> Path:
-    path = tmp_path / "roots.pem"
-    path.write_bytes(issuer.ca_cert_pem)
-    return path
-
-
 def _outcome(backend: CertManagerBackend, outcome: str) -> float:
     registry = backend.registry  # type: ignore[attr-defined]
     labels = {"purpose": "workload", "outcome": outcome}
@@ -65,7 +58,7 @@ async def test_cancel_while_the_create_is_in_flight_deletes_the_object(
             return created
 
     kube = AnswerHeldBack(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
-    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+    async with running_backend(kube, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)) as backend:
         signing = asyncio.create_task(backend.sign(signing_request()))
         assert await asyncio.to_thread(posted.wait, 20), "the create never reached the API server"
         assert len(list_requests(kube_api, namespace)) == 1
@@ -92,7 +85,7 @@ async def test_create_whose_answer_is_lost_is_deleted_by_name(
             raise KubeUnavailable(0, "ReadTimeoutError: Read timed out.")  # what the seam makes of a lost answer
 
     kube = AnswerLost(KubeOptions(kubeconfig=kube_plane.kubeconfig), KubeMetrics(CollectorRegistry()))
-    async with running_backend(kube, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+    async with running_backend(kube, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)) as backend:
         with pytest.raises(BackendUnavailable) as failed:
             await backend.sign(signing_request())
         assert failed.value.reason == "CERTIFICATE_REQUEST_CREATE_FAILED"
@@ -114,7 +107,7 @@ async def test_serving_key_is_generated_off_the_event_loop(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(rsa, "generate_private_key", record)
-    roots = _roots(tmp_path, ca_cluster_issuer)
+    roots = ca_cluster_issuer.roots_file(tmp_path)
     async with running_backend(kube, namespace, ca_cluster_issuer, roots, approve=True) as backend:
         material = await backend.issue_serving_certificate(("meshsigner.test",), 3600, "RSA", 2048)
     assert threads and threading.get_ident() not in threads, "the serving key was generated on the event loop"
@@ -220,7 +213,9 @@ async def test_a_refused_delete_is_not_retried(
     kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "kubeconfig")
     seam = KubeClient(KubeOptions(kubeconfig=str(kubeconfig)), KubeMetrics(CollectorRegistry()))
     try:
-        async with running_backend(seam, namespace, ca_cluster_issuer, _roots(tmp_path, ca_cluster_issuer)) as backend:
+        async with running_backend(
+            seam, namespace, ca_cluster_issuer, ca_cluster_issuer.roots_file(tmp_path)
+        ) as backend:
             await backend.sign(signing_request())  # issued; its delete is refused (403)
             started = time.monotonic()
             await backend.close()

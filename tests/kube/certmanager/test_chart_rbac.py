@@ -10,26 +10,15 @@ import secrets
 from pathlib import Path
 
 import grpc
-import yaml
 from kubernetes import client, utils
 
 from tests.e2e.calls import create
 from tests.helm.test_chart import container_args, render
+from tests.kube.certmanager.conftest import kubeconfig_for_token
 from tests.support.csr_builder import make_csr
 
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 DUTY_FLAGS = ("--cluster-duties=", "--leader-election-", "--configmap-namespace-selector=", "--istiod-cert-")
-
-
-def _kubeconfig(kube_plane, token: str, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "p", "cluster": {"server": kube_plane.api_server_url,
-                                                "certificate-authority": kube_plane.ca_cert_path}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "p", "user": "u"}}],
-    }))  # fmt: skip
-    return path
 
 
 def test_issuance_under_the_charts_rbac(
@@ -63,7 +52,7 @@ def test_issuance_under_the_charts_rbac(
         token = mint_token(release_ns, name, audience=None)
         duties = [arg for arg in container_args(docs) if arg.startswith(DUTY_FLAGS)]
         assert "--cluster-duties=true" in duties
-        kubeconfig = f"--kubeconfig={_kubeconfig(kube_plane, token, tmp_path / 'sa.kubeconfig')}"
+        kubeconfig = f"--kubeconfig={kubeconfig_for_token(kube_plane, token, tmp_path / 'sa.kubeconfig')}"
         signer = signer_factory(cert_ns, ca_cluster_issuer, *duties, kubeconfig)
         workload_ns = make_namespace("app")
         make_service_account(workload_ns, "web")

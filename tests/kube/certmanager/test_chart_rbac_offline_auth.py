@@ -15,7 +15,8 @@ from kubernetes import client, utils
 
 from tests.e2e.calls import create
 from tests.helm.test_chart import container_args, render
-from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS, _kubeconfig
+from tests.kube.certmanager.conftest import kubeconfig_for_token
+from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS
 from tests.kube.test_offline_incluster_auth import _refused_with, _workload, metric_sum
 from tests.support.processes import start_server
 
@@ -55,7 +56,7 @@ def test_offline_in_cluster_authentication_under_the_charts_rbac(
         for doc in rbac:
             utils.create_from_dict(kube_api, doc)
         token = mint_token(release_ns, name, audience=None)
-        kubeconfig = f"--kubeconfig={_kubeconfig(kube_plane, token, tmp_path / 'sa.kubeconfig')}"
+        kubeconfig = f"--kubeconfig={kubeconfig_for_token(kube_plane, token, tmp_path / 'sa.kubeconfig')}"
         if signer == "cert-manager":
             cluster_signer = signer_factory(cert_ns, ca_cluster_issuer, *flags, kubeconfig)
             server, stub = cluster_signer.server, cluster_signer.stub()

@@ -13,7 +13,8 @@ from kubernetes import client, utils
 
 from tests.e2e.calls import create
 from tests.helm.test_chart import container_args, render
-from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS, _kubeconfig
+from tests.kube.certmanager.conftest import kubeconfig_for_token
+from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS
 from tests.kube.certmanager.test_chart_rbac_offline_auth import ENVIRONMENT_FLAGS
 from tests.support.csr_builder import make_csr
 from tests.support.processes import start_server
@@ -53,7 +54,7 @@ def test_without_the_tokenreview_rule_requests_are_unavailable_and_the_log_says_
         for doc in rbac:
             utils.create_from_dict(kube_api, doc)
         token = mint_token(release_ns, name, audience=None)
-        kubeconfig = _kubeconfig(kube_plane, token, tmp_path / "sa.kubeconfig")
+        kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "sa.kubeconfig")
         signer = signer_factory(cert_ns, ca_cluster_issuer, "--cluster-duties=false", f"--kubeconfig={kubeconfig}")
         workload_ns = make_namespace("app")
         make_service_account(workload_ns, "web")
@@ -85,7 +86,9 @@ def test_offline_mode_without_the_serviceaccounts_rule_is_not_ready_and_the_log_
     try:
         for doc in rbac:
             utils.create_from_dict(kube_api, doc)
-        kubeconfig = _kubeconfig(kube_plane, mint_token(release_ns, name, audience=None), tmp_path / "sa.kubeconfig")
+        kubeconfig = kubeconfig_for_token(
+            kube_plane, mint_token(release_ns, name, audience=None), tmp_path / "sa.kubeconfig"
+        )
         flags = [arg for arg in container_args(docs) if not arg.startswith(ENVIRONMENT_FLAGS)]
         server = start_server(
             [*flags, f"--local-ca-dir={tmp_path / 'ca'}", f"--kubeconfig={kubeconfig}"], tmp_path / "s.log", wait=False

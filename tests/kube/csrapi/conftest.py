@@ -10,9 +10,9 @@ in-process with its watch running.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
+import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,6 +29,7 @@ from bridge.kubernetes_csr import KubernetesCsrBackend, KubernetesCsrOptions, cs
 from bridge.metrics import BridgeMetrics
 from bridge.root_bundle import RootBundle
 from tests.kube.certmanager.conftest import ClusterSigner
+from tests.support.background import polling_threads, running_loops
 from tests.support.processes import start_server
 
 LABEL = "app.kubernetes.io/managed-by=meshsigner"
@@ -51,8 +52,7 @@ def csr_signer(kube_plane, tmp_path: Path) -> Iterator[Callable[..., ClusterSign
     started: list[ClusterSigner] = []
 
     def start(issuer, *flags: str, wait: bool = True) -> ClusterSigner:
-        root_file = tmp_path / f"roots-{len(started)}.pem"
-        root_file.write_bytes(issuer.ca_cert_pem)
+        root_file = issuer.roots_file(tmp_path, f"roots-{len(started)}.pem")
         argv = [
             "--signer=kubernetes-csr",
             f"--signer-name={issuer.signer_name}",
@@ -78,8 +78,6 @@ def csr_signer(kube_plane, tmp_path: Path) -> Iterator[Callable[..., ClusterSign
 def csr_decider(kube_api) -> Iterator[Callable[..., None]]:
     """Another approver: ``decide(csr)`` returns "approve", "deny" or None for each undecided meshsigner CSR."""
     certs = client.CertificatesV1Api(kube_api)
-    stops: list[threading.Event] = []
-    threads: list[threading.Thread] = []
 
     def run(signer_name: str, decide: Callable[[Any], str | None], stop: threading.Event) -> None:
         while not stop.wait(0.1):
@@ -108,18 +106,8 @@ def csr_decider(kube_api) -> Iterator[Callable[..., None]]:
                 with contextlib.suppress(ApiException):
                     certs.replace_certificate_signing_request_approval(csr.metadata.name, csr)
 
-    def start(signer_name: str, decide: Callable[[Any], str | None]) -> None:
-        stop = threading.Event()
-        thread = threading.Thread(target=run, args=(signer_name, decide, stop), daemon=True)
-        thread.start()
-        stops.append(stop)
-        threads.append(thread)
-
-    yield start
-    for stop in stops:
-        stop.set()
-    for thread in threads:
-        thread.join(5)
+    with polling_threads() as start_thread:
+        yield lambda signer_name, decide: start_thread(functools.partial(run, signer_name, decide))
 
 
 def plane_client(kube_plane, qps: float = 500.0) -> KubeClient:
@@ -147,18 +135,11 @@ async def running_csr_backend(
         roots=RootBundle(roots_file),
         metrics=BridgeMetrics(CollectorRegistry()),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(watch.run(stop))
-    try:
-        async with asyncio.timeout(30):
-            while not watch.ready:
-                await asyncio.sleep(0.05)
-        yield backend
-    finally:
-        await backend.close()
-        stop.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with running_loops([watch.run], ready=lambda: watch.ready):
+        try:
+            yield backend
+        finally:
+            await backend.close()
 
 
 # the cert-manager mode's fixtures, for the audit mirror's tests (which run meshsigner with --signer cert-manager)

@@ -10,7 +10,6 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,12 +63,6 @@ class CuttableWatchSource:
         self.cuts += len(streams)
 
 
-def _roots(tmp_path: Path, issuer) -> Path:
-    path = tmp_path / "roots.pem"
-    path.write_bytes(issuer.ca_cert_pem)
-    return path
-
-
 async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
     kube, ca_cluster_issuer, tmp_path, our_csrs
 ):
@@ -78,7 +71,7 @@ async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
     total = 60
     root = x509.load_pem_x509_certificate(ca_cluster_issuer.ca_cert_pem)
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), watch=watch
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), watch=watch
     ) as backend:
         done = 0
         halfway = asyncio.Event()
@@ -106,7 +99,7 @@ async def test_burst_with_the_watch_cut_midway_loses_nothing_and_leaves_nothing(
 
 async def test_unapproved_request_times_out_unavailable_and_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), timeout_seconds=2.0, approve=False
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), timeout_seconds=2.0, approve=False
     ) as backend:
         with pytest.raises(BackendUnavailable) as unavailable:
             await backend.sign(signing_request("spiffe://cluster.local/ns/slow/sa/web"))
@@ -116,7 +109,7 @@ async def test_unapproved_request_times_out_unavailable_and_is_deleted(kube, ca_
 
 async def test_cancelled_request_is_deleted(kube, ca_cluster_issuer, tmp_path, our_csrs):
     async with running_csr_backend(
-        kube, ca_cluster_issuer.signer_name, _roots(tmp_path, ca_cluster_issuer), approve=False
+        kube, ca_cluster_issuer.signer_name, ca_cluster_issuer.roots_file(tmp_path), approve=False
     ) as backend:
         signing = asyncio.create_task(backend.sign(signing_request("spiffe://cluster.local/ns/gone/sa/web")))
         async with asyncio.timeout(30):  # wait until its CSR exists (nobody approves it)

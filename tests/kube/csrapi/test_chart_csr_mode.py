@@ -16,7 +16,8 @@ from kubernetes import client, utils
 
 from tests.e2e.calls import create
 from tests.helm.test_chart import render
-from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS, _kubeconfig
+from tests.kube.certmanager.conftest import kubeconfig_for_token
+from tests.kube.certmanager.test_chart_rbac import RBAC_KINDS
 from tests.kube.certmanager.test_chart_rbac_offline_auth import chart_flags
 from tests.kube.certmanager.test_chart_rbac_removed import _without
 from tests.support.csr_builder import make_csr
@@ -44,7 +45,7 @@ class Release:
         for doc in rbac:
             utils.create_from_dict(kube_api, doc)
         token = mint_token(self.namespace, self.name, audience=None)
-        kubeconfig = _kubeconfig(kube_plane, token, tmp_path / "sa.kubeconfig")
+        kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "sa.kubeconfig")
         flags = [flag for flag in chart_flags(self.docs) if not flag.startswith(POD_PATHS)]
         return start_server([*flags, *extra, f"--kubeconfig={kubeconfig}"], tmp_path / "serve.log", wait=wait)
 
