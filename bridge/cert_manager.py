@@ -42,6 +42,7 @@ from bridge.signing import (
     serving_csr_pem,
 )
 from clocks import Clock
+from clocks.durations import format_duration
 
 IDENTITIES_ANNOTATION = "istio.cert-manager.io/identities"
 SERVING_IDENTITY = "istio-csr-serving"
@@ -90,10 +91,6 @@ def new_request_name() -> str:
     """A CertificateRequest name chosen before the create (80 random bits), so that a create whose answer never
     arrives (cancelled RPC, timed-out response) can still be deleted by name."""
     return NAME_PREFIX + secrets.token_hex(10)
-
-
-def go_duration(seconds: float) -> str:
-    return f"{max(1, int(seconds))}s"
 
 
 class CertManagerBackend:
@@ -158,7 +155,7 @@ class CertManagerBackend:
             },
             "spec": {
                 "request": base64.b64encode(csr_pem).decode("ascii"),
-                "duration": go_duration(seconds),
+                "duration": format_duration(max(1, int(seconds))),  # Go text, as istio-csr writes it (1h0m0s)
                 "isCA": False,
                 "usages": usages,
                 "issuerRef": ref.as_dict(),

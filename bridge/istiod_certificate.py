@@ -30,6 +30,7 @@ from bridge.object_keeper import KeeperApi, ObjectKeeper
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
 from bridge.signing import SigningRequest, new_serving_key
 from clocks import Clock
+from clocks.durations import format_duration
 
 SECRET_NAME = "istiod-tls"
 CONTROLLER_CERTIFICATE = "istiod-certificate"
@@ -68,18 +69,6 @@ class IstiodCertOptions:
         return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/istiod-service-account"
 
 
-def go_duration(seconds: float) -> str:
-    """Go's time.Duration text, as cert-manager writes it (``1h0m0s``)."""
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
 # --- cert-manager ----------------------------------------------------------------------------------------------
 def certificate_spec(options: IstiodCertOptions, issuer: IssuerRef) -> Obj:
     return {
@@ -87,8 +76,8 @@ def certificate_spec(options: IstiodCertOptions, issuer: IssuerRef) -> Obj:
         "dnsNames": list(options.dns_names),
         "uris": [options.uri],
         "secretName": SECRET_NAME,
-        "duration": go_duration(options.duration_seconds),
-        "renewBefore": go_duration(options.renew_before_seconds),
+        "duration": format_duration(options.duration_seconds),
+        "renewBefore": format_duration(options.renew_before_seconds),
         "privateKey": {
             "rotationPolicy": "Always",
             "algorithm": options.key_algorithm,

@@ -19,7 +19,7 @@ Where things live:
 - ``crd_gen``: the CustomResourceDefinitions under ``crds/``, generated from ``document_schemas``.
 - ``explain``, ``decision_records``, ``client_messages``, ``metrics``: what a decision reports.
 - ``commands`` (``meshsigner policy lint|test|explain``), with ``policy_test_runner`` and ``expectations``.
-- ``durations``, ``globs``, ``templates``, ``spiffe``, ``problems``: shared building blocks.
+- ``globs``, ``templates``, ``spiffe``, ``problems``: shared building blocks (durations: ``clocks.durations``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
         matched_rule,
     )
     from policies.decision_records import decision_record, new_decision_id
-    from policies.durations import format_duration, parse_duration, parse_duration_seconds
     from policies.evaluator import evaluate
     from policies.explain import Explanation, render_text
     from policies.loader import build_policy_set, load_policy_set
@@ -73,12 +72,9 @@ __all__ = [
     "client_message",
     "decision_record",
     "evaluate",
-    "format_duration",
     "load_policy_set",
     "matched_rule",
     "new_decision_id",
-    "parse_duration",
-    "parse_duration_seconds",
     "render_text",
 ]
 
@@ -101,12 +97,9 @@ _MODULE_OF: dict[str, str] = {
     "client_message": "policies.client_messages",
     "decision_record": "policies.decision_records",
     "evaluate": "policies.evaluator",
-    "format_duration": "policies.durations",
     "load_policy_set": "policies.loader",
     "matched_rule": "policies.decider",
     "new_decision_id": "policies.decision_records",
-    "parse_duration": "policies.durations",
-    "parse_duration_seconds": "policies.durations",
     "render_text": "policies.explain",
 }
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from clocks.durations import format_duration
 from policies.decider import Decision, Outcome, deny
-from policies.durations import format_duration
 
 REASON = "CA_VALIDITY_INSUFFICIENT"
 

@@ -11,8 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from clocks.durations import format_duration
 from policies.conditions import Condition
-from policies.durations import format_duration
 from policies.subjects import Subjects
 from policies.templates import DnsTemplate, IdentityTemplate
 

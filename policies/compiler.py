@@ -13,6 +13,7 @@ import re
 from datetime import datetime
 from typing import Any, overload
 
+from clocks.durations import describe_duration as show
 from policies.compiled import (
     DEFAULT_KEY_ALGORITHMS,
     DEFAULT_USAGES,
@@ -28,7 +29,6 @@ from policies.compiled import (
     Rule,
 )
 from policies.conditions import MAX_CONDITIONS_PER_RULE, Condition, ConditionCompiler, ConditionError
-from policies.durations import describe_duration as show
 from policies.globs import NameGlob
 from policies.schema_readers import Reporter
 from policies.subject_compiler import compile_subjects

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from clocks.durations import format_duration
 from policies.ca_validity import cap_to_ca
 from policies.compiled import Mode, Policy, Rule
 from policies.context import EvaluationContext, LabelsUnavailable, NamespaceLabels
 from policies.decider import AuditFinding, Caller, Decision, IssuanceRequest, Outcome, Verdict, deny
-from policies.durations import format_duration
 from policies.policy_set import Applicable, PolicySet
 from policies.precheck import precheck
 from policies.rule_checks import CONDITION_ERROR, RuleResult, check_allow, count_failures, denies

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from clocks.durations import format_duration
 from policies.compiled import Effect, Limits, Mode, Policy, Rule
 from policies.context import Check, EvaluationContext, LabelsUnavailable, NamespaceLabels
 from policies.decider import Caller, Decision, IssuanceRequest, matched_rule
-from policies.durations import format_duration
 from policies.evaluator import evaluate, prepare
 from policies.policy_set import PolicySet
 from policies.rule_checks import check_allow, check_deny

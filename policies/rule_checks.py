@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clocks.durations import format_duration
 from policies.compiled import Rule
 from policies.context import Check, EvaluationContext
-from policies.durations import format_duration
 
 
 @dataclass(frozen=True, slots=True)

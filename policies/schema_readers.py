@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from policies.durations import MAX_POLICY_DURATION, describe_duration, parse_duration
+from clocks.durations import MAX_POLICY_DURATION, describe_duration, parse_duration
 from policies.problems import Problem, Severity
 from policies.yaml_source import position
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.durations import parse_duration
+from clocks.durations import parse_duration
 
 ENV_PREFIX = "MESHSIGNER_"
 _TRUE = {"1", "t", "true", "yes", "y", "on"}

@@ -201,7 +201,8 @@ def test_non_canonical_base64_is_refused():
     # an ECDSA signature's DER length varies: take a CSR whose length leaves a 1- or 2-byte tail ("=" padding),
     # so the spare bits of the last character can be set
     body = next(
-        lines for lines in (der.istio_csr(EC_KEY, OWN).pem().splitlines()[1:-1] for _ in range(200))
+        lines
+        for lines in (der.istio_csr(EC_KEY, OWN).pem().splitlines()[1:-1] for _ in range(200))
         if lines[-1].endswith("=")
     )
     last = body[-1]

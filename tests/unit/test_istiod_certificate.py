@@ -12,7 +12,6 @@ from bridge.istiod_certificate import (
     IstiodCertOptions,
     IstiodSecretIssuer,
     desired_certificate,
-    go_duration,
 )
 from bridge.local_ca import LocalCA
 from bridge.runtime_issuer import IssuerRef
@@ -28,15 +27,6 @@ def test_revisions_become_names_in_order_without_duplicates() -> None:
     assert options.dns_names == ("istiod.mesh.svc", "istiod-canary.mesh.svc", "extra.example.org")
     assert IstiodCertOptions(namespace="mesh").dns_names == ("istiod.mesh.svc",)
     assert options.uri == "spiffe://cluster.local/ns/mesh/sa/istiod-service-account"
-
-
-def test_go_durations() -> None:
-    assert (go_duration(3600), go_duration(1800), go_duration(90), go_duration(5400)) == (
-        "1h0m0s",
-        "30m0s",
-        "1m30s",
-        "1h30m0s",
-    )
 
 
 def test_certificate_spec_is_put_back_and_follows_the_issuer() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.durations import describe_duration, format_duration, parse_duration, parse_duration_seconds
+from clocks.durations import describe_duration, format_duration, parse_duration, parse_duration_seconds
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,12 @@ def test_formatted_durations_parse_back() -> None:
 def test_describe_is_the_compact_form_authors_write(seconds: int, text: str) -> None:
     assert describe_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_go_durations_as_cert_manager_and_istio_csr_write_them() -> None:
+    assert (format_duration(3600), format_duration(1800), format_duration(90), format_duration(5400)) == (
+        "1h0m0s",
+        "30m0s",
+        "1m30s",
+        "1h30m0s",
+    )
