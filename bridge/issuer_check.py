@@ -82,6 +82,7 @@ class IssuerCheck:
         self.state = IssuerState.PENDING if selector.current else IssuerState.NONE
         self.reason = ""
         self._changed = asyncio.Event()
+        self._probed: IssuerRef | None = None  # the issuer the last probe read, until the check moves on
         self._gauge = Gauge(
             "meshsigner_issuer_state",
             "1 for the active issuer's current state (ready, not_ready, missing, acme, unknown, pending, none)",
@@ -126,7 +127,7 @@ class IssuerCheck:
 
     async def probe(self) -> IssuerState:
         """One read of the active issuer (start-up); the watch keeps it current afterwards."""
-        ref = self._selector.current
+        ref = self._probed = self._selector.current
         if ref is None:
             self._set_state(IssuerState.NONE, "no issuer configured")
             return self.state
@@ -163,7 +164,8 @@ class IssuerCheck:
             ref = self._selector.current
             watcher: asyncio.Task[None] | None = None
             if ref is not None:
-                state = await self.probe()
+                # start-up has just read this issuer: its state stands until the watch's own list
+                state = self.state if self._probed == ref else await self.probe()
                 resource = issuer_resource(ref.kind, ref.group)
                 if state is not IssuerState.UNKNOWN:
                     watch = ListWatch(
@@ -186,6 +188,7 @@ class IssuerCheck:
                 watched = waiters if watcher is None else {*waiters, watcher}
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self._probed = None  # a new issuer, or the unknown type's re-check: read it again
                 for waiter in waiters:
                     waiter.cancel()
                 if watcher is not None:
