@@ -25,7 +25,7 @@ from bridge.kube.configuration import KubeOptions, load_configuration
 from bridge.kube.errors import KubeNotFound, KubeUnavailable, as_kube_error
 from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import Budget, split_budgets
-from bridge.kube.resources import Obj, Resource, collection_path, object_path
+from bridge.kube.resources import CERTIFICATE_SIGNING_REQUESTS, Obj, Resource, collection_path, object_path
 from clocks import Clock, SystemClock
 
 T = TypeVar("T")
@@ -38,20 +38,6 @@ def _json_object(data: Any, what: str) -> Obj:
     if not isinstance(data, dict):
         raise KubeUnavailable(0, f"{what} answered a JSON {type(data).__name__}, not an object")
     return data
-
-
-def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-    """Blocking (runs in a pool thread): call a core-group list without the client's model classes and read and
-    parse the body here, so that neither the socket read nor the parse ever happens on the event loop."""
-    response = function(*args, _preload_content=False, **kwargs)
-    try:
-        data = json.loads(response.data)
-    except ValueError:  # the server's answer, not our bug
-        raise KubeUnavailable(0, "list answer is not JSON") from None
-    finally:
-        with contextlib.suppress(Exception):
-            response.release_conn()
-    return _json_object(data, "list")
 
 
 DISCOVERY_PATHS = frozenset({"/.well-known/openid-configuration", "/openid/v1/jwks"})
@@ -144,9 +130,6 @@ class AccessReview:
 class KubeClient:
     def __init__(self, options: KubeOptions, metrics: KubeMetrics, *, clock: Clock | None = None) -> None:
         self._api = client.ApiClient(load_configuration(options))
-        self._authn = client.AuthenticationV1Api(self._api)
-        self._authz = client.AuthorizationV1Api(self._api)
-        self._certificates = client.CertificatesV1Api(self._api)
         self._pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="kube")
         self.clock: Clock = clock or SystemClock()
         self._budgets = (
@@ -198,10 +181,15 @@ class KubeClient:
     # --- TokenReview -------------------------------------------------------------------------------------------
     async def review_token(self, token: str, audiences: tuple[str, ...]) -> Obj:
         """The TokenReview ``status`` (never the echoed spec, which holds the token)."""
-        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(audiences)))
-        review = await self._call("create", "tokenreviews", self._authn.create_token_review, body, budget=Budget.REVIEW)
-        status = self._api.sanitize_for_serialization(review.status)  # type: ignore[no-untyped-call]  # unannotated
-        return dict(status or {})
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": list(audiences)},
+        }
+        path = "/apis/authentication.k8s.io/v1/tokenreviews"
+        review = await self._rest("create", "tokenreviews", "POST", path, body, budget=Budget.REVIEW)
+        status = review.get("status")
+        return dict(status) if isinstance(status, dict) else {}
 
     # --- OIDC discovery ----------------------------------------------------------------------------------------
     async def get_discovery_document(self, path: str) -> Obj:
@@ -281,8 +269,8 @@ class KubeClient:
 
     async def update_approval(self, name: str, body: Obj) -> Obj:
         """PUT a CertificateSigningRequest's ``approval`` subresource (its Approved/Denied conditions)."""
-        function = self._certificates.replace_certificate_signing_request_approval
-        return await self._call("update", "certificatesigningrequests/approval", _read_json, function, name, body)
+        path = object_path(CERTIFICATE_SIGNING_REQUESTS, None, name) + "/approval"
+        return await self._rest("update", "certificatesigningrequests/approval", "PUT", path, body)
 
     async def may(
         self, verb: str, group: str, resource: str, *, name: str = "", subresource: str = "", namespace: str = ""
@@ -300,8 +288,8 @@ class KubeClient:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attributes},
         }
-        function = self._authz.create_self_subject_access_review
-        answer = await self._call("create", "selfsubjectaccessreviews", _read_json, function, body)
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        answer = await self._rest("create", "selfsubjectaccessreviews", "POST", path, body)
         status = answer.get("status") or {}
         return AccessReview(
             bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
