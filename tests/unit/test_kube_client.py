@@ -3,7 +3,6 @@ help); a bug in what we hand the client (a body that cannot be serialised) stays
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import socket
 import threading
@@ -16,10 +15,8 @@ from prometheus_client import CollectorRegistry
 from bridge.kube import (
     CERTIFICATE_REQUESTS,
     NAMESPACES,
-    PODS,
     KubeClient,
     KubeError,
-    KubeGone,
     KubeMetrics,
     KubeOptions,
     KubeUnavailable,
@@ -65,8 +62,9 @@ async def test_a_programming_error_propagates_as_itself(kube: KubeClient) -> Non
 
 
 class _Answers(http.server.BaseHTTPRequestHandler):
-    """A stand-in API server: each path answers one fixed status and body; the request line and body are
-    recorded."""
+    """A broken API server (or a proxy in front of one) for what the real one never answers: each path answers one
+    fixed status and body; the request line and body are recorded. Everything the real API server can answer is
+    tested against it (tests/kube/certmanager/test_kube_seam.py)."""
 
     answers: dict[str, tuple[int, bytes]] = {}
     seen: list[str] = []
@@ -117,24 +115,3 @@ async def test_an_answer_that_is_not_a_json_object_is_unavailable(answering: tup
     answers.answers["/apis/cert-manager.io/v1/namespaces/ns/certificaterequests/cr"] = (200, b"[1, 2]")
     with pytest.raises(KubeUnavailable, match="not an object"):
         await kube.get(CERTIFICATE_REQUESTS, "ns", "cr")
-
-
-async def test_a_delete_of_an_object_already_gone_is_not_an_error(answering: tuple[KubeClient, type[_Answers]]) -> None:
-    kube, answers = answering
-    await kube.delete(CERTIFICATE_REQUESTS, "ns", "gone", uid="u-1")
-    assert answers.seen == [
-        'DELETE /apis/cert-manager.io/v1/namespaces/ns/certificaterequests/gone {"preconditions": {"uid": "u-1"}}'
-    ]
-
-
-async def test_a_refused_watch_raises_its_status_when_opened(answering: tuple[KubeClient, type[_Answers]]) -> None:
-    """A watch the server refuses (410: the resourceVersion is too old) is KubeGone at once, so the ListWatch
-    relists, instead of a stream whose only line is an error."""
-    kube, answers = answering
-    answers.answers["/api/v1/pods"] = (410, b'{"kind": "Status", "code": 410, "message": "too old"}')
-    with pytest.raises(KubeGone, match="too old"):
-        await asyncio.to_thread(kube.open_watch, PODS, None, "7", label_selector="app=web")
-    assert answers.seen == [
-        "GET /api/v1/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds=240&resourceVersion=7"
-        "&labelSelector=app%3Dweb"
-    ]
