@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import functools
 import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -43,6 +47,7 @@ from kubernetes.client.rest import ApiException
 from tests.istio import mesh
 from tests.istio.install_values import InstallValues, helm_values
 from tests.kube.plane_fixtures import SKIP_ENV
+from tests.support.background import polling_threads
 from tests.support.processes import ServerProcess, readyz, start_server
 
 HERE = Path(__file__).resolve().parent
@@ -252,6 +257,39 @@ def _clear_istiod_objects(kube_api, istio_system: str) -> None:
                 raise
 
 
+def _approve_istiod_requests(kube_api, istio_system: str, stop: threading.Event) -> None:
+    """Approves the CertificateRequests cert-manager makes for meshsigner's istiod Certificate, as cert-manager's
+    default approver (or an approver-policy rule for istiod) does in a cluster: the plane's cert-manager runs
+    without its approver, and meshsigner's --approve-certificate-requests covers only its own workload requests."""
+    custom = client.CustomObjectsApi(kube_api)
+    while not stop.wait(0.2):
+        try:
+            found: Any = custom.list_namespaced_custom_object(
+                "cert-manager.io", "v1", istio_system, "certificaterequests", _request_timeout=5
+            )
+        except (ApiException, OSError):  # the API server is busy: next round
+            continue
+        for request in found["items"]:
+            annotations = request["metadata"].get("annotations") or {}
+            conditions = (request.get("status") or {}).get("conditions") or []
+            if annotations.get("cert-manager.io/certificate-name") != ISTIOD_CERTIFICATE or any(
+                c["type"] in ("Approved", "Denied") for c in conditions
+            ):
+                continue
+            approved = {
+                "type": "Approved",
+                "status": "True",
+                "reason": "TestApprover",
+                "message": "istiod's certificate, approved as cert-manager's default approver would",
+                "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            request.setdefault("status", {})["conditions"] = [*conditions, approved]
+            with contextlib.suppress(ApiException):  # 409: changed meanwhile, next round
+                custom.replace_namespaced_custom_object_status(
+                    "cert-manager.io", "v1", istio_system, "certificaterequests", request["metadata"]["name"], request
+                )
+
+
 @pytest.fixture(scope="session", params=SIGNERS)
 def mesh_signer(
     request: pytest.FixtureRequest,
@@ -283,7 +321,10 @@ def mesh_signer(
     )
     mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
     signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
-    yield signer
+    with polling_threads() as start_thread:
+        if mode == "cert-manager":
+            start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
+        yield signer
     assert server.stop() == 0, server.log()
     _clear_istiod_objects(kube_api, istio_system)
 
