@@ -9,11 +9,13 @@ Session fixtures (stable names):
 ``install_values``      the Istio install settings of docs/istio-install.md (the test's environment comes from them)
 ``istio_crds``          Istio's CRDs from the same module, installed and Established
 ``mesh_signer``         ``meshsigner serve --authenticator tokenreview`` with tests/istio/policies and its cluster
-                        duties on (own Lease; root ConfigMaps only in namespaces labelled ``MESH_NAMESPACE_LABEL``;
-                        istiod's certificate), once per signer (``--signer local``, ``--signer cert-manager`` with a
-                        CA ClusterIssuer); the fixtures below follow it, so every test runs once per signer
-``istiod_tls_secret``   the Secret istio-system/istiod-tls as meshsigner's istiod-certificate controller wrote it
-                        (waited for, never written by the tests)
+                        duties on (docs/istio-install.md's flags; own Lease; root ConfigMaps only in namespaces
+                        labelled ``MESH_NAMESPACE_LABEL``), once per signer: ``--signer local``, ``--signer
+                        cert-manager`` with a CA ClusterIssuer, ``--signer kubernetes-csr`` with the same issuer's
+                        CSR signer; the fixtures below follow it, so every test runs once per signer
+``istiod_tls_secret``   the Secret istio-system/istiod-tls as meshsigner's istiod-certificate controller produced it
+                        (kubernetes-csr: cert-manager, for the install's own Certificate); waited for, never written
+                        by the tests
 ``distributed_root``    ``(namespace) -> bytes``: waits for the ConfigMap istio-ca-root-cert that meshsigner's trust
                         distribution writes into a labelled namespace, and returns its root-cert.pem
 ``make_mesh_namespace`` a new namespace carrying ``MESH_NAMESPACE_LABEL`` (so meshsigner distributes its root there)
@@ -45,7 +47,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.istio import mesh
-from tests.istio.install_values import InstallValues, helm_values
+from tests.istio.install_values import InstallValues, helm_values, istiod_certificate, meshsigner_duty_flags
 from tests.kube.plane_fixtures import SKIP_ENV
 from tests.support.background import polling_threads
 from tests.support.processes import ServerProcess, readyz, start_server
@@ -60,7 +62,12 @@ ROOT_CONFIGMAP = "istio-ca-root-cert"
 MESH_NAMESPACE_LABEL = ("meshsigner-test/istio-mesh", "true")
 # The Lease of the istio tests' meshsigner: not the default one, which other tests' servers may campaign for.
 LEASE_NAME = "meshsigner-istio-tests"
-SIGNERS = ["local", "cert-manager"]  # kubernetes-csr once it exists
+SIGNERS = ["local", "cert-manager", "kubernetes-csr"]
+# Where meshsigner keeps istiod's certificate itself (--istiod-cert-enabled). With --signer kubernetes-csr it refuses
+# to start with that flag ("not available with --signer kubernetes-csr yet", signer/serve_in_cluster.py): there the
+# install applies its own cert-manager Certificate for istiod (docs/istio-install.md), and meshsigner distributes
+# the root only.
+ISTIOD_CERT_BY_MESHSIGNER = {"local", "cert-manager"}
 DUTY_WAIT = 90  # meshsigner leads, then writes; cert-manager issues: seconds on this loaded machine
 
 
@@ -218,12 +225,19 @@ def _backend(mode: str, base: Path, request: pytest.FixtureRequest, istio_system
     return _Backend([*flags, f"--root-ca-file={root_file}"], root_file, issuer.name)
 
 
-def _duty_flags(istio_system: str) -> list[str]:
-    """meshsigner's cluster duties as the tests run them: its own Lease, root ConfigMaps in the labelled
-    namespaces only, and istiod's certificate in istio-system."""
+def _duty_flags(mode: str, istio_system: str) -> list[str]:
+    """meshsigner's cluster duties as docs/istio-install.md gives them, plus what the shared plane needs: its own
+    Lease and root ConfigMaps in the labelled namespaces only. With kubernetes-csr meshsigner does not keep istiod's
+    certificate (see ``ISTIOD_CERT_BY_MESHSIGNER``)."""
     key, value = MESH_NAMESPACE_LABEL
+    documented = [
+        flag
+        for flag in meshsigner_duty_flags()
+        if mode in ISTIOD_CERT_BY_MESHSIGNER or not flag.startswith("--istiod-cert-")
+    ]
+    assert f"--istiod-cert-namespace={istio_system}" in documented or mode not in ISTIOD_CERT_BY_MESHSIGNER
     return [
-        "--cluster-duties=true",
+        *documented,
         f"--leader-election-namespace={istio_system}",
         f"--leader-election-name={LEASE_NAME}",
         # short: a Lease left by a killed earlier session expires quickly instead of holding the duties for 60 s
@@ -231,10 +245,18 @@ def _duty_flags(istio_system: str) -> list[str]:
         "--leader-election-renew-deadline=10s",
         "--leader-election-retry-period=2s",
         f"--configmap-namespace-selector={key}={value}",
-        "--istiod-cert-enabled=true",
-        f"--istiod-cert-namespace={istio_system}",
         f"--istiod-cert-name={ISTIOD_CERTIFICATE}",
     ]
+
+
+def _apply_istiod_certificate(kube_api, issuer_name: str) -> None:
+    """--signer kubernetes-csr: the operator's own cert-manager Certificate for istiod, from docs/istio-install.md."""
+    certificate = istiod_certificate(issuer_name)
+    metadata = certificate["metadata"]
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        "cert-manager.io", "v1", metadata["namespace"], "certificates", certificate
+    )
+    assert metadata["name"] == ISTIOD_CERTIFICATE  # the name _clear_istiod_objects removes
 
 
 def _clear_istiod_objects(kube_api, istio_system: str) -> None:
@@ -314,15 +336,17 @@ def mesh_signer(
             f"--policy-dir={POLICIES}",
             f"--decision-log={base / 'decisions.jsonl'}",
             "--log-format=json",
-            *_duty_flags(istio_system),
+            *_duty_flags(mode, istio_system),
         ],
         base / "serve.log",
         wait=False,  # start_server's own 20 s wait is too short on this loaded machine; wait longer here
     )
     mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
     signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
+    if mode not in ISTIOD_CERT_BY_MESHSIGNER:
+        _apply_istiod_certificate(kube_api, backend.issuer_name)
     with polling_threads() as start_thread:
-        if mode == "cert-manager":
+        if mode != "local":  # cert-manager issues istiod's certificate
             start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
         yield signer
     assert server.stop() == 0, server.log()
@@ -352,8 +376,9 @@ def _roots_are(pem: bytes, root_pem: bytes) -> bool:
 @pytest.fixture(scope="session")
 def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> client.V1Secret:
     """The ``istiod-tls`` Secret meshsigner's istiod-certificate controller produced: written by meshsigner itself
-    (``--signer local``) or by cert-manager for meshsigner's Certificate (``--signer cert-manager``). Waited for
-    until it is complete and issued under this meshsigner's root (the stale one was deleted before it started)."""
+    (``--signer local``) or by cert-manager for meshsigner's Certificate (``--signer cert-manager``); with
+    ``--signer kubernetes-csr``, by cert-manager for the install's own Certificate. Waited for until it is complete
+    and issued under this meshsigner's root (the stale one was deleted before meshsigner started)."""
     core = client.CoreV1Api(kube_api)
 
     def issued() -> client.V1Secret | None:

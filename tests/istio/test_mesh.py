@@ -180,9 +180,14 @@ def test_agent_rotates_its_certificate_through_meshsigner(
 ):
     namespace = make_mesh_namespace()
     listener = _make_grpc_service(kube_api, namespace, "rotating", 7070)
-    agent = start_workload_agent(namespace, "rotating", extra_env={"SECRET_TTL": "40s"})
+    # The CSR API refuses lifetimes under 600 s: there the agent asks for 600 s and rotates at 5% of it left
+    # (SECRET_GRACE_PERIOD_RATIO), about 30 s after issuance; elsewhere 40 s, rotated at half of it.
+    ttl, grace = (600, "0.95") if mesh_signer.mode == "kubernetes-csr" else (40, "0.5")
+    agent = start_workload_agent(
+        namespace, "rotating", extra_env={"SECRET_TTL": f"{ttl}s", "SECRET_GRACE_PERIOD_RATIO": grace}
+    )
     first = _wait_for_certificate(agent)[0]
-    assert mesh_signer.decisions_for(namespace, "rotating")[0]["issued"]["durationSeconds"] == 40
+    assert mesh_signer.decisions_for(namespace, "rotating")[0]["issued"]["durationSeconds"] == ttl
 
     probe, out = start_probe(istio_binaries.xds_probe, agent, [listener])
     wait_until(lambda: probe_responses(out), 90, "the first XDS response", alive=probe, log=agent.log_path)
@@ -199,7 +204,7 @@ def test_agent_rotates_its_certificate_through_meshsigner(
 
     records = mesh_signer.decisions_for(namespace, "rotating", at_least=2)
     assert len(records) >= 2 and all(r["decision"] == "Allow" for r in records)
-    assert {r["request"]["validitySeconds"] for r in records} == {40}
+    assert {r["request"]["validitySeconds"] for r in records} == {ttl}
     # The XDS stream lived through the rotation: same connection, probe still streaming, no reconnect in the log.
     assert probe.poll() is None
     after = _connections(istiod, agent)
@@ -234,7 +239,8 @@ def test_istiod_serves_xds_with_the_istiod_tls_certificate(istiod, istiod_tls_se
 
 
 def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_signer, kube_api):
-    """istiod's certificate and root are the objects meshsigner's controllers produced, nothing the tests wrote."""
+    """istiod's certificate and root are the objects meshsigner's controllers produced, nothing the tests wrote
+    (with --signer kubernetes-csr the certificate is the install's own cert-manager Certificate's)."""
     data = {key: base64.b64decode(value) for key, value in istiod_tls_secret.data.items()}
     mounted = istiod.root / "var/run/secrets/istiod"
     assert (mounted / "tls/tls.crt").read_bytes() == data["tls.crt"]
@@ -254,7 +260,12 @@ def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_sig
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [ISTIOD_SPIFFE_ID]
 
     annotations = istiod_tls_secret.metadata.annotations or {}
-    if mesh_signer.mode == "cert-manager":
+    if mesh_signer.mode == "kubernetes-csr":
+        # meshsigner keeps no istiod certificate in this mode: cert-manager wrote the Secret for the install's own
+        # Certificate (docs/istio-install.md); the root istiod trusts is still meshsigner's ConfigMap
+        assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
+        assert annotations.get("cert-manager.io/issuer-name") == mesh_signer.issuer_name
+    elif mesh_signer.mode == "cert-manager":
         # cert-manager wrote the Secret for the Certificate meshsigner keeps, issued by meshsigner's issuer
         assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
         certificate = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
