@@ -341,16 +341,19 @@ def mesh_signer(
         base / "serve.log",
         wait=False,  # start_server's own 20 s wait is too short on this loaded machine; wait longer here
     )
-    mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
-    signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
-    if mode not in ISTIOD_CERT_BY_MESHSIGNER:
-        _apply_istiod_certificate(kube_api, backend.issuer_name)
-    with polling_threads() as start_thread:
-        if mode != "local":  # cert-manager issues istiod's certificate
-            start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
-        yield signer
-    assert server.stop() == 0, server.log()
-    _clear_istiod_objects(kube_api, istio_system)
+    try:
+        mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
+        signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
+        if mode not in ISTIOD_CERT_BY_MESHSIGNER:
+            _apply_istiod_certificate(kube_api, backend.issuer_name)
+        with polling_threads() as start_thread:
+            if mode != "local":  # cert-manager issues istiod's certificate
+                start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
+            yield signer
+    finally:
+        exit_code = server.stop()  # releases the Lease
+        _clear_istiod_objects(kube_api, istio_system)
+    assert exit_code == 0, server.log()
 
 
 def _secret_data(secret: client.V1Secret | None) -> dict[str, bytes]:
