@@ -271,12 +271,45 @@ def _clear_istiod_objects(kube_api, istio_system: str) -> None:
         lambda: core.delete_namespaced_secret(ISTIOD_TLS_SECRET, istio_system),
         lambda: core.delete_namespaced_config_map(ROOT_CONFIGMAP, istio_system),
     ]
+    # The plane runs no garbage collector: the requests an earlier istiod Certificate owned stay unless deleted
+    # here, and cert-manager names them <certificate>-<revision>, so a new Certificate's first request would
+    # collide with the old one's and never be made.
+    requests: Any = custom.list_namespaced_custom_object("cert-manager.io", "v1", istio_system, "certificaterequests")
+    for item in requests["items"]:
+        if (item["metadata"].get("annotations") or {}).get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE:
+            name = item["metadata"]["name"]
+            deletes.append(
+                functools.partial(
+                    custom.delete_namespaced_custom_object,
+                    "cert-manager.io", "v1", istio_system, "certificaterequests", name,
+                )
+            )  # fmt: skip
     for delete in deletes:
         try:
             delete()
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _istiod_certificate_state(kube_api, istio_system: str) -> str:
+    """istiod's Certificate and its requests as cert-manager sees them: why an istiod-tls wait timed out."""
+    custom = client.CustomObjectsApi(kube_api)
+    lines = []
+    with contextlib.suppress(ApiException):
+        certificate: Any = custom.get_namespaced_custom_object(
+            "cert-manager.io", "v1", istio_system, "certificates", ISTIOD_CERTIFICATE
+        )
+        lines.append(f"Certificate {ISTIOD_CERTIFICATE}: {json.dumps(certificate.get('status'))}")
+    found: Any = custom.list_namespaced_custom_object("cert-manager.io", "v1", istio_system, "certificaterequests")
+    for item in found["items"]:
+        conditions = (item.get("status") or {}).get("conditions") or []
+        lines.append(
+            f"CertificateRequest {item['metadata']['name']} "
+            f"({(item['metadata'].get('annotations') or {}).get('cert-manager.io/certificate-name')}): "
+            + ", ".join(f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}" for c in conditions)
+        )
+    return "\n".join(lines) or "(no Certificate, no CertificateRequests)"
 
 
 def _approve_istiod_requests(kube_api, istio_system: str, stop: threading.Event) -> None:
@@ -393,7 +426,11 @@ def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> c
         return None
 
     server = mesh_signer.server
-    return mesh.wait_until(issued, DUTY_WAIT, "meshsigner's istiod-tls", alive=server.process, log=server.log_path)
+    try:
+        return mesh.wait_until(issued, DUTY_WAIT, "istiod-tls", alive=server.process, log=server.log_path)
+    except AssertionError as exc:
+        state = _istiod_certificate_state(kube_api, istio_system)
+        raise AssertionError(f"{exc}\n--- cert-manager's view ---\n{state}") from None
 
 
 @pytest.fixture(scope="session")
