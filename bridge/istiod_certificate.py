@@ -4,8 +4,11 @@
   ``istiod-tls``; cert-manager issues and renews it. Its spec is put back when edited, the Certificate recreated
   when deleted, and its ``issuerRef`` follows the active (static or runtime) issuer. Annotations are set at
   creation only, as istio-csr does.
-- With the local CA: the Secret itself (``tls.crt`` chain, ``tls.key``, ``ca.crt`` roots), re-issued at 2/3 of the
-  certificate's life, or at once when deleted, edited, issued for other names, or not from the current CA.
+- With the local CA or the Kubernetes CSR API: the Secret itself (``tls.crt`` chain, ``tls.key``, ``ca.crt``
+  roots), signed through the backend's ``sign`` (a CertificateSigningRequest carrying istiod's SANs, approved by
+  meshsigner, its chain verified to the pinned roots, its leaf checked for istiod's key and SANs), re-issued at 2/3
+  of the certificate's life, or at once when deleted, edited, issued for other names, or not leading to the roots
+  the backend uses now (the local CA's; the pinned ``--root-ca-file`` bundle, also when that file changes).
 
 Names: ``istiod.<ns>.svc`` for the default revision and ``istiod-<rev>.<ns>.svc`` for each other one (istio-csr's
 ``--istiod-cert-istio-revisions``), then the additional DNS names, duplicates dropped; common name
@@ -14,21 +17,25 @@ Names: ``istiod.<ns>.svc`` for the default revision and ``istiod-<rev>.<ns>.svc`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from loguru import logger
 
 from bridge.certificates import load_bundle
-from bridge.controllers import ControllerMetrics
+from bridge.controllers import Controller, ControllerMetrics, follow_roots
+from bridge.errors import BackendError, IssuerFailed
 from bridge.kube import CERTIFICATES, CM_GROUP, SECRETS, Obj
-from bridge.local_ca import LocalCA
 from bridge.object_keeper import KeeperApi, ObjectKeeper
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
-from bridge.signing import SigningRequest, new_serving_key
+from bridge.signing import PrivateKey, SignedChain, SigningRequest, new_serving_key
 from clocks import Clock
 from clocks.durations import format_duration
 
@@ -36,6 +43,7 @@ SECRET_NAME = "istiod-tls"
 CONTROLLER_CERTIFICATE = "istiod-certificate"
 CONTROLLER_SECRET = "istiod-secret"
 RENEW_AT_FRACTION = 2 / 3
+RETRY_START, RETRY_MAX = 1.0, 30.0  # seconds between attempts after a failed issuance
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ def certificate_keeper(
     return keeper
 
 
-# --- local CA: the Secret itself -------------------------------------------------------------------------------
+# --- local CA or Kubernetes CSR API: the Secret itself --------------------------------------------------------
 def _secret_bytes(secret: Obj, key: str) -> bytes:
     value = (secret.get("data") or {}).get(key) or ""
     try:
@@ -131,18 +139,70 @@ def _secret_bytes(secret: Obj, key: str) -> bytes:
         return b""
 
 
-class IstiodSecretIssuer:
-    """Decides, for :class:`bridge.object_keeper.ObjectKeeper`, whether ``istiod-tls`` needs a new certificate."""
+def istiod_csr(key: PrivateKey, options: IstiodCertOptions) -> x509.CertificateSigningRequest:
+    """The CSR for istiod's key, carrying its SANs: a CSR API signer (cert-manager's) issues what the CSR asks
+    for. The subject is empty, as in Istio's own CSRs, so the SAN extension is critical (RFC 5280)."""
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in options.dns_names]
+    sans.append(x509.UniformResourceIdentifier(options.uri))
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
+        .sign(key, hashes.SHA256())
+    )
 
-    def __init__(self, ca: LocalCA, options: IstiodCertOptions, clock: Clock) -> None:
-        self._ca = ca
+
+def check_issued_for_istiod(chain: SignedChain, key: PrivateKey, options: IstiodCertOptions) -> None:
+    """An issuer answer is untrusted: the leaf must be for istiod's key, with exactly istiod's SANs, and not a CA
+    (IssuerFailed otherwise). The chain to the pinned roots and the lifetime are the backend's checks."""
+    try:
+        leaf_key = chain.leaf.public_key()
+        extensions = list(chain.leaf.extensions)
+    except Exception as exc:  # library read of issuer-supplied bytes; nothing of ours runs inside
+        raise IssuerFailed("ISSUED_MALFORMED", f"{type(exc).__name__}: {exc}") from None
+    if leaf_key != key.public_key():
+        raise IssuerFailed("ISSUED_KEY_MISMATCH", "the issued certificate is not for istiod's key")
+    sans = [e.value for e in extensions if isinstance(e.value, x509.SubjectAlternativeName)]
+    if not sans:
+        raise IssuerFailed("ISSUED_SAN_MISMATCH", "the issued certificate has no SAN")
+    uris = sans[0].get_values_for_type(x509.UniformResourceIdentifier)
+    dns_names = sans[0].get_values_for_type(x509.DNSName)
+    if (
+        sorted(uris) != [options.uri]
+        or sorted(dns_names) != sorted(options.dns_names)
+        or len(uris) + len(dns_names) != len(list(sans[0]))
+    ):
+        raise IssuerFailed("ISSUED_SAN_MISMATCH", f"issued SANs {uris + dns_names} are not istiod's")
+    if any(isinstance(e.value, x509.BasicConstraints) and e.value.ca for e in extensions):
+        raise IssuerFailed("ISSUED_CA", "the issuer returned a CA certificate")
+
+
+class Signer(Protocol):
+    """What istiod's Secret needs of a backend (:class:`bridge.signing.SigningBackend` has it): its signing."""
+
+    async def sign(self, request: SigningRequest) -> SignedChain: ...
+
+
+class IstiodSecretIssuer:
+    """Decides, for :class:`bridge.object_keeper.ObjectKeeper`, whether ``istiod-tls`` needs a new certificate,
+    and gets one from ``backend`` (the local CA, or the Kubernetes CSR API backend).
+
+    ``roots`` gives the roots the backend's chains lead to now (the local CA's; the pinned ``--root-ca-file``
+    bundle): a Secret whose ``ca.crt`` is other roots is replaced. A failed issuance (the signer is down, the
+    answer is refused) keeps the Secret as it is and is retried with a backoff.
+    """
+
+    def __init__(self, backend: Signer, roots: Callable[[], str], options: IstiodCertOptions, clock: Clock) -> None:
+        self._backend = backend
+        self._roots = roots
         self._options = options
         self._clock = clock
-        self.renew_in: float | None = None  # seconds until the current certificate is due (for the keeper's timer)
+        self._retry = RETRY_START
+        self.renew_in: float | None = None  # seconds until the next look (renewal or retry), for the keeper's timer
 
     def _seconds_until_renewal(self, secret: Obj) -> float | None:
         """Seconds until the Secret's certificate is due for renewal; None when it must be replaced now."""
-        if _secret_bytes(secret, "ca.crt").decode(errors="replace") != self._ca.roots_pem:
+        if _secret_bytes(secret, "ca.crt").decode(errors="replace") != self._roots():
             return None
         if not _secret_bytes(secret, "tls.key"):
             return None
@@ -166,7 +226,18 @@ class IstiodSecretIssuer:
             if remaining is not None:
                 self.renew_in = remaining
                 return None
-        data = await self._issue()
+        try:
+            data = await self._issue()
+        except BackendError as exc:
+            self.renew_in, self._retry = self._retry, min(self._retry * 2, RETRY_MAX)
+            logger.bind(event="istiod_certificate_failed", reason=exc.reason).warning(
+                "istiod certificate not issued ({}); {} kept as it is, retrying in {:.0f}s",
+                exc,
+                SECRET_NAME,
+                self.renew_in,
+            )
+            return None
+        self._retry = RETRY_START
         self.renew_in = self._options.duration_seconds * RENEW_AT_FRACTION
         if current is None:
             return {
@@ -182,9 +253,9 @@ class IstiodSecretIssuer:
 
     async def _issue(self) -> dict[str, str]:
         key = await new_serving_key(self._options.key_algorithm, self._options.key_size)
-        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        csr = istiod_csr(key, self._options)
         now = self._clock.now()
-        chain = self._ca.sign_now(
+        chain = await self._backend.sign(
             SigningRequest(
                 csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
                 csr=csr,
@@ -193,8 +264,11 @@ class IstiodSecretIssuer:
                 dns_names=self._options.dns_names,
                 not_after=now + timedelta(seconds=self._options.duration_seconds),
                 duration_seconds=int(self._options.duration_seconds),
+                identities_annotation=",".join((self._options.uri, *self._options.dns_names)),
             )
         )
+        if not chain.built_in_process:
+            check_issued_for_istiod(chain, key, self._options)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -210,10 +284,17 @@ class IstiodSecretIssuer:
 
 
 def secret_keeper(
-    api: KeeperApi, ca: LocalCA, options: IstiodCertOptions, *, metrics: ControllerMetrics, clock: Clock
-) -> ObjectKeeper:
-    """The Secret kept in place and re-issued when due (the keeper's next pass is the certificate's renewal)."""
-    issuer = IstiodSecretIssuer(ca, options, clock)
+    api: KeeperApi,
+    backend: Signer,
+    roots: Callable[[], str],
+    options: IstiodCertOptions,
+    *,
+    metrics: ControllerMetrics,
+    clock: Clock,
+) -> Controller:
+    """The Secret kept in place and re-issued when due (the keeper's next pass is the certificate's renewal, or
+    the retry of a failed issuance), and at once when ``roots`` change (a new pinned bundle)."""
+    issuer = IstiodSecretIssuer(backend, roots, options, clock)
 
     async def decide(current: Obj | None) -> Obj | None:
         body = await issuer.decide(current)
@@ -224,4 +305,15 @@ def secret_keeper(
         api, SECRETS, options.namespace, SECRET_NAME, decide,
         controller=CONTROLLER_SECRET, metrics=metrics, clock=clock,
     )  # fmt: skip
-    return keeper
+
+    async def run(stop: asyncio.Event) -> None:
+        follower = asyncio.create_task(
+            follow_roots(roots, roots(), lambda _roots: keeper.trigger(), stop, clock), name="istiod-secret-roots"
+        )
+        try:
+            await keeper.run(stop)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    return run

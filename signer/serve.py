@@ -110,7 +110,10 @@ def build_leader_election(
         roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
     else:
         return None
-    return build_cluster_duties(settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers)
+    signing = parts.backend if parts is not None else None  # unwrapped: istiod's certificate is no workload's
+    return build_cluster_duties(
+        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers, signing=signing
+    )
 
 
 def build_backend(

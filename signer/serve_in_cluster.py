@@ -22,16 +22,13 @@ from bridge.controllers import Controller, ControllerMetrics, run_controllers
 from bridge.issuer_check import IssuerCheck, IssuerState
 from bridge.istiod_certificate import (
     CONTROLLER_CERTIFICATE,
-    CONTROLLER_SECRET,
-    SECRET_NAME,
     IstiodCertOptions,
-    IstiodSecretIssuer,
     desired_certificate,
+    secret_keeper,
 )
 from bridge.kube import (
     CERTIFICATE_SIGNING_REQUESTS,
     CERTIFICATES,
-    SECRETS,
     KubeClient,
     KubeError,
     KubeMetrics,
@@ -40,6 +37,7 @@ from bridge.kube import (
     Obj,
 )
 from bridge.kubernetes_csr import (
+    MIN_EXPIRATION_SECONDS,
     REQUEST_SELECTOR,
     KubernetesCsrBackend,
     KubernetesCsrOptions,
@@ -417,6 +415,7 @@ def build_cluster_duties(
     roots: Callable[[], str],
     local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
+    signing: SigningBackend | None = None,
 ) -> LeaderElector:
     """The leader election and the controllers it runs while this process leads: the root ConfigMaps, the
     ClusterTrustBundle (when named) and istiod's certificate (when enabled)."""
@@ -437,7 +436,9 @@ def build_cluster_duties(
         )
         controllers["cluster-trust-bundle"] = bundle.run
     if settings.istiod_cert_enabled:
-        controllers["istiod-certificate"] = _istiod_certificate(settings, kube, metrics, clock, local_ca, issuers)
+        controllers["istiod-certificate"] = _istiod_certificate(
+            settings, kube, metrics, clock, local_ca, issuers, roots=roots, signing=signing
+        )
     names = ", ".join(controllers)
     logger.bind(event="cluster_duties", controllers=names).info(
         "cluster controllers ({}) run while this process holds Lease {}/{}",
@@ -471,7 +472,12 @@ def _istiod_certificate(
     clock: Clock,
     local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
+    *,
+    roots: Callable[[], str],
+    signing: SigningBackend | None,
 ) -> Controller:
+    """cert-manager: a Certificate for istiod-tls that follows the active issuer; the local CA or the Kubernetes
+    CSR API (``signing``, the unwrapped backend): the istiod-tls Secret itself, its ``ca.crt`` being ``roots()``."""
     size = settings.istiod_cert_key_size or (2048 if settings.istiod_cert_key_algorithm == "RSA" else 256)
     options = IstiodCertOptions(
         name=settings.istiod_cert_name,
@@ -497,17 +503,13 @@ def _istiod_certificate(
         )  # fmt: skip
         selector.subscribe(lambda _issuer: keeper.trigger())  # follow the runtime issuer
         return keeper.run
-    if local_ca is None:
-        raise StartupError(f"--istiod-cert-enabled is not available with --signer {settings.signer} yet")
-    issuer = IstiodSecretIssuer(local_ca, options, clock)
-
-    async def decide_secret(current: Obj | None) -> Obj | None:
-        body = await issuer.decide(current)
-        secret_keeper.next_pass = issuer.renew_in
-        return body
-
-    secret_keeper = ObjectKeeper(
-        kube, SECRETS, options.namespace, SECRET_NAME, decide_secret,
-        controller=CONTROLLER_SECRET, metrics=metrics, clock=clock,
-    )  # fmt: skip
-    return secret_keeper.run
+    backend = local_ca if local_ca is not None else signing
+    if backend is None:
+        raise StartupError(f"--istiod-cert-enabled is not available with --signer {settings.signer}")
+    if local_ca is None and options.duration_seconds < MIN_EXPIRATION_SECONDS:
+        # the CSR API refuses shorter lifetimes and meshsigner never asks for longer than configured
+        raise StartupError(
+            f"--istiod-cert-duration {options.duration_seconds:g}s is under the Kubernetes CSR API's minimum of "
+            f"{MIN_EXPIRATION_SECONDS}s (--signer kubernetes-csr)"
+        )
+    return secret_keeper(kube, backend, roots, options, metrics=metrics, clock=clock)
