@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
@@ -140,3 +141,88 @@ def test_local_signer_writes_the_istiod_tls_secret(kube_plane, kube_api, make_na
         server.stop()
         with contextlib.suppress(client.ApiException):
             core.delete_namespaced_secret("istiod-tls", namespace)
+
+
+def test_kubernetes_csr_signer_writes_the_istiod_tls_secret(
+    kube_plane, kube_api, make_namespace, ca_cluster_issuer, tmp_path: Path
+):
+    """Signed through the CSR API: cert-manager's CSR signer for a CA ClusterIssuer issues what the CSR asks, so
+    the SANs come from meshsigner's CSR; the chain leads to the pinned --root-ca-file, which is ca.crt."""
+    namespace = make_namespace("istio")
+    lease_namespace = make_namespace("lease")
+    core = client.CoreV1Api(kube_api)
+    roots_file = ca_cluster_issuer.roots_file(tmp_path)
+    flags = [
+        "--signer=kubernetes-csr",
+        f"--signer-name={ca_cluster_issuer.signer_name}",
+        f"--root-ca-file={roots_file}",
+        "--authenticator=tokenreview",
+        "--serving-signature-algorithm=ECDSA",
+        "--serving-certificate-key-size=256",
+        f"--kubeconfig={kube_plane.kubeconfig}",
+        f"--leader-election-namespace={lease_namespace}",
+        "--leader-election-name=meshsigner-istiod-csr",
+        f"--configmap-namespace-selector=meshsigner-none-{secrets.token_hex(3)}=yes",  # no root ConfigMaps here
+        "--istiod-cert-enabled",
+        f"--istiod-cert-namespace={namespace}",
+        "--istiod-cert-istio-revisions=default,canary",
+        "--istiod-cert-additional-dns-names=istiod.example.org",
+        "--istiod-cert-key-algorithm=ECDSA",
+        "--istiod-cert-key-size=256",
+        "--istiod-cert-duration=2h",
+    ]
+    server = start_server(flags, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls written", 60)
+        secret = _secret(core, namespace)
+        assert secret.type == "kubernetes.io/tls"
+        assert set(secret.data) == {"tls.crt", "tls.key", "ca.crt"}
+        assert base64.b64decode(secret.data["ca.crt"]) == roots_file.read_bytes()
+        chain = x509.load_pem_x509_certificates(base64.b64decode(secret.data["tls.crt"]))
+        leaf, root = chain[0], x509.load_pem_x509_certificate(roots_file.read_bytes())
+        leaf.verify_directly_issued_by(root)  # the CA issuer signs leaves directly
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [
+            f"istiod.{namespace}.svc",
+            f"istiod-canary.{namespace}.svc",
+            "istiod.example.org",
+        ]
+        assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+            f"spiffe://cluster.local/ns/{namespace}/sa/istiod-service-account"
+        ]
+        key = serialization.load_pem_private_key(base64.b64decode(secret.data["tls.key"]), None)
+        assert key.public_key() == leaf.public_key()
+        assert 7100 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() <= 7200 + 120
+        first_serial = leaf.serial_number
+
+        core.delete_namespaced_secret("istiod-tls", namespace)
+        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls rewritten after deletion", 60)
+        again = x509.load_pem_x509_certificate(base64.b64decode(_secret(core, namespace).data["tls.crt"]))
+        assert again.serial_number != first_serial
+        again.verify_directly_issued_by(root)
+    finally:
+        server.stop()
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespaced_secret("istiod-tls", namespace)
+
+
+def test_kubernetes_csr_signer_refuses_an_istiod_duration_under_the_csr_api_minimum(
+    kube_plane, ca_cluster_issuer, tmp_path: Path
+):
+    flags = [
+        "--signer=kubernetes-csr",
+        f"--signer-name={ca_cluster_issuer.signer_name}",
+        f"--root-ca-file={ca_cluster_issuer.roots_file(tmp_path)}",
+        "--authenticator=tokenreview",
+        f"--kubeconfig={kube_plane.kubeconfig}",
+        "--leader-election-name=meshsigner-istiod-short",
+        "--istiod-cert-enabled",
+        "--istiod-cert-duration=5m",
+        "--istiod-cert-renew-before=1m",
+    ]
+    server = start_server(flags, tmp_path / "serve.log", wait=False)
+    try:
+        assert server.process.wait(timeout=60) == 2
+        assert "under the Kubernetes CSR API's minimum of 600s" in (tmp_path / "serve.log").read_text()
+    finally:
+        server.stop()
