@@ -13,9 +13,8 @@ Session fixtures (stable names):
                         labelled ``MESH_NAMESPACE_LABEL``), once per signer: ``--signer local``, ``--signer
                         cert-manager`` with a CA ClusterIssuer, ``--signer kubernetes-csr`` with the same issuer's
                         CSR signer; the fixtures below follow it, so every test runs once per signer
-``istiod_tls_secret``   the Secret istio-system/istiod-tls as meshsigner's istiod-certificate controller produced it
-                        (kubernetes-csr: cert-manager, for the install's own Certificate); waited for, never written
-                        by the tests
+``istiod_tls_secret``   the Secret istio-system/istiod-tls as meshsigner's istiod-certificate controller produced it;
+                        waited for, never written by the tests
 ``distributed_root``    ``(namespace) -> bytes``: waits for the ConfigMap istio-ca-root-cert that meshsigner's trust
                         distribution writes into a labelled namespace, and returns its root-cert.pem
 ``make_mesh_namespace`` a new namespace carrying ``MESH_NAMESPACE_LABEL`` (so meshsigner distributes its root there)
@@ -47,7 +46,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.istio import mesh
-from tests.istio.install_values import InstallValues, helm_values, istiod_certificate, meshsigner_duty_flags
+from tests.istio.install_values import InstallValues, helm_values, meshsigner_duty_flags
 from tests.kube.plane_fixtures import SKIP_ENV
 from tests.support.background import polling_threads
 from tests.support.processes import ServerProcess, readyz, start_server
@@ -63,11 +62,6 @@ MESH_NAMESPACE_LABEL = ("meshsigner-test/istio-mesh", "true")
 # The Lease of the istio tests' meshsigner: not the default one, which other tests' servers may campaign for.
 LEASE_NAME = "meshsigner-istio-tests"
 SIGNERS = ["local", "cert-manager", "kubernetes-csr"]
-# Where meshsigner keeps istiod's certificate itself (--istiod-cert-enabled). With --signer kubernetes-csr it refuses
-# to start with that flag ("not available with --signer kubernetes-csr yet", signer/serve_in_cluster.py): there the
-# install applies its own cert-manager Certificate for istiod (docs/istio-install.md), and meshsigner distributes
-# the root only.
-ISTIOD_CERT_BY_MESHSIGNER = {"local", "cert-manager"}
 DUTY_WAIT = 90  # meshsigner leads, then writes; cert-manager issues: seconds on this loaded machine
 
 
@@ -225,17 +219,12 @@ def _backend(mode: str, base: Path, request: pytest.FixtureRequest, istio_system
     return _Backend([*flags, f"--root-ca-file={root_file}"], root_file, issuer.name)
 
 
-def _duty_flags(mode: str, istio_system: str) -> list[str]:
+def _duty_flags(istio_system: str) -> list[str]:
     """meshsigner's cluster duties as docs/istio-install.md gives them, plus what the shared plane needs: its own
-    Lease and root ConfigMaps in the labelled namespaces only. With kubernetes-csr meshsigner does not keep istiod's
-    certificate (see ``ISTIOD_CERT_BY_MESHSIGNER``)."""
+    Lease and root ConfigMaps in the labelled namespaces only. Every signer keeps istiod's certificate."""
     key, value = MESH_NAMESPACE_LABEL
-    documented = [
-        flag
-        for flag in meshsigner_duty_flags()
-        if mode in ISTIOD_CERT_BY_MESHSIGNER or not flag.startswith("--istiod-cert-")
-    ]
-    assert f"--istiod-cert-namespace={istio_system}" in documented or mode not in ISTIOD_CERT_BY_MESHSIGNER
+    documented = meshsigner_duty_flags()
+    assert f"--istiod-cert-namespace={istio_system}" in documented
     return [
         *documented,
         f"--leader-election-namespace={istio_system}",
@@ -247,16 +236,6 @@ def _duty_flags(mode: str, istio_system: str) -> list[str]:
         f"--configmap-namespace-selector={key}={value}",
         f"--istiod-cert-name={ISTIOD_CERTIFICATE}",
     ]
-
-
-def _apply_istiod_certificate(kube_api, issuer_name: str) -> None:
-    """--signer kubernetes-csr: the operator's own cert-manager Certificate for istiod, from docs/istio-install.md."""
-    certificate = istiod_certificate(issuer_name)
-    metadata = certificate["metadata"]
-    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        "cert-manager.io", "v1", metadata["namespace"], "certificates", certificate
-    )
-    assert metadata["name"] == ISTIOD_CERTIFICATE  # the name _clear_istiod_objects removes
 
 
 def _clear_istiod_objects(kube_api, istio_system: str) -> None:
@@ -369,7 +348,7 @@ def mesh_signer(
             f"--policy-dir={POLICIES}",
             f"--decision-log={base / 'decisions.jsonl'}",
             "--log-format=json",
-            *_duty_flags(mode, istio_system),
+            *_duty_flags(istio_system),
         ],
         base / "serve.log",
         wait=False,  # start_server's own 20 s wait is too short on this loaded machine; wait longer here
@@ -377,10 +356,8 @@ def mesh_signer(
     try:
         mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
         signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
-        if mode not in ISTIOD_CERT_BY_MESHSIGNER:
-            _apply_istiod_certificate(kube_api, backend.issuer_name)
         with polling_threads() as start_thread:
-            if mode != "local":  # cert-manager issues istiod's certificate
+            if mode == "cert-manager":  # cert-manager issues istiod's certificate for meshsigner's Certificate
                 start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
             yield signer
     finally:
@@ -412,8 +389,8 @@ def _roots_are(pem: bytes, root_pem: bytes) -> bool:
 @pytest.fixture(scope="session")
 def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> client.V1Secret:
     """The ``istiod-tls`` Secret meshsigner's istiod-certificate controller produced: written by meshsigner itself
-    (``--signer local``) or by cert-manager for meshsigner's Certificate (``--signer cert-manager``); with
-    ``--signer kubernetes-csr``, by cert-manager for the install's own Certificate. Waited for until it is complete
+    (``--signer local``; ``--signer kubernetes-csr``, through a CertificateSigningRequest it approves) or by
+    cert-manager for meshsigner's Certificate (``--signer cert-manager``). Waited for until it is complete
     and issued under this meshsigner's root (the stale one was deleted before meshsigner started)."""
     core = client.CoreV1Api(kube_api)
 

@@ -1,9 +1,6 @@
-"""The gap that keeps a separate istiod Certificate in the kubernetes-csr install (docs/istio-install.md).
-
-meshsigner refuses to start with ``--signer kubernetes-csr --istiod-cert-enabled`` ("not available with --signer
-kubernetes-csr yet"), so tests/istio's kubernetes-csr runs apply their own cert-manager Certificate for istiod.
-When this test starts passing (strict xfail: it then fails), move kubernetes-csr into ``ISTIOD_CERT_BY_MESHSIGNER``
-in tests/istio/conftest.py and drop the doc's Certificate block.
+"""``--signer kubernetes-csr --istiod-cert-enabled``: meshsigner writes the istiod-tls Secret itself, its certificate
+asked for through a CertificateSigningRequest to cert-manager's CSR signer for a CA ClusterIssuer (approved by
+meshsigner), its ``ca.crt`` the pinned ``--root-ca-file`` (docs/istio-install.md, docs/kubernetes-csr-mode.md).
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ import base64
 import secrets
 from typing import Any
 
-import pytest
 from cryptography import x509
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -30,26 +26,15 @@ def _ready_or_exited(server) -> bool:
         return False
 
 
-def _istiod_object(kube_api, namespace: str) -> dict | None:
-    """The Secret istiod-tls, or a cert-manager Certificate for it (either would do: the cert-manager way needs an
-    approver this test does not run)."""
+def _istiod_secret(kube_api, namespace: str) -> Any:
     try:
-        secret = client.CoreV1Api(kube_api).read_namespaced_secret("istiod-tls", namespace)
-        return {"kind": "Secret", "data": secret.data or {}}
+        return client.CoreV1Api(kube_api).read_namespaced_secret("istiod-tls", namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
-    found: Any = client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
-        "cert-manager.io", "v1", namespace, "certificates"
-    )
-    return next((c for c in found["items"] if c["spec"].get("secretName") == "istiod-tls"), None)
+    return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="meshsigner does not keep istiod's certificate with --signer kubernetes-csr yet "
-    "(signer/serve_in_cluster.py _istiod_certificate raises StartupError: no local CA, no cert-manager issuer)",
-)
 def test_kubernetes_csr_signer_keeps_istiod_certificate(
     kube_plane, kube_api, ca_cluster_issuer, make_namespace, tmp_path
 ):
@@ -76,14 +61,18 @@ def test_kubernetes_csr_signer_keeps_istiod_certificate(
     try:
         wait_until(lambda: _ready_or_exited(server), 120, "meshsigner ready or exited", log=server.log_path)
         assert server.process.poll() is None, f"meshsigner exited ({server.process.returncode}):\n{server.log()}"
-        found = wait_until(
-            lambda: _istiod_object(kube_api, namespace), 90, "istiod-tls or its Certificate", alive=server.process,
-            log=server.log_path,
-        )  # fmt: skip
-        if found["kind"] == "Secret":
-            root = x509.load_pem_x509_certificate(ca_cluster_issuer.ca_cert_pem)
-            assert x509.load_pem_x509_certificates(base64.b64decode(found["data"]["ca.crt"])) == [root]
-        else:
-            assert found["spec"]["issuerRef"]["name"] == ca_cluster_issuer.name
+        secret = wait_until(
+            lambda: _istiod_secret(kube_api, namespace), 90, "istiod-tls", alive=server.process, log=server.log_path
+        )
+        root = x509.load_pem_x509_certificate(ca_cluster_issuer.ca_cert_pem)
+        assert x509.load_pem_x509_certificates(base64.b64decode(secret.data["ca.crt"])) == [root]
+        leaf = x509.load_pem_x509_certificates(base64.b64decode(secret.data["tls.crt"]))[0]
+        leaf.verify_directly_issued_by(root)
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [f"istiod.{namespace}.svc"]
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+            f"spiffe://cluster.local/ns/{namespace}/sa/istiod-service-account"
+        ]
+        assert not any(key.startswith("cert-manager.io/") for key in (secret.metadata.annotations or {}))
     finally:
         server.stop()

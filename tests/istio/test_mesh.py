@@ -239,8 +239,7 @@ def test_istiod_serves_xds_with_the_istiod_tls_certificate(istiod, istiod_tls_se
 
 
 def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_signer, kube_api):
-    """istiod's certificate and root are the objects meshsigner's controllers produced, nothing the tests wrote
-    (with --signer kubernetes-csr the certificate is the install's own cert-manager Certificate's)."""
+    """istiod's certificate and root are the objects meshsigner's controllers produced, nothing the tests wrote."""
     data = {key: base64.b64decode(value) for key, value in istiod_tls_secret.data.items()}
     mounted = istiod.root / "var/run/secrets/istiod"
     assert (mounted / "tls/tls.crt").read_bytes() == data["tls.crt"]
@@ -260,12 +259,7 @@ def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_sig
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [ISTIOD_SPIFFE_ID]
 
     annotations = istiod_tls_secret.metadata.annotations or {}
-    if mesh_signer.mode == "kubernetes-csr":
-        # meshsigner keeps no istiod certificate in this mode: cert-manager wrote the Secret for the install's own
-        # Certificate (docs/istio-install.md); the root istiod trusts is still meshsigner's ConfigMap
-        assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
-        assert annotations.get("cert-manager.io/issuer-name") == mesh_signer.issuer_name
-    elif mesh_signer.mode == "cert-manager":
+    if mesh_signer.mode == "cert-manager":
         # cert-manager wrote the Secret for the Certificate meshsigner keeps, issued by meshsigner's issuer
         assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
         certificate = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
@@ -274,6 +268,7 @@ def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_sig
         assert certificate["spec"]["secretName"] == ISTIOD_TLS_SECRET
         assert certificate["spec"]["issuerRef"]["name"] == mesh_signer.issuer_name
     else:
-        # meshsigner wrote the Secret itself, signed by the local CA whose key only its process holds
+        # meshsigner wrote the Secret itself: signed by the local CA whose key only its process holds, or through a
+        # CertificateSigningRequest meshsigner made and approved (kubernetes-csr); no Certificate of cert-manager's
         assert not any(key.startswith("cert-manager.io/") for key in annotations)
         assert istiod_tls_secret.type == "kubernetes.io/tls"
