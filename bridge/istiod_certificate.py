@@ -31,7 +31,8 @@ from loguru import logger
 
 from bridge.certificates import load_bundle
 from bridge.controllers import Controller, ControllerMetrics, follow_roots
-from bridge.errors import BackendError, IssuerFailed
+from bridge.errors import BackendError
+from bridge.issued_identity import check_issued_identity
 from bridge.kube import CERTIFICATES, CM_GROUP, SECRETS, Obj
 from bridge.object_keeper import KeeperApi, ObjectKeeper
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
@@ -152,31 +153,6 @@ def istiod_csr(key: PrivateKey, options: IstiodCertOptions) -> x509.CertificateS
     )
 
 
-def check_issued_for_istiod(chain: SignedChain, key: PrivateKey, options: IstiodCertOptions) -> None:
-    """An issuer answer is untrusted: the leaf must be for istiod's key, with exactly istiod's SANs, and not a CA
-    (IssuerFailed otherwise). The chain to the pinned roots and the lifetime are the backend's checks."""
-    try:
-        leaf_key = chain.leaf.public_key()
-        extensions = list(chain.leaf.extensions)
-    except Exception as exc:  # library read of issuer-supplied bytes; nothing of ours runs inside
-        raise IssuerFailed("ISSUED_MALFORMED", f"{type(exc).__name__}: {exc}") from None
-    if leaf_key != key.public_key():
-        raise IssuerFailed("ISSUED_KEY_MISMATCH", "the issued certificate is not for istiod's key")
-    sans = [e.value for e in extensions if isinstance(e.value, x509.SubjectAlternativeName)]
-    if not sans:
-        raise IssuerFailed("ISSUED_SAN_MISMATCH", "the issued certificate has no SAN")
-    uris = sans[0].get_values_for_type(x509.UniformResourceIdentifier)
-    dns_names = sans[0].get_values_for_type(x509.DNSName)
-    if (
-        sorted(uris) != [options.uri]
-        or sorted(dns_names) != sorted(options.dns_names)
-        or len(uris) + len(dns_names) != len(list(sans[0]))
-    ):
-        raise IssuerFailed("ISSUED_SAN_MISMATCH", f"issued SANs {uris + dns_names} are not istiod's")
-    if any(isinstance(e.value, x509.BasicConstraints) and e.value.ca for e in extensions):
-        raise IssuerFailed("ISSUED_CA", "the issuer returned a CA certificate")
-
-
 class Signer(Protocol):
     """What istiod's Secret needs of a backend (:class:`bridge.signing.SigningBackend` has it): its signing."""
 
@@ -268,7 +244,7 @@ class IstiodSecretIssuer:
             )
         )
         if not chain.built_in_process:
-            check_issued_for_istiod(chain, key, self._options)
+            check_issued_identity(chain.leaf, key.public_key(), (self._options.uri,), self._options.dns_names)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
