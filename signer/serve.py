@@ -61,7 +61,8 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.leader_election import LeaderElector
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from policies.policy_store import PolicyStore  # the YAML engine: imported only with --policy-dir
+    from bridge.policy_objects import PolicyObjectWatch
+    from policies.policy_store import PolicyStore  # the YAML engine: imported only with policies configured
     from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, InClusterAuth, KubernetesCsrParts
 
 EXIT_CANNOT_START = 2
@@ -72,6 +73,7 @@ OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailab
 def needs_kube(settings: ServeSettings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
+    policy_objects = settings.policy_source == "kubernetes"
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
     cluster_keys = settings.authenticator == "jwks" and not settings.jwks_file  # OIDC discovery and informers
     duties = bool(settings.cluster_duties and settings.kubeconfig)  # root ConfigMaps, istiod's certificate
@@ -81,6 +83,7 @@ def needs_kube(settings: ServeSettings) -> bool:
         or cluster_keys
         or settings.mirror_certificate_signing_requests
         or policy_labels
+        or policy_objects
         or node_pods
         or duties
     )
@@ -254,11 +257,27 @@ def client_cert_roots(
     raise StartupError("--enable-client-cert-authenticator needs pinned roots (--root-ca-file, or --signer local)")
 
 
+def uses_policy_store(settings: ServeSettings) -> bool:
+    return bool(settings.policy_dir) or settings.policy_source == "kubernetes"
+
+
 def build_decider(
     settings: ServeSettings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
 ) -> tuple[IdentityDecider, PolicyStore | None]:
-    """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists), returned
-    twice (as the decider and as the store to watch); otherwise istio-csr's built-in rule and no store."""
+    """The policy store when --policy-dir is set or --policy-source is kubernetes (not ready, not fatal, while no
+    valid set exists), returned twice (as the decider and as the store to feed); otherwise istio-csr's built-in rule
+    and no store."""
+    labels = namespace_labels.labels if namespace_labels is not None else None
+    if settings.policy_source == "kubernetes":
+        from policies.policy_store import PolicyStore
+
+        objects_store = PolicyStore.for_objects(
+            trust_domain=settings.trust_domain,
+            root_namespace=settings.policy_root_namespace,
+            registry=registry,
+            namespace_labels=labels,
+        )
+        return objects_store, objects_store
     if settings.policy_dir:
         if not Path(settings.policy_dir).is_dir():
             raise StartupError(f"--policy-dir {settings.policy_dir}: not a directory")
@@ -268,10 +287,23 @@ def build_decider(
             settings.policy_dir,
             trust_domain=settings.trust_domain,
             registry=registry,
-            namespace_labels=namespace_labels.labels if namespace_labels is not None else None,
+            namespace_labels=labels,
         )
         return store, store
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration)), None
+
+
+def build_policy_objects(
+    settings: ServeSettings, kube: KubeClient | None, store: PolicyStore | None
+) -> PolicyObjectWatch | None:
+    """With --policy-source kubernetes: the policy objects' watch, feeding the store (every replica, not only
+    the leader: each decides from its own copy)."""
+    if settings.policy_source != "kubernetes":
+        return None
+    assert kube is not None and store is not None  # needs_kube and build_decider see to both
+    from bridge.policy_objects import PolicyObjectWatch
+
+    return PolicyObjectWatch(kube, store.objects_changed, label_selector=settings.policy_label_selector)
 
 
 async def run(
@@ -313,11 +345,12 @@ async def run(
             backend = mirror.wrap(backend)
         authenticator, in_cluster_auth = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
-        if kube is not None and settings.policy_dir:
+        if kube is not None and uses_policy_store(settings):
             from signer.serve_in_cluster import build_namespace_labels
 
             namespace_labels = build_namespace_labels(kube)
         decider, policy_store = build_decider(settings, registry, namespace_labels)
+        policy_objects = build_policy_objects(settings, kube, policy_store)
         pods, node_authorizer = build_node_authorization(
             settings, kube, in_cluster_auth.pods if in_cluster_auth is not None else None
         )
@@ -347,6 +380,9 @@ async def run(
             tasks.start("namespace-labels", lambda: labels.watch.run(stop))
             if policy_store is not None and policy_store.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
+        if policy_objects is not None:
+            for name, factory in policy_objects.tasks(stop).items():
+                tasks.start(name, factory)
         if pods is not None:
             pod_cache = pods
             tasks.start("pod-watch", lambda: pod_cache.watch.run(stop))
@@ -427,7 +463,7 @@ async def run(
         if isinstance(authenticator.inner, JwksAuthenticator):
             jwks = authenticator.inner
             tasks.start("jwks-watch", lambda: jwks.watch(stop))
-        if policy_store is not None:
+        if policy_store is not None and policy_objects is None:
             store = policy_store
             tasks.start("policy-watch", lambda: store.watch(stop))
         logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(

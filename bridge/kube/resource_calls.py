@@ -28,9 +28,9 @@ def list_call(
     """The list (and watch: same function, ``watch=True``) call for ``resource`` in ``namespace`` (None: all)."""
     r = resource
     if not r.is_core:
-        if r.namespaced:
+        if r.namespaced and namespace is not None:
             return custom.list_namespaced_custom_object, (r.group, r.version, namespace, r.plural)
-        return custom.list_cluster_custom_object, (r.group, r.version, r.plural)
+        return custom.list_cluster_custom_object, (r.group, r.version, r.plural)  # a namespaced one: every namespace
     if r.plural == "namespaces":
         return core.list_namespace, ()
     if r.plural == "pods":
