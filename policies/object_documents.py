@@ -7,8 +7,11 @@ problems name the object and the field path (``IdentityPolicy payments/team-gran
 annotations); what the API server adds (uid, resourceVersion, generation, managedFields, status...) is dropped
 from the document and kept in the document's ``ObjectRef``.
 
-The set's revision is a digest of the sorted (kind, namespace, name, resourceVersion) list: every change of any
-object gives a new revision, and the same objects always give the same one, on every replica.
+The set's revision is a digest of every object's identity and version: (kind, namespace, name, uid, generation) and
+its labels and annotations. Not the resourceVersion itself: it also changes when only the status is written (the
+leader writes it), and a revision that moved with every status write would look like a new set to every replica.
+The generation moves with every spec change; labels and annotations are hashed because they do not move it.
+Any change a policy author makes gives a new revision; the same objects give the same one on every replica.
 """
 
 from __future__ import annotations
@@ -86,10 +89,21 @@ def json_node(value: Any) -> yaml.Node:
 
 
 def objects_revision(objects: Sequence[Mapping[str, Any]]) -> str:
-    """``sha256:<hex>`` over the sorted (kind, namespace, name, resourceVersion) of every object."""
-    keys = sorted((ref.kind, ref.namespace or "", ref.name, ref.resource_version) for ref in map(object_ref, objects))
-    text = json.dumps(keys, separators=(",", ":"))
+    """``sha256:<hex>`` over the sorted versions of every object (``object_version``)."""
+    text = json.dumps(sorted(map(object_version, objects)), separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def object_version(obj: Mapping[str, Any]) -> list[str]:
+    """(kind, namespace, name, uid, generation, labels and annotations): what changes when the author changes the
+    object, and not when only its status is written. An object without a generation falls back to its
+    resourceVersion (it then changes with status writes too: never missing a change)."""
+    ref = object_ref(obj)
+    metadata = _mapping(obj.get("metadata"))
+    version = str(ref.generation) if ref.generation is not None else f"rv:{ref.resource_version}"
+    annotations = {k: v for k, v in _mapping(metadata.get("annotations")).items() if k not in DROPPED_ANNOTATIONS}
+    labelled = json.dumps([metadata.get("labels") or {}, annotations], sort_keys=True, default=str)
+    return [ref.kind, ref.namespace or "", ref.name, str(metadata.get("uid") or ""), version, labelled]
 
 
 def build_object_policy_set(

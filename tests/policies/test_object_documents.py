@@ -169,16 +169,27 @@ def test_the_set_names_the_object_of_each_policy_and_of_the_settings() -> None:
     assert settings is not None and settings.label == "PolicySettings settings"
 
 
-def test_the_revision_follows_the_resource_versions_only() -> None:
+def test_the_revision_follows_what_the_author_changes_and_not_status_writes() -> None:
     objects = reference_objects()
     revision = objects_revision(objects)
     assert revision.startswith("sha256:") and build(*objects).revision == revision
     assert objects_revision(list(reversed(objects))) == revision  # order of the list does not matter
-    touched = copy.deepcopy(objects)
-    touched[0]["metadata"]["resourceVersion"] = "999"
-    assert objects_revision(touched) != revision
-    fewer = objects[1:]
-    assert objects_revision(fewer) != revision
+
+    def changed(change: Any) -> str:
+        edited = copy.deepcopy(objects)
+        change(edited[1])
+        return objects_revision(edited)
+
+    def status_write(obj: Any) -> None:
+        obj["metadata"]["resourceVersion"] = "999"
+        obj["status"] = {"conditions": [{"type": "Accepted", "status": "False"}]}
+
+    assert changed(status_write) == revision
+    assert changed(lambda o: o["metadata"].update(generation=2, resourceVersion="999")) != revision
+    assert changed(lambda o: o["metadata"]["annotations"].update({"meshsigner.io/git-sha": "abc"})) != revision
+    assert changed(lambda o: o["metadata"].update(labels={"team": "a"})) != revision
+    assert changed(lambda o: o["metadata"].update(uid="another")) != revision  # deleted and created again
+    assert objects_revision(objects[1:]) != revision
 
 
 def test_no_objects_is_not_a_set() -> None:
