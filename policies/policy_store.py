@@ -30,6 +30,7 @@ from policies.explain import Explanation, explain
 from policies.loader import build_policy_set
 from policies.metrics import PolicyMetrics
 from policies.object_documents import OBJECTS_ORIGIN, build_object_policy_set, objects_revision
+from policies.object_status import ObjectKey, object_statuses
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.shadow import shadow_error_report, shadow_report
@@ -83,6 +84,7 @@ class PolicyStore:
         self._shadow: PolicySet | None = None
         self._shadow_name: str | None = None
         self._shadow_problems: list[Problem] = []
+        self._last_objects: list[Mapping[str, Any]] = []  # the last build's input (the Kubernetes source)
         if self._directory is not None:
             self.reload()
 
@@ -154,7 +156,9 @@ class PolicyStore:
     def load_objects(self, objects: Sequence[Mapping[str, Any]]) -> bool:
         """Build and install a set from every policy object now (the Kubernetes source). Returns True when the
         new set is active; otherwise the last good set keeps deciding and ``last_problems`` says why."""
-        return self._install(*self._build_objects(objects), objects_revision(objects))
+        installed = self._install(*self._build_objects(objects), objects_revision(objects))
+        self._last_objects = list(objects)
+        return installed
 
     async def objects_changed(self, objects: Sequence[Mapping[str, Any]]) -> bool:
         """``load_objects``, building in a worker thread (requests keep being served meanwhile). The same objects
@@ -163,7 +167,14 @@ class PolicyStore:
         if digest == self._attempted_digest:
             return False
         built, shadow = await asyncio.to_thread(self._build_objects, objects)
-        return self._install(built, shadow, digest)
+        installed = self._install(built, shadow, digest)
+        self._last_objects = list(objects)
+        return installed
+
+    def object_statuses(self) -> dict[ObjectKey, dict[str, Any]]:
+        """The status each policy object of the last build should show (``object_status.py``): for the leader's
+        status writer."""
+        return object_statuses(self._last_objects, self._last_problems, self._active)
 
     def _build_objects(
         self, objects: Sequence[Mapping[str, Any]]

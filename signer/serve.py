@@ -10,7 +10,7 @@ Kubernetes API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, InClusterAuth, KubernetesCsrParts
 
 EXIT_CANNOT_START = 2
+PolicyStatusController = Callable[[asyncio.Event], Awaitable[None]]
 # Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
 OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailable)
 
@@ -96,9 +97,11 @@ def build_leader_election(
     clock: Clock,
     backend: SigningBackend,
     parts: CertManagerParts | KubernetesCsrParts | None,
+    policy_status: PolicyStatusController | None = None,
 ) -> LeaderElector | None:
     """The Lease campaign and the cluster controllers (only with Kubernetes access, only in the first of the
-    --workers processes: the others run with --cluster-duties=false)."""
+    --workers processes: the others run with --cluster-duties=false); ``policy_status`` writes the policy objects'
+    status while leading."""
     if kube is None or not settings.cluster_duties:
         return None
     from signer.serve_in_cluster import build_cluster_duties
@@ -113,7 +116,9 @@ def build_leader_election(
         roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
     else:
         return None
-    return build_cluster_duties(settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers)
+    return build_cluster_duties(
+        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers, policy_status=policy_status
+    )
 
 
 def build_backend(
@@ -306,6 +311,17 @@ def build_policy_objects(
     return PolicyObjectWatch(kube, store.objects_changed, label_selector=settings.policy_label_selector)
 
 
+def build_policy_status(
+    kube: KubeClient | None, objects: PolicyObjectWatch | None, store: PolicyStore | None, clock: Clock
+) -> PolicyStatusController | None:
+    """With --policy-source kubernetes: the leader-only writer of the policy objects' status."""
+    if kube is None or objects is None or store is None:
+        return None
+    from bridge.policy_status import StatusWriter
+
+    return StatusWriter(kube, objects, store.object_statuses, clock=clock).run
+
+
 async def run(
     settings: ServeSettings,
     *,
@@ -394,7 +410,8 @@ async def run(
         if parts is not None:
             checks.update(parts.checks())
             await parts.preflight()
-        leader = build_leader_election(settings, kube, registry, clock, backend, parts)
+        policy_status = build_policy_status(kube, policy_objects, policy_store, clock)
+        leader = build_leader_election(settings, kube, registry, clock, backend, parts, policy_status)
         if leader is not None:
             elector = leader
             tasks.start("leader-election", lambda: elector.run(stop))

@@ -417,6 +417,7 @@ def build_cluster_duties(
     roots: Callable[[], str],
     local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
+    policy_status: Controller | None = None,
 ) -> LeaderElector:
     """The leader election and the controllers it runs while this process leads: the root ConfigMaps, the
     ClusterTrustBundle (when named) and istiod's certificate (when enabled)."""
@@ -438,6 +439,8 @@ def build_cluster_duties(
         controllers["cluster-trust-bundle"] = bundle.run
     if settings.istiod_cert_enabled:
         controllers["istiod-certificate"] = _istiod_certificate(settings, kube, metrics, clock, local_ca, issuers)
+    if policy_status is not None:  # --policy-source kubernetes: the policy objects' status (bridge/policy_status.py)
+        controllers["policy-status"] = policy_status
     names = ", ".join(controllers)
     logger.bind(event="cluster_duties", controllers=names).info(
         "cluster controllers ({}) run while this process holds Lease {}/{}",

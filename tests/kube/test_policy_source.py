@@ -172,3 +172,68 @@ def test_policy_objects_decide_live(
         assert server.ready()
     finally:
         server.stop()
+
+
+@pytest.mark.usefixtures("policy_crds")
+def test_the_leader_writes_each_policy_objects_status(
+    kube_plane: Any, kube_api: client.ApiClient, make_namespace: Any, tmp_path: Path
+) -> None:
+    label = uuid.uuid4().hex[:12]
+    root = make_namespace("polstatus")
+    policies = Policies(kube_api, label)
+    baseline = policies.create(root, "baseline", own_identity_for(root))
+    server = start_server(
+        [
+            "--signer=local",
+            f"--local-ca-dir={tmp_path / 'ca'}",
+            "--authenticator=tokenreview",
+            f"--kubeconfig={kube_plane.kubeconfig}",
+            "--policy-source=kubernetes",
+            f"--policy-root-namespace={root}",
+            f"--policy-label-selector={TEST_LABEL}={label}",
+            # a Lease of its own; root ConfigMaps only where the (absent) label says
+            f"--leader-election-namespace={root}",
+            f"--leader-election-name=policy-status-{label}",
+            f"--configmap-namespace-selector={TEST_LABEL}={label}",
+        ],
+        tmp_path / "serve.log",
+    )
+
+    def status_of(name: str) -> dict[str, Any]:
+        obj = policies.api.get_namespaced_custom_object(GROUP, VERSION, root, "identitypolicies", name)
+        assert isinstance(obj, dict)
+        found = obj.get("status") or {}
+        assert isinstance(found, dict)
+        return found
+
+    def condition(name: str, kind: str) -> dict[str, Any]:
+        return next((c for c in status_of(name).get("conditions") or [] if c["type"] == kind), {})
+
+    try:
+        generation = baseline["metadata"]["generation"]
+        wait_for(lambda: condition("baseline", "Ready").get("status") == "True", "baseline Ready", timeout=60)
+        assert condition("baseline", "Accepted")["status"] == "True"
+        assert condition("baseline", "Ready")["observedGeneration"] == generation
+        assert status_of("baseline")["ruleCount"] == 1
+
+        broken_rule = {
+            "name": "own",
+            "effect": "Allow",
+            "identities": ["spiffe://{trustDomain}/ns/{namespace}/sa/{nope}"],
+        }
+        policies.create(root, "broken", {"rules": [broken_rule]})
+        wait_for(lambda: condition("broken", "Accepted").get("status") == "False", "broken not accepted", timeout=30)
+        assert condition("broken", "Accepted")["message"].startswith("spec.rules[0].identities[0]: ")
+        assert condition("broken", "Ready")["status"] == "False"
+        assert condition("baseline", "Ready")["status"] == "True"  # its generation is still the one in force
+
+        policies.delete(root, "broken")
+        edited = policies.replace_spec(root, "baseline", own_identity_for(root, "elsewhere"))
+        wait_for(
+            lambda: condition("baseline", "Ready").get("observedGeneration") == edited["metadata"]["generation"],
+            "the edited generation observed",
+            timeout=30,
+        )
+        assert condition("baseline", "Ready")["status"] == "True"
+    finally:
+        server.stop()

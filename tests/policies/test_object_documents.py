@@ -239,3 +239,39 @@ def test_times_in_json_are_read_as_in_yaml() -> None:
     ]
     policy_set = build(settings_object(), policy("istio-system", "timed", rules))
     assert policy_set.policies[0].rules[0].expires_at == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
+
+
+def test_the_status_of_each_object_says_whether_it_was_accepted_and_is_in_force() -> None:
+    from policies.object_status import object_statuses
+
+    store = PolicyStore.for_objects(trust_domain=TD, root_namespace=ROOT)
+    good = [settings_object("1"), grant_own_identity("5")]
+    assert store.load_objects(good)
+    statuses = store.object_statuses()
+    own = statuses[("IdentityPolicy", ROOT, "own")]
+    assert own["observedGeneration"] == 1 and own["ruleCount"] == 1
+    assert conditions(own)["Accepted"][:2] == ("True", "Valid")
+    assert conditions(own)["Ready"] == ("True", "InForce", f"in force in revision {store.revision}")
+    assert statuses[("PolicySettings", "", "settings")]["activeRevision"] == store.revision
+
+    broken = policy(ROOT, "broken", [{"name": "r", "effect": "Allow", "identities": ["spiffe://{nope}/x"]}], rv="8")
+    edited = policy(ROOT, "own", [{"name": "own", "effect": "Allow", "identities": [OWN]}], rv="9", generation=2)
+    assert not store.load_objects([settings_object("1"), edited, broken])
+    statuses = store.object_statuses()
+    status, reason, message = conditions(statuses[("IdentityPolicy", ROOT, "broken")])["Accepted"]
+    assert (status, reason) == ("False", "Invalid") and message.startswith("spec.rules[0].identities[0]: ")
+    assert conditions(statuses[("IdentityPolicy", ROOT, "broken")])["Ready"][:2] == ("False", "Invalid")
+    # the edited policy is valid, but its new generation is not in force: the set was rejected because of broken
+    status, reason, message = conditions(statuses[("IdentityPolicy", ROOT, "own")])["Ready"]
+    assert (status, reason) == ("False", "SetRejected")
+    assert f"IdentityPolicy {ROOT}/broken: spec.rules[0].identities[0]" in message
+    assert message.endswith(f"revision {store.revision} keeps deciding")
+    assert conditions(statuses[("IdentityPolicy", ROOT, "own")])["Accepted"][:2] == ("True", "Valid")
+    assert statuses[("IdentityPolicy", ROOT, "own")]["observedGeneration"] == 2
+    # the settings object did not change: its generation is still the one in force
+    assert conditions(statuses[("PolicySettings", "", "settings")])["Ready"][0] == "True"
+    assert object_statuses([], [], None) == {}
