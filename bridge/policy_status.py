@@ -18,13 +18,15 @@ from typing import Any
 from loguru import logger
 
 from bridge.certificate_request_watch import condition_time
-from bridge.kube import KubeClient, KubeConflict, KubeNotFound, Obj
+from bridge.kube import KubeClient, KubeConflict, KubeError, KubeNotFound, Obj, Resource
 from bridge.policy_objects import IDENTITY_POLICIES, POLICY_SETTINGS, PolicyObjectWatch
 from clocks import Clock, sleep_unless_stopped
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
 DesiredStatuses = Callable[[], Mapping[ObjectKey, Mapping[str, Any]]]
 RESOURCES = {"IdentityPolicy": IDENTITY_POLICIES, "PolicySettings": POLICY_SETTINGS}
+EVENTS = Resource("", "v1", "events")
+CLUSTER_EVENTS_NAMESPACE = "default"  # where Events about a cluster-scoped object go (as kubectl shows them)
 
 
 class StatusWriter:
@@ -72,10 +74,60 @@ class StatusWriter:
             except (KubeConflict, KubeNotFound):
                 continue  # changed or deleted meanwhile: the watch brings the new version
             written += 1
+            if _newly_rejected(old, new):
+                await self._rejection_event(obj, key, new)
             logger.bind(event="policy_status_written", object=f"{kind} {namespace}/{name}").debug(
                 "status of {} {}/{} written", kind, namespace, name
             )
         return written
+
+    async def _rejection_event(self, obj: Obj, key: ObjectKey, status: Mapping[str, Any]) -> None:
+        """A Warning Event ``Rejected`` on the object, with its errors (``kubectl describe`` and event pipelines
+        show it); an Event that cannot be written is logged, never retried (the status says the same)."""
+        kind, namespace, name = key
+        metadata = obj.get("metadata") or {}
+        accepted = _condition(status, "Accepted")
+        now = condition_time(self._clock.now())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace or CLUSTER_EVENTS_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": str(obj.get("apiVersion") or ""),
+                "kind": kind,
+                "name": name,
+                **({"namespace": namespace} if namespace else {}),
+                "uid": str(metadata.get("uid") or ""),
+                "resourceVersion": str(metadata.get("resourceVersion") or ""),
+            },
+            "type": "Warning",
+            "reason": "Rejected",
+            "message": f"generation {status.get('observedGeneration')}: {accepted.get('message', '')}"[:1024],
+            "source": {"component": "meshsigner"},
+            "reportingComponent": "meshsigner",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._kube.create_object(EVENTS, namespace or CLUSTER_EVENTS_NAMESPACE, event)
+        except KubeError as exc:
+            logger.bind(event="policy_event_failed", object=f"{kind} {namespace}/{name}").warning(
+                "could not record the rejection of {} {}/{} as an Event: {}", kind, namespace, name, exc
+            )
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    found = (c for c in status.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") == kind)
+    return next(found, {})
+
+
+def _newly_rejected(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` says Accepted=False for a generation ``old`` had not already said it for."""
+    before, after = _condition(old, "Accepted"), _condition(new, "Accepted")
+    if after.get("status") != "False":
+        return False
+    return before.get("status") != "False" or before.get("observedGeneration") != after.get("observedGeneration")
 
 
 def with_transition_times(old: Mapping[str, Any], new: Mapping[str, Any], now: str) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def object_path(resource: Resource, namespace: str | None, name: str = "") -> st
         base += f"/namespaces/{namespace}"
     path = f"{base}/{r.plural}"
     return f"{path}/{name}" if name else path
+
+
 # certificates.k8s.io/v1 CertificateSigningRequests: cluster-scoped, served through the custom-object calls (same
 # URL shape); the approval subresource has its own call (KubeClient.update_approval)
 CERTIFICATE_SIGNING_REQUESTS = Resource(CSR_GROUP, "v1", "certificatesigningrequests", namespaced=False)

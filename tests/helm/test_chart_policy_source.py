@@ -10,7 +10,9 @@ from tests.helm.test_chart_features import render_error, rules
 
 OBJECTS = ("identitypolicies", "policysettings")
 READ = {("ClusterRole", "meshsigner.io", kind, verb, "*") for kind in OBJECTS for verb in ("get", "list", "watch")}
-WRITE_STATUS = {("ClusterRole", "meshsigner.io", f"{kind}/status", "update", "*") for kind in OBJECTS}
+WRITE_STATUS = {("ClusterRole", "meshsigner.io", f"{kind}/status", "update", "*") for kind in OBJECTS} | {
+    ("ClusterRole", "", "events", "create", "*")
+}
 KUBERNETES = ("app.policySource=kubernetes",)
 
 

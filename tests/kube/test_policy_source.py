@@ -226,6 +226,14 @@ def test_the_leader_writes_each_policy_objects_status(
         assert condition("broken", "Accepted")["message"].startswith("spec.rules[0].identities[0]: ")
         assert condition("broken", "Ready")["status"] == "False"
         assert condition("baseline", "Ready")["status"] == "True"  # its generation is still the one in force
+        events = client.CoreV1Api(kube_api)
+
+        def rejection_events() -> list[Any]:
+            listed = events.list_namespaced_event(root, field_selector="involvedObject.name=broken").items
+            return [e for e in listed if e.reason == "Rejected" and e.type == "Warning"]
+
+        wait_for(lambda: bool(rejection_events()), "a Rejected event on broken", timeout=30)
+        assert "spec.rules[0].identities[0]" in rejection_events()[0].message
 
         policies.delete(root, "broken")
         edited = policies.replace_spec(root, "baseline", own_identity_for(root, "elsewhere"))
