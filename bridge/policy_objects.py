@@ -90,10 +90,6 @@ class PolicyObjectWatch:
         """Both kinds listed at least once."""
         return all(watch.synced for watch in self.watches)
 
-    @property
-    def ready(self) -> bool:
-        return self.synced
-
     def objects(self) -> list[Obj]:
         """Every policy object now: the settings first, then the policies by namespace and name."""
         settings = [self._settings.objects[key] for key in sorted(self._settings.objects)]
