@@ -138,6 +138,14 @@ class PolicyObjectWatch:
                 return False
 
 
+async def read_policy_objects(kube: WatchSource, *, label_selector: str = "") -> list[Obj]:
+    """Every policy object now, one list per kind (the settings first): the live set that ``meshsigner policy
+    lint|explain --kubeconfig`` checks."""
+    settings, _ = await kube.list(POLICY_SETTINGS, None, label_selector=label_selector)
+    policies, _ = await kube.list(IDENTITY_POLICIES, None, label_selector=label_selector)
+    return sorted(settings, key=_key) + sorted(policies, key=_key)
+
+
 def _key(obj: Obj) -> tuple[str, str]:
     metadata = obj.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")

@@ -245,3 +245,22 @@ def test_the_leader_writes_each_policy_objects_status(
         assert condition("baseline", "Ready")["status"] == "True"
     finally:
         server.stop()
+
+
+@pytest.mark.usefixtures("policy_crds")
+def test_policy_lint_reads_the_live_set(
+    kube_plane: Any, kube_api: client.ApiClient, make_namespace: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from signer.cli import main
+
+    label = uuid.uuid4().hex[:12]
+    root, team = make_namespace("pollint"), make_namespace("team")
+    policies = Policies(kube_api, label)
+    policies.create(root, "baseline", own_identity_for(team))
+    argv = ["policy", "lint", f"--kubeconfig={kube_plane.kubeconfig}", f"--label-selector={TEST_LABEL}={label}"]
+    argv.append(f"--root-namespace={root}")
+    assert main(argv) == 0
+    assert "live policy set valid: 1 policies, 1 rules, revision sha256:" in capsys.readouterr().out
+    policies.create(team, "reach", {"subjects": {"namespaces": [root]}, "rules": own_identity_for(team)["rules"]})
+    assert main(argv) == 1
+    assert f"IdentityPolicy {team}/reach: spec.subjects.namespaces: a policy in namespace" in capsys.readouterr().out
