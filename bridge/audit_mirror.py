@@ -30,7 +30,6 @@ from bridge.certificate_request_watch import LABEL_KEY, LABEL_SELECTOR, LABEL_VA
 from bridge.cleanup import LeftoverSweeper
 from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, KubeError, Obj
 from bridge.kubernetes_csr import PURPOSE_LABEL, csr_condition, signer_field_selector
-from bridge.request_trail import current_trail
 from bridge.signing import ServingMaterial, SignedChain, SigningBackend, SigningRequest
 from clocks import Clock
 
@@ -269,10 +268,9 @@ class AuditMirror:
         self.metrics.written.labels("allowed" if entry.allowed else "denied").inc()
 
 
-class TrailRecordingBackend:
-    """Wraps any backend so that the request's trail (bridge/request_trail.py) holds the CSR and the issued chain
-    the audit mirror needs, and the mirror knows when workload requests are being signed (it writes between them):
-    the backends themselves stay unaware of the mirror."""
+class SigningActivityBackend:
+    """Wraps any backend so that the mirror knows when workload requests are being signed (it writes between
+    them): the backends themselves stay unaware of the mirror."""
 
     def __init__(self, backend: SigningBackend, mirror: AuditMirror) -> None:
         self.inner = backend
@@ -287,16 +285,11 @@ class TrailRecordingBackend:
         return self.inner.ca_not_after
 
     async def sign(self, request: SigningRequest) -> SignedChain:
-        trail = current_trail()
-        if not trail.csr_pem:
-            trail.csr_pem = request.csr_pem
         self._mirror.signing_started()
         try:
-            signed = await self.inner.sign(request)
+            return await self.inner.sign(request)
         finally:
             self._mirror.signing_finished()
-        trail.chain_pem = "".join(signed.chain_pems)
-        return signed
 
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
@@ -304,4 +297,4 @@ class TrailRecordingBackend:
         return await self.inner.issue_serving_certificate(dns_names, duration_seconds, key_algorithm, key_size)
 
 
-__all__ = ["AuditMirror", "MirrorEntry", "MirrorOptions", "TrailRecordingBackend", "decision_condition"]
+__all__ = ["AuditMirror", "MirrorEntry", "MirrorOptions", "SigningActivityBackend", "decision_condition"]

@@ -18,12 +18,13 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, Issued, condition_time
+from bridge.certificate_request_watch import LABEL_KEY, LABEL_VALUE, CertificateRequestWatch, condition_time
 from bridge.errors import BackendUnavailable, IssuerFailed
 from bridge.issuer_check import IssuerCheck
 from bridge.kube import CERTIFICATE_REQUESTS, KubeClient, Obj
 from bridge.metrics import BridgeMetrics
 from bridge.request_lifecycle import (
+    Answered,
     RequestKind,
     RequestLifecycle,
     certificate_request_wait,
@@ -175,7 +176,7 @@ class CertManagerBackend:
     async def _write_status(self, name: str, obj: Obj) -> Obj:
         return await self._kube.replace_status(CERTIFICATE_REQUESTS, self._options.namespace, name, obj)
 
-    async def _request(self, body: Obj, purpose: str) -> Issued:
+    async def _request(self, body: Obj, purpose: str) -> Answered:
         approve = self._approve if self._options.approve else None
         return await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
 
@@ -195,9 +196,9 @@ class CertManagerBackend:
             workload_usages(request.csr),
             "workload",
         )
-        issued = await self._request(body, "workload")
-        leaf, intermediates = self._lifecycle.verified_chain(issued, "workload", self._roots.roots)
-        return issued_chain(leaf, intermediates, self._roots.pem)
+        answered = await self._request(body, "workload")
+        leaf, intermediates = self._lifecycle.verified_chain(answered.issued, "workload", self._roots.roots)
+        return issued_chain(leaf, intermediates, self._roots.pem, answered.name)
 
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
@@ -212,7 +213,7 @@ class CertManagerBackend:
             ["server auth", "digital signature", "key encipherment"],
             "serving",
         )
-        issued = await self._request(body, "serving")
+        issued = (await self._request(body, "serving")).issued
         candidate: tuple[x509.Certificate, ...] | None = None  # None: verify against the active (pinned) bundle
         if not self._roots.pinned and issued.ca_pem:
             try:

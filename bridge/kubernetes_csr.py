@@ -37,7 +37,6 @@ from bridge.errors import BackendError, BackendUnavailable, IssuerDenied, Issuer
 from bridge.kube import CERTIFICATE_SIGNING_REQUESTS, CSR_GROUP, KubeClient, Obj, WatchSource
 from bridge.metrics import BridgeMetrics
 from bridge.request_lifecycle import RequestKind, RequestLifecycle, wait_seconds_for
-from bridge.request_trail import current_trail
 from bridge.root_bundle import RootBundle
 from bridge.signing import (
     ServingMaterial,
@@ -163,15 +162,16 @@ class KubernetesCsrBackend:
     def ca_not_after(self) -> datetime | None:
         return None  # the signer's CA is not known here
 
-    def _body(self, csr_pem: bytes, seconds: int, usages: list[str], purpose: str, identities: str) -> Obj:
-        trail = current_trail()
+    def _body(
+        self, csr_pem: bytes, seconds: int, usages: list[str], purpose: str, identities: str, decision_id: str
+    ) -> Obj:
         return {
             "apiVersion": f"{CSR_GROUP}/v1",
             "kind": "CertificateSigningRequest",
             "metadata": {
                 "generateName": NAME_PREFIX,
                 "labels": {LABEL_KEY: LABEL_VALUE, PURPOSE_LABEL: purpose},
-                "annotations": {IDENTITIES_ANNOTATION: identities, DECISION_ANNOTATION: trail.decision_id},
+                "annotations": {IDENTITIES_ANNOTATION: identities, DECISION_ANNOTATION: decision_id},
             },
             "spec": {
                 "request": base64.b64encode(csr_pem).decode("ascii"),
@@ -194,7 +194,10 @@ class KubernetesCsrBackend:
             created, condition, decided=("Denied", "Failed"), write=self._kube.update_approval
         )
 
-    async def _issue(self, body: Obj, purpose: str, seconds: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    async def _issue(
+        self, body: Obj, purpose: str, seconds: int
+    ) -> tuple[x509.Certificate, list[x509.Certificate], str]:
+        """The verified leaf and intermediates, and the name of the CertificateSigningRequest that got them."""
         if seconds < MIN_EXPIRATION_SECONDS:
             raise IssuerFailed(
                 "LIFETIME_BELOW_CSR_API_MINIMUM",
@@ -206,8 +209,8 @@ class KubernetesCsrBackend:
         if not self._roots.ready:
             raise BackendUnavailable("NO_ROOTS", "no root bundle loaded yet")
         approve = self._approve if self._options.approve else None
-        issued = await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
-        leaf, intermediates = self._lifecycle.verified_chain(issued, purpose, self._roots.roots)
+        answered = await self._lifecycle.run(body, purpose, self._options.wait_seconds(purpose), approve)
+        leaf, intermediates = self._lifecycle.verified_chain(answered.issued, purpose, self._roots.roots)
         latest = self._clock.now() + timedelta(seconds=seconds) + NOT_AFTER_TOLERANCE
         if leaf.not_valid_after_utc > latest:
             self._metrics.outcomes.labels(purpose, "too_long").inc()
@@ -215,7 +218,7 @@ class KubernetesCsrBackend:
                 "ISSUED_TOO_LONG",
                 f"notAfter {leaf.not_valid_after_utc.isoformat()} is past the granted {latest.isoformat()}",
             )
-        return leaf, intermediates
+        return leaf, intermediates, answered.name
 
     async def sign(self, request: SigningRequest) -> SignedChain:
         body = self._body(
@@ -224,9 +227,10 @@ class KubernetesCsrBackend:
             workload_usages(request.csr),
             "workload",
             request.identities_annotation or ",".join(request.uris),
+            request.decision_id,
         )
-        leaf, intermediates = await self._issue(body, "workload", request.duration_seconds)
-        return issued_chain(leaf, intermediates, self._roots.pem)
+        leaf, intermediates, name = await self._issue(body, "workload", request.duration_seconds)
+        return issued_chain(leaf, intermediates, self._roots.pem, name)
 
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
@@ -239,8 +243,9 @@ class KubernetesCsrBackend:
             ["server auth", "digital signature", "key encipherment"],
             "serving",
             ",".join(dns_names),
+            "",  # no workload decision: the server's own certificate
         )
-        leaf, intermediates = await self._issue(body, "serving", seconds)
+        leaf, intermediates, _ = await self._issue(body, "serving", seconds)
         return issued_serving_material(key, leaf, intermediates)
 
     async def close(self) -> None:

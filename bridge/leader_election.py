@@ -43,9 +43,9 @@ ACQUIRE_JITTER = 0.2  # candidates spread their retries a little, as client-go's
 class LeaseApi(Protocol):
     """What the elector needs of the API (KubeClient is one)."""
 
-    async def get_object(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
 
-    async def create_object(self, resource: Resource, namespace: str | None, body: Obj) -> Obj: ...
+    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj: ...
 
     async def replace(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj: ...
 
@@ -220,7 +220,7 @@ class LeaderElector:
 
     async def _try_acquire_or_renew(self) -> Attempt:
         try:
-            lease = await self._api.get_object(LEASES, self.namespace, self.name)
+            lease = await self._api.get(LEASES, self.namespace, self.name)
         except KubeNotFound:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
@@ -228,7 +228,7 @@ class LeaderElector:
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": self._spec({}),
             }
-            self._observe(await self._api.create_object(LEASES, self.namespace, body))
+            self._observe(await self._api.create(LEASES, self.namespace, body))
             return Attempt.HELD
         spec = self._observe(lease)
         holder = str(spec.get("holderIdentity") or "")
@@ -274,7 +274,7 @@ class LeaderElector:
             return
 
     async def _clear_holder(self) -> None:
-        lease = await self._api.get_object(LEASES, self.namespace, self.name)
+        lease = await self._api.get(LEASES, self.namespace, self.name)
         spec = lease.get("spec") or {}
         if spec.get("holderIdentity") != self.identity:
             return

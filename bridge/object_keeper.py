@@ -24,9 +24,9 @@ RETRY_START, RETRY_MAX = 0.5, 30.0
 
 
 class KeeperApi(WatchSource, Protocol):
-    async def get_object(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj: ...
 
-    async def create_object(self, resource: Resource, namespace: str | None, body: Obj) -> Obj: ...
+    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj: ...
 
     async def replace(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj: ...
 
@@ -39,7 +39,7 @@ async def write_decided(
     if body is None:
         return "unchanged", None
     if current is None:
-        return "created", await api.create_object(resource, namespace, body)
+        return "created", await api.create(resource, namespace, body)
     return "updated", await api.replace(resource, namespace, name, body)
 
 
@@ -124,7 +124,7 @@ class ObjectKeeper:
         where = f"{self._namespace}/{self.name}" if self._namespace else self.name
         try:
             try:
-                current: Obj | None = await self._api.get_object(self._resource, self._namespace, self.name)
+                current: Obj | None = await self._api.get(self._resource, self._namespace, self.name)
             except KubeNotFound:
                 current = None
             body = await self._decide(current)

@@ -25,7 +25,7 @@ from clocks import Clock, sleep_unless_stopped
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
 DesiredStatuses = Callable[[], Mapping[ObjectKey, Mapping[str, Any]]]
 RESOURCES = {"IdentityPolicy": IDENTITY_POLICIES, "PolicySettings": POLICY_SETTINGS}
-EVENTS = Resource("", "v1", "events")
+EVENTS = Resource("events.k8s.io", "v1", "events")  # the events API (the seam serves no core events)
 CLUSTER_EVENTS_NAMESPACE = "default"  # where Events about a cluster-scoped object go (as kubectl shows them)
 
 
@@ -40,12 +40,14 @@ class StatusWriter:
         *,
         clock: Clock,
         interval: float = 1.0,
+        instance: str = "meshsigner",
     ) -> None:
         self._kube = kube
         self._objects = objects
         self._desired = desired
         self._clock = clock
         self._interval = interval
+        self._instance = instance  # the Events' reportingInstance (this process)
 
     async def run(self, stop: asyncio.Event) -> None:
         """The leader-only controller: reconcile, wait, until ``stop`` (leadership lost, or shutdown)."""
@@ -87,12 +89,11 @@ class StatusWriter:
         kind, namespace, name = key
         metadata = obj.get("metadata") or {}
         accepted = _condition(status, "Accepted")
-        now = condition_time(self._clock.now())
         event = {
-            "apiVersion": "v1",
+            "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": namespace or CLUSTER_EVENTS_NAMESPACE},
-            "involvedObject": {
+            "metadata": {"generateName": f"{name}-", "namespace": namespace or CLUSTER_EVENTS_NAMESPACE},
+            "regarding": {
                 "apiVersion": str(obj.get("apiVersion") or ""),
                 "kind": kind,
                 "name": name,
@@ -102,15 +103,14 @@ class StatusWriter:
             },
             "type": "Warning",
             "reason": "Rejected",
-            "message": f"generation {status.get('observedGeneration')}: {accepted.get('message', '')}"[:1024],
-            "source": {"component": "meshsigner"},
-            "reportingComponent": "meshsigner",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+            "action": "Compile",
+            "note": f"generation {status.get('observedGeneration')}: {accepted.get('message', '')}"[:1024],
+            "reportingController": "meshsigner.io/policy-status",
+            "reportingInstance": self._instance,
+            "eventTime": self._clock.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
         try:
-            await self._kube.create_object(EVENTS, namespace or CLUSTER_EVENTS_NAMESPACE, event)
+            await self._kube.create(EVENTS, namespace or CLUSTER_EVENTS_NAMESPACE, event)
         except KubeError as exc:
             logger.bind(event="policy_event_failed", object=f"{kind} {namespace}/{name}").warning(
                 "could not record the rejection of {} {}/{} as an Event: {}", kind, namespace, name, exc

@@ -23,7 +23,6 @@ from bridge.certificates import split_issued_chain, verify_issued_chain
 from bridge.errors import BackendError, BackendUnavailable, IssuerFailed
 from bridge.kube import KubeClient, KubeConflict, KubeError, KubeInvalid, KubeUnavailable, Obj, Resource
 from bridge.metrics import BridgeMetrics
-from bridge.request_trail import current_trail
 from clocks import Clock, within
 
 DELETE_DRAIN_SECONDS = 10.0
@@ -69,6 +68,14 @@ def request_outcome(reason: str) -> str:
 
 
 @dataclass(frozen=True)
+class Answered:
+    """How a request object ended: its name (the audit mirror names it) and the issuer's answer."""
+
+    name: str
+    issued: Issued
+
+
+@dataclass(frozen=True)
 class RequestKind:
     """How one kind of object is named in reasons and logs: ``prefix`` starts every reason code
     (CERTIFICATE_REQUEST_TIMEOUT, CERTIFICATE_SIGNING_REQUEST_TIMEOUT ...)."""
@@ -104,9 +111,9 @@ class RequestLifecycle:
         purpose: str,
         wait_seconds: float,
         approve: Approver | None,
-    ) -> Issued:
+    ) -> Answered:
         """Create ``body``, approve it with ``approve`` (when given), and wait at most ``wait_seconds`` for the
-        watch to see it end. The request's trail records the object's name (the audit mirror names it)."""
+        watch to see it end; the answer names the object created."""
         kind = self._kind
         outcome = "cancelled"
         started = self._clock.monotonic()
@@ -130,13 +137,12 @@ class RequestLifecycle:
                 self._delete_later(name, None)  # the answer was lost, not necessarily the create
             raise BackendUnavailable(f"{kind.prefix}_CREATE_FAILED", str(exc)) from None
         name, uid = str(created["metadata"]["name"]), str(created["metadata"]["uid"])
-        current_trail().object_name = name
         future = self._watch.register(name, uid)
         self._metrics.in_flight.inc()
         try:
             issued = await within(wait_seconds, self._approve_and_await(created, future, approve), self._clock)
             outcome = "issued"
-            return issued
+            return Answered(name, issued)
         except TimeoutError:
             outcome = "timeout"
             raise BackendUnavailable(

@@ -22,7 +22,8 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 @dataclass(frozen=True, slots=True)
 class SigningRequest:
-    """What to sign, decided already: the CSR (PEM, as received) and exactly the SANs and lifetime to issue."""
+    """What to sign, decided already: the CSR (PEM, as received) and exactly the SANs and lifetime to issue, and
+    the id of the decision (the front door's request id; the API objects a backend creates are annotated with it)."""
 
     csr_pem: str
     csr: x509.CertificateSigningRequest
@@ -32,6 +33,7 @@ class SigningRequest:
     not_after: datetime
     duration_seconds: int
     identities_annotation: str = ""  # istio-csr's istio.cert-manager.io/identities value
+    decision_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,9 @@ class SignedChain:
     # True only when this process built the leaf from the decision itself (the local CA): nothing external
     # could have altered it, so the front door's re-check of issuer answers would be a check that cannot fail.
     built_in_process: bool = False
+    # The CertificateRequest / CertificateSigningRequest the backend created for this request (the audit mirror
+    # names it); empty when none was made (the local CA).
+    object_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +93,16 @@ def issued_serving_material(
     return serving_material(key, leaf, (certificate_pem(c) for c in intermediates))
 
 
-def issued_chain(leaf: x509.Certificate, intermediates: Iterable[x509.Certificate], roots_pem: str) -> SignedChain:
-    """A workload's answer from an issuer's verified leaf and intermediates, and the root bundle (PEM)."""
+def issued_chain(
+    leaf: x509.Certificate, intermediates: Iterable[x509.Certificate], roots_pem: str, object_name: str
+) -> SignedChain:
+    """A workload's answer from an issuer's verified leaf and intermediates, the root bundle (PEM), and the name
+    of the API object that asked the issuer for it."""
     return SignedChain(
         leaf=leaf,
         chain_pems=(certificate_pem(leaf), *(certificate_pem(c) for c in intermediates)),
         roots_pem=roots_pem,
+        object_name=object_name,
     )
 
 

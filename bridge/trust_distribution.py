@@ -163,7 +163,7 @@ class TrustDistributor:
                 written = await self._write(namespace, pem, current)
             except (KubeConflict, KubeNotFound):  # our cached copy was stale: read it and try once more
                 try:
-                    current = await self._api.get_object(CONFIG_MAPS, namespace, CONFIG_MAP_NAME)
+                    current = await self._api.get(CONFIG_MAPS, namespace, CONFIG_MAP_NAME)
                 except KubeNotFound:
                     current = None
                 written = await self._write(namespace, pem, current)

@@ -1,9 +1,9 @@
 """The front door's side of the audit mirror: every recorded decision (allowed or refused by policy) goes to the
 decision log as before and, as a :class:`bridge.audit_mirror.MirrorEntry`, to the mirror's queue.
 
-The CSR, the created object's name and the issued chain come from the request's trail (bridge/request_trail.py):
-the front door notes the decision id and CSR there with ``begin_request`` right after parsing the CSR, the backend
-wrapper notes the chain. Queuing never blocks: the workload's answer does not wait for the mirror.
+The front door hands each decision over with the CSR as received and, for an issued certificate, the backend's
+answer (the chain, and the API object that asked for it). Queuing never blocks: the workload's answer does not
+wait for the mirror.
 """
 
 from __future__ import annotations
@@ -11,17 +11,24 @@ from __future__ import annotations
 from datetime import datetime
 
 from bridge.audit_mirror import AuditMirror, MirrorEntry
-from bridge.request_trail import current_trail
+from bridge.signing import SignedChain
 from policies import Caller, Decision, IssuanceRequest
 from signer.service import DecisionRecorder
 
 
-def mirror_entry(decision_id: str, caller: Caller, request: IssuanceRequest, decision: Decision) -> MirrorEntry:
-    trail = current_trail()
+def mirror_entry(
+    decision_id: str,
+    caller: Caller,
+    request: IssuanceRequest,
+    decision: Decision,
+    *,
+    csr_pem: str,
+    signed: SignedChain | None,
+) -> MirrorEntry:
     rule = decision.granted_by or ",".join(decision.deny_rules)
     return MirrorEntry(
         decision_id=decision_id,
-        csr_pem=trail.csr_pem,
+        csr_pem=csr_pem,
         caller=caller.principal,
         requested_identities=(*request.uris, *request.dns_names),
         allowed=decision.allowed,
@@ -29,8 +36,8 @@ def mirror_entry(decision_id: str, caller: Caller, request: IssuanceRequest, dec
         rule=rule,
         message=decision.message,
         node_principal=caller.node_principal or "",
-        chain_pem=trail.chain_pem if decision.allowed else "",
-        mirrors=trail.object_name,
+        chain_pem="".join(signed.chain_pems) if decision.allowed and signed is not None else "",
+        mirrors=signed.object_name if signed is not None else "",
     )
 
 
@@ -48,7 +55,10 @@ class MirroringRecorder:
         request: IssuanceRequest,
         decision: Decision,
         issued_not_after: datetime | None,
+        *,
+        csr_pem: str,
+        signed: SignedChain | None,
     ) -> None:
         if self._inner is not None:
-            self._inner(decision_id, caller, request, decision, issued_not_after)
-        self._mirror.submit(mirror_entry(decision_id, caller, request, decision))
+            self._inner(decision_id, caller, request, decision, issued_not_after, csr_pem=csr_pem, signed=signed)
+        self._mirror.submit(mirror_entry(decision_id, caller, request, decision, csr_pem=csr_pem, signed=signed))

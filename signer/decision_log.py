@@ -76,7 +76,11 @@ class DecisionLog:
         request: IssuanceRequest,
         decision: Decision,
         issued_not_after: datetime | None,
+        *,
+        csr_pem: str = "",
+        signed: object = None,
     ) -> None:
+        """Queue the record; the CSR and the issued chain (``csr_pem``, ``signed``) are the mirror's, not logged."""
         if self._writer is None:
             return
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from bridge.audit_mirror import AuditMirror, MirrorOptions, TrailRecordingBackend
+from bridge.audit_mirror import AuditMirror, MirrorOptions, SigningActivityBackend
 from bridge.cert_manager import CertManagerBackend, CertManagerOptions, certificate_request_wait
 from bridge.certificate_request_watch import CertificateRequestWatch, RequestWatch
 from bridge.cleanup import LeftoverSweeper
@@ -359,8 +359,8 @@ class AuditMirrorParts:
         )
 
     def wrap(self, backend: SigningBackend) -> SigningBackend:
-        """The backend, telling the mirror what each request created and was issued, and when it is signing."""
-        return TrailRecordingBackend(backend, self.mirror)
+        """The backend, telling the mirror when workload requests are being signed (it writes between them)."""
+        return SigningActivityBackend(backend, self.mirror)
 
     def recorder(self, inner: DecisionRecorder) -> DecisionRecorder:
         """The decision recorder that also mirrors every decision."""

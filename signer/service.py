@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,8 +20,7 @@ from cryptography import x509
 from loguru import logger
 
 from bridge.errors import BackendError
-from bridge.request_trail import begin_request
-from bridge.signing import SigningBackend, SigningRequest
+from bridge.signing import SignedChain, SigningBackend, SigningRequest
 from clocks import Clock
 from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
@@ -77,7 +76,23 @@ class ClientCertAuthentication:
 
 
 Context = grpc.aio.ServicerContext[istio_ca_pb2.IstioCertificateRequest, istio_ca_pb2.IstioCertificateResponse]
-DecisionRecorder = Callable[[str, Caller, IssuanceRequest, Decision, datetime | None], None]
+
+
+class DecisionRecorder(Protocol):
+    """Records one decision (the decision log; the audit mirror): ``csr_pem`` is the CSR as received, ``signed``
+    the backend's answer when the request was allowed and issued (None for a refusal)."""
+
+    def __call__(
+        self,
+        decision_id: str,
+        caller: Caller,
+        request: IssuanceRequest,
+        decision: Decision,
+        issued_not_after: datetime | None,
+        *,
+        csr_pem: str,
+        signed: SignedChain | None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -221,7 +236,6 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             impersonated=impersonated,
             cert_signer=_metadata_string(request, "CertSigner"),
         )
-        begin_request(request_id, parsed.pem)  # the audit mirror and CSR annotations name this decision and CSR
         caller = await self._caller(workload, impersonated)
         now = self._clock.now()
         decision = self._decider.decide(caller, parsed.request, now=now, ca_not_after=self._backend.ca_not_after)
@@ -241,6 +255,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             not_after=decision.not_after,
             duration_seconds=decision.duration_seconds,
             identities_annotation=",".join(decision.uris),
+            decision_id=request_id,  # the API object a backend creates is annotated with it
         )
         backend_started = time.perf_counter()
         signed = await self._backend.sign(signing_request)
@@ -249,7 +264,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             check_issued(signed.leaf, parsed.public_key, decision)
         issued_not_after = signed.leaf.not_valid_after_utc
         self._metrics.issued_duration.observe((issued_not_after - now).total_seconds())
-        self._record(request_id, caller, parsed, decision, issued_not_after=issued_not_after)
+        self._record(request_id, caller, parsed, decision, signed)
         return [*signed.chain_pems, signed.roots_pem]
 
     def _caller_address(self, context: Context) -> str:
@@ -317,11 +332,14 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         caller: Caller,
         parsed: ParsedCsr,
         decision: Decision,
-        issued_not_after: datetime | None = None,
+        signed: SignedChain | None = None,
     ) -> None:
         if self._record_decision is None:
             return
-        self._record_decision(request_id, caller, parsed.request, decision, issued_not_after)
+        issued_not_after = signed.leaf.not_valid_after_utc if signed is not None else None
+        self._record_decision(
+            request_id, caller, parsed.request, decision, issued_not_after, csr_pem=parsed.pem, signed=signed
+        )
 
 
 __all__ = [

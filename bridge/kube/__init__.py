@@ -4,8 +4,7 @@
 - :mod:`bridge.kube.configuration`: kubeconfig or in-cluster configuration (:class:`KubeOptions`);
 - :mod:`bridge.kube.rate_limit`: the token buckets in front of every request, one per budget (reviews, the rest);
 - :mod:`bridge.kube.metrics`: request and watch-restart counters;
-- :mod:`bridge.kube.resources` and :mod:`bridge.kube.resource_calls`: the resources served and the client function
-  for each;
+- :mod:`bridge.kube.resources`: the resources served and their REST paths;
 - :mod:`bridge.kube.client`: :class:`KubeClient`, async methods over a bounded thread pool;
 - :mod:`bridge.kube.list_watch`: :class:`ListWatch`, the list+watch loop the caches and the CertificateRequest
   watch share.

@@ -25,8 +25,7 @@ from bridge.kube.configuration import KubeOptions, load_configuration
 from bridge.kube.errors import KubeNotFound, KubeUnavailable, as_kube_error
 from bridge.kube.metrics import KubeMetrics
 from bridge.kube.rate_limit import Budget, split_budgets
-from bridge.kube.resource_calls import core_read_call, list_call
-from bridge.kube.resources import Obj, Resource, object_path
+from bridge.kube.resources import CERTIFICATE_SIGNING_REQUESTS, Obj, Resource, collection_path, object_path
 from clocks import Clock, SystemClock
 
 T = TypeVar("T")
@@ -41,22 +40,54 @@ def _json_object(data: Any, what: str) -> Obj:
     return data
 
 
-def _read_json(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-    """Blocking (runs in a pool thread): call a core-group list without the client's model classes and read and
-    parse the body here, so that neither the socket read nor the parse ever happens on the event loop."""
-    response = function(*args, _preload_content=False, **kwargs)
-    try:
-        data = json.loads(response.data)
-    except ValueError:  # the server's answer, not our bug
-        raise KubeUnavailable(0, "list answer is not JSON") from None
-    finally:
-        with contextlib.suppress(Exception):
-            response.release_conn()
-    return _json_object(data, "list")
-
-
 DISCOVERY_PATHS = frozenset({"/.well-known/openid-configuration", "/openid/v1/jwks"})
 MAX_DISCOVERY_BYTES = 1 << 20  # a key set is a few KB; refuse to parse anything absurd
+
+
+def _send(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    body: Obj | None = None,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    accept: str = "application/json",
+    _request_timeout: Any = REQUEST_TIMEOUT,
+) -> Any:
+    """Blocking: send one request by path with the client's credentials; the answer's body is not read yet."""
+    serialized = api.param_serialize(
+        method,
+        path,
+        query_params=query,
+        header_params={"Accept": accept, "Content-Type": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    return api.call_api(*serialized, _request_timeout=_request_timeout)
+
+
+def _raise_unless_success(response: Any, raw: bytes) -> None:
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
+
+
+def _open_stream(api: client.ApiClient, path: str, query: list[tuple[str, str]], timeout: Any) -> urllib3.HTTPResponse:
+    """Blocking: open a GET whose body the caller streams (a watch); a refusal is raised with its status."""
+    response = _send(api, "GET", path, query=query, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        try:
+            raw: bytes = response.read() or b""
+        finally:
+            with contextlib.suppress(Exception):  # a connection broken mid-answer must still go back to the pool
+                response.response.release_conn()
+        _raise_unless_success(response, raw)
+    stream: urllib3.HTTPResponse = response.response
+    return stream
+
+
+def _selectors(label_selector: str, field_selector: str) -> list[tuple[str, str]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return query + ([("fieldSelector", field_selector)] if field_selector else [])
 
 
 def _rest_json(
@@ -65,6 +96,7 @@ def _rest_json(
     path: str,
     body: Obj | None = None,
     *,
+    query: list[tuple[str, str]] | None = None,
     accept: str = "application/json",
     max_bytes: int | None = None,
     _request_timeout: Any = REQUEST_TIMEOUT,
@@ -72,18 +104,10 @@ def _rest_json(
     """Blocking (runs in a pool thread): one REST call by path with the client's credentials, JSON in and out,
     without the model classes (so one code path serves core objects, Leases, custom resources and the non-resource
     discovery documents alike). ``max_bytes`` refuses to parse an absurdly large answer."""
-    serialized = api.param_serialize(
-        method,
-        path,
-        header_params={"Accept": accept, "Content-Type": "application/json"},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(*serialized, _request_timeout=_request_timeout)
+    response = _send(api, method, path, body, query=query, accept=accept, _request_timeout=_request_timeout)
     try:
-        raw: bytes = response.read() or b""  # type: ignore[no-untyped-call]  # the generated client is not annotated
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=raw.decode(errors="replace"), data=None)
+        raw: bytes = response.read() or b""
+        _raise_unless_success(response, raw)
         if max_bytes is not None and len(raw) > max_bytes:
             raise KubeUnavailable(0, f"{method} {path}: answered {len(raw)} bytes")
         data: Any = json.loads(raw) if raw else {}
@@ -106,11 +130,6 @@ class AccessReview:
 class KubeClient:
     def __init__(self, options: KubeOptions, metrics: KubeMetrics, *, clock: Clock | None = None) -> None:
         self._api = client.ApiClient(load_configuration(options))
-        self._custom = client.CustomObjectsApi(self._api)
-        self._core = client.CoreV1Api(self._api)
-        self._authn = client.AuthenticationV1Api(self._api)
-        self._authz = client.AuthorizationV1Api(self._api)
-        self._certificates = client.CertificatesV1Api(self._api)
         self._pool = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="kube")
         self.clock: Clock = clock or SystemClock()
         self._budgets = (
@@ -162,10 +181,15 @@ class KubeClient:
     # --- TokenReview -------------------------------------------------------------------------------------------
     async def review_token(self, token: str, audiences: tuple[str, ...]) -> Obj:
         """The TokenReview ``status`` (never the echoed spec, which holds the token)."""
-        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(audiences)))
-        review = await self._call("create", "tokenreviews", self._authn.create_token_review, body, budget=Budget.REVIEW)
-        status = self._api.sanitize_for_serialization(review.status)  # type: ignore[no-untyped-call]  # unannotated
-        return dict(status or {})
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": list(audiences)},
+        }
+        path = "/apis/authentication.k8s.io/v1/tokenreviews"
+        review = await self._rest("create", "tokenreviews", "POST", path, body, budget=Budget.REVIEW)
+        status = review.get("status")
+        return dict(status) if isinstance(status, dict) else {}
 
     # --- OIDC discovery ----------------------------------------------------------------------------------------
     async def get_discovery_document(self, path: str) -> Obj:
@@ -178,80 +202,75 @@ class KubeClient:
             accept="application/json, application/jwk-set+json", max_bytes=MAX_DISCOVERY_BYTES, budget=Budget.REVIEW,
         )  # fmt: skip
 
-    # --- objects -----------------------------------------------------------------------------------------------
-    async def _rest(self, verb: str, resource: Resource, method: str, path: str, body: Obj | None = None) -> Obj:
-        return await self._call(verb, resource.plural, _rest_json, self._api, method, path, body)
+    # --- objects: every served resource (core, Lease, custom; namespaced or cluster-scoped) by its REST path ----
+    async def _rest(self, verb: str, label: str, method: str, path: str, body: Obj | None = None, **kwargs: Any) -> Obj:
+        return await self._call(verb, label, _rest_json, self._api, method, path, body, **kwargs)
 
-    async def create_object(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
-        """Create any served object (core, Lease, custom resource; namespaced or cluster-scoped)."""
-        return await self._rest("create", resource, "POST", object_path(resource, namespace), body)
+    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
+        """Create ``body`` (``namespace`` is ignored for a cluster-scoped resource)."""
+        return await self._rest("create", resource.plural, "POST", object_path(resource, namespace), body)
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
+        """Read one object (KubeNotFound when absent)."""
+        return await self._rest("get", resource.plural, "GET", object_path(resource, namespace, name))
 
     async def replace(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj:
         """Replace (PUT) an object. ``body.metadata.resourceVersion`` makes it conditional: a concurrent change
         answers KubeConflict instead of being overwritten."""
-        return await self._rest("update", resource, "PUT", object_path(resource, namespace, name), body)
+        return await self._rest("update", resource.plural, "PUT", object_path(resource, namespace, name), body)
 
-    async def get_object(self, resource: Resource, namespace: str | None, name: str) -> Obj:
-        """Read any served object by path (KubeNotFound when absent)."""
-        return await self._rest("get", resource, "GET", object_path(resource, namespace, name))
+    async def replace_status(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj:
+        """Replace (PUT) an object's ``status`` subresource."""
+        path = object_path(resource, namespace, name) + "/status"
+        return await self._rest("update", f"{resource.plural}/status", "PUT", path, body)
+
+    async def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> None:
+        """Delete (only the object with ``uid`` when given); an object already gone is not an error."""
+        path = object_path(resource, namespace, name)
+        options: Obj | None = {"preconditions": {"uid": uid}} if uid else None
+        with contextlib.suppress(KubeNotFound):
+            await self._rest("delete", resource.plural, "DELETE", path, options)
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> tuple[list[Obj], str]:
+        """Objects and the list's resourceVersion (``namespace`` None: every namespace, where allowed)."""
+        path = collection_path(resource, namespace)
+        query = _selectors(label_selector, field_selector)
+        data = await self._rest("list", resource.plural, "GET", path, query=query)
+        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def open_watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        resource_version: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> urllib3.HTTPResponse:
+        """Blocking: open a watch stream (called from a watch thread, not the pool)."""
+        path = collection_path(resource, namespace)
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(WATCH_SECONDS))]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        query += _selectors(label_selector, field_selector)
+        with self._counted("watch", resource.plural):
+            return _open_stream(self._api, path, query, (REQUEST_TIMEOUT[0], WATCH_SECONDS + 30))
 
     async def serves(self, resource: Resource) -> bool:
         """Whether the API server serves ``resource`` (its group/version discovery lists the plural)."""
         path = f"/api/{resource.version}" if resource.is_core else f"/apis/{resource.group}/{resource.version}"
         try:
-            listing = await self._rest("get", resource, "GET", path)
+            listing = await self._rest("get", resource.plural, "GET", path)
         except KubeNotFound:
             return False
         return any(isinstance(r, dict) and r.get("name") == resource.plural for r in listing.get("resources") or [])
 
-    async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
-        """Create ``body`` (``namespace`` is ignored for a cluster-scoped resource)."""
-        r = resource
-        if r.namespaced:
-            created = await self._call(
-                "create", r.plural, self._custom.create_namespaced_custom_object, r.group, r.version, namespace,
-                r.plural, body,
-            )  # fmt: skip
-        else:
-            created = await self._call(
-                "create", r.plural, self._custom.create_cluster_custom_object, r.group, r.version, r.plural, body
-            )
-        return _json_object(created, "create")
-
-    async def delete(self, resource: Resource, namespace: str | None, name: str, uid: str | None = None) -> None:
-        """Delete (only the object with ``uid`` when given); an object already gone is not an error."""
-        r = resource
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid) if uid else None)
-        with contextlib.suppress(KubeNotFound):
-            if r.namespaced:
-                await self._call(
-                    "delete", r.plural, self._custom.delete_namespaced_custom_object, r.group, r.version, namespace,
-                    r.plural, name, body=options,
-                )  # fmt: skip
-            else:
-                await self._call(
-                    "delete", r.plural, self._custom.delete_cluster_custom_object, r.group, r.version, r.plural,
-                    name, body=options,
-                )  # fmt: skip
-
-    async def replace_status(self, resource: Resource, namespace: str | None, name: str, body: Obj) -> Obj:
-        r = resource
-        if r.namespaced:
-            replaced = await self._call(
-                "update", f"{r.plural}/status", self._custom.replace_namespaced_custom_object_status, r.group,
-                r.version, namespace, r.plural, name, body,
-            )  # fmt: skip
-        else:
-            replaced = await self._call(
-                "update", f"{r.plural}/status", self._custom.replace_cluster_custom_object_status, r.group,
-                r.version, r.plural, name, body,
-            )  # fmt: skip
-        return _json_object(replaced, "update")
-
     async def update_approval(self, name: str, body: Obj) -> Obj:
         """PUT a CertificateSigningRequest's ``approval`` subresource (its Approved/Denied conditions)."""
-        function = self._certificates.replace_certificate_signing_request_approval
-        return await self._call("update", "certificatesigningrequests/approval", _read_json, function, name, body)
+        path = object_path(CERTIFICATE_SIGNING_REQUESTS, None, name) + "/approval"
+        return await self._rest("update", "certificatesigningrequests/approval", "PUT", path, body)
 
     async def may(
         self, verb: str, group: str, resource: str, *, name: str = "", subresource: str = "", namespace: str = ""
@@ -269,71 +288,9 @@ class KubeClient:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attributes},
         }
-        function = self._authz.create_self_subject_access_review
-        answer = await self._call("create", "selfsubjectaccessreviews", _read_json, function, body)
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        answer = await self._rest("create", "selfsubjectaccessreviews", "POST", path, body)
         status = answer.get("status") or {}
         return AccessReview(
             bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
         )
-
-    async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
-        r = resource
-        if r.is_core:
-            function, positional = core_read_call(self._core, r, namespace)
-            model = await self._call("get", r.plural, function, name, *positional)
-            serialized = self._api.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]  # unannotated
-            return _json_object(serialized, "get")
-        if r.namespaced:
-            found = await self._call(
-                "get", r.plural, self._custom.get_namespaced_custom_object, r.group, r.version, namespace, r.plural,
-                name,
-            )  # fmt: skip
-        else:
-            found = await self._call(
-                "get", r.plural, self._custom.get_cluster_custom_object, r.group, r.version, r.plural, name
-            )
-        return _json_object(found, "get")
-
-    async def list(
-        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
-    ) -> tuple[list[Obj], str]:
-        """Objects and the list's resourceVersion."""
-        r = resource
-        kwargs: dict[str, Any] = {}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if field_selector:
-            kwargs["field_selector"] = field_selector
-        function, positional = list_call(self._core, self._custom, r, namespace)
-        if r.is_core:
-            data = await self._call("list", r.plural, _read_json, function, *positional, **kwargs)
-        else:
-            data = _json_object(await self._call("list", r.plural, function, *positional, **kwargs), "list")
-        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
-
-    def open_watch(
-        self,
-        resource: Resource,
-        namespace: str | None,
-        resource_version: str,
-        *,
-        label_selector: str = "",
-        field_selector: str = "",
-    ) -> urllib3.HTTPResponse:
-        """Blocking: open a watch stream (called from a watch thread, not the pool)."""
-        kwargs: dict[str, Any] = {
-            "watch": True,
-            "resource_version": resource_version,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": WATCH_SECONDS,
-            "_preload_content": False,
-            "_request_timeout": (REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
-        }
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if field_selector:
-            kwargs["field_selector"] = field_selector
-        function, positional = list_call(self._core, self._custom, resource, namespace)
-        with self._counted("watch", resource.plural):
-            response: urllib3.HTTPResponse = function(*positional, **kwargs)
-        return response

@@ -42,10 +42,25 @@ def cluster_trust_bundles(version: str) -> Resource:
     return Resource(CTB_GROUP, version, "clustertrustbundles", namespaced=False)
 
 
-def object_path(resource: Resource, namespace: str | None, name: str = "") -> str:
-    """The REST path of a resource's collection (no ``name``) or of one object."""
+# The core resources the seam serves: any other core resource is refused (ValueError) before a request is made.
+SERVED_CORE = frozenset({"configmaps", "namespaces", "pods", "secrets", "serviceaccounts"})
+# The core resources one list or watch may read in every namespace at once (namespace None); never Secrets.
+LISTED_IN_EVERY_NAMESPACE = frozenset({"configmaps", "pods", "serviceaccounts"})
+# The custom resources (group, plural) read that way: the policy objects (--policy-source kubernetes).
+CUSTOM_LISTED_IN_EVERY_NAMESPACE = frozenset({("meshsigner.io", "identitypolicies")})
+
+
+def _group_path(resource: Resource) -> str:
     r = resource
-    base = f"/api/{r.version}" if r.is_core else f"/apis/{r.group}/{r.version}"
+    if r.is_core and r.plural not in SERVED_CORE:
+        raise ValueError(f"the Kubernetes seam does not serve core {r.plural}")
+    return f"/api/{r.version}" if r.is_core else f"/apis/{r.group}/{r.version}"
+
+
+def object_path(resource: Resource, namespace: str | None, name: str = "") -> str:
+    """The REST path of a resource's collection in one namespace (no ``name``) or of one object."""
+    r = resource
+    base = _group_path(r)
     if r.namespaced:
         if not namespace:
             raise ValueError(f"{r.plural} is namespaced: a namespace is required")
@@ -54,8 +69,20 @@ def object_path(resource: Resource, namespace: str | None, name: str = "") -> st
     return f"{path}/{name}" if name else path
 
 
-# certificates.k8s.io/v1 CertificateSigningRequests: cluster-scoped, served through the custom-object calls (same
-# URL shape); the approval subresource has its own call (KubeClient.update_approval)
+def collection_path(resource: Resource, namespace: str | None) -> str:
+    """The REST path a list or watch reads: ``namespace`` None is every namespace, for the core resources allowed
+    that; any other namespaced resource needs its namespace."""
+    r = resource
+    listed = (
+        r.plural in LISTED_IN_EVERY_NAMESPACE if r.is_core else (r.group, r.plural) in CUSTOM_LISTED_IN_EVERY_NAMESPACE
+    )
+    if namespace is None and r.namespaced and listed:
+        return f"{_group_path(r)}/{r.plural}"
+    return object_path(r, namespace)
+
+
+# certificates.k8s.io/v1 CertificateSigningRequests: cluster-scoped, read and written by path like any other
+# resource; the approval subresource has its own call (KubeClient.update_approval)
 CERTIFICATE_SIGNING_REQUESTS = Resource(CSR_GROUP, "v1", "certificatesigningrequests", namespaced=False)
 
 

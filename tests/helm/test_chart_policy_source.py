@@ -11,7 +11,7 @@ from tests.helm.test_chart_features import render_error, rules
 OBJECTS = ("identitypolicies", "policysettings")
 READ = {("ClusterRole", "meshsigner.io", kind, verb, "*") for kind in OBJECTS for verb in ("get", "list", "watch")}
 WRITE_STATUS = {("ClusterRole", "meshsigner.io", f"{kind}/status", "update", "*") for kind in OBJECTS} | {
-    ("ClusterRole", "", "events", "create", "*")
+    ("ClusterRole", "events.k8s.io", "events", "create", "*")
 }
 KUBERNETES = ("app.policySource=kubernetes",)
 

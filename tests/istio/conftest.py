@@ -8,11 +8,17 @@ Session fixtures (stable names):
 ``istio_binaries``      paths of pilot-discovery, pilot-agent and the xDS probe
 ``install_values``      the Istio install settings of docs/istio-install.md (the test's environment comes from them)
 ``istio_crds``          Istio's CRDs from the same module, installed and Established
-``mesh_signer``         ``meshsigner serve --authenticator tokenreview`` with tests/istio/policies, once per signer
-                        (``--signer local``, ``--signer cert-manager`` with a CA ClusterIssuer); the fixtures below
-                        follow it, so every test runs once per signer
-``istiod_tls_secret``   STAND-IN for meshsigner's istiod-certificate controller: Secret istio-system/istiod-tls
-``publish_mesh_root``   STAND-IN for meshsigner's root distribution: ConfigMap istio-ca-root-cert in a namespace
+``mesh_signer``         ``meshsigner serve --authenticator tokenreview`` with tests/istio/policies and its cluster
+                        duties on (docs/istio-install.md's flags; own Lease; root ConfigMaps only in namespaces
+                        labelled ``MESH_NAMESPACE_LABEL``), once per signer: ``--signer local``, ``--signer
+                        cert-manager`` with a CA ClusterIssuer, ``--signer kubernetes-csr`` with the same issuer's
+                        CSR signer; the fixtures below follow it, so every test runs once per signer
+``istiod_tls_secret``   the Secret istio-system/istiod-tls as meshsigner's istiod-certificate controller produced it
+                        (kubernetes-csr: cert-manager, for the install's own Certificate); waited for, never written
+                        by the tests
+``distributed_root``    ``(namespace) -> bytes``: waits for the ConfigMap istio-ca-root-cert that meshsigner's trust
+                        distribution writes into a labelled namespace, and returns its root-cert.pem
+``make_mesh_namespace`` a new namespace carrying ``MESH_NAMESPACE_LABEL`` (so meshsigner distributes its root there)
 ``istiod``              pilot-discovery with ENABLE_CA_SERVER=false, mounting the two objects above
 ``start_workload_agent(namespace, service_account, extra_env=None, provisioned_cert_dir=False) -> Agent``
                         a ServiceAccount and Pod on the plane, and pilot-agent acting for them
@@ -22,29 +28,47 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import functools
 import json
 import os
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.istio import mesh
-from tests.istio.install_values import InstallValues, helm_values
+from tests.istio.install_values import InstallValues, helm_values, istiod_certificate, meshsigner_duty_flags
 from tests.kube.plane_fixtures import SKIP_ENV
+from tests.support.background import polling_threads
 from tests.support.processes import ServerProcess, readyz, start_server
 
 HERE = Path(__file__).resolve().parent
 POLICIES = HERE / "policies"
 ISTIOD_TLS_SECRET = "istiod-tls"
+ISTIOD_CERTIFICATE = "istiod-dynamic"  # meshsigner's cert-manager Certificate for istiod (--istiod-cert-name)
 ROOT_CONFIGMAP = "istio-ca-root-cert"
-SIGNERS = ["local", "cert-manager"]  # kubernetes-csr once it exists
+# meshsigner's --configmap-namespace-selector here: only the namespaces these tests make (and istio-system) get its
+# root ConfigMap, not every namespace of the shared plane.
+MESH_NAMESPACE_LABEL = ("meshsigner-test/istio-mesh", "true")
+# The Lease of the istio tests' meshsigner: not the default one, which other tests' servers may campaign for.
+LEASE_NAME = "meshsigner-istio-tests"
+SIGNERS = ["local", "cert-manager", "kubernetes-csr"]
+# Where meshsigner keeps istiod's certificate itself (--istiod-cert-enabled). With --signer kubernetes-csr it refuses
+# to start with that flag ("not available with --signer kubernetes-csr yet", signer/serve_in_cluster.py): there the
+# install applies its own cert-manager Certificate for istiod (docs/istio-install.md), and meshsigner distributes
+# the root only.
+ISTIOD_CERT_BY_MESHSIGNER = {"local", "cert-manager"}
+DUTY_WAIT = 90  # meshsigner leads, then writes; cert-manager issues: seconds on this loaded machine
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -119,11 +143,21 @@ def istio_crds(kube_api, wait_for) -> list[str]:
 
 @pytest.fixture(scope="session")
 def istio_system(kube_api) -> str:
-    with contextlib.suppress(ApiException):  # 409: it exists (never deleted: the plane has no namespace controller)
-        client.CoreV1Api(kube_api).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=mesh.ISTIO_NAMESPACE))
-        )
+    """istio-system, labelled for meshsigner's root distribution (created once, never deleted: the plane has no
+    namespace controller)."""
+    core = client.CoreV1Api(kube_api)
+    key, value = MESH_NAMESPACE_LABEL
+    with contextlib.suppress(ApiException):  # 409: it exists
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=mesh.ISTIO_NAMESPACE)))
+    core.patch_namespace(mesh.ISTIO_NAMESPACE, {"metadata": {"labels": {key: value}}})
     return mesh.ISTIO_NAMESPACE
+
+
+@pytest.fixture
+def make_mesh_namespace(make_namespace) -> Callable[[], str]:
+    """A new namespace that meshsigner's root distribution selects."""
+    key, value = MESH_NAMESPACE_LABEL
+    return lambda: make_namespace("mesh", labels={key: value})
 
 
 @dataclass
@@ -131,12 +165,8 @@ class MeshSigner:
     mode: str  # --signer
     server: ServerProcess
     base: Path
-    ca_cert_pem: bytes  # the CA that signs (the mesh root here: no intermediates in these tests)
-    ca_key_pem: bytes
-
-    @property
-    def root_pem(self) -> bytes:
-        return self.ca_cert_pem
+    root_pem: bytes  # the CA that signs (the mesh root here: no intermediates in these tests)
+    issuer_name: str  # the ClusterIssuer behind cert-manager and kubernetes-csr; "" for the local CA
 
     def decisions(self) -> list[dict]:
         path = self.base / "decisions.jsonl"
@@ -164,40 +194,174 @@ def _ready(server: ServerProcess) -> bool:
         return False
 
 
-def _signer_flags(mode: str, base: Path, request: pytest.FixtureRequest, istio_system: str) -> tuple[list[str], Path]:
-    """Backend flags for ``mode`` and the folder or file holding the CA (cert + key) it signs with."""
+@dataclass(frozen=True)
+class _Backend:
+    flags: list[str]
+    root_file: Path  # the root meshsigner signs under (the local CA creates it at start-up)
+    issuer_name: str = ""
+
+
+def _backend(mode: str, base: Path, request: pytest.FixtureRequest, istio_system: str) -> _Backend:
+    """Backend flags for ``mode``: the local CA in ``base/ca``, or a CA ClusterIssuer of the plane's cert-manager
+    (its CA pinned as ``--root-ca-file``) reached through CertificateRequests or through the CSR API."""
     if mode == "local":
-        return [f"--local-ca-dir={base / 'ca'}"], base / "ca"
+        return _Backend([f"--local-ca-dir={base / 'ca'}"], base / "ca" / "root-cert.pem")
     issuer = request.getfixturevalue("ca_cluster_issuer")
-    (base / "ca").mkdir()
-    (base / "ca" / "root-cert.pem").write_bytes(issuer.ca_cert_pem)
-    (base / "ca" / "ca-key.pem").write_bytes(issuer.ca_key_pem)
-    flags = [
-        f"--certificate-namespace={istio_system}",
-        f"--issuer-name={issuer.name}",
-        f"--issuer-kind={issuer.kind}",
-        f"--issuer-group={issuer.group}",
-        f"--root-ca-file={base / 'ca' / 'root-cert.pem'}",
-        "--approve-certificate-requests",  # the plane runs cert-manager without its auto-approver
+    root_file = base / "pinned-root.pem"
+    root_file.write_bytes(issuer.ca_cert_pem)
+    if mode == "kubernetes-csr":
+        flags = [
+            f"--signer-name={issuer.signer_name}",  # clusterissuers.cert-manager.io/<name>: cert-manager's CSR signer
+            "--approve-certificate-signing-requests",
+        ]
+    else:
+        flags = [
+            f"--certificate-namespace={istio_system}",
+            f"--issuer-name={issuer.name}",
+            f"--issuer-kind={issuer.kind}",
+            f"--issuer-group={issuer.group}",
+            "--approve-certificate-requests",  # the plane runs cert-manager without its auto-approver
+        ]
+    return _Backend([*flags, f"--root-ca-file={root_file}"], root_file, issuer.name)
+
+
+def _duty_flags(mode: str, istio_system: str) -> list[str]:
+    """meshsigner's cluster duties as docs/istio-install.md gives them, plus what the shared plane needs: its own
+    Lease and root ConfigMaps in the labelled namespaces only. With kubernetes-csr meshsigner does not keep istiod's
+    certificate (see ``ISTIOD_CERT_BY_MESHSIGNER``)."""
+    key, value = MESH_NAMESPACE_LABEL
+    documented = [
+        flag
+        for flag in meshsigner_duty_flags()
+        if mode in ISTIOD_CERT_BY_MESHSIGNER or not flag.startswith("--istiod-cert-")
     ]
-    return flags, base / "ca"
+    assert f"--istiod-cert-namespace={istio_system}" in documented or mode not in ISTIOD_CERT_BY_MESHSIGNER
+    return [
+        *documented,
+        f"--leader-election-namespace={istio_system}",
+        f"--leader-election-name={LEASE_NAME}",
+        # short: a Lease left by a killed earlier session expires quickly instead of holding the duties for 60 s
+        "--leader-election-lease-duration=15s",
+        "--leader-election-renew-deadline=10s",
+        "--leader-election-retry-period=2s",
+        f"--configmap-namespace-selector={key}={value}",
+        f"--istiod-cert-name={ISTIOD_CERTIFICATE}",
+    ]
+
+
+def _apply_istiod_certificate(kube_api, issuer_name: str) -> None:
+    """--signer kubernetes-csr: the operator's own cert-manager Certificate for istiod, from docs/istio-install.md."""
+    certificate = istiod_certificate(issuer_name)
+    metadata = certificate["metadata"]
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        "cert-manager.io", "v1", metadata["namespace"], "certificates", certificate
+    )
+    assert metadata["name"] == ISTIOD_CERTIFICATE  # the name _clear_istiod_objects removes
+
+
+def _clear_istiod_objects(kube_api, istio_system: str) -> None:
+    """Removes what an earlier meshsigner (another signer, an earlier session) left in istio-system, so the
+    fixtures below can only find objects this meshsigner wrote; a Certificate left behind would also make
+    cert-manager fight a local-CA meshsigner over the Secret."""
+    core, custom = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    deletes = [
+        lambda: custom.delete_namespaced_custom_object(
+            "cert-manager.io", "v1", istio_system, "certificates", ISTIOD_CERTIFICATE
+        ),
+        lambda: core.delete_namespaced_secret(ISTIOD_TLS_SECRET, istio_system),
+        lambda: core.delete_namespaced_config_map(ROOT_CONFIGMAP, istio_system),
+    ]
+    # The plane runs no garbage collector: the requests an earlier istiod Certificate owned stay unless deleted
+    # here, and cert-manager names them <certificate>-<revision>, so a new Certificate's first request would
+    # collide with the old one's and never be made.
+    requests: Any = custom.list_namespaced_custom_object("cert-manager.io", "v1", istio_system, "certificaterequests")
+    for item in requests["items"]:
+        if (item["metadata"].get("annotations") or {}).get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE:
+            name = item["metadata"]["name"]
+            deletes.append(
+                functools.partial(
+                    custom.delete_namespaced_custom_object,
+                    "cert-manager.io", "v1", istio_system, "certificaterequests", name,
+                )
+            )  # fmt: skip
+    for delete in deletes:
+        try:
+            delete()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _istiod_certificate_state(kube_api, istio_system: str) -> str:
+    """istiod's Certificate and its requests as cert-manager sees them: why an istiod-tls wait timed out."""
+    custom = client.CustomObjectsApi(kube_api)
+    lines = []
+    with contextlib.suppress(ApiException):
+        certificate: Any = custom.get_namespaced_custom_object(
+            "cert-manager.io", "v1", istio_system, "certificates", ISTIOD_CERTIFICATE
+        )
+        lines.append(f"Certificate {ISTIOD_CERTIFICATE}: {json.dumps(certificate.get('status'))}")
+    found: Any = custom.list_namespaced_custom_object("cert-manager.io", "v1", istio_system, "certificaterequests")
+    for item in found["items"]:
+        conditions = (item.get("status") or {}).get("conditions") or []
+        lines.append(
+            f"CertificateRequest {item['metadata']['name']} "
+            f"({(item['metadata'].get('annotations') or {}).get('cert-manager.io/certificate-name')}): "
+            + ", ".join(f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}" for c in conditions)
+        )
+    return "\n".join(lines) or "(no Certificate, no CertificateRequests)"
+
+
+def _approve_istiod_requests(kube_api, istio_system: str, stop: threading.Event) -> None:
+    """Approves the CertificateRequests cert-manager makes for meshsigner's istiod Certificate, as cert-manager's
+    default approver (or an approver-policy rule for istiod) does in a cluster: the plane's cert-manager runs
+    without its approver, and meshsigner's --approve-certificate-requests covers only its own workload requests."""
+    custom = client.CustomObjectsApi(kube_api)
+    while not stop.wait(0.2):
+        try:
+            found: Any = custom.list_namespaced_custom_object(
+                "cert-manager.io", "v1", istio_system, "certificaterequests", _request_timeout=5
+            )
+        except (ApiException, OSError):  # the API server is busy: next round
+            continue
+        for request in found["items"]:
+            annotations = request["metadata"].get("annotations") or {}
+            conditions = (request.get("status") or {}).get("conditions") or []
+            if annotations.get("cert-manager.io/certificate-name") != ISTIOD_CERTIFICATE or any(
+                c["type"] in ("Approved", "Denied") for c in conditions
+            ):
+                continue
+            approved = {
+                "type": "Approved",
+                "status": "True",
+                "reason": "TestApprover",
+                "message": "istiod's certificate, approved as cert-manager's default approver would",
+                "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            request.setdefault("status", {})["conditions"] = [*conditions, approved]
+            with contextlib.suppress(ApiException):  # 409: changed meanwhile, next round
+                custom.replace_namespaced_custom_object_status(
+                    "cert-manager.io", "v1", istio_system, "certificaterequests", request["metadata"]["name"], request
+                )
 
 
 @pytest.fixture(scope="session", params=SIGNERS)
 def mesh_signer(
     request: pytest.FixtureRequest,
     kube_plane,
+    kube_api,
     install_values: InstallValues,
     istio_system: str,
     tmp_path_factory,
 ) -> Iterator[MeshSigner]:
     mode = request.param
     base = tmp_path_factory.mktemp(f"meshsigner-{mode}")
-    backend_flags, ca_dir = _signer_flags(mode, base, request, istio_system)
+    backend = _backend(mode, base, request, istio_system)
+    _clear_istiod_objects(kube_api, istio_system)
     server = start_server(
         [
             f"--signer={mode}",
-            *backend_flags,
+            *backend.flags,
             "--authenticator=tokenreview",
             f"--kubeconfig={kube_plane.kubeconfig}",
             # the agents check this name: the host of global.caAddress
@@ -205,57 +369,95 @@ def mesh_signer(
             f"--policy-dir={POLICIES}",
             f"--decision-log={base / 'decisions.jsonl'}",
             "--log-format=json",
+            *_duty_flags(mode, istio_system),
         ],
         base / "serve.log",
         wait=False,  # start_server's own 20 s wait is too short on this loaded machine; wait longer here
     )
-    mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
-    signer = MeshSigner(
-        mode, server, base, (ca_dir / "root-cert.pem").read_bytes(), (ca_dir / "ca-key.pem").read_bytes()
-    )
-    yield signer
-    assert server.stop() == 0, server.log()
-
-
-@pytest.fixture(scope="session")
-def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> dict[str, bytes]:
-    """STAND-IN for meshsigner's istiod-certificate controller, which does not exist yet: the ``istiod-tls``
-    Secret, signed by the CA meshsigner signs with, in the shape istio-csr gives it. Replace the body with "wait
-    for the controller's Secret" when the controller lands; istiod reads the Secret from the plane either way."""
-    data = mesh.istiod_tls_signed_by(mesh_signer.ca_cert_pem, mesh_signer.ca_key_pem)
-    secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=ISTIOD_TLS_SECRET),
-        type="kubernetes.io/tls",
-        data={key: base64.b64encode(value).decode() for key, value in data.items()},
-    )
-    core = client.CoreV1Api(kube_api)
     try:
-        core.create_namespaced_secret(istio_system, secret)
+        mesh.wait_until(lambda: _ready(server), 120, "meshsigner /readyz", alive=server.process, log=server.log_path)
+        signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
+        if mode not in ISTIOD_CERT_BY_MESHSIGNER:
+            _apply_istiod_certificate(kube_api, backend.issuer_name)
+        with polling_threads() as start_thread:
+            if mode != "local":  # cert-manager issues istiod's certificate
+                start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
+            yield signer
+    finally:
+        exit_code = server.stop()  # releases the Lease
+        _clear_istiod_objects(kube_api, istio_system)
+    assert exit_code == 0, server.log()
+
+
+def _secret_data(secret: client.V1Secret | None) -> dict[str, bytes]:
+    return {key: base64.b64decode(value) for key, value in ((secret.data if secret else None) or {}).items()}
+
+
+def _read_or_none(read: Callable[[], object]) -> object | None:
+    try:
+        return read()
     except ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_secret(ISTIOD_TLS_SECRET, istio_system, secret)
-    return data
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _roots_are(pem: bytes, root_pem: bytes) -> bool:
+    try:
+        return x509.load_pem_x509_certificates(pem) == [x509.load_pem_x509_certificate(root_pem)]
+    except ValueError:
+        return False
 
 
 @pytest.fixture(scope="session")
-def publish_mesh_root(kube_api, mesh_signer: MeshSigner) -> Callable[[str], None]:
-    """STAND-IN for meshsigner's root distribution (the ``istio-ca-root-cert`` ConfigMap in every namespace), which
-    does not exist yet: publishes meshsigner's local CA root into one namespace."""
+def istiod_tls_secret(kube_api, istio_system: str, mesh_signer: MeshSigner) -> client.V1Secret:
+    """The ``istiod-tls`` Secret meshsigner's istiod-certificate controller produced: written by meshsigner itself
+    (``--signer local``) or by cert-manager for meshsigner's Certificate (``--signer cert-manager``); with
+    ``--signer kubernetes-csr``, by cert-manager for the install's own Certificate. Waited for until it is complete
+    and issued under this meshsigner's root (the stale one was deleted before meshsigner started)."""
     core = client.CoreV1Api(kube_api)
 
-    def publish(namespace: str) -> None:
-        body = client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name=ROOT_CONFIGMAP), data={"root-cert.pem": mesh_signer.root_pem.decode()}
-        )
-        try:
-            core.create_namespaced_config_map(namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            core.replace_namespaced_config_map(ROOT_CONFIGMAP, namespace, body)
+    def issued() -> client.V1Secret | None:
+        secret = _read_or_none(lambda: core.read_namespaced_secret(ISTIOD_TLS_SECRET, istio_system))
+        assert secret is None or isinstance(secret, client.V1Secret)
+        data = _secret_data(secret)
+        if data.get("tls.crt") and data.get("tls.key") and _roots_are(data.get("ca.crt", b""), mesh_signer.root_pem):
+            return secret
+        return None
 
-    return publish
+    server = mesh_signer.server
+    try:
+        return mesh.wait_until(issued, DUTY_WAIT, "istiod-tls", alive=server.process, log=server.log_path)
+    except AssertionError as exc:
+        state = _istiod_certificate_state(kube_api, istio_system)
+        raise AssertionError(f"{exc}\n--- cert-manager's view ---\n{state}") from None
+
+
+@pytest.fixture(scope="session")
+def distributed_root(kube_api, mesh_signer: MeshSigner) -> Callable[[str], bytes]:
+    """Waits for meshsigner's trust distribution to write ``istio-ca-root-cert`` into a namespace (which must carry
+    ``MESH_NAMESPACE_LABEL``) with meshsigner's root, and returns its ``root-cert.pem``."""
+    core = client.CoreV1Api(kube_api)
+
+    def wait(namespace: str) -> bytes:
+        metadata = core.read_namespace(namespace).metadata
+        labels = (metadata.labels if metadata else None) or {}
+        key, value = MESH_NAMESPACE_LABEL
+        assert labels.get(key) == value, f"{namespace} is not selected by meshsigner's root distribution"
+
+        def written() -> bytes | None:
+            found = _read_or_none(lambda: core.read_namespaced_config_map(ROOT_CONFIGMAP, namespace))
+            assert found is None or isinstance(found, client.V1ConfigMap)
+            pem = ((found.data if found else None) or {}).get("root-cert.pem", "").encode()
+            return pem if _roots_are(pem, mesh_signer.root_pem) else None
+
+        server = mesh_signer.server
+        return mesh.wait_until(
+            written, DUTY_WAIT, f"meshsigner's {ROOT_CONFIGMAP} in {namespace}", alive=server.process,
+            log=server.log_path,
+        )  # fmt: skip
+
+    return wait
 
 
 def mounted_root(kube_api, namespace: str) -> bytes:
@@ -272,19 +474,20 @@ def istiod(
     istio_crds: list[str],
     install_values: InstallValues,
     istio_system: str,
-    istiod_tls_secret: dict[str, bytes],
-    publish_mesh_root: Callable[[str], None],
+    istiod_tls_secret: client.V1Secret,
+    distributed_root: Callable[[str], bytes],
     tmp_path_factory,
 ) -> Iterator[mesh.Istiod]:
-    publish_mesh_root(istio_system)
-    secret = client.CoreV1Api(kube_api).read_namespaced_secret(ISTIOD_TLS_SECRET, istio_system)
+    """istiod started only once meshsigner's two objects exist (as in a cluster, where it must start after them),
+    reading both from the plane as the chart mounts them."""
+    distributed_root(istio_system)
     started = time.monotonic()
     process = mesh.start_istiod(
         istio_binaries.discovery,
         tmp_path_factory.mktemp("istiod"),
         kubeconfig=kube_plane.kubeconfig,
         values=install_values,
-        istiod_tls={key: base64.b64decode(value) for key, value in (secret.data or {}).items()},
+        istiod_tls=_secret_data(client.CoreV1Api(kube_api).read_namespaced_secret(ISTIOD_TLS_SECRET, istio_system)),
         mesh_root_pem=mounted_root(kube_api, istio_system),
     )
     print(f"\nistiod ready in {time.monotonic() - started:.1f}s")
@@ -325,7 +528,7 @@ def start_workload_agent(
     istio_binaries: IstioBinaries,
     install_values: InstallValues,
     mesh_signer: MeshSigner,
-    publish_mesh_root: Callable[[str], None],
+    distributed_root: Callable[[str], bytes],
     istiod: mesh.Istiod,
     private_mount_namespace: None,
     tmp_path: Path,
@@ -340,7 +543,7 @@ def start_workload_agent(
         provisioned_cert_dir: bool = False,
     ) -> mesh.Agent:
         workload = make_workload(namespace, service_account)
-        publish_mesh_root(namespace)
+        distributed_root(namespace)  # the injector mounts it: a pod in a namespace without it does not start
         token = mint_token(
             namespace,
             service_account,

@@ -1,9 +1,11 @@
 """The Istio install settings of docs/istio-install.md, read as test data.
 
-The doc holds two YAML blocks, each after an ``<!-- istio-test-data: NAME -->`` marker: the Helm values of the
-``istiod`` chart and the same settings as an IstioOperator. The tests run istiod and pilot-agent with the
-environment these values produce (as the chart's ``deployment.yaml`` and the ``grpc-agent`` injection template
-turn them into environment variables), so the doc and the test cannot drift apart.
+The doc holds YAML blocks, each after an ``<!-- istio-test-data: NAME -->`` marker: the Helm values of the
+``istiod`` chart, the same settings as an IstioOperator, meshsigner's cluster-duty flags, and the cert-manager
+Certificate for istiod that a ``--signer kubernetes-csr`` install applies itself. The tests run istiod and
+pilot-agent with the environment these values produce (as the chart's ``deployment.yaml`` and the ``grpc-agent``
+injection template turn them into environment variables), meshsigner with those flags, and apply that Certificate,
+so the doc and the test cannot drift apart.
 """
 
 from __future__ import annotations
@@ -54,3 +56,16 @@ def istio_operator_values(path: Path = DOC) -> InstallValues:
         pilot_cert_provider=values["global"]["pilotCertProvider"],
         istiod_env={key: str(value) for key, value in values["pilot"]["env"].items()},
     )
+
+
+def meshsigner_duty_flags(path: Path = DOC) -> list[str]:
+    """meshsigner's flags for the objects istiod and the workloads mount (the istiod-tls Secret, the root
+    ConfigMaps), as the doc gives them."""
+    return [str(flag) for flag in doc_blocks(path)["meshsigner-flags"]]
+
+
+def istiod_certificate(issuer_name: str, path: Path = DOC) -> dict[str, Any]:
+    """The doc's cert-manager Certificate for istiod (``--signer kubernetes-csr``), issued by ``issuer_name``."""
+    certificate: dict[str, Any] = doc_blocks(path)["istiod-certificate"]
+    certificate["spec"]["issuerRef"]["name"] = issuer_name
+    return certificate

@@ -8,7 +8,6 @@ port, except what Istio cannot bind elsewhere (noted where it happens).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -21,9 +20,6 @@ from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.istio.install_values import InstallValues
 from tests.support.processes import free_port
@@ -31,9 +27,8 @@ from tests.support.processes import free_port
 HERE = Path(__file__).resolve().parent
 ISTIO_NAMESPACE = "istio-system"
 ISTIOD_HOST = f"istiod.{ISTIO_NAMESPACE}.svc"
-# The DNS names istiod itself puts on its certificate (pilot/pkg/bootstrap/server.go getDNSNames) and istio-csr
-# puts on istiod-tls for the default revision.
-ISTIOD_DNS_NAMES = (ISTIOD_HOST, f"istiod-remote.{ISTIO_NAMESPACE}.svc", f"istio-pilot.{ISTIO_NAMESPACE}.svc")
+# The identity meshsigner's istiod-certificate controller gives istiod (istio-csr's, for the default revision).
+ISTIOD_SPIFFE_ID = "spiffe://cluster.local/ns/" + ISTIO_NAMESPACE + "/sa/istiod-service-account"
 CLUSTER_ID = "Kubernetes"
 TRUST_DOMAIN = "cluster.local"
 
@@ -59,49 +54,6 @@ def istio_module_dir() -> Path:
 def istio_crds(module_dir: Path) -> list[dict[str, Any]]:
     text = (module_dir / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml").read_text()
     return [doc for doc in yaml.safe_load_all(text) if doc and doc.get("kind") == "CustomResourceDefinition"]
-
-
-# --- istiod's serving certificate ------------------------------------------------------------------------------
-
-
-def istiod_tls_signed_by(
-    ca_cert_pem: bytes, ca_key_pem: bytes, lifetime: dt.timedelta = dt.timedelta(hours=1)
-) -> dict[str, bytes]:
-    """STAND-IN for meshsigner's istiod-certificate controller (not written yet): the ``istiod-tls`` Secret data
-    (``tls.crt``, ``tls.key``, ``ca.crt``) signed by the CA meshsigner signs with, shaped like istio-csr's istiod
-    Certificate (DNS names of the default revision, SPIFFE URI of istiod's service account, server and client
-    auth). When the controller exists, read its Secret instead."""
-    root = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey), type(ca_key)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in ISTIOD_DNS_NAMES]
-    sans.append(
-        x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}/ns/{ISTIO_NAMESPACE}/sa/istiod-service-account")
-    )
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(root.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + lifetime)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return {
-        "tls.crt": certificate.public_bytes(serialization.Encoding.PEM),
-        "tls.key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-        "ca.crt": root.public_bytes(serialization.Encoding.PEM),
-    }
 
 
 # --- processes -------------------------------------------------------------------------------------------------

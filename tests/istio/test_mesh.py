@@ -8,6 +8,7 @@ meshsigner issued istiod's serving certificate from.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
 import re
@@ -18,9 +19,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 
-from tests.istio.conftest import mounted_root
+from tests.istio.conftest import ISTIOD_CERTIFICATE, ISTIOD_TLS_SECRET, ROOT_CONFIGMAP, mounted_root
 from tests.istio.install_values import helm_values, istio_operator_values
-from tests.istio.mesh import ISTIOD_HOST, Agent, probe_responses, start_probe, wait_until
+from tests.istio.mesh import (
+    ISTIO_NAMESPACE,
+    ISTIOD_HOST,
+    ISTIOD_SPIFFE_ID,
+    Agent,
+    probe_responses,
+    start_probe,
+    wait_until,
+)
 
 CERT_WAIT = 120  # the machine is small and shared; a cold agent start includes key generation and TokenReview
 
@@ -68,13 +77,18 @@ def test_install_doc_blocks_agree():
 
 
 def test_agent_gets_its_workload_certificate_from_meshsigner(
-    start_workload_agent, make_namespace, mesh_signer, kube_api
+    start_workload_agent, make_mesh_namespace, mesh_signer, kube_api
 ):
-    namespace = make_namespace("mesh")
+    namespace = make_mesh_namespace()
     agent = start_workload_agent(namespace, "web")
     chain = _wait_for_certificate(agent)
 
+    # the root the agent was given is the one meshsigner's trust distribution wrote into the namespace
+    configmap = client.CoreV1Api(kube_api).read_namespaced_config_map(ROOT_CONFIGMAP, namespace)
+    assert (configmap.metadata.labels or {}).get("istio.io/config") == "true"
+    assert mounted_root(kube_api, namespace) == configmap.data["root-cert.pem"].encode()
     root = x509.load_pem_x509_certificate(mounted_root(kube_api, namespace))
+    assert root == x509.load_pem_x509_certificate(mesh_signer.root_pem)
     leaf = chain[0]
     assert _uris(leaf) == [agent.workload.spiffe_id] == ["spiffe://cluster.local/ns/" + namespace + "/sa/web"]
     for child, parent in itertools.pairwise(chain):
@@ -92,9 +106,9 @@ def test_agent_gets_its_workload_certificate_from_meshsigner(
 
 
 def test_agent_xds_stream_to_istiod_delivers_configuration(
-    start_workload_agent, make_namespace, istiod, istio_binaries, kube_api
+    start_workload_agent, make_mesh_namespace, istiod, istio_binaries, kube_api
 ):
-    namespace = make_namespace("mesh")
+    namespace = make_mesh_namespace()
     listener = _make_grpc_service(kube_api, namespace, "echo", 7070)
     agent = start_workload_agent(namespace, "echo")
     _wait_for_certificate(agent)
@@ -120,11 +134,11 @@ def test_agent_xds_stream_to_istiod_delivers_configuration(
 
 
 def test_xds_over_mtls_with_the_certificate_from_meshsigner(
-    start_workload_agent, make_namespace, istiod, istio_binaries, kube_api
+    start_workload_agent, make_mesh_namespace, istiod, istio_binaries, kube_api
 ):
     """Istio's VM layout (PROV_CERT = OUTPUT_CERTS): the agent presents its meshsigner certificate to istiod. With
     the token file gone, istiod can only authenticate the XDS stream by that certificate."""
-    namespace = make_namespace("mesh")
+    namespace = make_mesh_namespace()
     listener = _make_grpc_service(kube_api, namespace, "vm", 7070)
     agent = start_workload_agent(namespace, "vm", provisioned_cert_dir=True)
     _wait_for_certificate(agent)
@@ -142,11 +156,11 @@ def test_xds_over_mtls_with_the_certificate_from_meshsigner(
 
 
 def test_xds_without_token_or_certificate_is_refused(
-    start_workload_agent, make_namespace, istiod, istio_binaries, kube_api
+    start_workload_agent, make_mesh_namespace, istiod, istio_binaries, kube_api
 ):
     """The control for the test above: the Kubernetes layout presents no client certificate to istiod, so without
     its token the same XDS request is refused."""
-    namespace = make_namespace("mesh")
+    namespace = make_mesh_namespace()
     listener = _make_grpc_service(kube_api, namespace, "tokenless", 7070)
     agent = start_workload_agent(namespace, "tokenless")
     _wait_for_certificate(agent)
@@ -162,13 +176,18 @@ def test_xds_without_token_or_certificate_is_refused(
 
 
 def test_agent_rotates_its_certificate_through_meshsigner(
-    start_workload_agent, make_namespace, mesh_signer, istiod, istio_binaries, kube_api
+    start_workload_agent, make_mesh_namespace, mesh_signer, istiod, istio_binaries, kube_api
 ):
-    namespace = make_namespace("mesh")
+    namespace = make_mesh_namespace()
     listener = _make_grpc_service(kube_api, namespace, "rotating", 7070)
-    agent = start_workload_agent(namespace, "rotating", extra_env={"SECRET_TTL": "40s"})
+    # The CSR API refuses lifetimes under 600 s: there the agent asks for 600 s and rotates at 5% of it left
+    # (SECRET_GRACE_PERIOD_RATIO), about 30 s after issuance; elsewhere 40 s, rotated at half of it.
+    ttl, grace = (600, "0.95") if mesh_signer.mode == "kubernetes-csr" else (40, "0.5")
+    agent = start_workload_agent(
+        namespace, "rotating", extra_env={"SECRET_TTL": f"{ttl}s", "SECRET_GRACE_PERIOD_RATIO": grace}
+    )
     first = _wait_for_certificate(agent)[0]
-    assert mesh_signer.decisions_for(namespace, "rotating")[0]["issued"]["durationSeconds"] == 40
+    assert mesh_signer.decisions_for(namespace, "rotating")[0]["issued"]["durationSeconds"] == ttl
 
     probe, out = start_probe(istio_binaries.xds_probe, agent, [listener])
     wait_until(lambda: probe_responses(out), 90, "the first XDS response", alive=probe, log=agent.log_path)
@@ -185,7 +204,7 @@ def test_agent_rotates_its_certificate_through_meshsigner(
 
     records = mesh_signer.decisions_for(namespace, "rotating", at_least=2)
     assert len(records) >= 2 and all(r["decision"] == "Allow" for r in records)
-    assert {r["request"]["validitySeconds"] for r in records} == {40}
+    assert {r["request"]["validitySeconds"] for r in records} == {ttl}
     # The XDS stream lived through the rotation: same connection, probe still streaming, no reconnect in the log.
     assert probe.poll() is None
     after = _connections(istiod, agent)
@@ -193,8 +212,8 @@ def test_agent_rotates_its_certificate_through_meshsigner(
     assert not re.search(r"(?i)upstream (terminated|error)|connection error|reconnect", agent.log())
 
 
-def test_policy_refusal_reaches_the_agent_log(start_workload_agent, make_namespace, mesh_signer):
-    namespace = make_namespace("mesh")
+def test_policy_refusal_reaches_the_agent_log(start_workload_agent, make_mesh_namespace, mesh_signer):
+    namespace = make_mesh_namespace()
     agent = start_workload_agent(namespace, "quarantined-batch")
     message = "quarantined-* service accounts may not join the mesh"
     wait_until(
@@ -215,6 +234,46 @@ def test_istiod_serves_xds_with_the_istiod_tls_certificate(istiod, istiod_tls_se
         context.wrap_socket(raw, server_hostname=ISTIOD_HOST) as tls,
     ):
         served = tls.getpeercert(binary_form=True)
-    assert served == x509.load_pem_x509_certificate(istiod_tls_secret["tls.crt"]).public_bytes(
-        serialization.Encoding.DER
-    )
+    tls_crt = base64.b64decode(istiod_tls_secret.data["tls.crt"])
+    assert served == x509.load_pem_x509_certificate(tls_crt).public_bytes(serialization.Encoding.DER)
+
+
+def test_istiod_mounts_what_meshsigner_wrote(istiod, istiod_tls_secret, mesh_signer, kube_api):
+    """istiod's certificate and root are the objects meshsigner's controllers produced, nothing the tests wrote
+    (with --signer kubernetes-csr the certificate is the install's own cert-manager Certificate's)."""
+    data = {key: base64.b64decode(value) for key, value in istiod_tls_secret.data.items()}
+    mounted = istiod.root / "var/run/secrets/istiod"
+    assert (mounted / "tls/tls.crt").read_bytes() == data["tls.crt"]
+    assert (mounted / "tls/tls.key").read_bytes() == data["tls.key"]
+    assert (mounted / "ca/root-cert.pem").read_bytes() == mounted_root(kube_api, ISTIO_NAMESPACE)
+
+    root = x509.load_pem_x509_certificate(mesh_signer.root_pem)
+    assert x509.load_pem_x509_certificates(data["ca.crt"]) == [root]
+    assert x509.load_pem_x509_certificates(mounted_root(kube_api, ISTIO_NAMESPACE)) == [root]
+    configmap = client.CoreV1Api(kube_api).read_namespaced_config_map(ROOT_CONFIGMAP, ISTIO_NAMESPACE)
+    assert (configmap.metadata.labels or {}).get("istio.io/config") == "true"  # trust distribution's label
+
+    leaf = x509.load_pem_x509_certificates(data["tls.crt"])[0]
+    leaf.verify_directly_issued_by(root)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [ISTIOD_HOST]  # the default revision's name
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [ISTIOD_SPIFFE_ID]
+
+    annotations = istiod_tls_secret.metadata.annotations or {}
+    if mesh_signer.mode == "kubernetes-csr":
+        # meshsigner keeps no istiod certificate in this mode: cert-manager wrote the Secret for the install's own
+        # Certificate (docs/istio-install.md); the root istiod trusts is still meshsigner's ConfigMap
+        assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
+        assert annotations.get("cert-manager.io/issuer-name") == mesh_signer.issuer_name
+    elif mesh_signer.mode == "cert-manager":
+        # cert-manager wrote the Secret for the Certificate meshsigner keeps, issued by meshsigner's issuer
+        assert annotations.get("cert-manager.io/certificate-name") == ISTIOD_CERTIFICATE
+        certificate = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+            "cert-manager.io", "v1", ISTIO_NAMESPACE, "certificates", ISTIOD_CERTIFICATE
+        )
+        assert certificate["spec"]["secretName"] == ISTIOD_TLS_SECRET
+        assert certificate["spec"]["issuerRef"]["name"] == mesh_signer.issuer_name
+    else:
+        # meshsigner wrote the Secret itself, signed by the local CA whose key only its process holds
+        assert not any(key.startswith("cert-manager.io/") for key in annotations)
+        assert istiod_tls_secret.type == "kubernetes.io/tls"

@@ -14,8 +14,10 @@ def signing_request(
     uri: str = "spiffe://cluster.local/ns/app/sa/web",
     *,
     not_after: datetime | None = None,
+    decision_id: str = "",
 ) -> SigningRequest:
-    """A request to sign a fresh CSR for ``uri`` for 3600 s, until ``not_after`` (default: an hour from now)."""
+    """A request to sign a fresh CSR for ``uri`` for 3600 s, until ``not_after`` (default: an hour from now), as
+    decided by ``decision_id``."""
     pem = make_csr([uri])
     csr = x509.load_pem_x509_csr(pem.encode())
     return SigningRequest(
@@ -26,4 +28,5 @@ def signing_request(
         dns_names=(),
         not_after=not_after or datetime.now(UTC) + timedelta(hours=1),
         duration_seconds=3600,
+        decision_id=decision_id,
     )

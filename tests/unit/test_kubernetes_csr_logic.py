@@ -209,20 +209,3 @@ async def test_mirror_writes_wait_while_workload_requests_are_signed():
     finally:
         stop.set()
         await writers
-
-
-async def test_a_request_task_never_reuses_an_inherited_trail():
-    from bridge.request_trail import begin_request, current_trail
-
-    begin_request("parent", "PARENT CSR")  # e.g. the task that issued the serving certificate, then started serving
-    current_trail().object_name = "meshsigner-serving"
-
-    async def request(index: int) -> tuple[str, str]:
-        trail = current_trail()  # inherited context: must not be the parent's trail, nor a sibling's
-        trail.object_name = f"meshsigner-{index}"
-        await asyncio.sleep(0)
-        return trail.csr_pem, current_trail().object_name
-
-    results = await asyncio.gather(*(asyncio.create_task(request(i)) for i in range(3)))
-    assert results == [("", "meshsigner-0"), ("", "meshsigner-1"), ("", "meshsigner-2")]
-    assert current_trail().object_name == "meshsigner-serving"

@@ -134,3 +134,11 @@ async def test_nothing_is_delivered_before_both_kinds_are_listed_and_bursts_are_
         for task in tasks:  # a list the test never answered does not end with stop
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_identity_policies_are_listed_in_every_namespace_at_once() -> None:
+    from bridge.kube.resources import collection_path
+    from bridge.policy_objects import IDENTITY_POLICIES, POLICY_SETTINGS
+
+    assert collection_path(IDENTITY_POLICIES, None) == "/apis/meshsigner.io/v1alpha1/identitypolicies"
+    assert collection_path(POLICY_SETTINGS, None) == "/apis/meshsigner.io/v1alpha1/policysettings"

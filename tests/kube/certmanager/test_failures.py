@@ -15,6 +15,7 @@ from kubernetes import client
 from proto import istio_ca_pb2
 from tests.e2e.calls import create
 from tests.kube.certmanager.conftest import CM, list_requests, purpose
+from tests.kube.plane_fixtures import CAIssuer
 from tests.support.csr_builder import make_csr
 from tests.support.processes import readyz
 
@@ -168,10 +169,8 @@ def _make_cluster_issuer(kube_api, kube_plane, pki, *, with_secret: bool):
 def test_issuer_not_ready_is_reported_then_recovers(
     kube_api, kube_plane, make_namespace, make_service_account, mint_token, signer_factory, pki, tmp_path
 ):
-    from types import SimpleNamespace
-
     name, ca, add_secret = _make_cluster_issuer(kube_api, kube_plane, pki, with_secret=False)
-    issuer = SimpleNamespace(name=name, kind="ClusterIssuer", group="cert-manager.io", ca_cert_pem=ca.cert_pem)
+    issuer = CAIssuer(name=name, kind="ClusterIssuer", namespace=None, secret_name=f"{name}-ca", ca=ca)
     cr_ns = make_namespace("istio-system")
     signer = signer_factory(cr_ns, issuer, wait=False)
     try:

@@ -16,6 +16,8 @@ from bridge.kube import (
     NAMESPACES,
     PODS,
     KubeClient,
+    KubeConflict,
+    KubeForbidden,
     KubeMetrics,
     KubeNotFound,
     KubeOptions,
@@ -23,6 +25,7 @@ from bridge.kube import (
     Obj,
     Resource,
 )
+from tests.kube.certmanager.conftest import kubeconfig_for_token
 
 
 @pytest.fixture
@@ -133,3 +136,37 @@ async def test_get_reads_the_core_resource_asked_for(kube, kube_api, make_namesp
         await kube.get(Resource("", "v1", "services"), namespace, "same")
     with pytest.raises(ValueError, match="does not serve core services"):
         await kube.list(Resource("", "v1", "services"), namespace)
+
+
+async def test_delete_sends_the_uid_precondition_and_an_object_already_gone_is_not_an_error(kube, make_namespace):
+    """A delete by name and uid removes only that object: a different uid is a conflict that leaves it in place;
+    deleting what is already gone is not an error."""
+    namespace = make_namespace("seam")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept"}, "data": {"k": "v"}}
+    created = await kube.create(CONFIG_MAPS, namespace, body)
+    with pytest.raises(KubeConflict):
+        await kube.delete(CONFIG_MAPS, namespace, "kept", uid="not-its-uid")
+    assert (await kube.get(CONFIG_MAPS, namespace, "kept"))["data"] == {"k": "v"}
+    await kube.delete(CONFIG_MAPS, namespace, "kept", uid=created["metadata"]["uid"])
+    with pytest.raises(KubeNotFound):
+        await kube.get(CONFIG_MAPS, namespace, "kept")
+    await kube.delete(CONFIG_MAPS, namespace, "kept", uid=created["metadata"]["uid"])  # already gone: no error
+
+
+async def test_a_watch_the_server_refuses_raises_its_status_when_opened(
+    kube_plane, make_namespace, make_service_account, mint_token, tmp_path
+):
+    """A watch refused at open (here 403: a service account without RBAC) is that error at once, so the ListWatch
+    backs off or relists, instead of a stream whose only line is an error."""
+    namespace = make_namespace("seam")
+    token = mint_token(namespace, make_service_account(namespace), audience=None)
+    kubeconfig = kubeconfig_for_token(kube_plane, token, tmp_path / "kubeconfig")
+    registry = CollectorRegistry()
+    seam = KubeClient(KubeOptions(kubeconfig=str(kubeconfig)), KubeMetrics(registry))
+    try:
+        with pytest.raises(KubeForbidden):
+            await asyncio.to_thread(seam.open_watch, PODS, namespace, "0", label_selector="app=web")
+        labels = {"verb": "watch", "resource": "pods", "code": "403"}
+        assert registry.get_sample_value("meshsigner_kube_api_requests_total", labels) == 1
+    finally:
+        seam.close()

@@ -125,12 +125,15 @@ async def running_csr_backend(
     timeout_seconds: float = 30.0,
     watch: RequestWatch | None = None,
     approve: bool = True,
+    preserve: bool = False,
 ) -> AsyncIterator[KubernetesCsrBackend]:
     """The backend wired as ``serve`` wires it (its watch running); on exit its deletes are drained."""
     watch = watch or csr_watch(kube, signer_name)
     backend = KubernetesCsrBackend(
         kube,
-        KubernetesCsrOptions(signer_name=signer_name, timeout_seconds=timeout_seconds, approve=approve),
+        KubernetesCsrOptions(
+            signer_name=signer_name, timeout_seconds=timeout_seconds, approve=approve, preserve=preserve
+        ),
         watch=watch,
         roots=RootBundle(roots_file),
         metrics=BridgeMetrics(CollectorRegistry()),

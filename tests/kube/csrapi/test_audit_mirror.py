@@ -16,7 +16,6 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from bridge.audit_mirror import AuditMirror, MirrorOptions
-from bridge.request_trail import begin_request, current_trail
 from policies import Caller, Decision, IssuanceRequest, Outcome, Verdict
 from signer.audit_trail import MirroringRecorder
 from tests.e2e.calls import create
@@ -119,8 +118,8 @@ def _denial(uri: str) -> Decision:
 
 
 async def test_refused_decision_becomes_a_denied_mirror_and_expires(kube_plane, our_csrs):
-    """The front door's side in-process: it announces the request (begin_request) and records the refusal; the
-    mirror writes a Denied CSR with the decision's reason and rule; the retention sweep deletes it later."""
+    """The front door's side in-process: it records the refusal with the CSR as received; the mirror writes a
+    Denied CSR of that CSR with the decision's reason and rule; the retention sweep deletes it later."""
     audit_name = f"meshsigner.io/audit-{secrets.token_hex(3)}"
     kube = plane_client(kube_plane, qps=50)
     registry = CollectorRegistry()
@@ -130,12 +129,9 @@ async def test_refused_decision_becomes_a_denied_mirror_and_expires(kube_plane, 
     try:
         uri = "spiffe://cluster.local/ns/team-a/sa/someone-else"
         csr_pem = make_csr([uri])
-        begin_request("decision-0001", csr_pem)
-        assert current_trail().csr_pem == csr_pem
         record = MirroringRecorder(None, mirror)
-        record(
-            "decision-0001", Caller("cluster.local", "team-a", "web"), IssuanceRequest(uris=(uri,)), _denial(uri), None
-        )
+        caller = Caller("cluster.local", "team-a", "web")
+        record("decision-0001", caller, IssuanceRequest(uris=(uri,)), _denial(uri), None, csr_pem=csr_pem, signed=None)
         async with asyncio.timeout(20):
             await mirror.drained()
         [mirror_csr] = await asyncio.to_thread(_mirrors, our_csrs, audit_name, "denied")
@@ -147,6 +143,8 @@ async def test_refused_decision_becomes_a_denied_mirror_and_expires(kube_plane, 
         assert annotations["meshsigner.io/rule"] == "tenants/no-foreign"
         assert annotations["meshsigner.io/caller"] == "cluster.local/ns/team-a/sa/web"
         assert not mirror_csr.status.certificate
+        assert _bytes(mirror_csr.spec.request).decode("ascii") == csr_pem  # the CSR the recorder was handed
+        assert "meshsigner.io/mirrors" not in annotations  # refused: no API object was made for it
         async with asyncio.timeout(30):
             while await mirror.sweeper.sweep() == 0:  # nothing is old enough yet
                 await asyncio.sleep(0.25)
