@@ -37,11 +37,14 @@ def object_statuses(
     set_errors = "; ".join(str(p) for p in errors[:SHOWN_SET_ERRORS]) + (
         " ..." if len(errors) > SHOWN_SET_ERRORS else ""
     )
+    by_object: dict[str, list[Problem]] = {}
+    for problem in problems:  # grouped once: a large rejected set has many objects and many problems
+        by_object.setdefault(problem.file, []).append(problem)
     statuses = {}
     for obj in objects:
         ref = object_ref(obj)
         key = object_key(ref)
-        own = [p for p in problems if p.file == ref.label]
+        own = by_object.get(ref.label, [])
         own_errors = [p for p in own if p.severity is Severity.ERROR]
         warnings = [p for p in own if p.severity is Severity.WARNING]
         if own_errors:
