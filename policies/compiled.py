@@ -220,6 +220,7 @@ class ObjectRef:
     name: str
     generation: int | None
     resource_version: str
+    uid: str = ""  # tells an object from one deleted and created again under the same name
 
     @property
     def label(self) -> str:

@@ -55,6 +55,7 @@ def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
         name=str(metadata.get("name") or "?"),
         generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
         resource_version=str(metadata.get("resourceVersion") or ""),
+        uid=str(metadata.get("uid") or ""),
     )
 
 
@@ -103,7 +104,7 @@ def object_version(obj: Mapping[str, Any]) -> list[str]:
     version = str(ref.generation) if ref.generation is not None else f"rv:{ref.resource_version}"
     annotations = {k: v for k, v in _mapping(metadata.get("annotations")).items() if k not in DROPPED_ANNOTATIONS}
     labelled = json.dumps([metadata.get("labels") or {}, annotations], sort_keys=True, default=str)
-    return [ref.kind, ref.namespace or "", ref.name, str(metadata.get("uid") or ""), version, labelled]
+    return [ref.kind, ref.namespace or "", ref.name, ref.uid, version, labelled]
 
 
 def build_object_policy_set(

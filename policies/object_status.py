@@ -30,7 +30,9 @@ def object_statuses(
 ) -> dict[ObjectKey, dict[str, Any]]:
     """The status of each of ``objects`` (the last build's input), given that build's ``problems`` and the set in
     force now (``active``: the build's own set when it was installed, the last good one when it was not)."""
-    in_force = {object_key(ref): ref.generation for ref in (active.objects.values() if active is not None else ())}
+    in_force = {
+        object_key(ref): (ref.uid, ref.generation) for ref in (active.objects.values() if active is not None else ())
+    }
     errors = [p for p in problems if p.severity is Severity.ERROR]
     revision = active.revision if active is not None else None
     kept = f"revision {revision} keeps deciding" if revision is not None else "no policy set is in force"
@@ -51,7 +53,7 @@ def object_statuses(
             accepted = _condition("Accepted", False, "Invalid", _lines(own_errors), ref)
         else:
             accepted = _condition("Accepted", True, "Valid", _lines(warnings), ref)
-        if key in in_force and in_force[key] == ref.generation:
+        if in_force.get(key) == (ref.uid, ref.generation):
             ready = _condition("Ready", True, "InForce", f"in force in revision {revision}", ref)
         elif own_errors:
             ready = _condition("Ready", False, "Invalid", f"its errors keep this generation out; {kept}", ref)

@@ -275,3 +275,14 @@ def test_the_status_of_each_object_says_whether_it_was_accepted_and_is_in_force(
     # the settings object did not change: its generation is still the one in force
     assert conditions(statuses[("PolicySettings", "", "settings")])["Ready"][0] == "True"
     assert object_statuses([], [], None) == {}
+
+
+def test_an_object_created_again_under_the_same_name_is_not_in_force_until_its_set_is() -> None:
+    store = PolicyStore.for_objects(trust_domain=TD, root_namespace=ROOT)
+    assert store.load_objects([settings_object("1"), grant_own_identity("5")])
+    again = grant_own_identity("20")
+    again["metadata"]["uid"] = "0d6c1d9e-0000-4000-8000-000000000002"  # deleted and created: generation 1 again
+    broken = policy(ROOT, "broken", [{"name": "r", "effect": "Allow", "identities": ["spiffe://{nope}/x"]}], rv="21")
+    assert not store.load_objects([settings_object("1"), again, broken])
+    status, reason, _ = conditions(store.object_statuses()[("IdentityPolicy", ROOT, "own")])["Ready"]
+    assert (status, reason) == ("False", "SetRejected")
