@@ -209,3 +209,30 @@ class PolicySettings:
     git_sha: str | None = None
     source: str = ""
     shadow_policy_set: str | None = None  # the name of the shadow set (a sub-directory of the policy directory)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """The Kubernetes object a policy or the settings were read from (the ``kubernetes`` policy source)."""
+
+    kind: str
+    namespace: str | None  # None: cluster-scoped (PolicySettings)
+    name: str
+    generation: int | None
+    resource_version: str
+    uid: str = ""  # tells an object from one deleted and created again under the same name
+
+    @property
+    def label(self) -> str:
+        """How reports name the object: ``IdentityPolicy payments/team-grants``, ``PolicySettings settings``."""
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+    def record(self) -> dict[str, object]:
+        """The decision record's ``policyObject``."""
+        return {
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "generation": self.generation,
+            "resourceVersion": self.resource_version,
+        }

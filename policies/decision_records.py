@@ -1,7 +1,8 @@
 """Decision records (policy-format.md §3 "Outputs"): one JSON object per request, for logs and --decision-log.
 
 A record says who asked for what, what was decided and by which rule, what was issued, what Audit-mode policies
-would have done, and which policy-set revision decided, so an auditor can replay the decision offline with
+would have done, which policy-set revision decided (and, with the Kubernetes source, which object and generation
+held the matching policy), so an auditor can replay the decision offline with
 ``meshsigner policy explain`` against that revision.
 """
 
@@ -84,6 +85,8 @@ def decision_record(
         "policySetRevision": decision.policy_set_revision,
         **({"time": at.isoformat()} if at is not None else {}),
         **({"closestRule": closest} if closest else {}),
+        # the Kubernetes object (kind, namespace, name, generation) of the policy that matched: kubernetes source
+        **({"policyObject": ref} if (ref := decision.details.get("policyObject")) is not None else {}),
         **({"shadow": shadow} if (shadow := decision.details.get("shadow")) is not None else {}),
         **({"trace": trace} if trace is not None else {}),
     }

@@ -15,15 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from policies.compiled import RESERVED_POLICY_NAMES, Policy, PolicySettings
+from policies.compiled import RESERVED_POLICY_NAMES, ObjectRef, Policy, PolicySettings
 from policies.compiler import compile_policy, compile_settings
 from policies.conditions import ConditionCompiler
 from policies.document_schemas import read_document
-from policies.policy_set import PolicySet
+from policies.policy_set import SETTINGS_KEY, PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.schema_readers import Reporter
 from policies.templates import TemplateCompiler
-from policies.yaml_source import parse_documents
+from policies.yaml_source import SourceDocument, parse_documents
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
@@ -88,34 +88,66 @@ def build_policy_set(
     ``metadata.namespace`` means nothing, as before.
     """
     problems = list(problems or ())
-    read: list[tuple[str, dict[str, Any], Reporter, str]] = []
+    documents: list[SourceDocument] = []
     for file, text in sources:
-        documents, syntax_problems = parse_documents(text, file)
+        parsed, syntax_problems = parse_documents(text, file)
         problems.extend(syntax_problems)
-        for document in documents:
-            report = Reporter(file)
-            result = read_document(document.node, report)
-            problems.extend(report.problems)
-            if result is not None and result[0] != "PolicyTest":
-                read.append((result[0], result[1], report, f"{file}#{document.index}"))
+        documents.extend(parsed)
+    return build_from_documents(
+        documents,
+        trust_domain=trust_domain,
+        problems=problems,
+        root_namespace=root_namespace,
+        origin=(sources[0][0], 1) if sources else None,
+        files=[file for file, _ in sources],
+    )
+
+
+def build_from_documents(
+    documents: Sequence[SourceDocument],
+    *,
+    trust_domain: str | None = None,
+    problems: list[Problem] | None = None,
+    root_namespace: str | None = None,
+    origin: tuple[str, int] | None = None,
+    files: Sequence[str] = (),
+    revision: str | None = None,
+) -> PolicySet:
+    """Build a set from parsed documents (YAML files, or Kubernetes objects: ``object_documents.py``).
+
+    ``origin`` is where set-wide problems are reported (a name and a line: 1 for a file, 0 for objects), None when
+    nothing was read at all; ``revision`` replaces the content digest (the Kubernetes source derives it from the
+    objects' resourceVersions). Raises PolicySetInvalid with every problem when invalid.
+    """
+    problems = list(problems or ())
+    read: list[tuple[str, dict[str, Any], Reporter, SourceDocument]] = []
+    for document in documents:
+        report = Reporter(document.file)
+        result = read_document(document.node, report)
+        problems.extend(report.problems)
+        if result is not None and result[0] != "PolicyTest":
+            read.append((result[0], result[1], report, document))
 
     settings_docs = [entry for entry in read if entry[0] == "PolicySettings"]
     for _, _, report, _ in settings_docs[1:]:
-        report.error("kind", f"a set takes one PolicySettings document; the first is in {settings_docs[0][3]}")
+        report.error("kind", f"a set takes one PolicySettings document; the first is in {settings_docs[0][3].where}")
         problems.extend(report.problems[-1:])
+    objects: dict[str, ObjectRef] = {}
     if settings_docs:
-        _, fields, report, source = settings_docs[0]
+        _, fields, report, document = settings_docs[0]
         before = len(report.problems)
-        settings = compile_settings(fields, report, expected_trust_domain=trust_domain, source=source)
+        settings = compile_settings(fields, report, expected_trust_domain=trust_domain, source=document.where)
         problems.extend(report.problems[before:])
+        if document.ref is not None:
+            objects[SETTINGS_KEY] = document.ref
     else:
         settings = PolicySettings(trust_domain=trust_domain or PolicySettings().trust_domain)
-        if any(kind == "IdentityPolicy" for kind, _, _, _ in read):
+        if origin is not None and any(kind == "IdentityPolicy" for kind, _, _, _ in read):
             problems.append(
                 Problem(
-                    sources[0][0],
-                    1,
-                    1,
+                    origin[0],
+                    origin[1],
+                    origin[1],
                     "",
                     "the set has no PolicySettings document: the built-in defaults apply (max 7d, no trust-domain "
                     "aliases, no node accounts, default key algorithms); add one to make them explicit",
@@ -127,7 +159,7 @@ def build_policy_set(
     first_seen: dict[str, str] = {}
     conditions = ConditionCompiler()
     templates = TemplateCompiler(settings.trust_domain, settings.trusted_namespace_label_keys)
-    for kind, fields, report, source in read:
+    for kind, fields, report, document in read:
         if kind != "IdentityPolicy":
             continue
         before = len(report.problems)
@@ -144,30 +176,34 @@ def build_policy_set(
             )
         if name in first_seen:
             report.error("metadata.name", f"duplicate policy name {name!r} (first in {first_seen[name]})")
-        first_seen.setdefault(name, source)
+        first_seen.setdefault(name, document.where)
         policies.append(
             compile_policy(
                 fields,
                 report,
                 settings,
-                source=source,
+                source=document.where,
                 conditions=conditions,
                 templates=templates,
                 confined_to=confined,
             )
         )
+        if document.ref is not None:
+            objects.setdefault(name, document.ref)
         problems.extend(report.problems[before:])
 
-    if sources and not read and not any(p.severity is Severity.ERROR for p in problems):
-        problems.append(Problem(sources[0][0], 1, 1, "", "no PolicySettings or IdentityPolicy documents found"))
+    if origin is not None and not read and not any(p.severity is Severity.ERROR for p in problems):
+        nothing = "no PolicySettings or IdentityPolicy documents found"
+        problems.append(Problem(origin[0], origin[1], origin[1], "", nothing))
     if any(p.severity is Severity.ERROR for p in problems):
         raise PolicySetInvalid(problems)
     return PolicySet(
         settings,
         policies,
-        revision=revision_of([(kind, fields) for kind, fields, _, _ in read]),
+        revision=revision or revision_of([(kind, fields) for kind, fields, _, _ in read]),
         warnings=problems,
-        files=[file for file, _ in sources],
+        files=files,
+        objects=objects,
     )
 
 

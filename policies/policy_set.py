@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policies.compiled import Effect, Limits, Mode, Policy, PolicySettings, Rule
+from policies.compiled import Effect, Limits, Mode, ObjectRef, Policy, PolicySettings, Rule
 from policies.compiler import istio_compatible_rule
 from policies.context import EvaluationContext
 from policies.precheck import PrecheckSettings
@@ -16,6 +16,7 @@ _APPLICABLE_CACHE_LIMIT = 65536
 # A policy with more rules than this gets an index of its own rules (a compliance policy of many Deny rules, each
 # about a few service accounts); a smaller one is cheaper to scan.
 _RULE_INDEX_THRESHOLD = 8
+SETTINGS_KEY = "settings"  # the settings' entry in ``PolicySet.objects`` (a reserved policy name: no clash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +69,15 @@ class PolicySet:
         revision: str,
         warnings: Sequence[Problem] = (),
         files: Sequence[str] = (),
+        objects: Mapping[str, ObjectRef] | None = None,
     ) -> None:
         self.settings = settings
         self.policies: tuple[Policy, ...] = tuple(sorted(policies, key=lambda p: p.order))
         self.revision = revision
         self.warnings = tuple(warnings)
         self.files = tuple(files)
+        # policy name (and SETTINGS_KEY) -> the Kubernetes object it was read from; empty for the directory source
+        self.objects: Mapping[str, ObjectRef] = dict(objects or {})
         self._active = tuple(p for p in self.policies if p.mode is not Mode.DISABLED)
         self._index = SubjectIndex([p.subjects for p in self._active])
         self._rule_indexes = {
@@ -134,6 +138,10 @@ class PolicySet:
 
     def policy_named(self, name: str) -> Policy | None:
         return self._by_name.get(name)
+
+    def object_of(self, name: str) -> ObjectRef | None:
+        """The Kubernetes object policy ``name`` (or ``SETTINGS_KEY``) was read from; None for a file."""
+        return self.objects.get(name)
 
     @property
     def short_revision(self) -> str:

@@ -1,8 +1,10 @@
-"""The policy store the server holds: the active set, hot reload from a directory, and metrics.
+"""The policy store the server holds: the active set, hot reload from a directory or Kubernetes objects, metrics.
 
-The store is an ``IdentityDecider``. It loads every ``*.yaml``/``*.yml`` file of its directory as one set; a reload
-is all-or-nothing, so any error keeps the last good set serving (a skipped document could drop a Deny rule and
-fail open). ``watch`` reloads once a change of the directory has been stable (``directory_watch.py``).
+The store is an ``IdentityDecider``. With a directory, it loads every ``*.yaml``/``*.yml`` file of it as one set;
+``watch`` reloads once a change of the directory has been stable (``directory_watch.py``). With the Kubernetes
+source (``PolicyStore.for_objects``), the policy objects' watch (bridge/policy_objects.py, connected by ``serve``)
+hands every object to ``objects_changed``. Either way a reload is all-or-nothing, so any error keeps the last good
+set serving (a skipped document could drop a Deny rule and fail open).
 With no valid set the store is not ready and denies every request with POLICY_SET_UNAVAILABLE (retryable).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from policies.evaluator import evaluate
 from policies.explain import Explanation, explain
 from policies.loader import build_policy_set
 from policies.metrics import PolicyMetrics
+from policies.object_documents import OBJECTS_ORIGIN, build_object_policy_set, objects_revision
+from policies.object_status import ObjectKey, object_statuses
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.shadow import shadow_error_report, shadow_report
@@ -40,10 +45,10 @@ def _log_rejection(what: str, kept: str, problems: list[Problem]) -> None:
 
 
 class PolicyStore:
-    """Serves decisions from the last good policy set of ``directory``.
+    """Serves decisions from the last good policy set of ``directory`` (or of the Kubernetes objects: ``for_objects``).
 
     Args:
-        directory: the policy directory (not recursive).
+        directory: the policy directory (not recursive); None for the Kubernetes source.
         trust_domain: the server's trust domain; a PolicySettings naming another one is an error.
         registry: where the metrics are registered (a private registry when None).
         namespace_labels: returns a namespace's labels, or None while the informer has not synced.
@@ -54,7 +59,7 @@ class PolicyStore:
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: str | Path | None,
         *,
         trust_domain: str,
         registry: CollectorRegistry | None = None,
@@ -62,8 +67,10 @@ class PolicyStore:
         poll_interval: float = 1.0,
         debounce: float = 0.5,
         clock: Clock | None = None,
+        root_namespace: str | None = None,
     ) -> None:
-        self._directory = Path(directory)
+        self._directory = Path(directory) if directory is not None else None
+        self._root_namespace = root_namespace
         self._trust_domain = trust_domain
         self._metrics = PolicyMetrics(registry if registry is not None else CollectorRegistry())
         self._namespace_labels = namespace_labels
@@ -77,7 +84,36 @@ class PolicyStore:
         self._shadow: PolicySet | None = None
         self._shadow_name: str | None = None
         self._shadow_problems: list[Problem] = []
-        self.reload()
+        self._last_objects: list[Mapping[str, Any]] = []  # the last build's input (the Kubernetes source)
+        if self._directory is not None:
+            self.reload()
+
+    @classmethod
+    def for_objects(
+        cls,
+        *,
+        trust_domain: str,
+        root_namespace: str,
+        registry: CollectorRegistry | None = None,
+        namespace_labels: NamespaceLabels | None = None,
+        clock: Clock | None = None,
+    ) -> PolicyStore:
+        """A store fed with Kubernetes objects (``objects_changed``); not ready until the first valid set.
+
+        ``root_namespace``: IdentityPolicy objects there apply mesh-wide; elsewhere, to their namespace only."""
+        return cls(
+            None,
+            trust_domain=trust_domain,
+            registry=registry,
+            namespace_labels=namespace_labels,
+            clock=clock,
+            root_namespace=root_namespace,
+        )
+
+    @property
+    def source_name(self) -> str:
+        """What the logs and the status call the source: the directory, or the policy objects."""
+        return str(self._directory) if self._directory is not None else OBJECTS_ORIGIN
 
     @property
     def ready(self) -> bool:
@@ -112,17 +148,65 @@ class PolicyStore:
 
     def reload(self) -> bool:
         """Load the directory now. Returns True when a valid set is active afterwards and it is the new one."""
+        if self._directory is None:
+            raise RuntimeError("a store of Kubernetes objects has no directory to reload: use objects_changed")
         snapshot = read_snapshot(self._directory)
-        return self._install(*self._build_both(snapshot), snapshot.digest)
+        return self._install(*self._build_both(snapshot, self._directory), snapshot.digest)
 
-    def _build_both(self, snapshot: DirectorySnapshot) -> tuple[PolicySet | PolicySetInvalid, _ShadowBuild | None]:
-        """The enforced set, and the shadow set its settings (or the active set's, when it is rejected) name."""
-        built = self._build(snapshot, self._directory)
-        source = built if isinstance(built, PolicySet) else self._active
-        name = source.settings.shadow_policy_set if source is not None else None
+    def load_objects(self, objects: Sequence[Mapping[str, Any]]) -> bool:
+        """Build and install a set from every policy object now (the Kubernetes source). Returns True when the
+        new set is active; otherwise the last good set keeps deciding and ``last_problems`` says why."""
+        installed = self._install(*self._build_objects(objects), objects_revision(objects))
+        self._last_objects = list(objects)
+        return installed
+
+    async def objects_changed(self, objects: Sequence[Mapping[str, Any]]) -> bool:
+        """``load_objects``, building in a worker thread (requests keep being served meanwhile). The same objects
+        (same resourceVersions) as the last attempt are not built again."""
+        digest = objects_revision(objects)
+        if digest == self._attempted_digest:
+            return False
+        built, shadow = await asyncio.to_thread(self._build_objects, objects)
+        installed = self._install(built, shadow, digest)
+        self._last_objects = list(objects)
+        return installed
+
+    def object_statuses(self) -> dict[ObjectKey, dict[str, Any]]:
+        """The status each policy object of the last build should show (``object_status.py``): for the leader's
+        status writer."""
+        return object_statuses(self._last_objects, self._last_problems, self._active)
+
+    def _build_objects(
+        self, objects: Sequence[Mapping[str, Any]]
+    ) -> tuple[PolicySet | PolicySetInvalid, _ShadowBuild | None]:
+        root = self._root_namespace or ""
+        built = self._guarded(
+            OBJECTS_ORIGIN,
+            lambda: build_object_policy_set(objects, trust_domain=self._trust_domain, root_namespace=root),
+        )
+        name = self._shadow_name_for(built)
         if name is None:
             return built, None
-        directory = self._directory / name
+        settings = built.settings.source if isinstance(built, PolicySet) else OBJECTS_ORIGIN
+        unsupported = Problem(
+            settings, 0, 0, "spec.shadowPolicySet", "shadow sets are read from a policy directory only for now"
+        )
+        return built, (name, PolicySetInvalid([unsupported]))
+
+    def _shadow_name_for(self, built: PolicySet | PolicySetInvalid) -> str | None:
+        """The shadow set the new settings (or the active set's, when the new set is rejected) name."""
+        source = built if isinstance(built, PolicySet) else self._active
+        return source.settings.shadow_policy_set if source is not None else None
+
+    def _build_both(
+        self, snapshot: DirectorySnapshot, root: Path
+    ) -> tuple[PolicySet | PolicySetInvalid, _ShadowBuild | None]:
+        """The enforced set, and the shadow set its settings (or the active set's, when it is rejected) name."""
+        built = self._build(snapshot, root)
+        name = self._shadow_name_for(built)
+        if name is None:
+            return built, None
+        directory = root / name
         subset = snapshot.subset(name)
         if subset is None:
             missing = Problem(str(directory), 1, 1, "", "settings.shadowPolicySet names this directory; it is missing")
@@ -138,13 +222,20 @@ class PolicyStore:
         read_problems = list(snapshot.problems)
         if not snapshot.sources and not read_problems:
             read_problems = [Problem(str(directory), 1, 1, "", "no *.yaml or *.yml policy files found")]
+        return self._guarded(
+            str(directory),
+            lambda: build_policy_set(snapshot.sources, trust_domain=self._trust_domain, problems=read_problems),
+        )
+
+    @staticmethod
+    def _guarded(where: str, build: Callable[[], PolicySet]) -> PolicySet | PolicySetInvalid:
         try:
-            return build_policy_set(snapshot.sources, trust_domain=self._trust_domain, problems=read_problems)
+            return build()
         except PolicySetInvalid as exc:
             return exc
         except Exception as exc:  # a loader bug must not end the watch nor replace the last good set
-            logger.exception("policy: unexpected error while loading {}", directory)
-            return PolicySetInvalid([Problem(str(directory), 1, 1, "", f"internal error while loading: {exc!r}")])
+            logger.exception("policy: unexpected error while loading {}", where)
+            return PolicySetInvalid([Problem(where, 1, 1, "", f"internal error while loading: {exc!r}")])
 
     def _install_shadow(self, shadow: _ShadowBuild | None) -> None:
         """The shadow set keeps its own last good set, as long as the settings keep naming the same set."""
@@ -179,7 +270,7 @@ class PolicyStore:
             self._last_problems = built.problems
             self._metrics.reload_failed()
             kept = f"keeping revision {self.revision}" if self._active is not None else "no policy set is active"
-            _log_rejection(f"policy set in {self._directory}", kept, built.problems)
+            _log_rejection(f"policy set in {self.source_name}", kept, built.problems)
             return False
         new_set = built
         previous = self.revision
@@ -194,7 +285,7 @@ class PolicyStore:
             new_set.revision,
             len(new_set.policies),
             new_set.rule_count,
-            self._directory,
+            self.source_name,
         )
         return True
 
@@ -206,9 +297,9 @@ class PolicyStore:
         if active is None or not active.has_settings_document or new_set.has_settings_document:
             return None
         return Problem(
-            str(self._directory),
-            1,
-            1,
+            self.source_name,
+            1 if self._directory is not None else 0,
+            1 if self._directory is not None else 0,
             "",
             f"the new set has no PolicySettings document but the active one has ({active.settings.source}); "
             "refusing to fall back to the built-in defaults: restore the PolicySettings document (a server "
@@ -242,6 +333,8 @@ class PolicyStore:
         rule = matched_rule(decision) or ""
         policy_name, _, rule_name = rule.partition("/")
         mode = self._mode_of(active, policy_name) if rule else ""
+        if rule and active is not None and active.objects and (ref := active.object_of(policy_name)) is not None:
+            decision = decision.with_details(policyObject=ref.record())
         self._metrics.observe_decision(decision, elapsed, policy=policy_name, rule=rule_name, mode=mode)
         if decision.details.get("alert"):
             logger.error("policy: ALERT {}: {}", decision.reason, decision.message)
@@ -300,7 +393,8 @@ class PolicyStore:
         errors = [str(p) for p in self._last_problems if p.severity is Severity.ERROR]
         return {
             "ready": active is not None,
-            "directory": str(self._directory),
+            "source": "directory" if self._directory is not None else "kubernetes",
+            "directory": str(self._directory) if self._directory is not None else None,
             "revision": self.revision,
             "gitSha": active.settings.git_sha if active is not None else None,
             "activeSince": self._active_since,
@@ -320,7 +414,7 @@ class PolicyStore:
         shadow = self._shadow
         return {
             "name": self._shadow_name,
-            "directory": str(self._directory / self._shadow_name),
+            "directory": str(self._directory / self._shadow_name) if self._directory is not None else None,
             "ready": shadow is not None,
             "revision": shadow.revision if shadow is not None else None,
             "errors": [str(p) for p in self._shadow_problems if p.severity is Severity.ERROR],
@@ -334,8 +428,11 @@ class PolicyStore:
         thread; only the swap runs on the event loop, so requests keep being served meanwhile. A content that
         already failed is not rebuilt until it changes again.
         """
+        if self._directory is None:
+            raise RuntimeError("a store of Kubernetes objects is fed by the policy objects' watch, not watch()")
+        directory = self._directory
         changes = stable_changes(
-            self._directory,
+            directory,
             clock=self._clock,
             stop=stop_event,
             known_digest=self._attempted_digest,
@@ -344,5 +441,5 @@ class PolicyStore:
         )
         async for snapshot in changes:
             if snapshot.digest != self._attempted_digest:
-                built, shadow = await asyncio.to_thread(self._build_both, snapshot)
+                built, shadow = await asyncio.to_thread(self._build_both, snapshot, directory)
                 self._install(built, shadow, snapshot.digest)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from policies.compiled import ObjectRef
 from policies.problems import Problem
 
 # libyaml's parser when PyYAML was built with it (about 5x faster on a large set); both keep a mark on every node.
@@ -18,9 +19,15 @@ YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 @dataclass(frozen=True, slots=True)
 class SourceDocument:
-    file: str  # the name used in messages
+    file: str  # the name used in messages (for a Kubernetes object: "IdentityPolicy <namespace>/<name>")
     index: int  # position of the document in its file, from 0
     node: yaml.Node
+    ref: ObjectRef | None = None  # the Kubernetes object the document was read from (policies/object_documents.py)
+
+    @property
+    def where(self) -> str:
+        """How reports name the document: ``file#index``, or the object."""
+        return self.file if self.ref is not None else f"{self.file}#{self.index}"
 
 
 def parse_documents(text: str, file: str) -> tuple[list[SourceDocument], list[Problem]]:
@@ -39,5 +46,5 @@ def parse_documents(text: str, file: str) -> tuple[list[SourceDocument], list[Pr
 
 
 def position(node: yaml.Node) -> tuple[int, int]:
-    """1-based (line, column) where ``node`` starts."""
+    """1-based (line, column) where ``node`` starts; (0, 0) for a node built from an API object (no text)."""
     return node.start_mark.line + 1, node.start_mark.column + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,6 +37,36 @@ def _dev(args: argparse.Namespace) -> int:
     from signer.dev import run_dev
 
     return run_dev(args)
+
+
+LIVE_READ_ATTEMPTS = 5
+
+
+def _live_policy_objects(kubeconfig: str, label_selector: str) -> list[dict[str, Any]]:
+    """The policy objects of the cluster ``kubeconfig`` points at, for ``meshsigner policy lint|explain
+    --kubeconfig`` (the policy tools read no cluster themselves: policies never import bridge)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from bridge.kube import KubeClient, KubeMetrics, KubeOptions, KubeUnavailable
+    from bridge.policy_objects import read_policy_objects
+
+    async def read() -> list[dict[str, Any]]:
+        for attempt in range(LIVE_READ_ATTEMPTS):  # a retryable answer (429, 503) is retried a few times
+            try:
+                return await read_policy_objects(kube, label_selector=label_selector)
+            except KubeUnavailable:
+                if attempt == LIVE_READ_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    kube = KubeClient(KubeOptions(kubeconfig=kubeconfig), KubeMetrics(CollectorRegistry()))
+    try:
+        return asyncio.run(read())
+    finally:
+        kube.close()
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +116,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     if everything or chosen == "policy":
         from policies.commands import add_policy_commands
 
-        add_policy_commands(commands)
+        add_policy_commands(commands, live_objects=_live_policy_objects)
     else:
         commands.add_parser("policy", help=_POLICY_HELP)
     return parser

@@ -10,7 +10,7 @@ Kubernetes API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,10 +61,12 @@ if TYPE_CHECKING:  # the in-cluster parts load the Kubernetes client: imported o
     from bridge.leader_election import LeaderElector
     from bridge.namespace_labels import NamespaceLabelCache
     from bridge.pods import PodCache
-    from policies.policy_store import PolicyStore  # the YAML engine: imported only with --policy-dir
+    from bridge.policy_objects import PolicyObjectWatch
+    from policies.policy_store import PolicyStore  # the YAML engine: imported only with policies configured
     from signer.serve_in_cluster import AuditMirrorParts, CertManagerParts, InClusterAuth, KubernetesCsrParts
 
 EXIT_CANNOT_START = 2
+PolicyStatusController = Callable[[asyncio.Event], Awaitable[None]]
 # Errors that stop a long-running task because a backend is down (logged without a traceback, then restarted).
 OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailable)
 
@@ -72,6 +74,7 @@ OUTAGES: tuple[type[Exception], ...] = (BackendUnavailable, TemporarilyUnavailab
 def needs_kube(settings: ServeSettings) -> bool:
     """Whether any part of the configuration talks to the Kubernetes API."""
     policy_labels = bool(settings.policy_dir and settings.kubeconfig)  # label selectors, outside the cluster too
+    policy_objects = settings.policy_source == "kubernetes"
     node_pods = bool(settings.ca_trusted_node_accounts and settings.kubeconfig)  # node authorization, likewise
     cluster_keys = settings.authenticator == "jwks" and not settings.jwks_file  # OIDC discovery and informers
     duties = bool(settings.cluster_duties and settings.kubeconfig)  # root ConfigMaps, istiod's certificate
@@ -81,6 +84,7 @@ def needs_kube(settings: ServeSettings) -> bool:
         or cluster_keys
         or settings.mirror_certificate_signing_requests
         or policy_labels
+        or policy_objects
         or node_pods
         or duties
     )
@@ -93,9 +97,11 @@ def build_leader_election(
     clock: Clock,
     backend: SigningBackend,
     parts: CertManagerParts | KubernetesCsrParts | None,
+    policy_status: PolicyStatusController | None = None,
 ) -> LeaderElector | None:
     """The Lease campaign and the cluster controllers (only with Kubernetes access, only in the first of the
-    --workers processes: the others run with --cluster-duties=false)."""
+    --workers processes: the others run with --cluster-duties=false); ``policy_status`` writes the policy objects'
+    status while leading."""
     if kube is None or not settings.cluster_duties:
         return None
     from signer.serve_in_cluster import build_cluster_duties
@@ -112,7 +118,15 @@ def build_leader_election(
         return None
     signing = parts.backend if parts is not None else None  # unwrapped: istiod's certificate is no workload's
     return build_cluster_duties(
-        settings, kube, registry, clock, roots=roots, local_ca=local_ca, issuers=issuers, signing=signing
+        settings,
+        kube,
+        registry,
+        clock,
+        roots=roots,
+        local_ca=local_ca,
+        issuers=issuers,
+        signing=signing,
+        policy_status=policy_status,
     )
 
 
@@ -257,11 +271,27 @@ def client_cert_roots(
     raise StartupError("--enable-client-cert-authenticator needs pinned roots (--root-ca-file, or --signer local)")
 
 
+def uses_policy_store(settings: ServeSettings) -> bool:
+    return bool(settings.policy_dir) or settings.policy_source == "kubernetes"
+
+
 def build_decider(
     settings: ServeSettings, registry: CollectorRegistry, namespace_labels: NamespaceLabelCache | None
 ) -> tuple[IdentityDecider, PolicyStore | None]:
-    """The YAML policy store when --policy-dir is set (not ready, not fatal, while no valid set exists), returned
-    twice (as the decider and as the store to watch); otherwise istio-csr's built-in rule and no store."""
+    """The policy store when --policy-dir is set or --policy-source is kubernetes (not ready, not fatal, while no
+    valid set exists), returned twice (as the decider and as the store to feed); otherwise istio-csr's built-in rule
+    and no store."""
+    labels = namespace_labels.labels if namespace_labels is not None else None
+    if settings.policy_source == "kubernetes":
+        from policies.policy_store import PolicyStore
+
+        objects_store = PolicyStore.for_objects(
+            trust_domain=settings.trust_domain,
+            root_namespace=settings.policy_root_namespace,
+            registry=registry,
+            namespace_labels=labels,
+        )
+        return objects_store, objects_store
     if settings.policy_dir:
         if not Path(settings.policy_dir).is_dir():
             raise StartupError(f"--policy-dir {settings.policy_dir}: not a directory")
@@ -271,10 +301,34 @@ def build_decider(
             settings.policy_dir,
             trust_domain=settings.trust_domain,
             registry=registry,
-            namespace_labels=namespace_labels.labels if namespace_labels is not None else None,
+            namespace_labels=labels,
         )
         return store, store
     return OwnIdentityOnly(settings.trust_domain, int(settings.max_client_certificate_duration)), None
+
+
+def build_policy_objects(
+    settings: ServeSettings, kube: KubeClient | None, store: PolicyStore | None
+) -> PolicyObjectWatch | None:
+    """With --policy-source kubernetes: the policy objects' watch, feeding the store (every replica, not only
+    the leader: each decides from its own copy)."""
+    if settings.policy_source != "kubernetes":
+        return None
+    assert kube is not None and store is not None  # needs_kube and build_decider see to both
+    from bridge.policy_objects import PolicyObjectWatch
+
+    return PolicyObjectWatch(kube, store.objects_changed, label_selector=settings.policy_label_selector)
+
+
+def build_policy_status(
+    kube: KubeClient | None, objects: PolicyObjectWatch | None, store: PolicyStore | None, clock: Clock
+) -> PolicyStatusController | None:
+    """With --policy-source kubernetes: the leader-only writer of the policy objects' status."""
+    if kube is None or objects is None or store is None:
+        return None
+    from bridge.policy_status import StatusWriter
+
+    return StatusWriter(kube, objects, store.object_statuses, clock=clock).run
 
 
 async def run(
@@ -316,11 +370,12 @@ async def run(
             backend = mirror.wrap(backend)
         authenticator, in_cluster_auth = build_authenticator(settings, kube, registry, clock)
         namespace_labels = None
-        if kube is not None and settings.policy_dir:
+        if kube is not None and uses_policy_store(settings):
             from signer.serve_in_cluster import build_namespace_labels
 
             namespace_labels = build_namespace_labels(kube)
         decider, policy_store = build_decider(settings, registry, namespace_labels)
+        policy_objects = build_policy_objects(settings, kube, policy_store)
         pods, node_authorizer = build_node_authorization(
             settings, kube, in_cluster_auth.pods if in_cluster_auth is not None else None
         )
@@ -350,6 +405,9 @@ async def run(
             tasks.start("namespace-labels", lambda: labels.watch.run(stop))
             if policy_store is not None and policy_store.needs_namespace_labels:
                 checks["namespace_labels"] = namespace_labels
+        if policy_objects is not None:
+            for name, factory in policy_objects.tasks(stop).items():
+                tasks.start(name, factory)
         if pods is not None:
             pod_cache = pods
             tasks.start("pod-watch", lambda: pod_cache.watch.run(stop))
@@ -361,7 +419,8 @@ async def run(
         if parts is not None:
             checks.update(parts.checks())
             await parts.preflight()
-        leader = build_leader_election(settings, kube, registry, clock, backend, parts)
+        policy_status = build_policy_status(kube, policy_objects, policy_store, clock)
+        leader = build_leader_election(settings, kube, registry, clock, backend, parts, policy_status)
         if leader is not None:
             elector = leader
             tasks.start("leader-election", lambda: elector.run(stop))
@@ -430,7 +489,7 @@ async def run(
         if isinstance(authenticator.inner, JwksAuthenticator):
             jwks = authenticator.inner
             tasks.start("jwks-watch", lambda: jwks.watch(stop))
-        if policy_store is not None:
+        if policy_store is not None and policy_objects is None:
             store = policy_store
             tasks.start("policy-watch", lambda: store.watch(stop))
         logger.bind(event="started", port=port, signer=settings.signer, authenticator=settings.authenticator).info(

@@ -416,6 +416,7 @@ def build_cluster_duties(
     local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
     signing: SigningBackend | None = None,
+    policy_status: Controller | None = None,
 ) -> LeaderElector:
     """The leader election and the controllers it runs while this process leads: the root ConfigMaps, the
     ClusterTrustBundle (when named) and istiod's certificate (when enabled)."""
@@ -439,6 +440,8 @@ def build_cluster_duties(
         controllers["istiod-certificate"] = _istiod_certificate(
             settings, kube, metrics, clock, local_ca, issuers, roots=roots, signing=signing
         )
+    if policy_status is not None:  # --policy-source kubernetes: the policy objects' status (bridge/policy_status.py)
+        controllers["policy-status"] = policy_status
     names = ", ".join(controllers)
     logger.bind(event="cluster_duties", controllers=names).info(
         "cluster controllers ({}) run while this process holds Lease {}/{}",

@@ -178,6 +178,7 @@ def _curves(text: str) -> tuple[str, ...]:
 
 _ANNOTATION_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a namespace name
 
 
 def _annotations(text: str) -> tuple[tuple[str, str], ...]:
@@ -288,6 +289,24 @@ FLAGS: tuple[Flag, ...] = (
     Flag("token-audiences", ("istio-ca",), "accepted token audiences", parse_list),
     # policy
     Flag("policy-dir", "", "folder of YAML policies (watched); empty = built-in istio-csr rule"),
+    Flag(
+        "policy-source",
+        "directory",
+        "where policies come from: --policy-dir, or IdentityPolicy/PolicySettings objects (list+watch)",
+        str,
+        ("directory", "kubernetes"),
+    ),
+    Flag(
+        "policy-root-namespace",
+        "istio-system",
+        "with --policy-source kubernetes: IdentityPolicy objects here apply mesh-wide; elsewhere, to their namespace",
+    ),
+    Flag(
+        "policy-label-selector",
+        "",
+        "with --policy-source kubernetes: label selector of the policy objects read (empty: all)",
+        _label_selector,
+    ),
     Flag("decision-log", "", "file receiving one JSON decision record per request"),
     # Kubernetes client
     Flag("kubeconfig", "", "kubeconfig file; empty = in-cluster configuration"),
@@ -474,6 +493,9 @@ class ServeSettings:
     token_issuer: str
     token_audiences: tuple[str, ...]
     policy_dir: str
+    policy_source: str
+    policy_root_namespace: str
+    policy_label_selector: str
     decision_log: str
     kubeconfig: str
     kube_api_qps: float
@@ -605,6 +627,7 @@ def validate(settings: ServeSettings) -> None:
         _check_client_certs,
         _check_csr_api,
         _check_node_accounts,
+        _check_policy_source,
         _check_cluster_duties,
     ):
         check(settings)
@@ -663,6 +686,17 @@ def _check_node_accounts(settings: ServeSettings) -> None:
         namespace, sep, name = account.partition("/")
         if not sep or not namespace or not name or "/" in name:
             raise SettingsError(f"--ca-trusted-node-accounts entry {account!r} must be namespace/serviceaccount")
+
+
+def _check_policy_source(settings: ServeSettings) -> None:
+    if settings.policy_source == "kubernetes":
+        if settings.policy_dir:
+            raise SettingsError(
+                "--policy-dir is for --policy-source directory; with --policy-source kubernetes the policies are "
+                "IdentityPolicy and PolicySettings objects"
+            )
+        if not _DNS_LABEL.fullmatch(settings.policy_root_namespace):
+            raise SettingsError(f"--policy-root-namespace {settings.policy_root_namespace!r} is not a namespace name")
 
 
 def _check_csr_api(settings: ServeSettings) -> None:

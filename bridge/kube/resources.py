@@ -46,6 +46,8 @@ def cluster_trust_bundles(version: str) -> Resource:
 SERVED_CORE = frozenset({"configmaps", "namespaces", "pods", "secrets", "serviceaccounts"})
 # The core resources one list or watch may read in every namespace at once (namespace None); never Secrets.
 LISTED_IN_EVERY_NAMESPACE = frozenset({"configmaps", "pods", "serviceaccounts"})
+# The custom resources (group, plural) read that way: the policy objects (--policy-source kubernetes).
+CUSTOM_LISTED_IN_EVERY_NAMESPACE = frozenset({("meshsigner.io", "identitypolicies")})
 
 
 def _group_path(resource: Resource) -> str:
@@ -71,7 +73,10 @@ def collection_path(resource: Resource, namespace: str | None) -> str:
     """The REST path a list or watch reads: ``namespace`` None is every namespace, for the core resources allowed
     that; any other namespaced resource needs its namespace."""
     r = resource
-    if namespace is None and r.namespaced and r.is_core and r.plural in LISTED_IN_EVERY_NAMESPACE:
+    listed = (
+        r.plural in LISTED_IN_EVERY_NAMESPACE if r.is_core else (r.group, r.plural) in CUSTOM_LISTED_IN_EVERY_NAMESPACE
+    )
+    if namespace is None and r.namespaced and listed:
         return f"{_group_path(r)}/{r.plural}"
     return object_path(r, namespace)
 

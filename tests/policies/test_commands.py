@@ -149,3 +149,55 @@ def test_expectations_are_checked_field_by_field() -> None:
         "matched: expected a/c, got a/b",
         "durationSeconds: expected 61, got 60",
     ]
+
+
+def run_live(objects: list[dict], *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="meshsigner")
+    asked: list[tuple[str, str]] = []
+
+    def live_objects(kubeconfig: str, selector: str) -> list[dict]:
+        asked.append((kubeconfig, selector))
+        return objects
+
+    add_policy_commands(parser.add_subparsers(), live_objects=live_objects)
+    args = parser.parse_args(["policy", *argv])
+    code = int(args.func(args))
+    assert asked == [("/k", "team=a")]
+    return code
+
+
+def live_policy(identity: str) -> dict:
+    return {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": "own", "namespace": "istio-system", "generation": 3, "resourceVersion": "12"},
+        "spec": {"rules": [{"name": "own", "effect": "Allow", "identities": [identity]}]},
+    }
+
+
+OWN_TEMPLATE = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+
+
+def test_lint_reads_the_live_set_with_kubeconfig(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_live([live_policy(OWN_TEMPLATE)], "lint", "--kubeconfig=/k", "--label-selector=team=a") == 0
+    assert "live policy set valid: 1 policies, 1 rules, revision sha256:" in capsys.readouterr().out
+    broken = live_policy("spiffe://{trustDomain}/ns/{namespace}/sa/{nope}")
+    assert run_live([broken], "lint", "--kubeconfig=/k", "--label-selector=team=a") == 1
+    out = capsys.readouterr().out
+    assert "IdentityPolicy istio-system/own: spec.rules[0].identities[0]: unknown variable {nope}" in out
+    assert out.splitlines()[-1] == "live policy set invalid: 1 error(s)"
+
+
+def test_explain_reads_the_live_set_with_kubeconfig(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["explain", "--kubeconfig=/k", "--label-selector=team=a", "--namespace=orders", "--service-account=web"]
+    uri = "--uri=spiffe://cluster.local/ns/orders/sa/web"
+    assert run_live([live_policy(OWN_TEMPLATE)], *argv, uri, "--output=json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "Allow" and result["matched"] == "own/own"
+
+
+def test_one_source_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("lint") == 2
+    assert run("lint", str(SECTION_2_1), "--kubeconfig=/k") == 2
+    assert "not both" in capsys.readouterr().err
+    assert run("lint", "--kubeconfig=/k") == 2  # no reader given: this build reads no cluster

@@ -183,3 +183,39 @@ def test_in_cluster_flags_parse():
 def test_bad_in_cluster_settings_name_the_flag(argv, named):
     with pytest.raises(SettingsError, match=named.replace("-", r"\-")):
         parse_serve_args(argv)
+
+
+def test_the_policy_source_defaults_to_the_directory():
+    settings = parse_serve_args(LOCAL)
+    assert (settings.policy_source, settings.policy_root_namespace, settings.policy_label_selector) == (
+        "directory",
+        "istio-system",
+        "",
+    )
+
+
+def test_the_kubernetes_policy_source_parses_from_flags_and_variables():
+    settings = parse_serve_args(
+        [*LOCAL, "--policy-source=kubernetes"],
+        {"MESHSIGNER_POLICY_ROOT_NAMESPACE": "mesh-root", "MESHSIGNER_POLICY_LABEL_SELECTOR": "team in (a,b)"},
+    )
+    assert (settings.policy_source, settings.policy_root_namespace, settings.policy_label_selector) == (
+        "kubernetes",
+        "mesh-root",
+        "team in (a,b)",
+    )
+    assert parse_serve_args(settings.to_argv()) == settings
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--policy-source=configmap"], "--policy-source"),
+        (["--policy-source=kubernetes", "--policy-dir=/p"], "--policy-dir is for --policy-source directory"),
+        (["--policy-source=kubernetes", "--policy-root-namespace=Root_NS"], "--policy-root-namespace"),
+        (["--policy-source=kubernetes", "--policy-label-selector=a=b,,"], "--policy-label-selector"),
+    ],
+)
+def test_bad_policy_source_settings_name_the_flag(argv, named):
+    with pytest.raises(SettingsError, match=named):
+        parse_serve_args([*LOCAL, *argv])

@@ -116,7 +116,9 @@ cert-manager signer, TokenReviews, or the cluster's own keys) and app.controller
 while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (when named) and istiod's certificate
 ("dynamic"). */ -}}
 {{- define "meshsigner.kubeAccess" -}}
-{{- if or (include "meshsigner.certManager" .) (include "meshsigner.kubernetesCSR" .) (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) (include "meshsigner.mirror" .) }}true{{ end -}}
+{{- if or (include "meshsigner.certManager" .) (include "meshsigner.kubernetesCSR" .) (include "meshsigner.tokenReview" .) (include "meshsigner.clusterJwks" .) (include "meshsigner.mirror" .) (include "meshsigner.policyObjects" .) }}true{{ end -}}
+{{- end -}}
+{{- define "meshsigner.policyObjects" -}}{{ if eq .Values.app.policySource "kubernetes" }}true{{ end }}
 {{- end -}}
 {{- define "meshsigner.clusterDuties" -}}
 {{- if and .Values.app.controller.clusterDuties (include "meshsigner.kubeAccess" .) }}true{{ end -}}
@@ -134,6 +136,9 @@ while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (
 {{- define "meshsigner.validate" -}}
 {{- if not (has .Values.app.signer (list "local" "cert-manager" "kubernetes-csr")) -}}
 {{- fail (printf "app.signer=%s is not available in this meshsigner version (local, cert-manager or kubernetes-csr)" .Values.app.signer) -}}
+{{- end -}}
+{{- if and (include "meshsigner.policyObjects" .) .Values.app.policies -}}
+{{- fail "app.policies is for app.policySource=directory: with kubernetes the policies are IdentityPolicy and PolicySettings objects (kubectl apply them)" -}}
 {{- end -}}
 {{- if include "meshsigner.kubernetesCSR" . -}}
 {{- if not .Values.app.signerName -}}
