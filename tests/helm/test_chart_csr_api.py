@@ -57,7 +57,8 @@ def test_kubernetes_csr_renders_no_cert_manager_objects(helm):
         ((*CSR_MODE, "app.signerName=istio-ca"), "at '/app/signerName': 'istio-ca' does not match pattern"),
         ((*CSR_MODE, "app.tls.rootCAFile="), "app.signer=kubernetes-csr needs app.tls.rootCAFile (--root-ca-file)"),
         ((*CSR_MODE, "app.mirror.enabled=true"), "app.mirror.enabled is for app.signer cert-manager and local"),
-        ((*CSR_MODE, "app.tls.istiodCertificateEnable=dynamic"), "not available with app.signer=kubernetes-csr"),
+        ((*CSR_MODE, "app.tls.istiodCertificateEnable=dynamic", "app.tls.istiodCertificateDuration=5m"),
+         "must be at least 10m with app.signer=kubernetes-csr"),
         (("app.mirror.enabled=true", "app.mirror.signerName=audit"), "at '/app/mirror/signerName'"),
         (("app.mirror.enabled=true", "app.mirror.retention=1 hour"), "at '/app/mirror/retention'"),
     ],
@@ -118,3 +119,14 @@ def test_the_local_signer_with_a_jwks_file_talks_to_the_cluster_only_for_the_mir
               "app.server.jwks.issuer=https://i", "app.controller.clusterDuties=false")  # fmt: skip
     assert rules(render(helm, *pinned)) == set()
     assert rules(render(helm, *pinned, "app.mirror.enabled=true")) == MIRROR | SELF_REVIEW
+
+
+def test_istiods_dynamic_certificate_with_kubernetes_csr_is_the_secret_with_the_local_signers_rules(helm):
+    """meshsigner writes istiod-tls itself in both modes, so the same Role on that one Secret comes with it."""
+    dynamic, off = "app.tls.istiodCertificateEnable=dynamic", "app.tls.istiodCertificateEnable=false"
+    csr_added = rules(render(helm, *CSR_MODE, dynamic)) - rules(render(helm, *CSR_MODE, off))
+    local_added = rules(render(helm, "app.signer=local", dynamic)) - rules(render(helm, "app.signer=local", off))
+    assert csr_added == local_added
+    assert {rule[2] for rule in csr_added} == {"secrets"}
+    settings = parse_serve_args(container_args(render(helm, *CSR_MODE, dynamic)))
+    assert settings.istiod_cert_enabled and settings.istiod_cert_duration == 3600

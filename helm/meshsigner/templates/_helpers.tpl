@@ -150,8 +150,8 @@ while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (
 {{- if .Values.app.mirror.enabled -}}
 {{- fail "app.mirror.enabled is for app.signer cert-manager and local: with kubernetes-csr the requests already are CertificateSigningRequests" -}}
 {{- end -}}
-{{- if eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic" -}}
-{{- fail "app.tls.istiodCertificateEnable=dynamic is not available with app.signer=kubernetes-csr yet (use false, and give istiod its certificate otherwise)" -}}
+{{- if and (include "meshsigner.istiodDynamic" .) (lt (include "meshsigner.seconds" .Values.app.tls.istiodCertificateDuration | int) 600) -}}
+{{- fail "app.tls.istiodCertificateDuration must be at least 10m with app.signer=kubernetes-csr: the Kubernetes CSR API refuses shorter certificates" -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq (toString .Values.app.tls.istiodCertificateEnable) "dynamic") (not (include "meshsigner.clusterDuties" .)) -}}
