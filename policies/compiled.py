@@ -208,7 +208,7 @@ class PolicySettings:
     usages: frozenset[str] = frozenset(DEFAULT_USAGES)
     git_sha: str | None = None
     source: str = ""
-    shadow_policy_set: str | None = None  # the name of the shadow set (a sub-directory of the policy directory)
+    shadow_policy_set: str | None = None  # the shadow set: a sub-directory, or the objects labelled with its name
 
 
 @dataclass(frozen=True, slots=True)

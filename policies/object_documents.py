@@ -12,6 +12,12 @@ its labels and annotations. Not the resourceVersion itself: it also changes when
 leader writes it), and a revision that moved with every status write would look like a new set to every replica.
 The generation moves with every spec change; labels and annotations are hashed because they do not move it.
 Any change a policy author makes gives a new revision; the same objects give the same one on every replica.
+
+The shadow set (``settings.shadowPolicySet: next``) is the IdentityPolicy objects labelled
+``meshsigner.io/policy-set: next``; the enforced set is the IdentityPolicy objects without that label. Both come from
+the same list+watch and are split here, so a labelled object never grants anything in the enforced set, whatever
+its label's value. PolicySettings is a singleton (one object, named ``settings``): the shadow set decides with the
+enforced settings minus ``shadowPolicySet`` (a label on the PolicySettings object has no effect, with a warning).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import yaml
 from policies.compiled import ObjectRef
 from policies.loader import build_from_documents
 from policies.policy_set import PolicySet
-from policies.problems import PolicySetInvalid, Problem
+from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.yaml_source import SourceDocument
 
 KEPT_METADATA = ("name", "namespace", "labels", "annotations")
@@ -35,6 +41,7 @@ DROPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configurati
 # the API server's and controllers' parts of an object: not the policy author's to set, not in the schema
 SERVER_FIELDS = frozenset({"status"})
 OBJECTS_ORIGIN = "policy objects"  # where set-wide problems of the Kubernetes source are reported
+POLICY_SET_LABEL = "meshsigner.io/policy-set"  # on an IdentityPolicy: it belongs to that shadow set, not the enforced
 
 _NO_POSITION = yaml.Mark("", -1, -1, -1, None, 0)  # position() reads it as (0, 0): no text to point at
 _TAGS = {
@@ -107,13 +114,68 @@ def object_version(obj: Mapping[str, Any]) -> list[str]:
     return [ref.kind, ref.namespace or "", ref.name, ref.uid, version, labelled]
 
 
+def policy_set_label(obj: Mapping[str, Any]) -> str | None:
+    """The shadow set an object is labelled for (``POLICY_SET_LABEL``), or None (an object of the enforced set)."""
+    labels = _mapping(_mapping(obj.get("metadata")).get("labels"))
+    value = labels.get(POLICY_SET_LABEL)
+    return None if value is None else str(value)
+
+
+def enforced_objects(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The enforced set's objects: PolicySettings, and every IdentityPolicy without the policy-set label."""
+    return [obj for obj in objects if obj.get("kind") == "PolicySettings" or policy_set_label(obj) is None]
+
+
+def shadow_objects(objects: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The IdentityPolicy objects labelled for the shadow set ``name``."""
+    return [obj for obj in objects if obj.get("kind") != "PolicySettings" and policy_set_label(obj) == name]
+
+
 def build_object_policy_set(
     objects: Sequence[Mapping[str, Any]], *, trust_domain: str | None, root_namespace: str
 ) -> PolicySet:
-    """One set from every IdentityPolicy and PolicySettings object, all or nothing (raises PolicySetInvalid).
+    """The enforced set from the policy objects (``enforced_objects``), all or nothing (raises PolicySetInvalid).
 
     IdentityPolicy objects outside ``root_namespace`` are confined to their own namespace (``compile_policy``).
     """
+    enforced = enforced_objects(objects)
+    warnings = [
+        Problem(
+            object_ref(obj).label,
+            0,
+            0,
+            f"metadata.labels[{POLICY_SET_LABEL}]",
+            "no effect on PolicySettings (a singleton): the shadow set uses these settings without shadowPolicySet",
+            Severity.WARNING,
+        )
+        for obj in enforced
+        if obj.get("kind") == "PolicySettings" and policy_set_label(obj) is not None
+    ]
+    return _build(enforced, warnings, trust_domain=trust_domain, root_namespace=root_namespace)
+
+
+def build_object_shadow_set(
+    objects: Sequence[Mapping[str, Any]], name: str, *, trust_domain: str | None, root_namespace: str
+) -> PolicySet:
+    """The shadow set ``name``: the IdentityPolicy objects labelled for it, decided with the enforced PolicySettings
+    minus ``shadowPolicySet`` (a shadow set names no other). All or nothing (raises PolicySetInvalid)."""
+    policies = shadow_objects(objects, name)
+    if not policies:
+        message = (
+            f"settings.shadowPolicySet names {name!r}; no IdentityPolicy carries the label {POLICY_SET_LABEL}={name}"
+        )
+        raise PolicySetInvalid([Problem(OBJECTS_ORIGIN, 0, 0, "", message)])
+    settings = []
+    for obj in objects:
+        if obj.get("kind") == "PolicySettings":
+            spec = _mapping(obj.get("spec"))
+            settings.append({**obj, "spec": {k: v for k, v in spec.items() if k != "shadowPolicySet"}})
+    return _build([*settings, *policies], [], trust_domain=trust_domain, root_namespace=root_namespace)
+
+
+def _build(
+    objects: Sequence[Mapping[str, Any]], warnings: list[Problem], *, trust_domain: str | None, root_namespace: str
+) -> PolicySet:
     problems: list[Problem] = []
     documents = []
     for obj in objects:
@@ -128,6 +190,7 @@ def build_object_policy_set(
     return build_from_documents(
         documents,
         trust_domain=trust_domain,
+        problems=warnings,
         root_namespace=root_namespace,
         origin=(OBJECTS_ORIGIN, 0),
         revision=objects_revision(objects),

@@ -29,8 +29,13 @@ from policies.evaluator import evaluate
 from policies.explain import Explanation, explain
 from policies.loader import build_policy_set
 from policies.metrics import PolicyMetrics
-from policies.object_documents import OBJECTS_ORIGIN, build_object_policy_set, objects_revision
-from policies.object_status import ObjectKey, object_statuses
+from policies.object_documents import (
+    OBJECTS_ORIGIN,
+    build_object_policy_set,
+    build_object_shadow_set,
+    objects_revision,
+)
+from policies.object_status import ObjectKey, object_statuses_of_sets
 from policies.policy_set import PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.shadow import shadow_error_report, shadow_report
@@ -173,8 +178,9 @@ class PolicyStore:
 
     def object_statuses(self) -> dict[ObjectKey, dict[str, Any]]:
         """The status each policy object of the last build should show (``object_status.py``): for the leader's
-        status writer."""
-        return object_statuses(self._last_objects, self._last_problems, self._active)
+        status writer): the enforced set's, the shadow set's (labelled objects) and those of sets in no use."""
+        shadow = (self._shadow_name, self._shadow_problems, self._shadow) if self._shadow_name is not None else None
+        return object_statuses_of_sets(self._last_objects, self._last_problems, self._active, shadow)
 
     def _build_objects(
         self, objects: Sequence[Mapping[str, Any]]
@@ -187,11 +193,11 @@ class PolicyStore:
         name = self._shadow_name_for(built)
         if name is None:
             return built, None
-        settings = built.settings.source if isinstance(built, PolicySet) else OBJECTS_ORIGIN
-        unsupported = Problem(
-            settings, 0, 0, "spec.shadowPolicySet", "shadow sets are read from a policy directory only for now"
+        shadow = self._guarded(
+            f"shadow set {name}",
+            lambda: build_object_shadow_set(objects, name, trust_domain=self._trust_domain, root_namespace=root),
         )
-        return built, (name, PolicySetInvalid([unsupported]))
+        return built, (name, shadow)
 
     def _shadow_name_for(self, built: PolicySet | PolicySetInvalid) -> str | None:
         """The shadow set the new settings (or the active set's, when the new set is rejected) name."""
