@@ -20,7 +20,7 @@ from typing import Any
 from policies.decider import Caller, IssuanceRequest
 from policies.explain import explain, render_text
 from policies.loader import load_policy_set
-from policies.object_documents import build_object_policy_set
+from policies.object_documents import build_object_policy_set, build_object_shadow_set
 from policies.policy_set import PolicySet
 from policies.policy_test_runner import run_policy_tests
 from policies.problems import PolicySetInvalid, Severity
@@ -150,6 +150,22 @@ def _lint_live(args: argparse.Namespace) -> int:
     print(
         f"live policy set valid: {len(policy_set.policies)} policies, {policy_set.rule_count} rules, "
         f"revision {policy_set.revision}"
+    )
+    shadow = policy_set.settings.shadow_policy_set
+    if shadow is None:
+        return 0
+    # The shadow set is the IdentityPolicy objects labelled with its name, as the server reads it.
+    try:
+        shadow_set = build_object_shadow_set(
+            objects, shadow, trust_domain=args.trust_domain, root_namespace=args.root_namespace
+        )
+    except PolicySetInvalid as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"live shadow policy set {shadow!r} invalid: {len(exc.errors)} error(s)")
+        return 1
+    print(
+        f"live shadow policy set {shadow!r} valid: {len(shadow_set.policies)} policies, revision {shadow_set.revision}"
     )
     return 0
 

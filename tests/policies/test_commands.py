@@ -188,6 +188,25 @@ def test_lint_reads_the_live_set_with_kubeconfig(capsys: pytest.CaptureFixture[s
     assert out.splitlines()[-1] == "live policy set invalid: 1 error(s)"
 
 
+def test_lint_of_the_live_set_also_lints_its_shadow_set(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "PolicySettings",
+        "metadata": {"name": "settings", "generation": 1, "resourceVersion": "2"},
+        "spec": {"trustDomain": "cluster.local", "shadowPolicySet": "next"},
+    }
+    shadow = live_policy("spiffe://{trustDomain}/ns/{namespace}/sa/{nope}")
+    shadow["metadata"] = {**shadow["metadata"], "name": "next-own", "labels": {"meshsigner.io/policy-set": "next"}}
+    assert (
+        run_live([settings, live_policy(OWN_TEMPLATE), shadow], "lint", "--kubeconfig=/k", "--label-selector=team=a")
+        == 1
+    )
+    out = capsys.readouterr().out
+    assert "live policy set valid: 1 policies" in out  # the labelled object is not part of the enforced set
+    assert "IdentityPolicy istio-system/next-own: spec.rules[0].identities[0]: unknown variable {nope}" in out
+    assert out.splitlines()[-1] == "live shadow policy set 'next' invalid: 1 error(s)"
+
+
 def test_explain_reads_the_live_set_with_kubeconfig(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["explain", "--kubeconfig=/k", "--label-selector=team=a", "--namespace=orders", "--service-account=web"]
     uri = "--uri=spiffe://cluster.local/ns/orders/sa/web"
