@@ -2,8 +2,10 @@
 
 Where it lives: the set named ``shadow-v2`` is the directory ``<policy dir>/shadow-v2/``, a complete set of its own
 (its own PolicySettings, or the built-in defaults), loaded by the same all-or-nothing compiler with its own last
-good set. What it reports: the decision it would have made and how that differs from the enforced one, in the
-decision record (``shadow``) and in ``policy_shadow_decisions_total{enforced,shadow,difference}``.
+good set. With the Kubernetes source, the IdentityPolicy objects labelled ``meshsigner.io/policy-set: shadow-v2``
+(``object_documents.py``), decided with the enforced settings minus ``shadowPolicySet``. What it reports: the
+decision it would have made and how that differs from the enforced one, in the decision record (``shadow``) and in
+``policy_shadow_decisions_total{enforced,shadow,difference}``.
 """
 
 from __future__ import annotations
