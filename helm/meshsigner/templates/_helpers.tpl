@@ -120,6 +120,33 @@ while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (
 {{- end -}}
 {{- define "meshsigner.policyObjects" -}}{{ if eq .Values.app.policySource "kubernetes" }}true{{ end }}
 {{- end -}}
+{{- /* samplePolicies.enabled: istio-csr's behaviour made explicit as one IdentityPolicy (each service account its
+own SPIFFE ID, at most 24h). No PolicySettings: it is a singleton the operator may already own. */ -}}
+{{- define "meshsigner.samplePolicy" -}}
+apiVersion: meshsigner.io/v1alpha1
+kind: IdentityPolicy
+metadata:
+  name: sample-own-identity
+  annotations:
+    meshsigner.io/rationale: "istio-csr's behaviour made explicit: each service account may hold its own SPIFFE ID, for at most 24h"
+spec:
+  mode: Enforce
+  subjects:
+    namespaces: ["*"]
+  rules:
+    - name: own-identity
+      effect: Allow
+      identities: ["spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"]
+      duration: {max: 24h, onExceed: Clamp}
+{{- end -}}
+{{- /* The policy directory's files (app.policySource=directory): app.policies, and the sample when enabled. */ -}}
+{{- define "meshsigner.policyFiles" -}}
+{{- $files := deepCopy (.Values.app.policies | default dict) -}}
+{{- if and .Values.samplePolicies.enabled (not (include "meshsigner.policyObjects" .)) -}}
+{{- $_ := set $files "sample-policies.yaml" (include "meshsigner.samplePolicy" .) -}}
+{{- end -}}
+{{- toYaml $files -}}
+{{- end -}}
 {{- define "meshsigner.clusterDuties" -}}
 {{- if and .Values.app.controller.clusterDuties (include "meshsigner.kubeAccess" .) }}true{{ end -}}
 {{- end -}}
@@ -139,6 +166,9 @@ while leading, the root ConfigMaps everywhere (always), the ClusterTrustBundle (
 {{- end -}}
 {{- if and (include "meshsigner.policyObjects" .) .Values.app.policies -}}
 {{- fail "app.policies is for app.policySource=directory: with kubernetes the policies are IdentityPolicy and PolicySettings objects (kubectl apply them)" -}}
+{{- end -}}
+{{- if and .Values.samplePolicies.enabled (hasKey (.Values.app.policies | default dict) "sample-policies.yaml") -}}
+{{- fail "app.policies[sample-policies.yaml] is the file samplePolicies.enabled writes: rename yours or disable the sample" -}}
 {{- end -}}
 {{- if include "meshsigner.kubernetesCSR" . -}}
 {{- if not .Values.app.signerName -}}
