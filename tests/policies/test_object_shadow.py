@@ -116,3 +116,16 @@ def test_removing_the_setting_drops_the_shadow_set() -> None:
     assert store.shadow_set is not None
     assert store.load_objects([settings_naming(None, rv="2"), grant_own_identity("5"), *next_set()])
     assert store.shadow_set is None and "shadow" not in decide(store).details
+
+
+def test_a_broken_enforced_set_never_blocks_the_shadow_set() -> None:
+    store = PolicyStore.for_objects(trust_domain=TD, root_namespace=ROOT)
+    assert store.load_objects([settings_naming("next"), grant_own_identity("5"), *next_set()])
+    enforced, shadow_before = store.revision, store.shadow_set.revision  # type: ignore[union-attr]
+    broken = policy(ROOT, "own", [{"name": "own", "effect": "Allow", "identities": ["x"]}], rv="6", generation=2)
+    only_own = shadow_policy("next-own", [{"name": "own", "effect": "Allow", "identities": [OWN]}], rv="32")
+    assert not store.load_objects([settings_naming("next"), broken, only_own])
+    assert store.revision == enforced  # the last good enforced set keeps deciding
+    assert store.shadow_set is not None and store.shadow_set.revision != shadow_before
+    assert [p.name for p in store.shadow_set.policies] == ["next-own"]  # the freeze was removed from the shadow set
+    assert decide(store).details["shadow"]["difference"] == "OTHER_RULE"  # both allow, through next-own now
