@@ -102,41 +102,59 @@ def _secret(core: client.CoreV1Api, namespace: str) -> Any:
         raise
 
 
-def test_local_signer_writes_the_istiod_tls_secret(kube_plane, kube_api, make_namespace, tmp_path: Path):
-    namespace = make_namespace("istio")
-    lease_namespace = make_namespace("lease")
-    core = client.CoreV1Api(kube_api)
-    flags = [
-        *local_signer_flags(tmp_path, TokenIssuer()),
-        f"--kubeconfig={kube_plane.kubeconfig}",
+def _istiod_duty_flags(kubeconfig: str, namespace: str, lease_namespace: str, lease_name: str) -> list[str]:
+    """A leader on its own Lease keeping istiod's certificate (2h, ECDSA P-256, revisions default and canary) in
+    ``namespace``, and no root ConfigMaps anywhere."""
+    return [
+        f"--kubeconfig={kubeconfig}",
         f"--leader-election-namespace={lease_namespace}",
-        "--leader-election-name=meshsigner-istiod",
-        f"--configmap-namespace-selector=meshsigner-none-{secrets.token_hex(3)}=yes",  # no root ConfigMaps here
+        f"--leader-election-name={lease_name}",
+        f"--configmap-namespace-selector=meshsigner-none-{secrets.token_hex(3)}=yes",
         "--istiod-cert-enabled",
         f"--istiod-cert-namespace={namespace}",
         "--istiod-cert-istio-revisions=default,canary",
         "--istiod-cert-key-algorithm=ECDSA",
         "--istiod-cert-key-size=256",
         "--istiod-cert-duration=2h",
+    ]
+
+
+def _kept_secret(
+    core: client.CoreV1Api, namespace: str, roots_pem: bytes, timeout: float
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """Waits for the istiod-tls Secret, checks what every signer writes (TLS type, the three keys, ca.crt = the
+    roots, a key for the leaf, a 2h life), deletes it and waits for its rewrite with a new certificate. Returns the
+    first and the rewritten leaf."""
+    wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls written", timeout)
+    secret = _secret(core, namespace)
+    assert secret.type == "kubernetes.io/tls"
+    assert set(secret.data) == {"tls.crt", "tls.key", "ca.crt"}
+    assert base64.b64decode(secret.data["ca.crt"]) == roots_pem
+    leaf = x509.load_pem_x509_certificates(base64.b64decode(secret.data["tls.crt"]))[0]
+    key = serialization.load_pem_private_key(base64.b64decode(secret.data["tls.key"]), None)
+    assert key.public_key() == leaf.public_key()
+    assert 7100 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() <= 7200 + 120
+
+    core.delete_namespaced_secret("istiod-tls", namespace)
+    wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls rewritten after deletion", timeout)
+    again = x509.load_pem_x509_certificate(base64.b64decode(_secret(core, namespace).data["tls.crt"]))
+    assert again.serial_number != leaf.serial_number
+    return leaf, again
+
+
+def test_local_signer_writes_the_istiod_tls_secret(kube_plane, kube_api, make_namespace, tmp_path: Path):
+    namespace = make_namespace("istio")
+    core = client.CoreV1Api(kube_api)
+    flags = [
+        *local_signer_flags(tmp_path, TokenIssuer()),
+        *_istiod_duty_flags(kube_plane.kubeconfig, namespace, make_namespace("lease"), "meshsigner-istiod"),
         "--istiod-cert-renew-before=1h",
     ]
     server = start_server(flags, tmp_path / "serve.log")
     try:
-        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls written", 30)
-        secret = _secret(core, namespace)
-        assert secret.type == "kubernetes.io/tls"
-        assert set(secret.data) == {"tls.crt", "tls.key", "ca.crt"}
-        assert base64.b64decode(secret.data["ca.crt"]) == (tmp_path / "ca" / "root-cert.pem").read_bytes()
-        leaf = x509.load_pem_x509_certificate(base64.b64decode(secret.data["tls.crt"]))
+        leaf, _ = _kept_secret(core, namespace, (tmp_path / "ca" / "root-cert.pem").read_bytes(), 30)
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert sans.get_values_for_type(x509.DNSName) == [f"istiod.{namespace}.svc", f"istiod-canary.{namespace}.svc"]
-        assert 7100 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() <= 7200 + 120
-        first_serial = leaf.serial_number
-
-        core.delete_namespaced_secret("istiod-tls", namespace)
-        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls rewritten after deletion", 30)
-        again = x509.load_pem_x509_certificate(base64.b64decode(_secret(core, namespace).data["tls.crt"]))
-        assert again.serial_number != first_serial
     finally:
         server.stop()
         with contextlib.suppress(client.ApiException):
@@ -149,7 +167,6 @@ def test_kubernetes_csr_signer_writes_the_istiod_tls_secret(
     """Signed through the CSR API: cert-manager's CSR signer for a CA ClusterIssuer issues what the CSR asks, so
     the SANs come from meshsigner's CSR; the chain leads to the pinned --root-ca-file, which is ca.crt."""
     namespace = make_namespace("istio")
-    lease_namespace = make_namespace("lease")
     core = client.CoreV1Api(kube_api)
     roots_file = ca_cluster_issuer.roots_file(tmp_path)
     flags = [
@@ -159,27 +176,13 @@ def test_kubernetes_csr_signer_writes_the_istiod_tls_secret(
         "--authenticator=tokenreview",
         "--serving-signature-algorithm=ECDSA",
         "--serving-certificate-key-size=256",
-        f"--kubeconfig={kube_plane.kubeconfig}",
-        f"--leader-election-namespace={lease_namespace}",
-        "--leader-election-name=meshsigner-istiod-csr",
-        f"--configmap-namespace-selector=meshsigner-none-{secrets.token_hex(3)}=yes",  # no root ConfigMaps here
-        "--istiod-cert-enabled",
-        f"--istiod-cert-namespace={namespace}",
-        "--istiod-cert-istio-revisions=default,canary",
+        *_istiod_duty_flags(kube_plane.kubeconfig, namespace, make_namespace("lease"), "meshsigner-istiod-csr"),
         "--istiod-cert-additional-dns-names=istiod.example.org",
-        "--istiod-cert-key-algorithm=ECDSA",
-        "--istiod-cert-key-size=256",
-        "--istiod-cert-duration=2h",
     ]
     server = start_server(flags, tmp_path / "serve.log")
     try:
-        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls written", 60)
-        secret = _secret(core, namespace)
-        assert secret.type == "kubernetes.io/tls"
-        assert set(secret.data) == {"tls.crt", "tls.key", "ca.crt"}
-        assert base64.b64decode(secret.data["ca.crt"]) == roots_file.read_bytes()
-        chain = x509.load_pem_x509_certificates(base64.b64decode(secret.data["tls.crt"]))
-        leaf, root = chain[0], x509.load_pem_x509_certificate(roots_file.read_bytes())
+        leaf, again = _kept_secret(core, namespace, roots_file.read_bytes(), 60)
+        root = x509.load_pem_x509_certificate(roots_file.read_bytes())
         leaf.verify_directly_issued_by(root)  # the CA issuer signs leaves directly
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert sans.get_values_for_type(x509.DNSName) == [
@@ -190,15 +193,6 @@ def test_kubernetes_csr_signer_writes_the_istiod_tls_secret(
         assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
             f"spiffe://cluster.local/ns/{namespace}/sa/istiod-service-account"
         ]
-        key = serialization.load_pem_private_key(base64.b64decode(secret.data["tls.key"]), None)
-        assert key.public_key() == leaf.public_key()
-        assert 7100 < (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() <= 7200 + 120
-        first_serial = leaf.serial_number
-
-        core.delete_namespaced_secret("istiod-tls", namespace)
-        wait_for(lambda: _secret(core, namespace) is not None, "istiod-tls rewritten after deletion", 60)
-        again = x509.load_pem_x509_certificate(base64.b64decode(_secret(core, namespace).data["tls.crt"]))
-        assert again.serial_number != first_serial
         again.verify_directly_issued_by(root)
     finally:
         server.stop()

@@ -66,6 +66,31 @@ class Policies:
         self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, "identitypolicies", name)
 
 
+def serve_policy_objects(
+    kubeconfig: str, tmp_path: Path, root: str, label: str, *extra: str, lease: str = ""
+) -> ServerProcess:
+    """``meshsigner serve`` (local CA) deciding from the policy objects labelled ``label``, with ``root`` as the
+    root namespace; ``lease``: take part in leader election on a Lease of that name in ``root`` (the cluster duties,
+    root ConfigMaps only where the absent test label says)."""
+    flags = [
+        "--signer=local",
+        f"--local-ca-dir={tmp_path / 'ca'}",
+        "--authenticator=tokenreview",
+        f"--kubeconfig={kubeconfig}",
+        "--policy-source=kubernetes",
+        f"--policy-root-namespace={root}",
+        f"--policy-label-selector={TEST_LABEL}={label}",
+        *extra,
+    ]
+    if lease:
+        flags += [
+            f"--leader-election-namespace={root}",
+            f"--leader-election-name={lease}",
+            f"--configmap-namespace-selector={TEST_LABEL}={label}",
+        ]
+    return start_server(flags, tmp_path / "serve.log")
+
+
 def ask(server: ServerProcess, stub: Any, namespace: str, token: str, dns: tuple[str, ...] = ()) -> grpc.StatusCode:
     csr = make_csr([f"spiffe://cluster.local/ns/{namespace}/sa/web"], dns=dns)
     return create(stub, csr, token)[0]
@@ -95,19 +120,7 @@ def test_policy_objects_decide_live(
     policies = Policies(kube_api, label)
     policies.create(root, "baseline", own_identity_for(team))
     decisions = tmp_path / "decisions.jsonl"
-    server = start_server(
-        [
-            "--signer=local",
-            f"--local-ca-dir={tmp_path / 'ca'}",
-            "--authenticator=tokenreview",
-            f"--kubeconfig={kube_plane.kubeconfig}",
-            "--policy-source=kubernetes",
-            f"--policy-root-namespace={root}",
-            f"--policy-label-selector={TEST_LABEL}={label}",
-            f"--decision-log={decisions}",
-        ],
-        tmp_path / "serve.log",
-    )
+    server = serve_policy_objects(kube_plane.kubeconfig, tmp_path, root, label, f"--decision-log={decisions}")
     try:
         stub = server.stub((tmp_path / "ca" / "root-cert.pem").read_bytes())
         team_token, other_token = mint_token(team, "web"), mint_token(other, "web")
@@ -182,22 +195,7 @@ def test_the_leader_writes_each_policy_objects_status(
     root = make_namespace("polstatus")
     policies = Policies(kube_api, label)
     baseline = policies.create(root, "baseline", own_identity_for(root))
-    server = start_server(
-        [
-            "--signer=local",
-            f"--local-ca-dir={tmp_path / 'ca'}",
-            "--authenticator=tokenreview",
-            f"--kubeconfig={kube_plane.kubeconfig}",
-            "--policy-source=kubernetes",
-            f"--policy-root-namespace={root}",
-            f"--policy-label-selector={TEST_LABEL}={label}",
-            # a Lease of its own; root ConfigMaps only where the (absent) label says
-            f"--leader-election-namespace={root}",
-            f"--leader-election-name=policy-status-{label}",
-            f"--configmap-namespace-selector={TEST_LABEL}={label}",
-        ],
-        tmp_path / "serve.log",
-    )
+    server = serve_policy_objects(kube_plane.kubeconfig, tmp_path, root, label, lease=f"policy-status-{label}")
 
     def status_of(name: str) -> dict[str, Any]:
         obj = policies.api.get_namespaced_custom_object(GROUP, VERSION, root, "identitypolicies", name)

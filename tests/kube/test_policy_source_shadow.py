@@ -19,8 +19,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.kube.test_policy_crds import GROUP, VERSION, policy_crds  # noqa: F401  # the CRDs, installed once
-from tests.kube.test_policy_source import TEST_LABEL, Policies, ask, own_identity_for, records
-from tests.support.processes import start_server
+from tests.kube.test_policy_source import (
+    TEST_LABEL,
+    Policies,
+    ask,
+    own_identity_for,
+    records,
+    serve_policy_objects,
+)
 from tests.support.waiting import wait_for
 
 POLICY_SET_LABEL = "meshsigner.io/policy-set"
@@ -70,21 +76,8 @@ def test_a_labelled_shadow_policy_that_would_deny_is_recorded_and_the_enforced_d
     policies.api.create_namespaced_custom_object(GROUP, VERSION, root, "identitypolicies", freeze)
     create_settings(policies.api, label, shadow_name)
     decisions = tmp_path / "decisions.jsonl"
-    server = start_server(
-        [
-            "--signer=local",
-            f"--local-ca-dir={tmp_path / 'ca'}",
-            "--authenticator=tokenreview",
-            f"--kubeconfig={kube_plane.kubeconfig}",
-            "--policy-source=kubernetes",
-            f"--policy-root-namespace={root}",
-            f"--policy-label-selector={TEST_LABEL}={label}",
-            f"--decision-log={decisions}",
-            f"--leader-election-namespace={root}",
-            f"--leader-election-name=policy-shadow-{label}",
-            f"--configmap-namespace-selector={TEST_LABEL}={label}",
-        ],
-        tmp_path / "serve.log",
+    server = serve_policy_objects(
+        kube_plane.kubeconfig, tmp_path, root, label, f"--decision-log={decisions}", lease=f"policy-shadow-{label}"
     )
 
     def status_of(name: str) -> dict[str, Any]:
