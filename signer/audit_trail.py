@@ -8,34 +8,23 @@ wait for the mirror.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from bridge.audit_mirror import AuditMirror, MirrorEntry
-from bridge.signing import SignedChain
-from policies import Caller, Decision, IssuanceRequest
-from signer.service import DecisionRecorder
+from signer.decided_request import DecidedRequest, DecisionRecorder
 
 
-def mirror_entry(
-    decision_id: str,
-    caller: Caller,
-    request: IssuanceRequest,
-    decision: Decision,
-    *,
-    csr_pem: str,
-    signed: SignedChain | None,
-) -> MirrorEntry:
+def mirror_entry(decided: DecidedRequest) -> MirrorEntry:
+    decision, signed = decided.decision, decided.signed
     rule = decision.granted_by or ",".join(decision.deny_rules)
     return MirrorEntry(
-        decision_id=decision_id,
-        csr_pem=csr_pem,
-        caller=caller.principal,
-        requested_identities=(*request.uris, *request.dns_names),
+        decision_id=decided.decision_id,
+        csr_pem=decided.csr_pem,
+        caller=decided.caller.principal,
+        requested_identities=(*decided.request.uris, *decided.request.dns_names),
         allowed=decision.allowed,
         reason=decision.reason,
         rule=rule,
         message=decision.message,
-        node_principal=caller.node_principal or "",
+        node_principal=decided.caller.node_principal or "",
         chain_pem="".join(signed.chain_pems) if decision.allowed and signed is not None else "",
         mirrors=signed.object_name if signed is not None else "",
     )
@@ -48,17 +37,7 @@ class MirroringRecorder:
         self._inner = inner
         self._mirror = mirror
 
-    def __call__(
-        self,
-        decision_id: str,
-        caller: Caller,
-        request: IssuanceRequest,
-        decision: Decision,
-        issued_not_after: datetime | None,
-        *,
-        csr_pem: str,
-        signed: SignedChain | None,
-    ) -> None:
+    def __call__(self, decided: DecidedRequest) -> None:
         if self._inner is not None:
-            self._inner(decision_id, caller, request, decision, issued_not_after, csr_pem=csr_pem, signed=signed)
-        self._mirror.submit(mirror_entry(decision_id, caller, request, decision, csr_pem=csr_pem, signed=signed))
+            self._inner(decided)
+        self._mirror.submit(mirror_entry(decided))

@@ -23,28 +23,18 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from loguru import logger
 from prometheus_client import Counter
 
-from policies import Caller, Decision, IssuanceRequest, decision_record
+from policies import decision_record
+from signer.decided_request import DecidedRequest
 
 QUEUE_RECORDS = 10_000
 MAX_BATCH = 512  # records in one window; bounds a log line's size
 LINGER_SECONDS = 0.05  # how long the writer waits for more records after the first of a window
-
-
-@dataclass(frozen=True)
-class _PendingRecord:
-    decision_id: str
-    caller: Caller
-    request: IssuanceRequest
-    decision: Decision
-    issued_not_after: datetime | None
 
 
 class DecisionLog:
@@ -63,28 +53,18 @@ class DecisionLog:
         self._dropped = dropped
         self._linger = linger_seconds
         self._closing = threading.Event()
-        self._queue: queue.Queue[_PendingRecord | None] = queue.Queue(max_queued)  # None: finish
+        self._queue: queue.Queue[DecidedRequest | None] = queue.Queue(max_queued)  # None: finish
         self._writer: threading.Thread | None = None
         if self._to_log or self._file is not None:
             self._writer = threading.Thread(target=self._write_queued, name="decision-log", daemon=True)
             self._writer.start()
 
-    def __call__(
-        self,
-        decision_id: str,
-        caller: Caller,
-        request: IssuanceRequest,
-        decision: Decision,
-        issued_not_after: datetime | None,
-        *,
-        csr_pem: str = "",
-        signed: object = None,
-    ) -> None:
-        """Queue the record; the CSR and the issued chain (``csr_pem``, ``signed``) are the mirror's, not logged."""
+    def __call__(self, decided: DecidedRequest) -> None:
+        """Queue the record (the CSR and the issued chain are the mirror's, not logged)."""
         if self._writer is None:
             return
         try:
-            self._queue.put_nowait(_PendingRecord(decision_id, caller, request, decision, issued_not_after))
+            self._queue.put_nowait(decided)
         except queue.Full:
             self._dropped.inc()
 
@@ -115,7 +95,7 @@ class DecisionLog:
             for _ in range(len(window) + finished):  # the records, and close()'s None
                 self._queue.task_done()
 
-    def _next_window(self) -> tuple[list[_PendingRecord], bool]:
+    def _next_window(self) -> tuple[list[DecidedRequest], bool]:
         """The records of one window (blocks for the first), and whether ``close()`` asked the writer to finish."""
         first = self._queue.get()
         if first is None:
@@ -135,7 +115,7 @@ class DecisionLog:
             window.append(pending)
         return window, False
 
-    def _write(self, window: list[_PendingRecord]) -> None:
+    def _write(self, window: list[DecidedRequest]) -> None:
         if not window:
             return
         records: list[dict[str, Any]] = [

@@ -31,6 +31,7 @@ from signer.auth.prescreen import PrescreenMetrics, TokenPrescreen
 from signer.auth.refusal_limit import PeerLimitMetrics, PeerRefusalLimiter
 from signer.auth.screened import ScreenedAuthenticator
 from signer.client_cert_front import ClientCertFront
+from signer.decided_request import DecisionRecorder
 from signer.decision_log import DecisionLog
 from signer.errors import StartupError, TemporarilyUnavailable
 from signer.grpc_server import build_server, set_serving
@@ -42,7 +43,6 @@ from signer.readiness import Readiness, ReadinessCheck
 from signer.service import (
     CertificateService,
     ClientCertAuthentication,
-    DecisionRecorder,
     NodeAuthorizer,
     ServiceConfig,
 )

@@ -65,10 +65,10 @@ from signer.auth.cluster_jwks import ClusterJwksAuthenticator
 from signer.auth.cluster_keys import ClusterIssuerKeys, KeyRefreshMetrics
 from signer.auth.node_authorizer import PodNodeAuthorizer
 from signer.auth.tokenreview import TokenReviewAuthenticator
+from signer.decided_request import DecisionRecorder
 from signer.errors import StartupError
 from signer.metrics import AuthMetrics
 from signer.readiness import ReadinessCheck
-from signer.service import DecisionRecorder
 from signer.settings import ServeSettings
 from signer.task_supervisor import TaskFactory
 

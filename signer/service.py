@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 import grpc
@@ -22,13 +21,14 @@ from loguru import logger
 from bridge.errors import BackendError
 from bridge.signing import SignedChain, SigningBackend, SigningRequest
 from clocks import Clock
-from policies import Caller, Decision, IdentityDecider, IssuanceRequest, Outcome
+from policies import Caller, Decision, IdentityDecider, Outcome
 from policies.spiffe import InvalidSpiffeID, parse_spiffe_id
 from proto import istio_ca_pb2, istio_ca_pb2_grpc
 from signer.auth.base import Authenticator, WorkloadIdentity, bearer_token, check_cluster_id
 from signer.auth.client_cert import ClientCertAuthenticator, peer_chain_from_auth_context
 from signer.auth.refusal_limit import calling_peer
 from signer.csr_checks import ParsedCsr, parse_csr
+from signer.decided_request import DecidedRequest, DecisionRecorder
 from signer.draining import CallDrain
 from signer.errors import (
     AuthenticationFailed,
@@ -76,23 +76,6 @@ class ClientCertAuthentication:
 
 
 Context = grpc.aio.ServicerContext[istio_ca_pb2.IstioCertificateRequest, istio_ca_pb2.IstioCertificateResponse]
-
-
-class DecisionRecorder(Protocol):
-    """Records one decision (the decision log; the audit mirror): ``csr_pem`` is the CSR as received, ``signed``
-    the backend's answer when the request was allowed and issued (None for a refusal)."""
-
-    def __call__(
-        self,
-        decision_id: str,
-        caller: Caller,
-        request: IssuanceRequest,
-        decision: Decision,
-        issued_not_after: datetime | None,
-        *,
-        csr_pem: str,
-        signed: SignedChain | None,
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -334,18 +317,13 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         decision: Decision,
         signed: SignedChain | None = None,
     ) -> None:
-        if self._record_decision is None:
-            return
-        issued_not_after = signed.leaf.not_valid_after_utc if signed is not None else None
-        self._record_decision(
-            request_id, caller, parsed.request, decision, issued_not_after, csr_pem=parsed.pem, signed=signed
-        )
+        if self._record_decision is not None:
+            self._record_decision(DecidedRequest(request_id, caller, parsed.request, decision, parsed.pem, signed))
 
 
 __all__ = [
     "CertificateService",
     "ClientCertAuthentication",
-    "DecisionRecorder",
     "NodeAuthorizer",
     "PeerChains",
     "ServiceConfig",

@@ -9,6 +9,7 @@ from bridge.certificates import certificate_pem
 from bridge.signing import issued_chain
 from policies import Caller, Decision, IssuanceRequest, Outcome, Verdict
 from signer.audit_trail import mirror_entry
+from signer.decided_request import DecidedRequest
 from tests.support.chain_builder import SPIFFE_ID, make_ca, make_leaf
 from tests.support.csr_builder import make_csr
 
@@ -23,7 +24,7 @@ def test_a_granted_mirror_names_the_csr_the_chain_and_the_object_it_was_handed()
     granted = Decision(Verdict.ALLOW, Outcome.OK, "GRANTED", uris=(SPIFFE_ID,), duration_seconds=3600,
                        not_after=datetime.now(UTC) + timedelta(hours=1), granted_by="team/web")  # fmt: skip
     csr_pem = make_csr([SPIFFE_ID])
-    entry = mirror_entry("decision-7", CALLER, REQUEST, granted, csr_pem=csr_pem, signed=signed)
+    entry = mirror_entry(DecidedRequest("decision-7", CALLER, REQUEST, granted, csr_pem, signed))
     assert entry.decision_id == "decision-7"
     assert entry.csr_pem == csr_pem
     assert entry.chain_pem == certificate_pem(leaf) + certificate_pem(ca.certificate)
@@ -37,7 +38,7 @@ def test_a_refused_mirror_carries_the_csr_and_no_chain_or_object():
     refused = Decision(Verdict.DENY, Outcome.PERMISSION_DENIED, "IDENTITY_NOT_ALLOWED", "not yours",
                        deny_rules=("tenants/no-foreign",))  # fmt: skip
     csr_pem = make_csr([SPIFFE_ID])
-    entry = mirror_entry("decision-8", CALLER, REQUEST, refused, csr_pem=csr_pem, signed=None)
+    entry = mirror_entry(DecidedRequest("decision-8", CALLER, REQUEST, refused, csr_pem))
     assert entry.csr_pem == csr_pem
     assert (entry.chain_pem, entry.mirrors) == ("", "")
     assert (entry.allowed, entry.reason, entry.rule, entry.message) == (

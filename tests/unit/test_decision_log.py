@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from policies import Caller, Decision, IssuanceRequest
 from policies.builtin import OwnIdentityOnly
+from signer.decided_request import DecidedRequest
 from signer.decision_log import DecisionLog
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -34,7 +35,7 @@ def test_a_clean_shutdown_writes_every_queued_record(tmp_path: Path) -> None:
     log = DecisionLog(str(path), to_log=False, dropped=_counter())
     for index in range(500):
         caller, request, decision = _decide(index)
-        log(f"id-{index}", caller, request, decision, None)
+        log(DecidedRequest(f"id-{index}", caller, request, decision))
     log.close()
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [record["caller"]["serviceAccount"] for record in records] == [f"web-{i}" for i in range(500)]
@@ -66,10 +67,10 @@ def test_a_writer_that_falls_behind_drops_and_counts() -> None:
         linger_seconds=0,
     )
     try:
-        log("id-0", *_decide(0), None)
+        log(DecidedRequest("id-0", *_decide(0)))
         writing.wait()  # the writer holds record 0; the queue has room for two more
         for index in range(1, 8):
-            log(f"id-{index}", *_decide(index), None)  # returns at once: the request path never waits
+            log(DecidedRequest(f"id-{index}", *_decide(index)))  # returns at once: the request path never waits
         assert registry.get_sample_value("dropped_total") == 5
         release.set()
         log.close()
@@ -92,8 +93,8 @@ def test_grants_share_log_lines_refusals_get_their_own_and_no_record_is_left_out
     assert not refusal.allowed
     try:
         for index in range(200):
-            log(f"id-{index}", *_decide(index), None)
-        log("id-refused", stranger, foreign, refusal, None)
+            log(DecidedRequest(f"id-{index}", *_decide(index)))
+        log(DecidedRequest("id-refused", stranger, foreign, refusal))
         log.close()
     finally:
         logger.remove(sink)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from bridge.audit_mirror import AuditMirror, MirrorOptions
 from policies import Caller, Decision, IssuanceRequest, Outcome, Verdict
 from signer.audit_trail import MirroringRecorder
+from signer.decided_request import DecidedRequest
 from tests.e2e.calls import create
 from tests.kube.csrapi.conftest import plane_client
 from tests.support.csr_builder import make_csr
@@ -131,7 +132,7 @@ async def test_refused_decision_becomes_a_denied_mirror_and_expires(kube_plane, 
         csr_pem = make_csr([uri])
         record = MirroringRecorder(None, mirror)
         caller = Caller("cluster.local", "team-a", "web")
-        record("decision-0001", caller, IssuanceRequest(uris=(uri,)), _denial(uri), None, csr_pem=csr_pem, signed=None)
+        record(DecidedRequest("decision-0001", caller, IssuanceRequest(uris=(uri,)), _denial(uri), csr_pem))
         async with asyncio.timeout(20):
             await mirror.drained()
         [mirror_csr] = await asyncio.to_thread(_mirrors, our_csrs, audit_name, "denied")
