@@ -106,24 +106,22 @@ def build_leader_election(
         return None
     from signer.serve_in_cluster import build_cluster_duties
 
-    local_ca = backend if isinstance(backend, LocalCA) else None
     issuers = None
-    if local_ca is not None:
-        roots_pem = local_ca.roots_pem
+    signing: SigningBackend  # istiod's certificate, if meshsigner signs it: unwrapped, as it is no workload's
+    if isinstance(backend, LocalCA):
+        roots_pem, signing = backend.roots_pem, backend
         roots = lambda: roots_pem  # noqa: E731  # the local CA's roots do not change while it runs
     elif parts is not None:
-        bundle, issuers = parts.roots, parts.issuers
+        bundle, issuers, signing = parts.roots, parts.issuers, parts.backend
         roots = lambda: bundle.pem  # noqa: E731  # read at each check: the pinned file is watched
     else:
         return None
-    signing = parts.backend if parts is not None else None  # unwrapped: istiod's certificate is no workload's
     return build_cluster_duties(
         settings,
         kube,
         registry,
         clock,
         roots=roots,
-        local_ca=local_ca,
         issuers=issuers,
         signing=signing,
         policy_status=policy_status,

@@ -20,21 +20,14 @@ from bridge.cleanup import LeftoverSweeper
 from bridge.cluster_trust_bundle import ClusterTrustBundlePublisher
 from bridge.controllers import Controller, ControllerMetrics, run_controllers
 from bridge.issuer_check import IssuerCheck, IssuerState
-from bridge.istiod_certificate import (
-    CONTROLLER_CERTIFICATE,
-    IstiodCertOptions,
-    desired_certificate,
-    secret_keeper,
-)
+from bridge.istiod_certificate import IstiodCertOptions, certificate_keeper, secret_keeper
 from bridge.kube import (
     CERTIFICATE_SIGNING_REQUESTS,
-    CERTIFICATES,
     KubeClient,
     KubeError,
     KubeMetrics,
     KubeOptions,
     KubeUnavailable,
-    Obj,
 )
 from bridge.kubernetes_csr import (
     MIN_EXPIRATION_SECONDS,
@@ -48,10 +41,8 @@ from bridge.kubernetes_csr import (
     signer_field_selector,
 )
 from bridge.leader_election import LeaderElector, LeaseTimings
-from bridge.local_ca import LocalCA
 from bridge.metrics import BridgeMetrics
 from bridge.namespace_labels import NamespaceLabelCache
-from bridge.object_keeper import ObjectKeeper
 from bridge.pods import PodCache
 from bridge.root_bundle import RootBundle
 from bridge.runtime_issuer import IssuerRef, IssuerSelector
@@ -413,7 +404,6 @@ def build_cluster_duties(
     clock: Clock,
     *,
     roots: Callable[[], str],
-    local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
     signing: SigningBackend | None = None,
     policy_status: Controller | None = None,
@@ -438,7 +428,7 @@ def build_cluster_duties(
         controllers["cluster-trust-bundle"] = bundle.run
     if settings.istiod_cert_enabled:
         controllers["istiod-certificate"] = _istiod_certificate(
-            settings, kube, metrics, clock, local_ca, issuers, roots=roots, signing=signing
+            settings, kube, metrics, clock, issuers, roots=roots, signing=signing
         )
     if policy_status is not None:  # --policy-source kubernetes: the policy objects' status (bridge/policy_status.py)
         controllers["policy-status"] = policy_status
@@ -473,14 +463,14 @@ def _istiod_certificate(
     kube: KubeClient,
     metrics: ControllerMetrics,
     clock: Clock,
-    local_ca: LocalCA | None,
     issuers: IssuerSelector | None,
     *,
     roots: Callable[[], str],
     signing: SigningBackend | None,
 ) -> Controller:
-    """cert-manager: a Certificate for istiod-tls that follows the active issuer; the local CA or the Kubernetes
-    CSR API (``signing``, the unwrapped backend): the istiod-tls Secret itself, its ``ca.crt`` being ``roots()``."""
+    """cert-manager (``issuers``): a Certificate for istiod-tls that follows the active issuer; the local CA or the
+    Kubernetes CSR API (``signing``, the unwrapped backend): the istiod-tls Secret itself, its ``ca.crt`` being
+    ``roots()``."""
     size = settings.istiod_cert_key_size or (2048 if settings.istiod_cert_key_algorithm == "RSA" else 256)
     options = IstiodCertOptions(
         name=settings.istiod_cert_name,
@@ -495,24 +485,13 @@ def _istiod_certificate(
         revisions=settings.istiod_cert_istio_revisions,
     )
     if issuers is not None:
-        selector = issuers
-
-        async def decide_certificate(current: Obj | None) -> Obj | None:
-            return desired_certificate(options, selector.current, current)
-
-        keeper = ObjectKeeper(
-            kube, CERTIFICATES, options.namespace, options.name, decide_certificate,
-            controller=CONTROLLER_CERTIFICATE, metrics=metrics, clock=clock,
-        )  # fmt: skip
-        selector.subscribe(lambda _issuer: keeper.trigger())  # follow the runtime issuer
-        return keeper.run
-    backend = local_ca if local_ca is not None else signing
-    if backend is None:
+        return certificate_keeper(kube, options, issuers, metrics=metrics, clock=clock).run
+    if signing is None:
         raise StartupError(f"--istiod-cert-enabled is not available with --signer {settings.signer}")
-    if local_ca is None and options.duration_seconds < MIN_EXPIRATION_SECONDS:
+    if settings.signer == "kubernetes-csr" and options.duration_seconds < MIN_EXPIRATION_SECONDS:
         # the CSR API refuses shorter lifetimes and meshsigner never asks for longer than configured
         raise StartupError(
             f"--istiod-cert-duration {options.duration_seconds:g}s is under the Kubernetes CSR API's minimum of "
             f"{MIN_EXPIRATION_SECONDS}s (--signer kubernetes-csr)"
         )
-    return secret_keeper(kube, backend, roots, options, metrics=metrics, clock=clock)
+    return secret_keeper(kube, signing, roots, options, metrics=metrics, clock=clock)
