@@ -57,6 +57,17 @@ def test_default_install_speaks_istio_csr_flags(helm):
     assert {p["port"] for p in service["spec"]["ports"]} >= {443}
 
 
+def lint_policy_dir(directory: Path) -> subprocess.CompletedProcess[str]:
+    """``meshsigner policy lint DIR`` as a user runs it, on the chart's policy files written into ``directory``."""
+    return subprocess.run(
+        [sys.executable, "-m", "signer.cli", "policy", "lint", str(directory)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_policies_become_a_mounted_policy_dir(helm, tmp_path):
     files = {f"app.policies.{p.stem}\\.yaml": p for p in POLICIES.glob("*.yaml")}
     docs = render(helm, files=files)
@@ -65,11 +76,5 @@ def test_policies_become_a_mounted_policy_dir(helm, tmp_path):
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
     for name, content in configmap["data"].items():
         (tmp_path / name).write_text(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "signer.cli", "policy", "lint", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = lint_policy_dir(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

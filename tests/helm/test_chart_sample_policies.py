@@ -4,15 +4,13 @@ kubernetes source; both pass meshsigner's own loader. (The API server's validati
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from policies.evaluator import evaluate
 from policies.object_documents import build_object_policy_set
 from signer.settings import parse_serve_args
-from tests.helm.test_chart import REPO, container_args, render
+from tests.helm.test_chart import container_args, lint_policy_dir, render
 from tests.helm.test_chart_features import render_error
 from tests.policies.conftest import CA_NOT_AFTER, NOW, caller, own_id, request
 
@@ -37,13 +35,7 @@ def test_the_directory_sample_is_a_policy_file_meshsigner_lints(helm: str, tmp_p
     configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policies"))
     assert list(configmap["data"]) == ["sample-policies.yaml"]
     (tmp_path / "sample-policies.yaml").write_text(configmap["data"]["sample-policies.yaml"])
-    result = subprocess.run(
-        [sys.executable, "-m", "signer.cli", "policy", "lint", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = lint_policy_dir(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "policy set valid: 1 policies, 1 rules" in result.stdout
 
