@@ -295,6 +295,20 @@ class CAIssuer:
         path.write_bytes(self.ca_cert_pem)
         return path
 
+    def replace_key_pair(self, kube_api: Any, key_pair: Any) -> None:
+        """Puts another CA (a pki.KeyPair) into this issuer's Secret, as someone with write access to it would;
+        cert-manager signs with it from its next read. Only a namespaced Issuer's Secret is in a known namespace."""
+        from kubernetes import client
+
+        assert self.namespace is not None, "a ClusterIssuer's Secret lives in the cluster resource namespace"
+        core = client.CoreV1Api(kube_api)
+        secret = core.read_namespaced_secret(self.secret_name, self.namespace)
+        secret.data = {
+            "tls.crt": base64.b64encode(key_pair.cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pair.key_pem).decode(),
+        }
+        core.replace_namespaced_secret(self.secret_name, self.namespace, secret)
+
 
 def _ready(obj: Any) -> bool:
     conds = (obj.get("status") or {}).get("conditions") or []

@@ -117,13 +117,7 @@ def test_chain_from_an_unpinned_ca_is_refused(
     assert create(signer.stub(), csr, token)[0] == grpc.StatusCode.OK
 
     rogue = pki.make_ca("rogue", days=30)
-    core = client.CoreV1Api(kube_api)
-    secret = core.read_namespaced_secret(issuer.secret_name, cr_ns)
-    secret.data = {
-        "tls.crt": base64.b64encode(rogue.cert_pem).decode(),
-        "tls.key": base64.b64encode(rogue.key_pem).decode(),
-    }
-    core.replace_namespaced_secret(issuer.secret_name, cr_ns, secret)
+    issuer.replace_key_pair(kube_api, rogue)
     deadline = time.monotonic() + 30
     while True:
         got, chain, details = create(signer.stub(), csr, token)

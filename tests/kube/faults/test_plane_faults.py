@@ -425,13 +425,7 @@ def test_root_file_replaced_by_garbage_then_rotated(
     loaded = signer.server.log().count("root_bundle_loaded")
     roots.write_bytes(issuer.ca_cert_pem + new_ca.cert_pem)
     wait_for(lambda: signer.server.log().count("root_bundle_loaded") > loaded, "the rotated bundle loaded")
-    core = client.CoreV1Api(kube_api)
-    secret = core.read_namespaced_secret(issuer.secret_name, cr_ns)
-    secret.data = {
-        "tls.crt": base64.b64encode(new_ca.cert_pem).decode(),
-        "tls.key": base64.b64encode(new_ca.key_pem).decode(),
-    }
-    core.replace_namespaced_secret(issuer.secret_name, cr_ns, secret)
+    issuer.replace_key_pair(kube_api, new_ca)
     new_subject = new_ca.cert.subject
     deadline = time.monotonic() + 60
     while True:  # cert-manager picks the new key up; every answer meanwhile is OK from either CA
