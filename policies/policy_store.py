@@ -161,9 +161,7 @@ class PolicyStore:
     def load_objects(self, objects: Sequence[Mapping[str, Any]]) -> bool:
         """Build and install a set from every policy object now (the Kubernetes source). Returns True when the
         new set is active; otherwise the last good set keeps deciding and ``last_problems`` says why."""
-        installed = self._install(*self._build_objects(objects), objects_revision(objects))
-        self._last_objects = list(objects)
-        return installed
+        return self._install_objects(objects, objects_revision(objects), *self._build_objects(objects))
 
     async def objects_changed(self, objects: Sequence[Mapping[str, Any]]) -> bool:
         """``load_objects``, building in a worker thread (requests keep being served meanwhile). The same objects
@@ -171,10 +169,17 @@ class PolicyStore:
         digest = objects_revision(objects)
         if digest == self._attempted_digest:
             return False
-        built, shadow = await asyncio.to_thread(self._build_objects, objects)
-        installed = self._install(built, shadow, digest)
-        self._last_objects = list(objects)
-        return installed
+        return self._install_objects(objects, digest, *await asyncio.to_thread(self._build_objects, objects))
+
+    def _install_objects(
+        self,
+        objects: Sequence[Mapping[str, Any]],
+        digest: str,
+        built: PolicySet | PolicySetInvalid,
+        shadow: _ShadowBuild | None,
+    ) -> bool:
+        self._last_objects = list(objects)  # what the statuses are worked out from
+        return self._install(built, shadow, digest)
 
     def object_statuses(self) -> dict[ObjectKey, dict[str, Any]]:
         """The status each policy object of the last build should show (``object_status.py``): for the leader's
