@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import functools
 import json
 import os
@@ -291,7 +290,7 @@ def _istiod_certificate_state(kube_api, istio_system: str) -> str:
     return "\n".join(lines) or "(no Certificate, no CertificateRequests)"
 
 
-def _approve_istiod_requests(kube_api, istio_system: str, stop: threading.Event) -> None:
+def _approve_istiod_requests(kube_api, approve_certificate_request, istio_system: str, stop: threading.Event) -> None:
     """Approves the CertificateRequests cert-manager makes for meshsigner's istiod Certificate, as cert-manager's
     default approver (or an approver-policy rule for istiod) does in a cluster: the plane's cert-manager runs
     without its approver, and meshsigner's --approve-certificate-requests covers only its own workload requests."""
@@ -310,17 +309,12 @@ def _approve_istiod_requests(kube_api, istio_system: str, stop: threading.Event)
                 c["type"] in ("Approved", "Denied") for c in conditions
             ):
                 continue
-            approved = {
-                "type": "Approved",
-                "status": "True",
-                "reason": "TestApprover",
-                "message": "istiod's certificate, approved as cert-manager's default approver would",
-                "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-            request.setdefault("status", {})["conditions"] = [*conditions, approved]
             with contextlib.suppress(ApiException):  # 409: changed meanwhile, next round
-                custom.replace_namespaced_custom_object_status(
-                    "cert-manager.io", "v1", istio_system, "certificaterequests", request["metadata"]["name"], request
+                approve_certificate_request(
+                    istio_system,
+                    request["metadata"]["name"],
+                    reason="TestApprover",
+                    message="istiod's certificate, approved as cert-manager's default approver would",
                 )
 
 
@@ -329,6 +323,7 @@ def mesh_signer(
     request: pytest.FixtureRequest,
     kube_plane,
     kube_api,
+    approve_certificate_request,
     install_values: InstallValues,
     istio_system: str,
     tmp_path_factory,
@@ -358,7 +353,9 @@ def mesh_signer(
         signer = MeshSigner(mode, server, base, backend.root_file.read_bytes(), backend.issuer_name)
         with polling_threads() as start_thread:
             if mode == "cert-manager":  # cert-manager issues istiod's certificate for meshsigner's Certificate
-                start_thread(functools.partial(_approve_istiod_requests, kube_api, istio_system))
+                start_thread(
+                    functools.partial(_approve_istiod_requests, kube_api, approve_certificate_request, istio_system)
+                )
             yield signer
     finally:
         exit_code = server.stop()  # releases the Lease
