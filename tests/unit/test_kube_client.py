@@ -29,21 +29,26 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeClient]:
+def _client_of(tmp_path: Path, port: int) -> KubeClient:
+    """A KubeClient for an API server on ``port`` of loopback, plain HTTP, a token it never checks."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         f"""apiVersion: v1
 kind: Config
-clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{_closed_port()}"}}}}]
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
 users: [{{name: u, user: {{token: not-a-real-token}}}}]
 contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
 current-context: x
 """
     )
-    client = KubeClient(
+    return KubeClient(
         KubeOptions(kubeconfig=str(kubeconfig), rate_limiter=False, threads=2), KubeMetrics(CollectorRegistry())
     )
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeClient]:
+    client = _client_of(tmp_path, _closed_port())
     yield client
     client.close()
 
@@ -91,19 +96,7 @@ def answering(tmp_path: Path) -> Iterator[tuple[KubeClient, type[_Answers]]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), answers)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{server.server_address[1]}"}}}}]
-users: [{{name: u, user: {{token: not-a-real-token}}}}]
-contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
-current-context: x
-"""
-    )
-    kube = KubeClient(
-        KubeOptions(kubeconfig=str(kubeconfig), rate_limiter=False, threads=2), KubeMetrics(CollectorRegistry())
-    )
+    kube = _client_of(tmp_path, server.server_address[1])
     yield kube, answers
     kube.close()
     server.shutdown()
