@@ -10,15 +10,13 @@ import base64
 import binascii
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from policies import IssuanceRequest
 from signer.csr_structure import check_csr_structure
@@ -31,6 +29,11 @@ _PEM = re.compile(
 )
 _CURVES = {"secp256r1": "ECDSA-P256", "secp384r1": "ECDSA-P384"}
 _HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+_ECDSA_BY_OID = {  # built once: constructing ECDSA() costs more than looking it up
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: ec.ECDSA(hashes.SHA384()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: ec.ECDSA(hashes.SHA512()),
+}
 _KEY_USAGE_NAMES = (
     "digital_signature",
     "content_commitment",
@@ -107,18 +110,26 @@ def _subject_common_name(
     return common_name
 
 
-@contextmanager
-def _library_errors(reason: str, what: str) -> Iterator[None]:
+class _LibraryErrors:  # a class: @contextmanager costs several times as much per use
     """Whatever the library raises while reading attacker-supplied bytes is a refusal, not a bug of ours.
 
     Used only around calls into ``cryptography`` that read the CSR (no logic of ours inside), so INTERNAL stays
     for our own mistakes. The library raises more than ValueError (UnsupportedGeneralNameType, DuplicateExtension,
     UnsupportedAlgorithm, ...), and which ones changes between versions, hence ``Exception``.
     """
-    try:
-        yield
-    except Exception as exc:
-        raise CsrRejected(reason, f"{what}: {type(exc).__name__}: {exc}") from None
+
+    __slots__ = ("_reason", "_what")
+
+    def __init__(self, reason: str, what: str) -> None:
+        self._reason = reason
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, CsrRejected):
+            raise CsrRejected(self._reason, f"{self._what}: {type(exc).__name__}: {exc}") from None
 
 
 def _decode_pem(pem: str) -> bytes:
@@ -141,6 +152,29 @@ def canonical_pem(der: bytes) -> str:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{lines}\n-----END CERTIFICATE REQUEST-----\n"
 
 
+def _signature_verifies(
+    csr: x509.CertificateSigningRequest, public_key: PublicKey, signature_hash: hashes.HashAlgorithm | None
+) -> bool:
+    """The CSR's self-signature, checked with the key already loaded: ``is_signature_valid`` loads the key again
+    and costs a third more for ECDSA. A signature algorithm of another key type than the key's does not verify."""
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            ecdsa = _ECDSA_BY_OID.get(csr.signature_algorithm_oid)
+            if ecdsa is None:
+                return False
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            parameters = csr.signature_algorithm_parameters
+            if not isinstance(parameters, padding.PKCS1v15 | padding.PSS) or signature_hash is None:
+                return False
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, parameters, signature_hash)
+        else:
+            return csr.is_signature_valid  # Ed25519: the library checks the algorithm matches the key
+    except InvalidSignature:
+        return False
+    return True
+
+
 def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert_signer: str | None) -> ParsedCsr:
     """Raises CsrRejected with a reason code for anything malformed.
 
@@ -151,7 +185,7 @@ def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert
         raise CsrRejected("CSR_TOO_LARGE", f"{len(pem)} bytes, at most {MAX_CSR_BYTES}")
     der = _decode_pem(pem)
     check_csr_structure(der)
-    with _library_errors("CSR_MALFORMED", "not a PKCS#10 request"):
+    with _LibraryErrors("CSR_MALFORMED", "not a PKCS#10 request"):
         csr = x509.load_der_x509_csr(der)
         public_key = csr.public_key()
     key = key_name(public_key)
@@ -161,22 +195,22 @@ def parse_csr(pem: str, *, validity_seconds: int, impersonated: str | None, cert
         signature_hash = csr.signature_hash_algorithm
     except UnsupportedAlgorithm:
         raise CsrRejected("CSR_SIGNATURE_ALGORITHM", "unsupported signature algorithm") from None
-    except Exception as exc:  # library read of attacker bytes, see _library_errors
+    except Exception as exc:  # library read of attacker bytes, see _LibraryErrors
         raise CsrRejected("CSR_SIGNATURE_ALGORITHM", f"{type(exc).__name__}: {exc}") from None
     if key != "Ed25519" and not isinstance(signature_hash, _HASHES):
         raise CsrRejected("CSR_SIGNATURE_ALGORITHM", "signature must use SHA-256 or stronger")
-    with _library_errors("CSR_SIGNATURE_INVALID", "signature check"):
-        signature_valid = csr.is_signature_valid
+    with _LibraryErrors("CSR_SIGNATURE_INVALID", "signature check"):
+        signature_valid = _signature_verifies(csr, public_key, signature_hash)
     if not signature_valid:
         raise CsrRejected("CSR_SIGNATURE_INVALID", "the CSR's self-signature does not verify")
     # attributes: check_csr_structure allowed one extensionRequest and nothing else, on these very bytes
-    with _library_errors("CSR_MALFORMED", "subject"), warnings.catch_warnings():
+    with _LibraryErrors("CSR_MALFORMED", "subject"), warnings.catch_warnings():
         # pilot-agent's "O=" is shorter than X.520 allows and the library warns about it; a warning is no refusal
         warnings.simplefilter("ignore", UserWarning)
         subject = csr.subject
         subject_attributes = [[(a.oid, a.value) for a in rdn] for rdn in subject.rdns]
     common_name = _subject_common_name(subject, subject_attributes)
-    with _library_errors("CSR_MALFORMED", "extensions"):
+    with _LibraryErrors("CSR_MALFORMED", "extensions"):
         extensions = list(csr.extensions)  # parses every extension value here, SAN entries included
 
     uris: list[str] = []

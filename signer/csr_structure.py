@@ -28,6 +28,7 @@ from signer.der import (
     decode_boolean,
     decode_oid,
     decode_small_integer,
+    known_oids,
     read_single,
 )
 from signer.errors import CsrRejected
@@ -38,6 +39,21 @@ EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 ED25519 = "1.3.101.112"
 NAMED_CURVES = {"1.2.840.10045.3.1.7": "P-256", "1.3.132.0.34": "P-384"}
+# what Istio's clients send, decoded without a walk (the walk still refuses anything not minimally encoded)
+_KNOWN_OIDS = known_oids(
+    EXTENSION_REQUEST,
+    SUBJECT_ALT_NAME,
+    EC_PUBLIC_KEY,
+    RSA_ENCRYPTION,
+    ED25519,
+    *NAMED_CURVES,
+    "2.5.4.3",  # commonName
+    "2.5.4.10",  # organizationName
+    "2.5.29.14",  # subjectKeyIdentifier
+    "2.5.29.15",  # keyUsage
+    "2.5.29.19",  # basicConstraints
+    "2.5.29.37",  # extendedKeyUsage
+)
 ATTRIBUTES_TAG = 0xA0  # [0] IMPLICIT SET OF Attribute
 MAX_EXTENSIONS = 32
 MAX_SAN_ENTRIES = 64
@@ -87,7 +103,7 @@ def _check_subject(subject: Element) -> None:
         if len(values) != 1:
             raise CsrRejected("SUBJECT_NOT_ALLOWED", f"an RDN holds {len(values)} attributes, expected exactly 1")
         type_and_value = _fields(values[0], SEQUENCE, 2, "AttributeTypeAndValue")
-        decode_oid(type_and_value[0])
+        decode_oid(type_and_value[0], _KNOWN_OIDS)
 
 
 def _check_public_key_info(spki: Element) -> None:
@@ -96,12 +112,12 @@ def _check_public_key_info(spki: Element) -> None:
     algorithm_fields = algorithm.expect(SEQUENCE, "algorithm").children()
     if not 1 <= len(algorithm_fields) <= 2:
         raise DerError("AlgorithmIdentifier: wrong number of fields")
-    algorithm_oid = decode_oid(algorithm_fields[0])
+    algorithm_oid = decode_oid(algorithm_fields[0], _KNOWN_OIDS)
     parameters = algorithm_fields[1] if len(algorithm_fields) == 2 else None
     if algorithm_oid == EC_PUBLIC_KEY:
         if parameters is None or parameters.tag != OBJECT_IDENTIFIER:
             raise CsrRejected("KEY_NOT_ALLOWED", "EC key parameters must name the curve (explicit parameters refused)")
-        curve = decode_oid(parameters)
+        curve = decode_oid(parameters, _KNOWN_OIDS)
         if curve not in NAMED_CURVES:
             raise CsrRejected("KEY_NOT_ALLOWED", f"EC curve {curve} not allowed (P-256 or P-384)")
     elif algorithm_oid == RSA_ENCRYPTION:
@@ -118,7 +134,7 @@ def _check_attributes(attributes: Element) -> None:
     seen_extension_request = False
     for attribute in attributes.children():
         type_element, values = _fields(attribute, SEQUENCE, 2, "Attribute")
-        attribute_oid = decode_oid(type_element)
+        attribute_oid = decode_oid(type_element, _KNOWN_OIDS)
         if attribute_oid != EXTENSION_REQUEST:
             raise CsrRejected("CSR_ATTRIBUTE_NOT_ALLOWED", f"attribute {attribute_oid}")
         if seen_extension_request:
@@ -139,7 +155,7 @@ def _check_extensions(extensions: Element) -> None:
         fields = entry.expect(SEQUENCE, "Extension").children()
         if not 2 <= len(fields) <= 3:
             raise DerError("Extension: wrong number of fields")
-        extension_oid = decode_oid(fields[0])
+        extension_oid = decode_oid(fields[0], _KNOWN_OIDS)
         if len(fields) == 3:
             decode_boolean(fields[1])
         value = fields[-1].expect(OCTET_STRING, "extnValue")

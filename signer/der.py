@@ -7,7 +7,7 @@ without a bound: the callers walk a fixed shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SEQUENCE = 0x30
 SET = 0x31
@@ -23,8 +23,7 @@ class DerError(ValueError):
     """The bytes are not the strict DER this reader expects."""
 
 
-@dataclass(frozen=True, slots=True)
-class Element:
+class Element(NamedTuple):  # a tuple: built tens of times per CSR, on the request path
     tag: int
     content: bytes
 
@@ -76,7 +75,7 @@ def read_one(data: bytes, offset: int = 0) -> tuple[Element, int]:
     end = position + size
     if end > len(data):
         raise DerError("element runs past its container")
-    return Element(tag, bytes(data[position:end])), end
+    return Element(tag, data[position:end]), end
 
 
 def read_all(data: bytes) -> list[Element]:
@@ -96,9 +95,34 @@ def read_single(data: bytes, what: str) -> Element:
     return element
 
 
-def decode_oid(element: Element) -> str:
+def encode_oid(dotted: str) -> bytes:
+    """The DER content octets of an object identifier (the minimal encoding, the only one DER allows)."""
+    first, second, *rest = (int(arc) for arc in dotted.split("."))
+    body = bytearray()
+    for arc in (40 * first + second, *rest):
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body.extend(reversed(chunk))
+    return bytes(body)
+
+
+def known_oids(*dotted: str) -> dict[bytes, str]:
+    """Encodings to names for ``decode_oid``'s fast path: a known encoding is minimal, so it needs no walk."""
+    return {encode_oid(name): name for name in dotted}
+
+
+def decode_oid(element: Element, known: dict[bytes, str] | None = None) -> str:
+    """The dotted form of an OBJECT IDENTIFIER; refuses non-minimal or overlong arcs. Content octets found in
+    ``known`` (see ``known_oids``) are answered from it."""
     element.expect(OBJECT_IDENTIFIER, "object identifier")
     body = element.content
+    if known is not None:
+        name = known.get(body)
+        if name is not None:
+            return name
     if not body or body[-1] & 0x80:
         raise DerError("object identifier truncated")
     arcs: list[int] = []
