@@ -11,8 +11,6 @@ and were refused), and only then does gRPC stop. All of it is bounded by the gra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from clocks import Clock, sleep_unless_stopped
 from signer.errors import TemporarilyUnavailable
@@ -31,25 +29,28 @@ class CallDrain:
         self._idle.set()
         self._closing = False
         self._last_arrival = 0.0
+        self._accepted = _Accepted(self)  # one for every call: it keeps no state of its own
 
     @property
     def active(self) -> int:
         return self._active
 
-    @contextmanager
-    def accept(self) -> Iterator[None]:
-        """Around one call: raises TemporarilyUnavailable once shutdown began, before any work is done."""
+    def accept(self) -> _Accepted:
+        """Around one call (``with drain.accept():``): raises TemporarilyUnavailable once shutdown began, before
+        any work is done."""
+        return self._accepted
+
+    def _enter(self) -> None:
         if self._closing:
             self._last_arrival = self._clock.monotonic()
             raise TemporarilyUnavailable("SHUTTING_DOWN", "the server is shutting down")
         self._active += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     async def close(self, grace_seconds: float) -> bool:
         """Refuse new calls from now on; wait (at most ``grace_seconds``) until the calls in flight answered and
@@ -65,3 +66,18 @@ class CallDrain:
                 return True
             await self._clock.sleep(min(quiet_left, remaining))
         return self._active == 0
+
+
+class _Accepted:
+    """``CallDrain.accept()``'s context manager; a class, as it runs on every call (cheaper than a generator)."""
+
+    __slots__ = ("_drain",)
+
+    def __init__(self, drain: CallDrain) -> None:
+        self._drain = drain
+
+    def __enter__(self) -> None:
+        self._drain._enter()
+
+    def __exit__(self, *_: object) -> None:
+        self._drain._leave()

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +98,32 @@ def _metadata_string(request: istio_ca_pb2.IstioCertificateRequest, key: str) ->
     return value.string_value or None
 
 
+class _InFlightSlot:
+    """One of ``--max-in-flight`` places, around each call (``async with``); a full house waits at most
+    ADMISSION_WAIT_SECONDS, then the call is refused with RESOURCE_EXHAUSTED. A class: it runs on every call."""
+
+    __slots__ = ("_in_flight", "_limit", "_slots")
+
+    def __init__(self, limit: int, metrics: ServerMetrics) -> None:
+        self._limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._in_flight = metrics.in_flight
+
+    async def __aenter__(self) -> None:
+        if self._slots.locked():  # only a full house pays for a timed wait
+            try:
+                await asyncio.wait_for(self._slots.acquire(), ADMISSION_WAIT_SECONDS)
+            except TimeoutError:
+                raise Overloaded("TOO_MANY_IN_FLIGHT", f"more than {self._limit} calls in flight") from None
+        else:
+            await self._slots.acquire()
+        self._in_flight.inc()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._in_flight.dec()
+        self._slots.release()
+
+
 class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
         self,
@@ -122,35 +147,12 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         self._node_authorizer = node_authorizer
         self._client_certs = client_certs
         self._clock = clock  # the time decisions are made at (certificate validity)
-        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._slot = _InFlightSlot(config.max_in_flight, metrics)
         self.calls = CallDrain(clock)  # serve drains it on SIGTERM before gRPC stops
         # labelled children looked up once: the success path runs thousands of times a second
         self._issued = metrics.requests.labels(code="OK", reason="ISSUED")
         self._backend_seconds = metrics.backend_seconds.labels(backend=config.backend_name)
         self._log_limit = RateLimiter()
-
-    @asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
-        with self.calls.accept():
-            async with self._admitted_slot():
-                yield
-
-    @asynccontextmanager
-    async def _admitted_slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():  # only a full house pays for a timed wait
-            try:
-                await asyncio.wait_for(self._slots.acquire(), ADMISSION_WAIT_SECONDS)
-            except TimeoutError:
-                limit = self._config.max_in_flight
-                raise Overloaded("TOO_MANY_IN_FLIGHT", f"more than {limit} calls in flight") from None
-        else:
-            await self._slots.acquire()
-        self._metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self._metrics.in_flight.dec()
-            self._slots.release()
 
     async def CreateCertificate(  # the gRPC method name
         self, request: istio_ca_pb2.IstioCertificateRequest, context: Context
@@ -165,10 +167,11 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     ) -> istio_ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
         try:
-            async with self._admitted(), asyncio.timeout(self._config.request_timeout_seconds):
-                peer_chain = self._peer_chain(context)
-                metadata = tuple(context.invocation_metadata() or ())
-                chain = await self._issue(request, metadata, request_id, peer_chain)
+            with self.calls.accept():
+                async with self._slot, asyncio.timeout(self._config.request_timeout_seconds):
+                    peer_chain = self._peer_chain(context)
+                    metadata = tuple(context.invocation_metadata() or ())
+                    chain = await self._issue(request, metadata, request_id, peer_chain)
         except (RequestRejected, BackendError, TimeoutError) as error:
             code, reason = self._refusal(error)
             message = getattr(error, "client_message", None) or reason

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from contextvars import ContextVar
 from urllib.parse import unquote
 
@@ -46,14 +45,19 @@ def peer_address(grpc_peer: str) -> str:
     return peer
 
 
-@contextlib.contextmanager
-def calling_peer(grpc_peer: str) -> Iterator[None]:
+class calling_peer:  # a context manager; a class, as it runs on every call
     """Make ``grpc_peer`` (``context.peer()``) the current call's peer while the block runs."""
-    token = _current_peer.set(peer_address(grpc_peer))
-    try:
-        yield
-    finally:
-        _current_peer.reset(token)
+
+    __slots__ = ("_peer", "_token")
+
+    def __init__(self, grpc_peer: str) -> None:
+        self._peer = peer_address(grpc_peer)
+
+    def __enter__(self) -> None:
+        self._token = _current_peer.set(self._peer)
+
+    def __exit__(self, *_: object) -> None:
+        _current_peer.reset(self._token)
 
 
 def current_peer() -> str:

@@ -27,6 +27,8 @@ class ScreenedAuthenticator:
         limiter: PeerRefusalLimiter | None,
     ) -> None:
         self.inner = inner
+        # decided once: a runtime Protocol check costs tens of microseconds, and the authenticator does not change
+        self._screens_on_miss = inner if isinstance(inner, ScreensOnMiss) else None
         self._prescreen = prescreen
         self._limiter = limiter
 
@@ -45,8 +47,8 @@ class ScreenedAuthenticator:
         try:
             if self._prescreen is None:
                 return await self.inner.authenticate(token)
-            if isinstance(self.inner, ScreensOnMiss):  # a token it already verified is not screened again
-                return await self.inner.authenticate_screened(token, self._prescreen.screen)
+            if self._screens_on_miss is not None:  # a token it already verified is not screened again
+                return await self._screens_on_miss.authenticate_screened(token, self._prescreen.screen)
             await self._prescreen.screen(token)
             return await self.inner.authenticate(token)
         except AuthenticationFailed:
