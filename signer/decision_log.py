@@ -21,8 +21,8 @@ No record is left out of either; only the number of log lines changes.
 from __future__ import annotations
 
 import json
-import queue
 import threading
+from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,33 +51,47 @@ class DecisionLog:
         self._file: IO[str] | None = Path(path).open("a", encoding="utf-8") if path else None  # noqa: SIM115
         self._to_log = to_log  # False when the log level drops INFO: then nobody would read the record there
         self._dropped = dropped
+        self._max_queued = max_queued
         self._linger = linger_seconds
+        # The request path only appends to a deque (atomic under the GIL) and wakes the writer for the first
+        # record of a window: a queue.Queue's locks and conditions on every record cost more than the record.
+        self._pending: deque[DecidedRequest] = deque()
+        self._wake = threading.Event()  # a window has begun, or close() was called
         self._closing = threading.Event()
-        self._queue: queue.Queue[DecidedRequest | None] = queue.Queue(max_queued)  # None: finish
+        self._progress = threading.Condition()  # flush() waits on it for the records it saw queued
+        self._queued = 0  # records accepted so far (the request path, one thread)
+        self._done = 0  # records the writer has finished with (written, or failed to write)
         self._writer: threading.Thread | None = None
         if self._to_log or self._file is not None:
             self._writer = threading.Thread(target=self._write_queued, name="decision-log", daemon=True)
             self._writer.start()
 
     def __call__(self, decided: DecidedRequest) -> None:
-        """Queue the record (the CSR and the issued chain are the mirror's, not logged)."""
+        """Queue the record (the CSR and the issued chain are the mirror's, not logged). Called on the event loop's
+        thread only: the counters below have one writer."""
         if self._writer is None:
             return
-        try:
-            self._queue.put_nowait(decided)
-        except queue.Full:
+        if len(self._pending) >= self._max_queued:
             self._dropped.inc()
+            return
+        self._pending.append(decided)
+        self._queued += 1
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flush(self) -> None:
         """Wait until every record queued so far is written."""
-        if self._writer is not None:
-            self._queue.join()
+        if self._writer is None:
+            return
+        target = self._queued
+        with self._progress:
+            self._progress.wait_for(lambda: self._done >= target or self._writer is None)
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the file."""
         if self._writer is not None:
             self._closing.set()
-            self._queue.put(None)
+            self._wake.set()
             self._writer.join()
             self._writer = None
         if self._file is not None:
@@ -85,35 +99,23 @@ class DecisionLog:
             self._file = None
 
     def _write_queued(self) -> None:
-        finished = False
-        while not finished:
-            window, finished = self._next_window()
-            try:
-                self._write(window)
-            except Exception:  # a window that cannot be written must not stop the ones after it
-                logger.bind(event="decision_record_failed").exception("decision records not written")
-            for _ in range(len(window) + finished):  # the records, and close()'s None
-                self._queue.task_done()
-
-    def _next_window(self) -> tuple[list[DecidedRequest], bool]:
-        """The records of one window (blocks for the first), and whether ``close()`` asked the writer to finish."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        window = [first]
-        if self._linger > 0:
-            # one wait for the whole window, not one wake-up per record: the request path's put() then never
-            # hands the GIL to this thread record by record. close() cuts the wait short.
-            self._closing.wait(self._linger)
-        while len(window) < MAX_BATCH:
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if pending is None:
-                return window, True
-            window.append(pending)
-        return window, False
+        while True:
+            self._wake.wait()
+            if self._linger > 0 and not self._closing.is_set():
+                # one wait for the whole window, not one wake-up per record; close() cuts it short
+                self._closing.wait(self._linger)
+            self._wake.clear()  # before taking the window: a record appended after this wakes the next one
+            while self._pending:
+                window = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+                try:
+                    self._write(window)
+                except Exception:  # a window that cannot be written must not stop the ones after it
+                    logger.bind(event="decision_record_failed").exception("decision records not written")
+                with self._progress:
+                    self._done += len(window)
+                    self._progress.notify_all()
+            if self._closing.is_set() and not self._pending:
+                return
 
     def _write(self, window: list[DecidedRequest]) -> None:
         if not window:
