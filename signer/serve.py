@@ -10,9 +10,9 @@ Kubernetes API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography import x509
@@ -551,12 +551,33 @@ def serve(settings: ServeSettings) -> int:
             workers.stop()
             return EXIT_CANNOT_START
         try:
-            return asyncio.run(_serve_until_signalled(per_process_settings(settings), workers, local_ca))
+            serving = _serve_until_signalled(per_process_settings(settings), workers, local_ca)
+            return run_event_loop(serving, _event_loop_for(settings))
         except StartupError as exc:
             logger.error("cannot start: {}", exc)
             return EXIT_CANNOT_START
         finally:
             workers.stop()
+
+
+def _event_loop_for(settings: ServeSettings) -> str:
+    """The loop to run on: the client-certificate front needs asyncio's own (under uvloop, start_tls on a connection
+    paused in connection_made lost the ClientHello now and then and the handshake hung: measured, not assumed)."""
+    if settings.enable_client_cert_authenticator and settings.event_loop != "asyncio":
+        logger.bind(event="event_loop", chosen="asyncio").info(
+            "--enable-client-cert-authenticator runs on asyncio's event loop, not {}", settings.event_loop
+        )
+        return "asyncio"
+    return settings.event_loop
+
+
+def run_event_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """Runs ``main`` to completion on the chosen event loop (``--event-loop``)."""
+    if event_loop == "uvloop":
+        import uvloop  # only this mode loads it
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def _serve_until_signalled(settings: ServeSettings, workers: WorkerProcesses, local_ca: LocalCA | None) -> int:
