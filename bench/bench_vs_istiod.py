@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import selectors
@@ -318,7 +319,7 @@ class Turn:
     requests: int
 
 
-def noop_spec(base: Path, tls: bool, sync: bool = False) -> ServerSpec:
+def noop_spec(base: Path, tls: bool, sync: bool = False, uvloop: bool = False) -> ServerSpec:
     """bench/noop_ca_server.py: meshsigner's transport without its handler, with or without TLS; grpc.aio, or
     the threaded grpc.server with ``sync``."""
     port = free_port()
@@ -327,7 +328,9 @@ def noop_spec(base: Path, tls: bool, sync: bool = False) -> ServerSpec:
         command += [f"--cert={base / 'noop' / 'serving-cert.pem'}", f"--key={base / 'noop' / 'serving-key.pem'}"]
     if sync:
         command.append("--sync")
-    name = ("no-op TLS" if tls else "no-op plaintext") + (" sync" if sync else "")
+    if uvloop:
+        command.append("--uvloop")
+    name = ("no-op TLS" if tls else "no-op plaintext") + (" sync" if sync else "") + (" uvloop" if uvloop else "")
     return ServerSpec(name, MESHSIGNER_NAME, command, port)
 
 
@@ -610,6 +613,8 @@ def summarise(turns: list[Turn], servers: list[ServerSpec], levels: list[str]) -
 def transport_floor(args: argparse.Namespace, client: str, base: Path, servers: list[ServerSpec]) -> list[Any]:
     """The no-op server with and without TLS at the given levels, next to meshsigner's own figure there."""
     floors = [noop_spec(base, tls=True), noop_spec(base, tls=False), noop_spec(base, tls=True, sync=True)]
+    if importlib.util.find_spec("uvloop") is not None:
+        floors.append(noop_spec(base, tls=True, uvloop=True))
     figures: list[Any] = []
     try:
         for floor in floors:

@@ -37,10 +37,16 @@ from bridge.signing import SigningRequest
 from clocks import SystemClock
 from policies import Caller
 from policies.builtin import OwnIdentityOnly
+from proto import istio_ca_pb2
 from signer.auth.jwks import JwksAuthenticator
 from signer.csr_checks import parse_csr
+from signer.decided_request import DecidedRequest
 from signer.decision_log import DecisionLog
 from signer.logs import TEXT_FORMAT
+from signer.metrics import ServerMetrics
+from signer.serve import build_authenticator
+from signer.service import CertificateService, ServiceConfig
+from signer.settings import add_flags, resolve
 from tests.support.csr_builder import make_csr
 
 
@@ -52,10 +58,64 @@ def per_call_us(calls: int, work: Callable[[int], object], per: int = 1) -> floa
     return (time.process_time() - started) * 1e6 / (calls * per)
 
 
+class _Context:
+    """What CreateCertificate reads of a grpc.aio context, for calling the handler without a server."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"), ("clusterid", "Kubernetes"))
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    async def abort(self, code: object, details: str) -> None:
+        raise RuntimeError(f"refused: {code} {details}")
+
+
+def whole_handler(
+    base: Path, tokens: list[str], csrs: list[str], loop: asyncio.AbstractEventLoop
+) -> Callable[[int], object]:
+    """The handler as ``serve`` wires it for the bench's meshsigner (local CA, JWKS, built-in rule, decision
+    records at INFO), called directly: everything a certificate costs except gRPC, HTTP/2, TLS and protobuf."""
+    argv = ["--signer=local", f"--local-ca-dir={base / 'ca'}", "--authenticator=jwks",
+            f"--jwks-file={base / 'jwks.json'}", f"--token-issuer={side_by_side.ISSUER}"]  # fmt: skip
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    settings = resolve(parser.parse_args(argv), environment={})
+    registry = CollectorRegistry()
+    clock = SystemClock()
+    authenticator, _ = build_authenticator(settings, None, registry, clock)
+    metrics = ServerMetrics(registry)
+    records = DecisionLog(None, to_log=True, dropped=metrics.decision_records_dropped)
+    service = CertificateService(
+        ServiceConfig(settings.trust_domain, settings.cluster_id, frozenset(), 30.0, 512, "local"),
+        authenticator=authenticator, decider=OwnIdentityOnly(settings.trust_domain, 3600),
+        backend=LocalCA.open(base / "ca"), metrics=metrics, record_decision=records, clock=clock,
+    )  # fmt: skip
+    requests = [
+        istio_ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=3600) for csr in csrs
+    ]
+    contexts = [_Context(token) for token in tokens]
+
+    async def batch(start: int) -> None:  # 20 calls at once, as a loaded server interleaves them
+        await asyncio.gather(*(service.CreateCertificate(requests[(start + j) % 50], contexts[(start + j) % 50])
+                               for j in range(20)))  # type: ignore[arg-type]  # fmt: skip
+
+    def work(i: int) -> object:
+        loop.run_until_complete(batch(i))
+        return None
+
+    return lambda i: [work(i * 20)] and records.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
-    calls = parser.parse_args().calls
+    parser.add_argument("--only", default="", help="run only the rows whose name contains this text")
+    options = parser.parse_args()
+    calls = options.calls
     base = Path(tempfile.mkdtemp(prefix="meshsigner-parts-"))
     issuer_key = side_by_side.write_material(base)
     tokens = [entry["token"] for entry in json.loads((base / "work.json").read_text())["identities"]]
@@ -92,7 +152,7 @@ def main() -> None:
         log = DecisionLog(None, to_log=True, dropped=Counter("d", "d", registry=CollectorRegistry()),
                           linger_seconds=linger)  # fmt: skip
         for j in range(64):
-            log(f"{i:08x}{j:08x}", callers[j % 50], parsed[j % 50].request, decisions[j % 50], now)
+            log(DecidedRequest(f"{i:08x}{j:08x}", callers[j % 50], parsed[j % 50].request, decisions[j % 50]))
             if linger == 0.0:
                 log.flush()
         log.close()
@@ -117,7 +177,10 @@ def main() -> None:
                                                                               ec.ECDSA(hashes.SHA256()))),
         ("  primitive: ECDSA P-256 sign", lambda i: key.sign(b"x" * 300, ec.ECDSA(hashes.SHA256()))),
     ]  # fmt: skip
+    rows.append(("whole handler, no gRPC (CreateCertificate)", whole_handler(base, tokens, csrs, loop), 20))
     for name, work, *per in rows:
+        if options.only not in name:
+            continue
         count = per[0] if per else 1
         print(f"{name:<40} {per_call_us(max(1, calls // count), work, count):7.0f} µs")
 

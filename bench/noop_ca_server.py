@@ -75,9 +75,14 @@ def main() -> None:
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--sync", action="store_true", help="threaded grpc.server instead of grpc.aio")
+    parser.add_argument("--uvloop", action="store_true", help="grpc.aio on uvloop's event loop")
     args = parser.parse_args()
     if args.sync:
         serve_sync(args.port, args.cert, args.key)
+    elif args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args.port, args.cert, args.key))
     else:
         asyncio.run(serve(args.port, args.cert, args.key))
 
