@@ -219,3 +219,14 @@ def test_the_kubernetes_policy_source_parses_from_flags_and_variables():
 def test_bad_policy_source_settings_name_the_flag(argv, named):
     with pytest.raises(SettingsError, match=named):
         parse_serve_args([*LOCAL, *argv])
+
+
+def test_the_event_loop_is_uvloop_unless_asked_or_the_client_cert_front_needs_asyncio():
+    from signer.serve import _event_loop_for
+
+    assert parse_serve_args(LOCAL).event_loop == "uvloop"
+    assert _event_loop_for(parse_serve_args(LOCAL)) == "uvloop"
+    assert _event_loop_for(parse_serve_args([*LOCAL, "--event-loop=asyncio"])) == "asyncio"
+    assert _event_loop_for(parse_serve_args([*LOCAL, "--enable-client-cert-authenticator"])) == "asyncio"
+    with pytest.raises(SettingsError, match="--event-loop"):
+        parse_serve_args([*LOCAL, "--event-loop=trio"])
