@@ -124,10 +124,11 @@ class Rule:
     message: str | None = None
     conditions: tuple[Condition, ...] = ()  # ``when``: every one must be true
     condition_variables: frozenset[str] = frozenset()  # the variables ``conditions`` read, together
+    # "policy/rule", as reports print it: built once here, since decisions name rules several times each
+    qualified_name: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.policy}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qualified_name", f"{self.policy}/{self.name}")
 
     @property
     def needs_labels(self) -> bool:
@@ -150,10 +151,10 @@ class Limits:
     on_below: str = "Deny"
     key: KeyPolicy | None = None
     name: str | None = None  # overrides "<policy>/limits", e.g. for the settings ceiling
+    qualified_name: str = field(init=False, compare=False, repr=False)  # built once, like Rule's
 
-    @property
-    def qualified_name(self) -> str:
-        return self.name or f"{self.policy}/limits"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qualified_name", self.name or f"{self.policy}/limits")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from clocks.durations import format_duration
 from policies.ca_validity import cap_to_ca
-from policies.compiled import Mode, Policy, Rule
+from policies.compiled import Limits, Mode, Policy, Rule
 from policies.context import EvaluationContext, LabelsUnavailable, NamespaceLabels
 from policies.decider import AuditFinding, Caller, Decision, IssuanceRequest, Outcome, Verdict, deny
 from policies.policy_set import Applicable, PolicySet
@@ -83,6 +83,9 @@ def select(policy_set: PolicySet, ctx: EvaluationContext) -> Selection:
     errors: list[AuditFinding] = []
     now = ctx.now
     for entry in policy_set.applicable(ctx):
+        if not entry.checked_per_decision:  # no expiry and no selector: its cached subject match is the answer
+            (enforced if entry.enforced else audited).append(entry)
+            continue
         policy = entry.policy
         if policy.expires_at is not None and now >= policy.expires_at:
             continue
@@ -116,12 +119,12 @@ def evaluate(
     ctx = prepared
     try:
         selection = select(policy_set, ctx)
-        decision, grant = _decide(policy_set, ctx, selection.enforced)
+        decision, grant, bounded = _decide(policy_set, ctx, selection.enforced)
     except LabelsUnavailable as exc:
         return deny(Outcome.UNAVAILABLE, "EVALUATION_ERROR", f"{exc}; retry shortly", revision=policy_set.revision)
     findings = list(selection.audit_errors)
     for entry in selection.audited:
-        findings.extend(_audit(policy_set, ctx, selection.enforced, entry, decision, grant))
+        findings.extend(_audit(policy_set, ctx, selection.enforced, entry, decision, grant, bounded))
     # Step 8 compares against the enforced decision, so the findings make a derived one (only when there are any).
     return decision.with_audit_findings(tuple(findings)) if findings else decision
 
@@ -133,9 +136,9 @@ def decide_over(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Ap
 
 def _decide(
     policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]
-) -> tuple[Decision, RuleResult | None]:
-    """``decide_over``, also returning the granting rule's result (None when nothing granted): the Audit shadow
-    reuses it instead of walking the Allow rules again."""
+) -> tuple[Decision, RuleResult | None, _Bounded | None]:
+    """``decide_over``, also returning the granting rule's result (None when nothing granted) and step 5's result
+    for it (None unless the limits passed): the Audit shadow reuses both instead of working them out again."""
     denied = [rule for entry in entries for rule in entry.deny_rules if _denies(rule, ctx)]
     if denied:
         denied.sort(key=lambda r: (r.policy, r.index))
@@ -155,11 +158,13 @@ def _decide(
             policy_set_revision=policy_set.revision,
             details={"matched": first.qualified_name},
         )
-        return refused, None
+        return refused, None, None
     grant = _first_grant(policy_set, ctx, entries)
     if grant is None:
-        return _no_match(policy_set, ctx, entries), None
-    return _limit_and_issue(policy_set, ctx, entries, grant), grant
+        return _no_match(policy_set, ctx, entries), None, None
+    bounded = _bounded(policy_set, ctx, entries, grant)
+    decision = _limit_and_issue(policy_set, ctx, entries, grant, bounded)
+    return decision, grant, bounded if isinstance(bounded, _Bounded) else None
 
 
 def _first_grant(policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...]) -> RuleResult | None:
@@ -245,6 +250,17 @@ def _unsure_message(rule: Rule, ctx: EvaluationContext) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _LimitState:
+    """The limits of some entries intersected with the settings ceiling: the duration range they leave, the ones
+    that bound durations (ceiling first) and every limit applied, in entry order."""
+
+    low: int
+    high: int
+    bounds: tuple[Limits, ...]
+    applied: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Bounded:
     """Step 5's result for a grant: the duration within every limit, and what bound it."""
 
@@ -253,17 +269,20 @@ class _Bounded:
     flags: tuple[str, ...]
     bound_by: tuple[str, ...]
     applied: tuple[str, ...]
+    state: _LimitState  # what the duration was bounded by: the Audit shadow adds one policy's limits to it
 
 
-def _bounded(
-    policy_set: PolicySet, ctx: EvaluationContext, entries: tuple[Applicable, ...], grant: RuleResult
-) -> _Bounded | Decision:
-    """Step 5: intersect the applicable limits with the settings ceiling and apply them to the granted duration."""
-    key = ctx.request.key
-    ceiling = policy_set.settings_limits
-    bounds = [ceiling]
-    applied: list[str] = []
-    low, high = ceiling.duration_min or 0, ceiling.duration_max or 0
+def _limit_state(
+    policy_set: PolicySet, key: str, entries: tuple[Applicable, ...], start: _LimitState | None = None
+) -> _LimitState | Decision:
+    """Fold the limits of ``entries`` into ``start`` (the settings ceiling when None); a refused key ends it."""
+    if start is None:
+        ceiling = policy_set.settings_limits
+        bounds: list[Limits] = [ceiling]
+        applied: list[str] = []
+        low, high = ceiling.duration_min or 0, ceiling.duration_max or 0
+    else:
+        bounds, applied, low, high = list(start.bounds), list(start.applied), start.low, start.high
     for entry in entries:
         limit = entry.policy.limits
         if limit is None:
@@ -277,6 +296,22 @@ def _bounded(
                 low = limit.duration_min
             if limit.duration_max is not None and limit.duration_max < high:
                 high = limit.duration_max
+    return _LimitState(low, high, tuple(bounds), tuple(applied))
+
+
+def _bounded(
+    policy_set: PolicySet,
+    ctx: EvaluationContext,
+    entries: tuple[Applicable, ...],
+    grant: RuleResult,
+    start: _LimitState | None = None,
+) -> _Bounded | Decision:
+    """Step 5: intersect the applicable limits with the settings ceiling and apply them to the granted duration.
+    ``start``: the state of limits already folded in (``entries`` then holds only the ones to add)."""
+    state = _limit_state(policy_set, ctx.request.key, entries, start)
+    if isinstance(state, Decision):
+        return state
+    low, high, bounds = state.low, state.high, state.bounds
     duration = grant.duration
     assert duration is not None
     if low > high:
@@ -302,7 +337,7 @@ def _bounded(
             return _refuse("DURATION_TOO_SHORT", message, name, policy_set)
         duration, flags = low, (*flags, "DURATION_RAISED")
         bound_by = tuple(b.qualified_name for b in binding)
-    return _Bounded(duration, low, flags, bound_by, tuple(applied))
+    return _Bounded(duration, low, flags, bound_by, state.applied, state)
 
 
 def _limit_and_issue(
@@ -376,28 +411,31 @@ def _audit(
     entry: Applicable,
     decision: Decision,
     grant: RuleResult | None,
+    bounded: _Bounded | None,
 ) -> list[AuditFinding]:
     """Step 8 for one Audit-mode policy: what would change if it were enforced alongside the others.
 
-    ``grant`` is the enforced decision's granting rule result (None when nothing granted).
+    ``grant`` is the enforced decision's granting rule result (None when nothing granted), ``bounded`` its step 5
+    result over the enforced entries.
     """
     policy = entry.policy
     if not entry.allow_rules and not entry.deny_rules:
         # Only limits: they cannot turn a Deny into an Allow, and for an Allow the grant is unchanged.
         if not decision.allowed or policy.limits is None:
             return []
-        assert grant is not None and decision.duration_seconds is not None
+        assert grant is not None and bounded is not None and decision.duration_seconds is not None
         # The entries stay unsorted: their order only decides which limit a report names first, and here no
         # enforced limit can be named by a refusal (the enforced decision, with the same grant and key, passed
         # all of them), while _rule_of only looks for this policy's own limits.
         shadow_entries = (*enforced, entry)
-        bounded = _bounded(policy_set, ctx, shadow_entries, grant)
-        if isinstance(bounded, Decision):
-            shadow = bounded
-        elif bounded.duration == decision.duration_seconds and "NOT_AFTER_CAPPED_BY_CA" not in decision.flags:
+        # The enforced limits were folded once already: only this policy's are added to them.
+        shadowed = _bounded(policy_set, ctx, (entry,), grant, bounded.state)
+        if isinstance(shadowed, Decision):
+            shadow = shadowed
+        elif shadowed.duration == decision.duration_seconds and "NOT_AFTER_CAPPED_BY_CA" not in decision.flags:
             return []  # the audit limits do not bind: the common case, answered without a second decision
         else:
-            shadow = _limit_and_issue(policy_set, ctx, shadow_entries, grant, bounded)
+            shadow = _limit_and_issue(policy_set, ctx, shadow_entries, grant, shadowed)
     else:
         shadow_entries = tuple(sorted((*enforced, entry), key=lambda e: e.policy.order))
         try:

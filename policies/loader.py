@@ -8,9 +8,12 @@ ignored), so two directories that mean the same thing have the same revision.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from policies.policy_set import SETTINGS_KEY, PolicySet
 from policies.problems import PolicySetInvalid, Problem, Severity
 from policies.schema_readers import Reporter
 from policies.templates import TemplateCompiler
-from policies.yaml_source import SourceDocument, parse_documents
+from policies.yaml_source import ScalarTags, SourceDocument, parse_documents
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
@@ -38,13 +41,14 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(
-                sorted(
-                    child
-                    for child in path.iterdir()
-                    if child.suffix in POLICY_FILE_SUFFIXES and not child.name.startswith(".") and child.is_file()
+            # scandir's entries know their type without a stat per file (is_file still follows symlinks).
+            with os.scandir(path) as entries:
+                names = sorted(
+                    entry.name
+                    for entry in entries
+                    if entry.name.endswith(POLICY_FILE_SUFFIXES) and not entry.name.startswith(".") and entry.is_file()
                 )
-            )
+            files.extend(path / name for name in names)
         else:
             files.append(path)
     return files
@@ -58,6 +62,20 @@ def read_sources(files: Sequence[Path]) -> tuple[list[tuple[str, str]], list[Pro
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(str(file), 1, 1, "", f"cannot read: {exc}"))
     return sources, problems
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a set is built: a large set allocates millions of objects that all
+    stay alive, and each automatic collection walks the ones before it (half the CPU time of a 10,000-policy load).
+    Nothing built here forms cycles that must be freed early; the previous state is restored even on error."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def load_policy_set(
@@ -89,18 +107,20 @@ def build_policy_set(
     """
     problems = list(problems or ())
     documents: list[SourceDocument] = []
-    for file, text in sources:
-        parsed, syntax_problems = parse_documents(text, file)
-        problems.extend(syntax_problems)
-        documents.extend(parsed)
-    return build_from_documents(
-        documents,
-        trust_domain=trust_domain,
-        problems=problems,
-        root_namespace=root_namespace,
-        origin=(sources[0][0], 1) if sources else None,
-        files=[file for file, _ in sources],
-    )
+    scalar_tags: ScalarTags = {}
+    with collection_paused():
+        for file, text in sources:
+            parsed, syntax_problems = parse_documents(text, file, scalar_tags)
+            problems.extend(syntax_problems)
+            documents.extend(parsed)
+        return build_from_documents(
+            documents,
+            trust_domain=trust_domain,
+            problems=problems,
+            root_namespace=root_namespace,
+            origin=(sources[0][0], 1) if sources else None,
+            files=[file for file, _ in sources],
+        )
 
 
 def build_from_documents(
@@ -119,6 +139,19 @@ def build_from_documents(
     nothing was read at all; ``revision`` replaces the content digest (the Kubernetes source derives it from the
     objects' resourceVersions). Raises PolicySetInvalid with every problem when invalid.
     """
+    with collection_paused():
+        return _build(documents, trust_domain, problems, root_namespace, origin, files, revision)
+
+
+def _build(
+    documents: Sequence[SourceDocument],
+    trust_domain: str | None,
+    problems: list[Problem] | None,
+    root_namespace: str | None,
+    origin: tuple[str, int] | None,
+    files: Sequence[str],
+    revision: str | None,
+) -> PolicySet:
     problems = list(problems or ())
     read: list[tuple[str, dict[str, Any], Reporter, SourceDocument]] = []
     for document in documents:

@@ -34,10 +34,11 @@ class Reporter:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
-        self.positions: dict[str, tuple[int, int]] = {}
+        # The node, not its position: almost no path is ever reported, so (line, column) is read only when one is.
+        self.positions: dict[str, yaml.Node] = {}
 
     def remember(self, path: str, node: yaml.Node) -> None:
-        self.positions[path] = position(node)
+        self.positions[path] = node
 
     def error(self, path: str, message: str, node: yaml.Node | None = None) -> None:
         self.add(path, message, node, Severity.ERROR)
@@ -54,10 +55,11 @@ class Reporter:
         probe = path
         while probe:
             if probe in self.positions:
-                return self.positions[probe]
+                return position(self.positions[probe])
             cut = max(probe.rfind("."), probe.rfind("["))
             probe = probe[:cut] if cut > 0 else ""
-        return self.positions.get("", (1, 1))
+        root = self.positions.get("")
+        return position(root) if root is not None else (1, 1)
 
 
 def describe_node(node: yaml.Node) -> str:

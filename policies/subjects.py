@@ -41,14 +41,19 @@ class LabelRequirement:
 @dataclass(frozen=True, slots=True)
 class LabelSelector:
     requirements: tuple[LabelRequirement, ...]
+    # Read per decision, so worked out once: whether any requirement reads a label the informer holds, and whether
+    # any reads the name label (answered from the namespace name).
+    needs_labels: bool = field(init=False, compare=False)
+    _reads_name: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def needs_labels(self) -> bool:
-        return any(r.key != NAME_LABEL for r in self.requirements)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_labels", any(r.key != NAME_LABEL for r in self.requirements))
+        object.__setattr__(self, "_reads_name", any(r.key == NAME_LABEL for r in self.requirements))
 
     def matches(self, ctx: EvaluationContext) -> bool:
         labels: Mapping[str, str] = ctx.labels() if self.needs_labels else {}
-        labels = {**labels, NAME_LABEL: ctx.caller.namespace}
+        if self._reads_name:  # the API server's name label always holds the name, whatever the informer says
+            labels = {**labels, NAME_LABEL: ctx.caller.namespace}
         return all(r.holds(labels) for r in self.requirements)
 
     def describe(self) -> str:

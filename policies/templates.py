@@ -107,7 +107,7 @@ def _cached_render(
     separator: str,
 ) -> Rendered | None:
     """Render and split, remembering the result per tuple of variable values: callers repeat (renewals)."""
-    key = tuple(lookup(name) for name in names)
+    key = tuple(map(lookup, names))
     try:
         return cache[key]  # None is a cached answer too ("renders no valid name"), hence no .get()
     except KeyError:
@@ -140,6 +140,9 @@ class IdentityTemplate:
     static: tuple[tuple[str, ...], ...] | None  # the path pre-split when it has no variables
     _names: tuple[str, ...] = field(default=(), compare=False, repr=False)
     _cache: dict[tuple[str | None, ...], Rendered | None] = field(default_factory=dict, compare=False, repr=False)
+    # The load-time checks' answers, worked out once per distinct text (``compile``); None: work them out on use.
+    _pins_namespace: bool | None = field(default=None, compare=False, repr=False)
+    _globbed_variables: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def compile(cls, text: str, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> IdentityTemplate:
@@ -169,7 +172,21 @@ class IdentityTemplate:
             raise TemplateError(f"{text!r} can never render a valid SPIFFE ID: {exc}") from None
         names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
         static = _split(sample, "/") if not names and path else (() if not path else None)
-        return cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
+        template = cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
+        return cls(
+            *template._shared(), _pins_namespace=template.pins_namespace, _globbed_variables=template.globbed_variables
+        )
+
+    def _shared(
+        self,
+    ) -> tuple[str, str | None, tuple[tuple[bool, str], ...], bool, frozenset[str], Rendered | None, tuple[str, ...]]:
+        return self.text, self.trust_domain, self.parts, self.globstar, self.variables, self.static, self._names
+
+    def copy(self) -> IdentityTemplate:
+        """The same template with a render cache of its own."""
+        return IdentityTemplate(
+            *self._shared(), _pins_namespace=self._pins_namespace, _globbed_variables=self._globbed_variables
+        )
 
     @property
     def segments(self) -> tuple[tuple[tuple[bool, str], ...], ...]:
@@ -185,6 +202,8 @@ class IdentityTemplate:
         called ``ns``, ``/ns/{namespace}*/...`` covers every namespace sharing the prefix, and
         ``/ns/x/sa/ns/{namespace}`` sits inside namespace x's identities.
         """
+        if self._pins_namespace is not None:
+            return self._pins_namespace
         segments = self.segments
         return len(segments) >= 2 and segments[0] == ((False, "ns"),) and segments[1] == ((True, "namespace"),)
 
@@ -192,6 +211,8 @@ class IdentityTemplate:
     def globbed_variables(self) -> tuple[str, ...]:
         """Variables that share a path segment with a ``*``: the star also matches other values of the variable
         (``sa/{serviceAccount}*`` lets ``web`` claim ``webhook``)."""
+        if self._globbed_variables is not None:
+            return self._globbed_variables
         found: list[str] = []
         for segment in self.segments:
             if any(not is_variable and _STAR in text for is_variable, text in segment):
@@ -224,7 +245,8 @@ class IdentityTemplate:
                 return False
         elif len(segments) != len(pattern):
             return False
-        return all(match_pieces(pieces, segment) for pieces, segment in zip(pattern, segments, strict=False))
+        # map stops at the shorter: the pattern's segments, when a final ** covers the rest
+        return all(map(match_pieces, pattern, segments))
 
     def describe(self, lookup: Lookup, primary_trust_domain: str) -> str:
         """The template as rendered for this caller, for messages: spiffe://cluster.local/ns/orders/sa/web."""
@@ -312,8 +334,7 @@ class TemplateCompiler:
 
     def identity(self, text: str) -> IdentityTemplate:
         """``IdentityTemplate.compile`` with this load's trust domain and label keys; raises TemplateError too."""
-        t = self._identities(text)
-        return IdentityTemplate(t.text, t.trust_domain, t.parts, t.globstar, t.variables, t.static, t._names)
+        return self._identities(text).copy()
 
     def dns(self, text: str) -> DnsTemplate:
         t = self._dns(text)
