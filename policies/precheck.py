@@ -30,18 +30,19 @@ def precheck(caller: Caller, request: IssuanceRequest, settings: PrecheckSetting
             "caller is not a trusted node account and may not request another identity",
             revision=settings.revision,
         )
-    for kind, values in (
-        ("IP address", request.ip_addresses),
-        ("email address", request.email_addresses),
-        ("SAN of type", request.other_san_types),
-    ):
-        if values:
-            return deny(
-                Outcome.INVALID_ARGUMENT,
-                "SAN_TYPE_NOT_ALLOWED",
-                f"{kind} {values[0]!s} not allowed",
-                revision=settings.revision,
-            )
+    if request.ip_addresses or request.email_addresses or request.other_san_types:  # rare: no tuple to walk
+        for kind, values in (
+            ("IP address", request.ip_addresses),
+            ("email address", request.email_addresses),
+            ("SAN of type", request.other_san_types),
+        ):
+            if values:
+                return deny(
+                    Outcome.INVALID_ARGUMENT,
+                    "SAN_TYPE_NOT_ALLOWED",
+                    f"{kind} {values[0]!s} not allowed",
+                    revision=settings.revision,
+                )
     if request.common_name is not None:
         return deny(
             Outcome.INVALID_ARGUMENT,

@@ -1,0 +1,333 @@
+"""The shortcuts that keep large sets cheap must answer exactly what the plain paths answer.
+
+Decisions through the subject index against decisions over a full scan of every policy; step 1's per-entry flags
+against a step 1 that checks every policy each time; the one-match SPIFFE ID parser against the step-by-step one;
+YAML scalar tags resolved once per load against PyYAML's resolver; load-time template checks worked out once
+against the same checks worked out on use; and the load's pause of the garbage collector.
+"""
+
+from __future__ import annotations
+
+import gc
+import string
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from policies.compiled import Mode
+from policies.context import EvaluationContext, LabelsUnavailable
+from policies.decider import Caller, Decision, IssuanceRequest
+from policies.evaluator import evaluate, prepare, select
+from policies.loader import build_policy_set, collection_paused
+from policies.policy_set import PolicySet, scan_applicable
+from policies.spiffe import InvalidSpiffeID, SpiffeID, _parse_explaining, parse_spiffe_id
+from policies.templates import IdentityTemplate, TemplateError
+from policies.yaml_source import parse_documents
+
+from .conftest import CA_NOT_AFTER, NOW, SECTION_2_1, SETTINGS, TD
+
+NAMESPACES = ["orders", "payments", "payments-eu", "team-1", "team-1-canary", "kube-system", "prod-a"]
+ACCOUNTS = ["web", "api", "worker-batch", "legacy-etl", "default", "debug-x"]
+NAME_GLOBS = ["*", "orders", "payments", "payments-*", "*-eu", "team-1*", "prod-*"]
+ACCOUNT_GLOBS = ["*", "web", "api", "worker-*", "legacy-*", "*-x"]
+OWN = "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}"
+TIER = "mesh.example.org/tier"
+
+
+def labels_of(namespace: str) -> dict[str, str] | None:
+    """The label informer of these tests: prod-* and payments* are tier=prod, kube-system is not synced."""
+    if namespace == "kube-system":
+        return None
+    return {TIER: "prod" if namespace.startswith(("prod-", "payments")) else "dev"}
+
+
+@st.composite
+def subject_blocks(draw: st.DrawFn) -> dict[str, Any]:
+    block: dict[str, Any] = {}
+    if draw(st.booleans()):
+        block["namespaces"] = draw(st.lists(st.sampled_from(NAME_GLOBS), min_size=1, max_size=2, unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        block["notNamespaces"] = draw(st.lists(st.sampled_from(NAME_GLOBS), min_size=1, max_size=2, unique=True))
+    if draw(st.booleans()):
+        accounts = st.one_of(
+            st.sampled_from(ACCOUNT_GLOBS),
+            st.builds(lambda n, a: f"{n}/{a}", st.sampled_from(NAME_GLOBS), st.sampled_from(ACCOUNT_GLOBS)),
+        )
+        block["serviceAccounts"] = draw(st.lists(accounts, min_size=1, max_size=2, unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        namespace, account = draw(st.sampled_from(NAME_GLOBS)), draw(st.sampled_from(ACCOUNT_GLOBS))
+        block["principals"] = [f"{TD}/ns/{namespace}/sa/{account}"]
+    if draw(st.integers(0, 3)) == 0:
+        block["namespaceSelector"] = {"matchLabels": {TIER: draw(st.sampled_from(["prod", "dev"]))}}
+    return block or {"namespaces": ["*"]}
+
+
+@st.composite
+def policy_documents(draw: st.DrawFn, index: int) -> dict[str, Any]:
+    """A policy of up to 12 rules (some past the size from which a policy's rules get an index of their own),
+    with selectors, expiries, limits, Audit and Disabled modes mixed in."""
+    rules = []
+    for number in range(draw(st.integers(0, 12))):
+        rule: dict[str, Any] = {"name": f"r{number}"}
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            rule.update(effect="Allow", identities=[OWN])
+        elif kind == 1:
+            rule.update(effect="Allow", identities=[OWN], dnsNames=["{serviceAccount}.{namespace}.svc"])
+        elif kind == 2:
+            rule.update(effect="Deny", dnsNames=["*.internal"])
+        else:
+            rule.update(effect="Deny")
+        if draw(st.integers(0, 2)) > 0:
+            rule["subjects"] = draw(subject_blocks())
+        if draw(st.integers(0, 5)) == 0:
+            rule.update(expiresAt=draw(st.sampled_from(["2026-05-01T00:00:00Z", "2026-07-01T00:00:00Z"])), ticket="T")
+        rules.append(rule)
+    spec: dict[str, Any] = {
+        "mode": draw(st.sampled_from(["Enforce", "Enforce", "Enforce", "Audit", "Disabled"])),
+        "priority": draw(st.integers(0, 3)),
+        "subjects": draw(subject_blocks()),
+    }
+    if draw(st.booleans()):
+        spec["limits"] = {"duration": {"max": draw(st.sampled_from(["1h", "12h", "24h"]))}}
+    if draw(st.integers(0, 4)) == 0:
+        spec.update(expiresAt=draw(st.sampled_from(["2026-05-01T00:00:00Z", "2026-07-01T00:00:00Z"])), ticket="T")
+    if rules:
+        spec["rules"] = rules
+    elif "limits" not in spec:
+        spec["limits"] = {"duration": {"max": "24h"}}
+    return {
+        "apiVersion": "meshsigner.io/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": f"p{index}"},
+        "spec": spec,
+    }
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> PolicySet:
+    documents = [draw(policy_documents(index)) for index in range(draw(st.integers(1, 10)))]
+    sources = [("settings.yaml", SETTINGS)]
+    sources += [(f"p{i}.yaml", yaml.safe_dump(document)) for i, document in enumerate(documents)]
+    return build_policy_set(sources, trust_domain=TD)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[Caller, IssuanceRequest]:
+    caller = Caller(TD, draw(st.sampled_from(NAMESPACES)), draw(st.sampled_from(ACCOUNTS)))
+    dns = draw(st.sampled_from([(), (f"{caller.service_account}.{caller.namespace}.svc",), ("db.internal",)]))
+    validity = draw(st.sampled_from([0, 600, 3600, 86400, 7 * 86400]))
+    return caller, IssuanceRequest(uris=(caller.spiffe_id,), dns_names=dns, validity_seconds=validity)
+
+
+class FullScanSet(PolicySet):
+    """The same set answering step 1 by testing every policy and rule: what the index must reproduce."""
+
+    def applicable(self, ctx: EvaluationContext) -> Any:
+        return scan_applicable(self.policies, ctx)
+
+
+def full_scan_copy(policy_set: PolicySet) -> FullScanSet:
+    return FullScanSet(policy_set.settings, policy_set.policies, revision=policy_set.revision)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy_set=policy_sets(), inputs=st.lists(requests(), min_size=1, max_size=8))
+def test_indexed_decisions_equal_full_scan_decisions(
+    policy_set: PolicySet, inputs: list[tuple[Caller, IssuanceRequest]]
+) -> None:
+    """The index (and the per-caller cache behind it) never skips a policy or rule that can match: every decision,
+    audit findings included, is the one a scan of every policy gives."""
+    scanned = full_scan_copy(policy_set)
+    for caller, request in inputs * 2:  # twice: the second pass answers from the per-caller cache
+        indexed = evaluate(policy_set, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=labels_of)
+        reference = evaluate(scanned, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER, namespace_labels=labels_of)
+        assert indexed == reference, (caller, request)
+
+
+def reference_select(policy_set: PolicySet, ctx: EvaluationContext) -> tuple[list[str], list[str], list[str]]:
+    """Step 1 as the guide states it, every policy checked for expiry and selector on every request: the names of
+    the enforced and the audited policies, and of the audited ones whose labels were not available."""
+    enforced: list[str] = []
+    audited: list[str] = []
+    errors: list[str] = []
+    for entry in scan_applicable(policy_set.policies, ctx):
+        policy = entry.policy
+        if policy.expires_at is not None and ctx.now >= policy.expires_at:
+            continue
+        if policy.mode is Mode.ENFORCE:
+            if policy.subjects.dynamic_matches(ctx):
+                enforced.append(policy.name)
+            continue
+        try:
+            if policy.subjects.dynamic_matches(ctx):
+                audited.append(policy.name)
+        except LabelsUnavailable:
+            errors.append(policy.name)
+    return enforced, audited, errors
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy_set=policy_sets(),
+    inputs=st.lists(requests(), min_size=1, max_size=6),
+    later=st.sampled_from([timedelta(0), timedelta(days=45)]),
+)
+def test_step_1_skips_only_checks_that_cannot_change_its_answer(
+    policy_set: PolicySet, inputs: list[tuple[Caller, IssuanceRequest]], later: timedelta
+) -> None:
+    """Entries without expiry or selector are taken without a per-decision check; the selection is the same."""
+    for caller, request in inputs:
+        ctx = prepare(policy_set, caller, request, now=NOW + later, ca_not_after=None, namespace_labels=labels_of)
+        assert not isinstance(ctx, Decision)
+        try:
+            expected = reference_select(policy_set, ctx)
+        except LabelsUnavailable:
+            with pytest.raises(LabelsUnavailable):
+                select(policy_set, ctx)
+            continue
+        got = select(policy_set, ctx)
+        assert [e.policy.name for e in got.enforced] == expected[0]
+        assert [e.policy.name for e in got.audited] == expected[1]
+        assert [f.policy for f in got.audit_errors] == expected[2]
+
+
+SPIFFE_ALPHABET = string.ascii_letters + string.digits + "._-/:@?#%" + "é\x00 "
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(SPIFFE_ALPHABET, max_size=40).map(lambda rest: "spiffe://" + rest),
+        st.text(SPIFFE_ALPHABET, max_size=40),
+        st.lists(st.sampled_from(["ns", "a", ".", "..", "", "A-b_c.d", "x" * 300]), max_size=10).map(
+            lambda parts: "spiffe://cluster.local/" + "/".join(parts)
+        ),
+    )
+)
+@example(text="spiffe://" + "a" * 2030 + "/b")
+@example(text="spiffe://" + "a" * 2040 + "/b")
+@example(text="spiffe://a..b/x")
+@example(text="spiffe://.a/x")
+@example(text="spiffe://td")
+def test_the_one_match_spiffe_parser_accepts_exactly_what_the_step_by_step_parser_accepts(text: str) -> None:
+    def outcome(parse: Any) -> SpiffeID | str:
+        try:
+            parsed: SpiffeID = parse(text)
+        except InvalidSpiffeID as exc:
+            return f"refused: {exc}"
+        return parsed
+
+    assert outcome(parse_spiffe_id) == outcome(_parse_explaining)
+
+
+SCALARS = [
+    "a",
+    "1",
+    "0x1f",
+    "1.5",
+    ".inf",
+    "true",
+    "no",
+    "Yes",
+    "null",
+    "~",
+    "",
+    "2026-01-01",
+    "2026-01-01T00:00:00Z",
+    "'1'",
+    '"true"',
+    "24h",
+    "-3",
+    "=",
+    "<<",
+]
+
+
+def tags(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return (node.tag, node.value, node.start_mark.line, node.start_mark.column)
+    if isinstance(node, yaml.SequenceNode):
+        return (node.tag, [tags(child) for child in node.value])
+    return (node.tag, [(tags(key), tags(value)) for key, value in node.value])
+
+
+@pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
+def test_scalar_tags_resolved_once_per_load_are_the_tags_pyyaml_resolves(
+    loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not hasattr(yaml, loader):
+        pytest.skip(f"PyYAML was built without {loader}")
+    from policies import yaml_source
+
+    monkeypatch.setattr(yaml_source, "YAML_LOADER", getattr(yaml, loader))
+    texts = [path.read_text() for path in sorted(SECTION_2_1.glob("*.yaml"))]
+    texts.append("\n".join(f"k{i}: {value}" for i, value in enumerate(SCALARS)) + "\n")
+    texts.append("\n".join(f"l{i}: [{value}, {value}]" for i, value in enumerate(SCALARS) if value) + "\n")
+    texts.append("---\n" + "\n---\n".join(SCALARS) + "\n")
+    shared: dict[tuple[str, Any], str] = {}
+    for text in texts * 2:  # the second round answers from the shared cache
+        expected = [tags(node) for node in yaml.compose_all(text, Loader=getattr(yaml, loader))]
+        documents, problems = parse_documents(text, "f.yaml", shared)
+        assert not problems
+        assert [tags(d.node) for d in documents] == [e for e in expected if e is not None]
+    # A syntax error is still one located problem, and the cache does not leak the loader.
+    documents, problems = parse_documents("a: [1\n", "bad.yaml", shared)
+    assert not documents and problems[0].file == "bad.yaml" and problems[0].line >= 1
+
+
+def test_loading_leaves_no_garbage_cycles_behind() -> None:
+    gc.collect()
+    sources = [(path.name, path.read_text()) for path in sorted(SECTION_2_1.glob("*.yaml"))]
+    policy_set = build_policy_set(sources, trust_domain=TD)
+    assert policy_set.policies
+    assert gc.collect() == 0, "a load paused the collector: any cycle it made would stay until the next collection"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_while_loading_and_restored_after(enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with collection_paused():
+            assert not gc.isenabled()
+            with collection_paused():  # nested: the inner one must not switch it back on
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+        assert gc.isenabled() is enabled
+        with pytest.raises(RuntimeError), collection_paused():
+            raise RuntimeError("a load that fails")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        OWN,
+        OWN + "/shard/*",
+        OWN + "/**",
+        "spiffe://{trustDomain}/ns/{namespace}/**",
+        "spiffe://{trustDomain}/{namespace}/**",
+        "spiffe://{trustDomain}/ns/{namespace}*/sa/x",
+        "spiffe://{trustDomain}/ns/x/sa/{serviceAccount}*",
+        "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}-*",
+        "spiffe://old.local/ns/{namespace}/sa/{serviceAccount}",
+        "spiffe://{trustDomain}/ns/x/sa/ns/{namespace}",
+        "spiffe://{trustDomain}/**",
+    ],
+)
+def test_template_checks_worked_out_at_compile_equal_the_checks_worked_out_on_use(text: str) -> None:
+    try:
+        compiled = IdentityTemplate.compile(text, TD, frozenset())
+    except TemplateError:
+        pytest.skip("not a valid template")
+    plain = IdentityTemplate(*compiled._shared())  # no precomputed answers: worked out on use
+    assert compiled.pins_namespace == plain.pins_namespace
+    assert compiled.globbed_variables == plain.globbed_variables
+    assert compiled.copy().pins_namespace == plain.pins_namespace
