@@ -126,9 +126,11 @@ class Rule:
     condition_variables: frozenset[str] = frozenset()  # the variables ``conditions`` read, together
     # "policy/rule", as reports print it: built once here, since decisions name rules several times each
     qualified_name: str = field(init=False, compare=False, repr=False)
+    granted_message: str = field(init=False, compare=False, repr=False)  # an ALLOW decision's message
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "qualified_name", f"{self.policy}/{self.name}")
+        object.__setattr__(self, "granted_message", f"granted by {self.policy}/{self.name}")
 
     @property
     def needs_labels(self) -> bool:

@@ -8,6 +8,7 @@ so each finding names the policy that would change the answer; findings never ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -379,7 +380,7 @@ def _limit_and_issue(
         verdict=Verdict.ALLOW,
         outcome=Outcome.OK,
         reason=GRANTED,
-        message=f"granted by {granted_by}",
+        message=grant.rule.granted_message,
         uris=ctx.uri_texts,
         dns_names=ctx.request.dns_names,
         duration_seconds=duration,
@@ -430,10 +431,17 @@ def _audit(
         shadow_entries = (*enforced, entry)
         # The enforced limits were folded once already: only this policy's are added to them.
         shadowed = _bounded(policy_set, ctx, (entry,), grant, bounded.state)
+        capped = "NOT_AFTER_CAPPED_BY_CA" in decision.flags
         if isinstance(shadowed, Decision):
             shadow = shadowed
-        elif shadowed.duration == decision.duration_seconds and "NOT_AFTER_CAPPED_BY_CA" not in decision.flags:
+        elif shadowed.duration == decision.duration_seconds and not capped:
             return []  # the audit limits do not bind: the common case, answered without a second decision
+        elif shadowed.duration < decision.duration_seconds and not capped:
+            # A shorter grant than one the CA did not cap: step 6 cannot cap it either, so the shadow decision
+            # would be this grant with the shorter duration. The finding is named from what it would carry.
+            granted_by = grant.rule.qualified_name
+            rule = _rule_named(policy, (granted_by, granted_by, *shadowed.bound_by))
+            return [_duration_finding(policy, rule, shadowed.duration, decision.duration_seconds)]
         else:
             shadow = _limit_and_issue(policy_set, ctx, shadow_entries, grant, shadowed)
     else:
@@ -455,22 +463,33 @@ def shadow_findings(policy: Policy, decision: Decision, shadow: Decision) -> lis
         return [AuditFinding(policy.name, rule, "AUDIT_WOULD_ALLOW", f"would allow: {shadow.message}")]
     if decision.allowed and shadow.allowed and shadow.duration_seconds != decision.duration_seconds:
         assert shadow.duration_seconds is not None and decision.duration_seconds is not None
-        finding = "AUDIT_WOULD_CLAMP" if shadow.duration_seconds < decision.duration_seconds else "AUDIT_WOULD_EXTEND"
-        text = (
-            f"would issue {shadow.duration_seconds}s ({format_duration(shadow.duration_seconds)}) instead of "
-            f"{decision.duration_seconds}s ({format_duration(decision.duration_seconds)})"
-        )
-        return [AuditFinding(policy.name, rule, finding, text)]
+        return [_duration_finding(policy, rule, shadow.duration_seconds, decision.duration_seconds)]
     return []
+
+
+def _duration_finding(policy: Policy, rule: str | None, shadow_seconds: int, enforced_seconds: int) -> AuditFinding:
+    """Both decisions allow, for different durations."""
+    finding = "AUDIT_WOULD_CLAMP" if shadow_seconds < enforced_seconds else "AUDIT_WOULD_EXTEND"
+    text = (
+        f"would issue {shadow_seconds}s ({format_duration(shadow_seconds)}) instead of "
+        f"{enforced_seconds}s ({format_duration(enforced_seconds)})"
+    )
+    return AuditFinding(policy.name, rule, finding, text)
 
 
 def _rule_of(policy: Policy, shadow: Decision) -> str | None:
     """The part of ``policy`` that produced the shadow decision: a rule name or ``limits``."""
-    prefix = policy.name + "/"
     candidates = [*shadow.deny_rules, shadow.granted_by or "", str(shadow.details.get("matched", ""))]
     bound_by = shadow.details.get("boundBy")
     if isinstance(bound_by, list):
         candidates += [str(name) for name in bound_by]
+    return _rule_named(policy, candidates)
+
+
+def _rule_named(policy: Policy, candidates: Iterable[str]) -> str | None:
+    """The first of the qualified ``candidates`` that belongs to ``policy``, as a rule name; else ``limits``
+    when the policy has only limits."""
+    prefix = policy.name + "/"
     for name in candidates:
         if name.startswith(prefix):
             return name[len(prefix) :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import string
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -331,3 +331,66 @@ def test_template_checks_worked_out_at_compile_equal_the_checks_worked_out_on_us
     assert compiled.pins_namespace == plain.pins_namespace
     assert compiled.globbed_variables == plain.globbed_variables
     assert compiled.copy().pins_namespace == plain.pins_namespace
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy_set=policy_sets(),
+    inputs=st.lists(requests(), min_size=1, max_size=6),
+    ca=st.sampled_from([CA_NOT_AFTER, NOW + timedelta(hours=6), NOW + timedelta(minutes=20)]),
+)
+def test_audit_findings_equal_those_of_full_shadow_decisions_over_generated_sets(
+    policy_set: PolicySet, inputs: list[tuple[Caller, IssuanceRequest]], ca: datetime
+) -> None:
+    """Step 8's shortcuts (limits folded onto the enforced ones, a shorter grant reported without building its
+    decision) against a whole shadow decision per Audit policy, over sets where Audit policies also carry rules
+    that do not apply to the caller."""
+    from policies.evaluator import decide_over, shadow_findings
+
+    for caller, request in inputs:
+        if caller.namespace == "kube-system":
+            continue  # labels not synced: the Audit error path, covered elsewhere
+        decision = evaluate(policy_set, caller, request, now=NOW, ca_not_after=ca, namespace_labels=labels_of)
+        ctx = prepare(policy_set, caller, request, now=NOW, ca_not_after=ca, namespace_labels=labels_of)
+        assert not isinstance(ctx, Decision)
+        selection = select(policy_set, ctx)
+        enforced = decide_over(policy_set, ctx, selection.enforced)
+        expected = list(selection.audit_errors)
+        for entry in selection.audited:
+            shadow_entries = tuple(sorted((*selection.enforced, entry), key=lambda e: e.policy.order))
+            expected.extend(shadow_findings(entry.policy, enforced, decide_over(policy_set, ctx, shadow_entries)))
+        assert decision.audit_findings == tuple(expected), (caller, request)
+
+
+def test_a_binding_audit_limit_is_named_even_when_the_policy_has_rules_for_other_callers() -> None:
+    """The shorter-grant shortcut names the finding from the bound it would carry (``limits``), not from the
+    policy's shape: this Audit policy has a rule, just none for orders/web."""
+    grant = {"subjects": {"namespaces": ["*"]}, "rules": [{"name": "own", "effect": "Allow", "identities": [OWN]}]}
+    audit = {
+        "mode": "Audit",
+        "subjects": {"namespaces": ["*"]},
+        "limits": {"duration": {"max": "1h"}},
+        "rules": [{"name": "payments-only", "effect": "Deny", "subjects": {"namespaces": ["payments"]}}],
+    }
+    sources = [("settings.yaml", SETTINGS)] + [
+        (
+            f"{name}.yaml",
+            yaml.safe_dump(
+                {
+                    "apiVersion": "meshsigner.io/v1alpha1",
+                    "kind": "IdentityPolicy",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                }
+            ),
+        )
+        for name, spec in (("grant", grant), ("cap-1h", audit))
+    ]
+    policy_set = build_policy_set(sources, trust_domain=TD)
+    caller = Caller(TD, "orders", "web")
+    request = IssuanceRequest(uris=(caller.spiffe_id,), validity_seconds=7200)
+    decision = evaluate(policy_set, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER)
+    assert decision.allowed and decision.duration_seconds == 7200
+    (finding,) = decision.audit_findings
+    assert (finding.policy, finding.rule, finding.finding) == ("cap-1h", "limits", "AUDIT_WOULD_CLAMP")
+    assert finding.message == "would issue 3600s (1h0m0s) instead of 7200s (2h0m0s)"
