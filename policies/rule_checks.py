@@ -69,10 +69,14 @@ def _condition_checks(rule: Rule, ctx: EvaluationContext) -> list[Check]:
 
 def _identities(rule: Rule, ctx: EvaluationContext, results: list[Check], exhaustive: bool) -> bool:
     primary = ctx.primary_trust_domain
+    lookup = ctx.lookup
     for index, uri in enumerate(ctx.uris):
-        held = uri.trust_domain in rule.trust_domains and any(
-            t.matches(uri, primary, ctx.lookup) for t in rule.identities
-        )
+        held = False
+        if uri.trust_domain in rule.trust_domains:
+            for template in rule.identities:  # any(), without a generator per URI
+                if template.matches(uri, primary, lookup):
+                    held = True
+                    break
         if held and not exhaustive:
             continue
         if not exhaustive:

@@ -31,6 +31,9 @@ Lookup = Callable[[str], "str | None"]
 ValueCheck = Callable[[str, str], bool]  # (variable name, value) -> usable
 _RENDER_CACHE_LIMIT = 4096
 Rendered = tuple[tuple[str, ...], ...]
+# An identity template rendered for one caller: its segments as glob pieces, and the same segments as plain text
+# when no star is left (then a match is one tuple comparison).
+RenderedIdentity = tuple[Rendered, "tuple[str, ...] | None"]
 
 
 class TemplateError(ValueError):
@@ -139,7 +142,9 @@ class IdentityTemplate:
     variables: frozenset[str]
     static: tuple[tuple[str, ...], ...] | None  # the path pre-split when it has no variables
     _names: tuple[str, ...] = field(default=(), compare=False, repr=False)
-    _cache: dict[tuple[str | None, ...], Rendered | None] = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict[tuple[str | None, ...], RenderedIdentity | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     # The load-time checks' answers, worked out once per distinct text (``compile``); None: work them out on use.
     _pins_namespace: bool | None = field(default=None, compare=False, repr=False)
     _globbed_variables: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
@@ -223,7 +228,26 @@ class IdentityTemplate:
         """The path segments as glob pieces for this caller, or None when a value is missing or unusable."""
         if self.static is not None:
             return self.static
-        return _cached_render(self._cache, self._names, self.parts, lookup, _path_value_ok, "/")
+        rendered = self._rendered(lookup)
+        return None if rendered is None else rendered[0]
+
+    def _rendered(self, lookup: Lookup) -> RenderedIdentity | None:
+        """``render`` and its plain-text form, remembered per tuple of variable values (callers repeat)."""
+        key = tuple(map(lookup, self._names))
+        try:
+            return self._cache[key]  # None is a cached answer too ("renders no valid ID"), hence no .get()
+        except KeyError:
+            pass
+        text = _render(self.parts, lookup, _path_value_ok)
+        rendered: RenderedIdentity | None = None
+        if text is not None:
+            pattern = _split(text, "/")
+            literal = tuple(pieces[0] for pieces in pattern) if all(len(p) == 1 for p in pattern) else None
+            rendered = (pattern, literal)
+        if len(self._cache) >= _RENDER_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = rendered
+        return rendered
 
     def matches(
         self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup, *, for_deny: bool = False
@@ -236,10 +260,18 @@ class IdentityTemplate:
         """
         if spiffe_id.trust_domain != (self.trust_domain or primary_trust_domain):
             return False
-        pattern = self.render(lookup)
-        if pattern is None:
-            return for_deny
         segments = spiffe_id.segments
+        if self.static is not None:
+            pattern = self.static
+        else:
+            rendered = self._rendered(lookup)
+            if rendered is None:
+                return for_deny
+            pattern, literal = rendered
+            if literal is not None:  # no star: the segments must equal it (all of them, or a prefix before **)
+                if self.globstar:
+                    return len(segments) > len(literal) and segments[: len(literal)] == literal
+                return segments == literal
         if self.globstar:
             if len(segments) <= len(pattern):
                 return False

@@ -394,3 +394,61 @@ def test_a_binding_audit_limit_is_named_even_when_the_policy_has_rules_for_other
     (finding,) = decision.audit_findings
     assert (finding.policy, finding.rule, finding.finding) == ("cap-1h", "limits", "AUDIT_WOULD_CLAMP")
     assert finding.message == "would issue 3600s (1h0m0s) instead of 7200s (2h0m0s)"
+
+
+IDENTITY_TEMPLATES = [
+    OWN,
+    OWN + "/shard/*",
+    OWN + "/**",
+    "spiffe://{trustDomain}/ns/{namespace}/sa/*",
+    "spiffe://{trustDomain}/ns/{namespace}/sa/{serviceAccount}/x-*-y",
+    "spiffe://{trustDomain}/ns/{namespace}/**",
+    "spiffe://old.local/ns/{namespace}/sa/{serviceAccount}",
+    "spiffe://{trustDomain}/ns/{namespace}/sa/{podName}",
+]
+
+
+def glob_matches(template: IdentityTemplate, uri: SpiffeID, lookup: Any) -> bool | None:
+    """Matching as the format states it: render, then compare segment by segment as globs (None: no render)."""
+    if uri.trust_domain != (template.trust_domain or TD):
+        return False
+    pattern = template.render(lookup)
+    if pattern is None:
+        return None
+    from policies.globs import match_pieces
+
+    if template.globstar:
+        return len(uri.segments) > len(pattern) and all(
+            match_pieces(pieces, segment) for pieces, segment in zip(pattern, uri.segments, strict=False)
+        )
+    return len(uri.segments) == len(pattern) and all(
+        match_pieces(pieces, segment) for pieces, segment in zip(pattern, uri.segments, strict=True)
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.sampled_from(IDENTITY_TEMPLATES),
+    namespace=st.sampled_from(["orders", "a", "ns", "x-1-y"]),
+    account=st.sampled_from(["web", "api", "x-1-y"]),
+    pod=st.sampled_from([None, "web-0", "bad/pod"]),
+    domain=st.sampled_from([TD, "old.local"]),
+    shape=st.sampled_from(["own", "own+", "own-", "neighbour", "other"]),
+    extra=st.lists(st.sampled_from(["ns", "sa", "orders", "web", "shard", "3", "x-1-y", "web-0"]), max_size=4),
+)
+def test_identity_matching_by_plain_text_equals_matching_by_globs(
+    text: str, namespace: str, account: str, pod: str | None, domain: str, shape: str, extra: list[str]
+) -> None:
+    template = IdentityTemplate.compile(text, TD, frozenset())
+    own = ["ns", namespace, "sa", account]
+    neighbour = ["ns", namespace, "sa", "api" if account != "api" else "web"]  # differs in the last segment only
+    shapes = {"own": own, "own+": own + extra, "own-": own[: len(own) - len(extra)], "neighbour": neighbour}
+    path = shapes.get(shape, extra)
+    values = {"trustDomain": TD, "namespace": namespace, "serviceAccount": account}
+    if pod is not None:
+        values["podName"] = pod
+    uri = parse_spiffe_id(f"spiffe://{domain}" + "".join("/" + segment for segment in path))
+    for _ in range(2):  # the second time from the render cache
+        expected = glob_matches(template, uri, values.get)
+        assert template.matches(uri, TD, values.get) is (expected is True)
+        assert template.matches(uri, TD, values.get, for_deny=True) is (expected is not False)
