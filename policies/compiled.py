@@ -171,6 +171,13 @@ class Policy:
     ticket: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    # Worked out once here, read by step 1 on every decision: whether it must look at the policy again for each
+    # request (an expiry or a label selector), or whether the cached subject match is the whole answer.
+    checked_per_decision: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        per_decision = self.expires_at is not None or self.subjects.namespace_selector is not None
+        object.__setattr__(self, "checked_per_decision", per_decision)
 
     @property
     def allow_rules(self) -> tuple[Rule, ...]:

@@ -84,10 +84,10 @@ def select(policy_set: PolicySet, ctx: EvaluationContext) -> Selection:
     errors: list[AuditFinding] = []
     now = ctx.now
     for entry in policy_set.applicable(ctx):
-        if not entry.checked_per_decision:  # no expiry and no selector: its cached subject match is the answer
-            (enforced if entry.enforced else audited).append(entry)
-            continue
         policy = entry.policy
+        if not policy.checked_per_decision:  # no expiry and no selector: its cached subject match is the answer
+            (enforced if policy.mode is Mode.ENFORCE else audited).append(entry)  # Disabled is never listed
+            continue
         if policy.expires_at is not None and now >= policy.expires_at:
             continue
         if policy.mode is Mode.ENFORCE:
@@ -250,7 +250,9 @@ def _unsure_message(rule: Rule, ctx: EvaluationContext) -> str:
     return f"a when condition of {rule.qualified_name} did not evaluate ({error}); deny when unsure"
 
 
-@dataclass(frozen=True, slots=True)
+# Step 5's working records below are private and never changed after they are built; they are not frozen because
+# a frozen dataclass pays a setattr call per field, twice or more per decision.
+@dataclass(slots=True)
 class _LimitState:
     """The limits of some entries intersected with the settings ceiling: the duration range they leave, the ones
     that bound durations (ceiling first) and every limit applied, in entry order."""
@@ -261,7 +263,7 @@ class _LimitState:
     applied: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Bounded:
     """Step 5's result for a grant: the duration within every limit, and what bound it."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from policies.compiled import Effect, Limits, Mode, ObjectRef, Policy, PolicySettings, Rule
 from policies.compiler import istio_compatible_rule
@@ -29,16 +29,6 @@ class Applicable:
     policy: Policy
     allow_rules: tuple[Rule, ...]
     deny_rules: tuple[Rule, ...]
-    # Worked out once per cached entry, not per decision: whether step 1 must look at the policy again for each
-    # request (an expiry or a label selector), and whether it is enforced (else Audit: Disabled is never listed).
-    checked_per_decision: bool = field(init=False, compare=False, repr=False)
-    enforced: bool = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        policy = self.policy
-        per_decision = policy.expires_at is not None or policy.subjects.namespace_selector is not None
-        object.__setattr__(self, "checked_per_decision", per_decision)
-        object.__setattr__(self, "enforced", policy.mode is Mode.ENFORCE)
 
 
 def _rules_for(rules: tuple[Rule, ...], ctx: EvaluationContext) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
