@@ -179,9 +179,10 @@ def compile_policy(
     conditions: ConditionCompiler | None = None,
     templates: TemplateCompiler | None = None,
     confined_to: str | None = None,
+    known_rules: KnownRules | None = None,
 ) -> Policy:
     """``conditions`` compiles ``when`` expressions and ``templates`` identity and DNS templates; share one of each
-    per load (each distinct text is compiled once).
+    per load (each distinct text is compiled once), and one ``known_rules`` (each distinct rule is compiled once).
 
     ``confined_to`` is the namespace of a namespaced object outside the root namespace: the policy then applies
     only to that namespace's workloads and may grant only identities and DNS names of that namespace, so the
@@ -209,7 +210,11 @@ def compile_policy(
                 f"{path}.name", f"duplicate rule name {rule_spec['name']!r} (also rules[{seen[rule_spec['name']]}])"
             )
         seen.setdefault(rule_spec["name"], index)
-        rules.append(_rule(name, index, rule_spec, policy_duration, path, report, settings, conditions, templates))
+        rules.append(
+            _rule_once(
+                name, index, rule_spec, policy_duration, path, report, settings, conditions, templates, known_rules
+            )
+        )
     limits = None
     if "limits" in spec:
         limits = _limits(name, spec["limits"], report, settings)
@@ -260,6 +265,39 @@ def _confine(spec: dict[str, Any], namespace: str, report: Reporter, settings: P
                     f"(<name>.{namespace}.svc[.{settings.cluster_domain}])",
                 )
     return {**spec, "subjects": subjects}
+
+
+KnownRules = dict[tuple[str, str], Rule]
+
+
+def _rule_once(
+    policy: str,
+    index: int,
+    spec: dict[str, Any],
+    policy_duration: dict[str, Any],
+    path: str,
+    report: Reporter,
+    settings: PolicySettings,
+    conditions: ConditionCompiler,
+    templates: TemplateCompiler,
+    known: KnownRules | None,
+) -> Rule:
+    """``_rule``, compiled once per distinct (rule, inherited duration) within a load: large sets repeat the same
+    rules in every team's policy. Only a rule that compiled without a single problem (error or warning) is reused,
+    since problems name the path they were found at; a reused rule takes its policy, index and its own copies of
+    its templates (``Rule.copy_for``)."""
+    if known is None:
+        return _rule(policy, index, spec, policy_duration, path, report, settings, conditions, templates)
+    # The checked fields are str, int, bool, datetime, lists and dicts of them: equal reprs mean equal contents.
+    key = (repr(spec), repr(policy_duration))
+    rule = known.get(key)
+    if rule is not None:
+        return rule.copy_for(policy, index)
+    before = len(report.problems)
+    rule = _rule(policy, index, spec, policy_duration, path, report, settings, conditions, templates)
+    if len(report.problems) == before:
+        known[key] = rule
+    return rule
 
 
 def _rule(

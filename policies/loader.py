@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.compiled import RESERVED_POLICY_NAMES, ObjectRef, Policy, PolicySettings
-from policies.compiler import compile_policy, compile_settings
+from policies.compiler import KnownRules, compile_policy, compile_settings
 from policies.conditions import ConditionCompiler
 from policies.document_schemas import read_document
 from policies.policy_set import SETTINGS_KEY, PolicySet
@@ -192,6 +192,7 @@ def _build(
     first_seen: dict[str, str] = {}
     conditions = ConditionCompiler()
     templates = TemplateCompiler(settings.trust_domain, settings.trusted_namespace_label_keys)
+    known_rules: KnownRules = {}
     for kind, fields, report, document in read:
         if kind != "IdentityPolicy":
             continue
@@ -219,6 +220,7 @@ def _build(
                 conditions=conditions,
                 templates=templates,
                 confined_to=confined,
+                known_rules=known_rules,
             )
         )
         if document.ref is not None:

@@ -320,6 +320,10 @@ class DnsTemplate:
         names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
         return cls(text, parts, frozenset(names), None if names else _split(sample, "."), names)
 
+    def copy(self) -> DnsTemplate:
+        """The same template with a render cache of its own."""
+        return DnsTemplate(self.text, self.parts, self.variables, self.static, self._names)
+
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         if self.static is not None:
             return self.static
@@ -369,5 +373,4 @@ class TemplateCompiler:
         return self._identities(text).copy()
 
     def dns(self, text: str) -> DnsTemplate:
-        t = self._dns(text)
-        return DnsTemplate(t.text, t.parts, t.variables, t.static, t._names)
+        return self._dns(text).copy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import string
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -452,3 +453,56 @@ def test_identity_matching_by_plain_text_equals_matching_by_globs(
         expected = glob_matches(template, uri, values.get)
         assert template.matches(uri, TD, values.get) is (expected is True)
         assert template.matches(uri, TD, values.get, for_deny=True) is (expected is not False)
+
+
+def test_a_reused_rule_copies_every_field_but_its_place_and_its_render_caches() -> None:
+    sources = [(path.name, path.read_text()) for path in sorted(SECTION_2_1.glob("*.yaml"))]
+    policy_set = build_policy_set(sources, trust_domain=TD)
+    for policy in policy_set.policies:
+        for rule in policy.rules:
+            copied = rule.copy_for("elsewhere", rule.index + 7)
+            for item in fields(rule):
+                if item.name in ("policy", "index", "qualified_name", "granted_message"):
+                    continue
+                assert getattr(copied, item.name) == getattr(rule, item.name), item.name
+            assert (copied.policy, copied.index, copied.qualified_name) == (
+                "elsewhere",
+                rule.index + 7,
+                f"elsewhere/{rule.name}",
+            )
+            for mine, theirs in zip(copied.identities, rule.identities, strict=True):
+                assert mine._cache is not theirs._cache
+            for dns_mine, dns_theirs in zip(copied.dns_names, rule.dns_names, strict=True):
+                assert dns_mine._cache is not dns_theirs._cache
+
+
+def test_a_load_compiles_each_distinct_rule_once_and_reports_problems_at_every_copy() -> None:
+    """Teams repeat the same rules: the second compile is a copy. A rule with a problem is never reused, so the
+    problem is reported at each place it is written."""
+    from policies.problems import PolicySetInvalid
+
+    def team(name: str, extra: str = "") -> str:
+        dns = "{serviceAccount}.{namespace}.svc"
+        return (
+            "apiVersion: meshsigner.io/v1alpha1\nkind: IdentityPolicy\n"
+            f"metadata: {{name: {name}}}\nspec:\n  subjects: {{namespaces: [{name}]}}\n  rules:\n"
+            f"    - {{name: own, effect: Allow, identities: ['{OWN}']}}\n"
+            f"    - {{name: dns, effect: Allow, identities: ['{OWN}'], dnsNames: [{dns!r}]}}\n"
+            + extra
+        )
+
+    sources = [("settings.yaml", SETTINGS), ("a.yaml", team("a")), ("b.yaml", team("b"))]
+    policy_set = build_policy_set(sources, trust_domain=TD)
+    a, b = (policy_set.policy_named(name) for name in ("a", "b"))
+    assert a is not None and b is not None
+    assert [r.qualified_name for r in b.rules] == ["b/own", "b/dns"]
+    assert b.rules[1].identities[0] is not a.rules[1].identities[0]
+    caller = Caller(TD, "b", "web")
+    request = IssuanceRequest(uris=(caller.spiffe_id,), dns_names=("web.b.svc",), validity_seconds=3600)
+    assert evaluate(policy_set, caller, request, now=NOW, ca_not_after=CA_NOT_AFTER).granted_by == "b/dns"
+
+    broken = "    - {name: bad, effect: Allow, identities: ['spiffe://{trustDomain}/x/{namespace}']}\n"
+    with pytest.raises(PolicySetInvalid) as raised:
+        build_policy_set([("settings.yaml", SETTINGS), ("a.yaml", team("a", broken)), ("b.yaml", team("b", broken))])
+    located = [p for p in raised.value.problems if p.path == "spec.rules[2].identities[0]"]
+    assert sorted(p.file for p in located) == ["a.yaml", "b.yaml"]
