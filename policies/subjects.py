@@ -118,6 +118,9 @@ class Subjects:
     _not_accounts: tuple[NameSet, tuple[PathGlob, ...]] | None = field(init=False, compare=False, repr=False)
     _principals: tuple[PathGlob, ...] | None = field(init=False, compare=False, repr=False)
     _not_principals: tuple[PathGlob, ...] | None = field(init=False, compare=False, repr=False)
+    # No name condition at all (``namespaces: ['*']`` and nothing else but perhaps a selector): the static match
+    # is true for every caller, which mesh-wide policies make the common case of a lookup.
+    _every_name: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         def names(patterns: tuple[SubjectPattern, ...] | None) -> NameSet | None:
@@ -138,6 +141,15 @@ class Subjects:
         object.__setattr__(self, "_not_accounts", accounts(self.not_service_accounts))
         object.__setattr__(self, "_principals", paths(self.principals))
         object.__setattr__(self, "_not_principals", paths(self.not_principals))
+        every_namespace = self._namespaces is None or self._namespaces.everything
+        unconstrained = (
+            self._not_namespaces,
+            self._accounts,
+            self._not_accounts,
+            self._principals,
+            self._not_principals,
+        )
+        object.__setattr__(self, "_every_name", every_namespace and all(c is None for c in unconstrained))
 
     @property
     def literal_namespaces(self) -> frozenset[str] | None:
@@ -166,6 +178,8 @@ class Subjects:
 
     def static_matches(self, ctx: EvaluationContext) -> bool:
         """Everything but the selector: a function of (namespace, service account) alone, so sets cache it."""
+        if self._every_name:
+            return True
         if not self.namespace_matches(ctx.caller.namespace):
             return False
         if self._accounts is not None and not _account_in(self._accounts, ctx):

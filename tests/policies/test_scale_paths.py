@@ -487,8 +487,7 @@ def test_a_load_compiles_each_distinct_rule_once_and_reports_problems_at_every_c
             "apiVersion: meshsigner.io/v1alpha1\nkind: IdentityPolicy\n"
             f"metadata: {{name: {name}}}\nspec:\n  subjects: {{namespaces: [{name}]}}\n  rules:\n"
             f"    - {{name: own, effect: Allow, identities: ['{OWN}']}}\n"
-            f"    - {{name: dns, effect: Allow, identities: ['{OWN}'], dnsNames: [{dns!r}]}}\n"
-            + extra
+            f"    - {{name: dns, effect: Allow, identities: ['{OWN}'], dnsNames: [{dns!r}]}}\n" + extra
         )
 
     sources = [("settings.yaml", SETTINGS), ("a.yaml", team("a")), ("b.yaml", team("b"))]
@@ -506,3 +505,34 @@ def test_a_load_compiles_each_distinct_rule_once_and_reports_problems_at_every_c
         build_policy_set([("settings.yaml", SETTINGS), ("a.yaml", team("a", broken)), ("b.yaml", team("b", broken))])
     located = [p for p in raised.value.problems if p.path == "spec.rules[2].identities[0]"]
     assert sorted(p.file for p in located) == ["a.yaml", "b.yaml"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    block=subject_blocks(),
+    namespace=st.sampled_from([*NAMESPACES, "a/b", ""]),
+    account=st.sampled_from([*ACCOUNTS, "a/b", ""]),
+)
+def test_the_static_subject_match_agrees_with_the_explained_one(
+    block: dict[str, Any], namespace: str, account: str
+) -> None:
+    """``static_matches`` (with its shortcut for subjects that name nobody in particular) against ``check``, which
+    tests every field for explain: the two must agree, the label selector aside."""
+    from policies.schema_readers import Reporter
+    from policies.subject_compiler import compile_subjects
+
+    block = {key: value for key, value in block.items() if key != "namespaceSelector"}
+    report = Reporter("t.yaml")
+    subjects = compile_subjects(block, "spec.subjects", report, build_policy_set([("s.yaml", SETTINGS)]).settings)
+    assert subjects is not None and not report.problems
+    ctx = EvaluationContext(
+        Caller(TD, namespace, account),
+        IssuanceRequest(),
+        (),
+        now=NOW,
+        ca_not_after=None,
+        primary_trust_domain=TD,
+        cluster_domain="cluster.local",
+        namespace_labels=None,
+    )
+    assert subjects.static_matches(ctx) is (not subjects.check(ctx, ""))
