@@ -16,7 +16,13 @@ nobody approves and every request times out: only useful with an approver runnin
 - Kubernetes API requests per CSR, from the API server's own ``apiserver_request_total`` (scraped before/after
   with the admin client certificate; these include cert-manager's own calls) and from meshsigner's
   ``meshsigner_kube_api_requests_total`` (meshsigner's calls only);
-- CertificateRequests left in the namespace afterwards (must be 0).
+- CertificateRequests left in the namespace afterwards (must be 0);
+- process CPU per CSR (utime+stime from /proc/PID/stat, children included) of meshsigner, the kube-apiserver,
+  cert-manager's controller and etcd: over the burst alone, and over the burst plus the 2 s after it (meshsigner's
+  background deletes land then);
+- start-up: from spawning ``meshsigner serve`` to /readyz answering 200 (polled every 5 ms), and to the first
+  certificate issued (one request sent the moment /readyz is 200); ``--starts N`` adds N start/stop cycles that
+  measure only that.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import re
 import secrets
+import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +56,35 @@ from tests.support.processes import start_server  # noqa: E402
 SERVER_NAME = "cert-manager-istio-csr.cert-manager.svc"
 CM = ("cert-manager.io", "v1")
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PLANE_PROCESSES = ("kube-apiserver", "cm-controller", "etcd")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of ``pid`` and of its waited-for children (cutime+cstime), in seconds, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is fields[0]
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / CLOCK_TICKS
+
+
+def cpu_snapshot(plane, server) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """CPU seconds so far of meshsigner and of each plane process."""
+    snapshot = {"meshsigner": cpu_seconds(server.process.pid)}
+    for name in PLANE_PROCESSES:
+        snapshot[name] = cpu_seconds(plane.procs[name].pid)
+    return snapshot
+
+
+def print_cpu(n: int, before: dict[str, float], burst_end: dict[str, float], settled: dict[str, float]) -> None:
+    print("process CPU per CSR (utime+stime, children included): burst only / burst + 2 s settle:")
+    for name in before:
+        print(
+            f"  {name:15} {(burst_end[name] - before[name]) / n * 1000:6.2f} ms / "
+            f"{(settled[name] - before[name]) / n * 1000:6.2f} ms"
+        )
 
 
 def load_plane():  # type: ignore[no-untyped-def]
@@ -226,6 +264,11 @@ def main() -> int:
     parser.add_argument("--no-approve", action="store_true", help="do not pass --approve-certificate-requests")
     parser.add_argument("--qps", type=float, default=0, help="--kube-api-qps (0: rate limiter disabled)")
     parser.add_argument("--mirror", choices=("off", "on", "both"), default="both", help="the audit mirror")
+    parser.add_argument("--log-level", default="warning", help="meshsigner's --log-level (its logs stay in a temp dir)")
+    parser.add_argument("--starts", type=int, default=0, help="extra start/stop cycles measuring only start-up")
+    parser.add_argument(
+        "--py-spy", metavar="FILE", default="", help="record meshsigner with py-spy during the burst (raw format)"
+    )
     args = parser.parse_args()
 
     plane, pki = load_plane()
@@ -244,7 +287,7 @@ def main() -> int:
         "--serving-certificate-key-size=256",
         "--request-timeout=60s",
         "--certificate-request-timeout=60s",
-        "--log-level=warning",
+        f"--log-level={args.log_level}",
     ]
     flags += [] if args.no_approve else ["--approve-certificate-requests"]
     flags += (
@@ -260,6 +303,8 @@ def main() -> int:
             extra = ["--mirror-certificate-signing-requests", f"--mirror-signer-name=meshsigner.io/bench-{cr_ns}"]
             print(f"\n=== mirror {'on' if mirror else 'off'} ===")
             p99s[mirror] = measure(plane, flags + (extra if mirror else []), workdir, ca, pairs, args, left, mirror)
+        if args.starts:
+            measure_starts(flags, workdir, ca, pairs, args.starts)
     finally:
         cleanup()
     if len(p99s) == 2:
@@ -291,10 +336,17 @@ def measure_burst(plane, server, ca, pairs, args, kind: str):  # type: ignore[no
     )
 
     api_before, own_before = scrape_apiserver(plane), scrape_meshsigner(server)
+    profiler = start_profiler(args.py_spy, server.process.pid)
+    cpu_before = cpu_snapshot(plane, server)
     elapsed, latencies, codes = asyncio.run(
         run_burst(server.address, ca.cert_pem, pairs, args.requests, args.concurrency)
     )
+    cpu_burst_end = cpu_snapshot(plane, server)
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        profiler.wait(30)
     time.sleep(2)  # let the background deletes (and mirror writes) land before counting
+    cpu_settled = cpu_snapshot(plane, server)
     api_after, own_after = scrape_apiserver(plane), scrape_meshsigner(server)
     p99 = percentile(latencies, 0.99)
     print(
@@ -303,6 +355,7 @@ def measure_burst(plane, server, ca, pairs, args, kind: str):  # type: ignore[no
         f"p99 {p99 * 1000:.0f} ms, outcomes {dict(codes)}"
     )
     n = args.requests
+    print_cpu(n, cpu_before, cpu_burst_end, cpu_settled)
     print_api_calls(n, api_before, api_after, own_before, own_after)
     writes, reads = own_writes_and_reads(n, (f"{kind.lower()}s",), own_before, own_after)
     print(f"meshsigner {kind} writes per CSR: {writes:.2f}; polling reads (GET) per CSR: {reads:.2f}")
@@ -317,9 +370,67 @@ def report_left(left, kind: str) -> None:  # type: ignore[no-untyped-def]
     print(f"{kind}s left behind: {remaining}")
 
 
+def start_profiler(output: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` into ``output`` (``--gil``: only the thread holding the GIL, so samples follow
+    the Python CPU rather than threads blocked in I/O), or None without ``output``."""
+    if not output:
+        return None
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw", "--gil"]
+    profiler = subprocess.Popen([*command, "--rate", "200", "--output", output], stdout=subprocess.DEVNULL)
+    time.sleep(1)  # py-spy attaches before the burst starts
+    return profiler
+
+
+def compiled_bytecode(workdir: Path) -> dict[str, str]:
+    """The environment of a ``serve`` that starts from compiled bytecode, as the image's does (it is compiled at
+    build time); from the source tree with PYTHONDONTWRITEBYTECODE, every start would compile meshsigner's own
+    modules again (about 150 ms here). Compiled once now, into a cache of the run's own."""
+    env = {"PYTHONPYCACHEPREFIX": str(workdir / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
+    warm = "import signer.cli, signer.serve, signer.serve_in_cluster"
+    subprocess.run([sys.executable, "-c", warm], cwd=REPO, env={**os.environ, **env}, check=True)
+    return env
+
+
+def start_timed(flags, log_path: Path, ca, pairs):  # type: ignore[no-untyped-def]
+    """Start ``meshsigner serve`` (from compiled bytecode); returns the server, the seconds from spawning it to
+    /readyz 200 and to the first certificate (one request sent as soon as it is ready)."""
+    env = compiled_bytecode(log_path.parent)
+    started = time.monotonic()
+    server = start_server(flags, log_path, wait=False, env=env)
+    deadline = started + 60
+    while not server.ready():
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"serve did not become ready:\n{server.log()}")
+        time.sleep(0.005)
+    ready = time.monotonic() - started
+    codes = asyncio.run(run_burst(server.address, ca.cert_pem, pairs, 1, 1))[2]
+    first = time.monotonic() - started
+    if codes.get("OK") != 1:
+        print(f"first request after ready: {dict(codes)}")
+    return server, ready, first
+
+
+def measure_starts(flags, workdir: Path, ca, pairs, starts: int) -> None:  # type: ignore[no-untyped-def]
+    readies, firsts = [], []
+    for index in range(starts):
+        server, ready, first = start_timed(flags, workdir / f"serve-start-{index}.log", ca, pairs)
+        server.stop()
+        if server.process.returncode not in (0, -15):
+            print(f"serve exited with {server.process.returncode}")
+        readies.append(ready)
+        firsts.append(first)
+    print(
+        f"\nstart-up over {starts} starts: ready {' '.join(f'{r * 1000:.0f}' for r in readies)} ms "
+        f"(median {statistics.median(readies) * 1000:.0f}); first certificate "
+        f"{' '.join(f'{f * 1000:.0f}' for f in firsts)} ms (median {statistics.median(firsts) * 1000:.0f})"
+    )
+
+
 def measure(plane, flags, workdir: Path, ca, pairs, args, left, mirror: bool) -> float:  # type: ignore[no-untyped-def]
     """One server, the sequential run and the burst; returns the burst's p99."""
-    server = start_server(flags, workdir / f"serve-{'mirror' if mirror else 'plain'}.log")
+    server, ready, first = start_timed(flags, workdir / f"serve-{'mirror' if mirror else 'plain'}.log", ca, pairs)
+    print(f"start-up: ready {ready * 1000:.0f} ms, first certificate {first * 1000:.0f} ms after spawning serve")
     try:
         p99, own_before, own_after = measure_burst(plane, server, ca, pairs, args, "CertificateRequest")
         if mirror:

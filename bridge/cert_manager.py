@@ -132,12 +132,13 @@ class CertManagerBackend:
         return None  # the issuer's CA is not known here; cert-manager caps to it
 
     # --- requests ----------------------------------------------------------------------------------------------
-    def _issuer(self) -> IssuerRef:
+    def _issuer(self, *, watch_synced: bool = True) -> IssuerRef:
+        """The active issuer; ``watch_synced``: refuse while the CertificateRequest watch has not listed yet."""
         ref = self._issuers.current
         if ref is None:
             raise BackendUnavailable("NO_ISSUER", "no active issuerRef is configured")
         self._issuer_check.require_usable()
-        if not self._watch.ready:
+        if watch_synced and not self._watch.ready:
             raise BackendUnavailable("WATCH_NOT_SYNCED", "the CertificateRequest watch has not listed yet")
         return ref
 
@@ -174,7 +175,12 @@ class CertManagerBackend:
         await self._lifecycle.approve(created, condition, decided=("Denied",), write=self._write_status)
 
     async def _write_status(self, name: str, obj: Obj) -> Obj:
-        return await self._kube.replace_status(CERTIFICATE_REQUESTS, self._options.namespace, name, obj)
+        # managedFields left out: an update without them keeps the server's own (they are most of the object's
+        # size, encoded here and decoded there for nothing)
+        metadata = {key: value for key, value in obj["metadata"].items() if key != "managedFields"}
+        return await self._kube.replace_status(
+            CERTIFICATE_REQUESTS, self._options.namespace, name, {**obj, "metadata": metadata}
+        )
 
     async def _request(self, body: Obj, purpose: str) -> Answered:
         approve = self._approve if self._options.approve else None
@@ -203,7 +209,9 @@ class CertManagerBackend:
     async def issue_serving_certificate(
         self, dns_names: tuple[str, ...], duration_seconds: float, key_algorithm: str, key_size: int
     ) -> ServingMaterial:
-        ref = self._issuer()
+        # At start-up this request runs beside the watch's first list, not after it: a waiter registered before
+        # that list is resolved by it (on_relist) or by the events that follow it, so nothing is missed.
+        ref = self._issuer(watch_synced=False)
         key = await new_serving_key(key_algorithm, key_size)
         body = self._certificate_request(
             serving_csr_pem(key, dns_names),

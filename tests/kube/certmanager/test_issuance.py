@@ -70,6 +70,8 @@ def test_serving_certificate_comes_from_the_issuer(
     log = signer.server.log()
     assert "serving certificate obtained" in log
     assert "REFUSED" not in log
+    # requested beside the CertificateRequest watch's first list, not refused until it lists and retried later
+    assert "serving_certificate_pending" not in log
 
 
 def test_namespaced_issuer_and_certificate_request_shape(
