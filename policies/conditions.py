@@ -103,14 +103,22 @@ class ConditionCompiler:
     (about a millisecond each; large sets repeat the same conditions across many policies)."""
 
     def __init__(self) -> None:
-        self._env: Any = None
-        self._once = CompileOnce(self._compile, ConditionError)
+        # the compiling function lives on an object of its own: a bound method of this one, kept by CompileOnce,
+        # would make every load leave a reference cycle for the collector
+        self._once = CompileOnce(_CelCompiler().compile, ConditionError)
 
     def compile(self, text: str) -> Condition:
         """Raises ConditionError with a message naming the position and the problem."""
         return self._once(text)  # immutable, and evaluations keep their results per rule, so rules can share it
 
-    def _compile(self, text: str) -> Condition:
+
+class _CelCompiler:
+    """One text to a checked Condition; the CEL environment is built on first use."""
+
+    def __init__(self) -> None:
+        self._env: Any = None
+
+    def compile(self, text: str) -> Condition:
         if len(text) > MAX_EXPRESSION_LENGTH:
             raise ConditionError(f"is {len(text)} characters long; the limit is {MAX_EXPRESSION_LENGTH}")
         if self._env is None:

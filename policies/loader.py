@@ -108,6 +108,8 @@ def build_policy_set(
     problems = list(problems or ())
     documents: list[SourceDocument] = []
     scalar_tags: ScalarTags = {}
+    # one pause over parse and build (build_from_documents's own pause nests inside it): a collection between
+    # the two would walk every parsed node (measured: a 10,000-policy load 6.3 s -> 8.2 s)
     with collection_paused():
         for file, text in sources:
             parsed, syntax_problems = parse_documents(text, file, scalar_tags)

@@ -6,7 +6,7 @@ the plain Python values, which also lets it reject duplicate keys that ``yaml.sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +46,12 @@ def parse_documents(
     """
     loader: yaml.SafeLoader | None = None
     try:
-        loader = YAML_LOADER(text)  # PyYAML's reader already refuses unprintable characters here
-        if scalar_tags is not None and not loader.yaml_path_resolvers:
-            _resolve_once(loader, scalar_tags)
+        # PyYAML's reader already refuses unprintable characters when the loader is made
+        if scalar_tags is not None and not YAML_LOADER.yaml_path_resolvers:
+            loader = _tag_caching(YAML_LOADER)(text)  # type: ignore[arg-type]  # classes hash; the stubs disagree
+            loader.scalar_tags = scalar_tags  # type: ignore[attr-defined]  # _ScalarTagCache's field
+        else:
+            loader = YAML_LOADER(text)
         nodes = []
         while loader.check_node():
             nodes.append(loader.get_node())
@@ -62,38 +65,37 @@ def parse_documents(
     finally:
         if loader is not None:
             loader.dispose()
-            loader.__dict__.clear()  # the replaced methods refer back to the loader: free it without a collection
     documents = [SourceDocument(file, index, node) for index, node in enumerate(nodes) if node is not None]
     return documents, []
 
 
-def _resolve_once(loader: yaml.SafeLoader, scalar_tags: ScalarTags) -> None:
-    """Replace ``loader``'s tag resolution for scalars by a lookup in ``scalar_tags``, filled by the resolver itself.
+class _ScalarTagCache:
+    """Mixed into a loader class by ``_tag_caching``: a scalar's tag is looked up in ``scalar_tags``, filled by the
+    loader's own resolver. Only for loaders without path resolvers (as SafeLoader ships): a scalar's tag is then a
+    function of its text and implicit flags alone, and the per-node path bookkeeping does nothing, so it is
+    skipped too."""
 
-    Only for a loader without path resolvers (as SafeLoader ships): a scalar's tag is then a function of its text
-    and its implicit flags alone, and the per-node path bookkeeping does nothing, so it is skipped too.
-    """
-    resolve: Callable[[type[yaml.Node], Any, Any], str] = loader.resolve
+    scalar_tags: ScalarTags
 
-    def resolve_scalar(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
         if kind is not yaml.ScalarNode:
-            return resolve(kind, value, implicit)
+            return super().resolve(kind, value, implicit)  # type: ignore[misc,no-any-return]
         key = (value, implicit)
-        tag = scalar_tags.get(key)
+        tag = self.scalar_tags.get(key)
         if tag is None:
-            tag = scalar_tags[key] = resolve(kind, value, implicit)
+            tag = self.scalar_tags[key] = super().resolve(kind, value, implicit)  # type: ignore[misc]
         return tag
 
-    def no_descend(current_node: Any, current_index: Any) -> None:
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
         return None
 
-    def no_ascend() -> None:
+    def ascend_resolver(self) -> None:
         return None
 
-    # Instance attributes shadow the class's methods for libyaml's composer and PyYAML's alike.
-    loader.resolve = resolve_scalar  # type: ignore[method-assign]
-    loader.descend_resolver = no_descend  # type: ignore[method-assign]
-    loader.ascend_resolver = no_ascend  # type: ignore[method-assign]
+
+@functools.cache  # one class per loader class (libyaml's or PyYAML's), not one per file
+def _tag_caching(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    return type(f"TagCaching{base.__name__}", (_ScalarTagCache, base), {})
 
 
 def position(node: yaml.Node) -> tuple[int, int]:
