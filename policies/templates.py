@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from policies.compile_once import CompileOnce
 from policies.globs import GLOBSTAR, match_pieces
@@ -34,6 +35,7 @@ Rendered = tuple[tuple[str, ...], ...]
 # An identity template rendered for one caller: its segments as glob pieces, and the same segments as plain text
 # when no star is left (then a match is one tuple comparison).
 RenderedIdentity = tuple[Rendered, "tuple[str, ...] | None"]
+Shaped = TypeVar("Shaped")
 
 
 class TemplateError(ValueError):
@@ -102,25 +104,49 @@ def _split(rendered: str, separator: str) -> tuple[tuple[str, ...], ...]:
 
 
 def _cached_render(
-    cache: dict[tuple[str | None, ...], Rendered | None],
+    cache: dict[tuple[str | None, ...], Shaped | None],
     names: tuple[str, ...],
     parts: tuple[tuple[bool, str], ...],
     lookup: Lookup,
     value_ok: ValueCheck,
-    separator: str,
-) -> Rendered | None:
-    """Render and split, remembering the result per tuple of variable values: callers repeat (renewals)."""
+    shape: Callable[[str], Shaped],
+) -> Shaped | None:
+    """Render and ``shape`` the text, remembering the result per tuple of variable values: callers repeat
+    (renewals)."""
     key = tuple(map(lookup, names))
     try:
         return cache[key]  # None is a cached answer too ("renders no valid name"), hence no .get()
     except KeyError:
         pass
     rendered = _render(parts, lookup, value_ok)
-    cached = None if rendered is None else _split(rendered, separator)
+    cached = None if rendered is None else shape(rendered)
     if len(cache) >= _RENDER_CACHE_LIMIT:
         cache.clear()
     cache[key] = cached
     return cached
+
+
+def _identity_shape(rendered: str) -> RenderedIdentity:
+    """A rendered identity path as glob pieces, and as plain segments when no star is left."""
+    pattern = _split(rendered, "/")
+    literal = tuple(pieces[0] for pieces in pattern) if all(len(p) == 1 for p in pattern) else None
+    return pattern, literal
+
+
+def _dns_shape(rendered: str) -> Rendered:
+    return _split(rendered, ".")
+
+
+def _pins_namespace(segments: tuple[tuple[tuple[bool, str], ...], ...]) -> bool:
+    return len(segments) >= 2 and segments[0] == ((False, "ns"),) and segments[1] == ((True, "namespace"),)
+
+
+def _globbed_variables(segments: tuple[tuple[tuple[bool, str], ...], ...]) -> tuple[str, ...]:
+    found: list[str] = []
+    for segment in segments:
+        if any(not is_variable and _STAR in text for is_variable, text in segment):
+            found.extend(text for is_variable, text in segment if is_variable)
+    return tuple(dict.fromkeys(found))
 
 
 def _path_value_ok(name: str, value: str) -> bool:
@@ -145,9 +171,16 @@ class IdentityTemplate:
     _cache: dict[tuple[str | None, ...], RenderedIdentity | None] = field(
         default_factory=dict, compare=False, repr=False
     )
-    # The load-time checks' answers, worked out once per distinct text (``compile``); None: work them out on use.
-    _pins_namespace: bool | None = field(default=None, compare=False, repr=False)
-    _globbed_variables: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    # The load-time checks' answers (``pins_namespace``, ``globbed_variables``): worked out when the template is
+    # made, and handed over by ``copy`` (a load copies each distinct template into every rule that uses it).
+    _pins: bool | None = field(default=None, compare=False, repr=False)
+    _globbed: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._pins is None or self._globbed is None:
+            segments = self.segments
+            object.__setattr__(self, "_pins", _pins_namespace(segments))
+            object.__setattr__(self, "_globbed", _globbed_variables(segments))
 
     @classmethod
     def compile(cls, text: str, primary_trust_domain: str, trusted_label_keys: frozenset[str]) -> IdentityTemplate:
@@ -177,21 +210,14 @@ class IdentityTemplate:
             raise TemplateError(f"{text!r} can never render a valid SPIFFE ID: {exc}") from None
         names = tuple(dict.fromkeys(name for is_variable, name in parts if is_variable))
         static = _split(sample, "/") if not names and path else (() if not path else None)
-        template = cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
-        return cls(
-            *template._shared(), _pins_namespace=template.pins_namespace, _globbed_variables=template.globbed_variables
-        )
-
-    def _shared(
-        self,
-    ) -> tuple[str, str | None, tuple[tuple[bool, str], ...], bool, frozenset[str], Rendered | None, tuple[str, ...]]:
-        return self.text, self.trust_domain, self.parts, self.globstar, self.variables, self.static, self._names
+        return cls(text, trust_domain, parts, globstar, frozenset(names), static, names)
 
     def copy(self) -> IdentityTemplate:
         """The same template with a render cache of its own."""
         return IdentityTemplate(
-            *self._shared(), _pins_namespace=self._pins_namespace, _globbed_variables=self._globbed_variables
-        )
+            self.text, self.trust_domain, self.parts, self.globstar, self.variables, self.static, self._names,
+            _pins=self._pins, _globbed=self._globbed,
+        )  # fmt: skip
 
     @property
     def segments(self) -> tuple[tuple[tuple[bool, str], ...], ...]:
@@ -207,22 +233,13 @@ class IdentityTemplate:
         called ``ns``, ``/ns/{namespace}*/...`` covers every namespace sharing the prefix, and
         ``/ns/x/sa/ns/{namespace}`` sits inside namespace x's identities.
         """
-        if self._pins_namespace is not None:
-            return self._pins_namespace
-        segments = self.segments
-        return len(segments) >= 2 and segments[0] == ((False, "ns"),) and segments[1] == ((True, "namespace"),)
+        return bool(self._pins)  # set by __post_init__
 
     @property
     def globbed_variables(self) -> tuple[str, ...]:
         """Variables that share a path segment with a ``*``: the star also matches other values of the variable
         (``sa/{serviceAccount}*`` lets ``web`` claim ``webhook``)."""
-        if self._globbed_variables is not None:
-            return self._globbed_variables
-        found: list[str] = []
-        for segment in self.segments:
-            if any(not is_variable and _STAR in text for is_variable, text in segment):
-                found.extend(text for is_variable, text in segment if is_variable)
-        return tuple(dict.fromkeys(found))
+        return self._globbed or ()  # set by __post_init__
 
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         """The path segments as glob pieces for this caller, or None when a value is missing or unusable."""
@@ -233,21 +250,7 @@ class IdentityTemplate:
 
     def _rendered(self, lookup: Lookup) -> RenderedIdentity | None:
         """``render`` and its plain-text form, remembered per tuple of variable values (callers repeat)."""
-        key = tuple(map(lookup, self._names))
-        try:
-            return self._cache[key]  # None is a cached answer too ("renders no valid ID"), hence no .get()
-        except KeyError:
-            pass
-        text = _render(self.parts, lookup, _path_value_ok)
-        rendered: RenderedIdentity | None = None
-        if text is not None:
-            pattern = _split(text, "/")
-            literal = tuple(pieces[0] for pieces in pattern) if all(len(p) == 1 for p in pattern) else None
-            rendered = (pattern, literal)
-        if len(self._cache) >= _RENDER_CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = rendered
-        return rendered
+        return _cached_render(self._cache, self._names, self.parts, lookup, _path_value_ok, _identity_shape)
 
     def matches(
         self, spiffe_id: SpiffeID, primary_trust_domain: str, lookup: Lookup, *, for_deny: bool = False
@@ -327,7 +330,7 @@ class DnsTemplate:
     def render(self, lookup: Lookup) -> tuple[tuple[str, ...], ...] | None:
         if self.static is not None:
             return self.static
-        return _cached_render(self._cache, self._names, self.parts, lookup, _dns_value_ok, ".")
+        return _cached_render(self._cache, self._names, self.parts, lookup, _dns_value_ok, _dns_shape)
 
     def matches(self, labels: tuple[str, ...], lookup: Lookup, *, allow_wildcard: bool, for_deny: bool = False) -> bool:
         """Whether the requested name (split in ``labels``) matches.
