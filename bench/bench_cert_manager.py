@@ -48,6 +48,9 @@ import grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_vs_istiod import tree_cpu_seconds  # noqa: E402  # the same /proc accounting as the side-by-side bench
 
 from proto import istio_ca_pb2, istio_ca_pb2_grpc  # noqa: E402
 from tests.support.csr_builder import make_csr  # noqa: E402
@@ -58,23 +61,14 @@ CM = ("cert-manager.io", "v1")
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PLANE_PROCESSES = ("kube-apiserver", "cm-controller", "etcd")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of ``pid`` and of its waited-for children (cutime+cstime), in seconds, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is fields[0]
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / CLOCK_TICKS
-
-
 def cpu_snapshot(plane, server) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """CPU seconds so far of meshsigner and of each plane process."""
-    snapshot = {"meshsigner": cpu_seconds(server.process.pid)}
+    """CPU seconds so far of meshsigner and of each plane process (each with its children)."""
+    snapshot = {"meshsigner": tree_cpu_seconds(server.process.pid)}
     for name in PLANE_PROCESSES:
-        snapshot[name] = cpu_seconds(plane.procs[name].pid)
+        snapshot[name] = tree_cpu_seconds(plane.procs[name].pid)
     return snapshot
 
 
